@@ -1,0 +1,341 @@
+"""Forward and reverse-time SDEs of Score SDE (Song et al., ICLR 2021).
+
+Every SDE here is linear in x, ``dx = f(t) x dt + g(t) dw``, with a Gaussian perturbation
+kernel ``p_0t(x_t | x_0) = N(α(t) x_0, σ(t)² I)``.  A subclass states four scalar functions
+of t — ``log_mean_coeff`` (log α), ``std`` (σ), ``drift_coeff`` (f = d log α / dt) and
+``diffusion`` (g) — plus its prior scale; everything else (drift, marginals, prior
+density, reverse SDE, probability-flow ODE, importance sampling of t for likelihood
+weighting) is implemented once on :class:`SDE`.
+
+| SDE    | f(t)    | g(t)²                        | α(t)         | σ(t)          |
+|--------|---------|------------------------------|--------------|---------------|
+| VE     | 0       | σ(t)²·2 log(σ_max/σ_min)     | 1            | σ_min (σ_max/σ_min)^t |
+| VP     | −½β(t)  | β(t)                         | exp(−½B(t))  | √(1−α²)       |
+| sub-VP | −½β(t)  | β(t)(1−α⁴)                   | exp(−½B(t))  | 1−α²          |
+
+with β(t) = β₀ + t(β₁−β₀) and B(t) = ∫₀ᵗ β = β₀t + ½(β₁−β₀)t².  Near t = 0 the VP and
+sub-VP forms use ``expm1`` so that σ stays accurate in float32 (1 − exp(−B) is 6 % off at
+t = 1e-5).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Callable, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+
+def batch_mul(a: Array, x: Array) -> Array:
+    """Multiplies a per-example vector ``a`` of shape [B] into ``x`` of shape [B, ...]."""
+    return jnp.reshape(a, a.shape + (1,) * (x.ndim - a.ndim)) * x
+
+
+class SDE(abc.ABC):
+    """A linear SDE ``dx = f(t) x dt + g(t) dw`` on [0, T] with Gaussian kernels.
+
+    Attributes:
+      N: number of discretization steps (used by discrete samplers and losses).
+      T: end time (1).
+      prior_std: the prior is π = N(0, prior_std² I).
+    """
+
+    T: float = 1.0
+    prior_std: float = 1.0
+
+    def __init__(self, N: int):
+        self.N = int(N)
+
+    # --- the four scalar functions a subclass defines -------------------------------
+    @abc.abstractmethod
+    def log_mean_coeff(self, t: Array) -> Array:
+        """log α(t)."""
+
+    @abc.abstractmethod
+    def std(self, t: Array) -> Array:
+        """σ(t), the standard deviation of p_0t(x_t | x_0)."""
+
+    @abc.abstractmethod
+    def drift_coeff(self, t: Array) -> Array:
+        """f(t) = d log α(t) / dt, so that the drift is f(t) x."""
+
+    @abc.abstractmethod
+    def diffusion(self, t: Array) -> Array:
+        """g(t)."""
+
+    # --- shared implementation ---------------------------------------------------
+    def sde(self, x: Array, t: Array) -> Tuple[Array, Array]:
+        """Drift f(x, t) = f(t) x and diffusion g(t) ([B]) of the forward SDE."""
+        return batch_mul(self.drift_coeff(t), x), self.diffusion(t)
+
+    def marginal_prob(self, x: Array, t: Array) -> Tuple[Array, Array]:
+        """Mean α(t) x_0 and std σ(t) ([B]) of p_0t(x_t | x_0 = x)."""
+        return batch_mul(jnp.exp(self.log_mean_coeff(t)), x), self.std(t)
+
+    def drift_divergence(self, t: Array, dim: int) -> Array:
+        """∇·f(x, t) = f(t)·D for a D-dimensional x (−½β(t)D for VP/sub-VP, 0 for VE)."""
+        return self.drift_coeff(t) * dim
+
+    def prior_sampling(self, rng: Array, shape) -> Array:
+        """A sample of the prior π = N(0, prior_std² I)."""
+        return self.prior_std * jax.random.normal(rng, shape)
+
+    def prior_logp(self, z: Array) -> Array:
+        """log π(z) per example ([B]), π = N(0, prior_std² I)."""
+        dim = np.prod(z.shape[1:])
+        sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)) ** 2, axis=-1)
+        return (-0.5 * dim * np.log(2 * np.pi * self.prior_std ** 2)
+                - 0.5 * sq / self.prior_std ** 2)
+
+    def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
+        """One step of x_{i+1} = x_i + f_i + G_i z_i; Euler–Maruyama with Δt = T/N.
+
+        VE and VP override this with the SMLD and DDPM discretizations.
+        """
+        dt = self.T / self.N
+        drift, diffusion = self.sde(x, t)
+        return drift * dt, diffusion * np.sqrt(dt)
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE (or the probability-flow ODE) driven by ``score_fn``."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+    # --- importance sampling of t for likelihood weighting (ScoreFlow §4) ---------
+    def log_inverse_snr(self, t: Array) -> Array:
+        """log(σ(t)² / α(t)²); its derivative is g(t)²/σ(t)² for all three SDEs."""
+        return 2.0 * (jnp.log(self.std(t)) - self.log_mean_coeff(t))
+
+    def inverse_log_inverse_snr(self, c: Array) -> Array:
+        """t such that log(σ(t)²/α(t)²) = c, by bisection on [0, T] (monotone in t).
+
+        Subclasses with a closed form override this.
+        """
+        lo = jnp.zeros_like(c)
+        hi = jnp.full_like(c, self.T)
+
+        def body(_, bounds):
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            below = self.log_inverse_snr(mid) < c
+            return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+        lo, hi = jax.lax.fori_loop(0, 64, body, (lo, hi))
+        return 0.5 * (lo + hi)
+
+    def likelihood_importance_cum_weight(self, t: Array, eps: float = 1e-5) -> Array:
+        """∫_ε^t g(s)²/σ(s)² ds = log(σ²/α²)(t) − log(σ²/α²)(ε).
+
+        At t = T this is the normaliser Z of the importance density p(t) ∝ g²/σ².
+        """
+        return self.log_inverse_snr(t) - self.log_inverse_snr(jnp.asarray(eps))
+
+    def likelihood_importance_density(self, t: Array, eps: float = 1e-5) -> Array:
+        """p(t) = g(t)² / (σ(t)² Z) on [ε, T]."""
+        z = self.likelihood_importance_cum_weight(jnp.asarray(self.T), eps)
+        return self.diffusion(t) ** 2 / self.std(t) ** 2 / z
+
+    def sample_importance_weighted_time_for_likelihood(
+            self, rng: Array, shape, eps: float = 1e-5, quantile: Array | None = None
+    ) -> Array:
+        """Samples t ~ p(t) ∝ g(t)²/σ(t)² on [ε, T] by inverting its CDF.
+
+        p(t) is uniform in log inverse-SNR c = log(σ²/α²), so t = c⁻¹(c(ε) + u·Z) with
+        u ~ U[0, 1) (or the given ``quantile``).  The matching loss weight is Z·σ²/g²
+        times λ(t) = g², i.e. Z·σ², with Z = ``likelihood_importance_cum_weight(T, eps)``.
+        """
+        if quantile is None:
+            quantile = jax.random.uniform(rng, shape)
+        c_eps = self.log_inverse_snr(jnp.asarray(eps, jnp.float32))
+        z = self.log_inverse_snr(jnp.asarray(self.T, jnp.float32)) - c_eps
+        t = self.inverse_log_inverse_snr(c_eps + quantile * z)
+        return jnp.clip(t, eps, self.T)
+
+
+class ReverseSDE:
+    """Reverse-time SDE dx = [f − g² s_θ] dt + g dw̄, or, with ``probability_flow``,
+    the ODE dx/dt = f − ½ g² s_θ that shares the marginals p_t of the forward SDE."""
+
+    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool):
+        self.forward = forward
+        self.score_fn = score_fn
+        self.probability_flow = probability_flow
+        self.N = forward.N
+        self.T = forward.T
+
+    def _combine(self, f: Array, g: Array, x: Array, t: Array) -> Tuple[Array, Array]:
+        """Turns forward (f, G) into reverse ones: f − G² s (½ G² s for the ODE)."""
+        factor = 0.5 if self.probability_flow else 1.0
+        drift = f - batch_mul(factor * g ** 2, self.score_fn(x, t))
+        return drift, jnp.zeros_like(g) if self.probability_flow else g
+
+    def sde(self, x: Array, t: Array) -> Tuple[Array, Array]:
+        """Reverse drift and diffusion at (x, t)."""
+        return self._combine(*self.forward.sde(x, t), x, t)
+
+    def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
+        """Reverse of the forward discretization: f_i − G_i² s, G_i (reverse diffusion)."""
+        return self._combine(*self.forward.discretize(x, t), x, t)
+
+
+class _VPFamily(SDE):
+    """Shared β-schedule of VP and sub-VP: β(t) = β₀ + t(β₁−β₀), α = exp(−½B(t))."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(N)
+        self.beta_0 = float(beta_min)
+        self.beta_1 = float(beta_max)
+
+    def beta(self, t: Array) -> Array:
+        """β(t)."""
+        return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+    def integrated_beta(self, t: Array) -> Array:
+        """B(t) = β₀ t + ½ (β₁−β₀) t²."""
+        return self.beta_0 * t + 0.5 * (self.beta_1 - self.beta_0) * t ** 2
+
+    def log_mean_coeff(self, t: Array) -> Array:
+        return -0.5 * self.integrated_beta(t)
+
+    def drift_coeff(self, t: Array) -> Array:
+        return -0.5 * self.beta(t)
+
+    def one_minus_alpha_sq(self, t: Array) -> Array:
+        """1 − α(t)² = −expm1(−B(t)), accurate for small t."""
+        return -jnp.expm1(-self.integrated_beta(t))
+
+    def time_of_integrated_beta(self, b: Array) -> Array:
+        """Solves B(t) = b without cancellation: t = 2b / (β₀ + √(β₀² + 2(β₁−β₀) b))."""
+        return 2 * b / (self.beta_0 + jnp.sqrt(self.beta_0 ** 2 + 2 * (self.beta_1 - self.beta_0) * b))
+
+
+class VPSDE(_VPFamily):
+    """Variance-preserving SDE (continuous DDPM): dx = −½β(t) x dt + √β(t) dw."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(beta_min, beta_max, N)
+        self.discrete_betas = np.linspace(beta_min / N, beta_max / N, N, dtype=np.float64)
+        self.alphas = 1.0 - self.discrete_betas
+        self.alphas_cumprod = np.cumprod(self.alphas)
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_1m_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+
+    def std(self, t: Array) -> Array:
+        return jnp.sqrt(self.one_minus_alpha_sq(t))
+
+    def diffusion(self, t: Array) -> Array:
+        return jnp.sqrt(self.beta(t))
+
+    def log_inverse_snr(self, t: Array) -> Array:
+        """log(σ²/α²) = log(e^B − 1)."""
+        return jnp.log(jnp.expm1(self.integrated_beta(t)))
+
+    def inverse_log_inverse_snr(self, c: Array) -> Array:
+        """Closed form: B(t) = log(1 + e^c), then the quadratic in t."""
+        return self.time_of_integrated_beta(jnp.logaddexp(0.0, c))
+
+    def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
+        """DDPM: x_{i+1} = √(1−β_i) x_i + √β_i z_i, i = round(t (N−1)/T)."""
+        i = jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
+        beta = jnp.asarray(self.discrete_betas, jnp.float32)[i]
+        return batch_mul(jnp.sqrt(1.0 - beta), x) - x, jnp.sqrt(beta)
+
+
+class subVPSDE(_VPFamily):  # noqa: N801  (name from the paper code and API.md)
+    """Sub-VP SDE: dx = −½β(t) x dt + √(β(t)(1 − e^{−2B(t)})) dw; σ(t) = 1 − α(t)²."""
+
+    def std(self, t: Array) -> Array:
+        return self.one_minus_alpha_sq(t)
+
+    def diffusion(self, t: Array) -> Array:
+        return jnp.sqrt(self.beta(t) * -jnp.expm1(-2.0 * self.integrated_beta(t)))
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE (continuous SMLD): σ(t) = σ_min (σ_max/σ_min)^t,
+    dx = σ(t) √(2 log(σ_max/σ_min)) dw; prior N(0, σ_max² I)."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(N)
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.prior_std = self.sigma_max
+        self.discrete_sigmas = np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N))
+
+    @property
+    def _log_ratio(self) -> float:
+        return float(np.log(self.sigma_max / self.sigma_min))
+
+    def log_mean_coeff(self, t: Array) -> Array:
+        return jnp.zeros_like(t)
+
+    def drift_coeff(self, t: Array) -> Array:
+        return jnp.zeros_like(t)
+
+    def std(self, t: Array) -> Array:
+        return self.sigma_min * jnp.exp(t * self._log_ratio)
+
+    def diffusion(self, t: Array) -> Array:
+        return self.std(t) * np.sqrt(2 * self._log_ratio)
+
+    def inverse_log_inverse_snr(self, c: Array) -> Array:
+        """Closed form: log σ(t)² = 2 log σ_min + 2 t log(σ_max/σ_min) = c."""
+        return (0.5 * c - np.log(self.sigma_min)) / self._log_ratio
+
+    def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
+        """SMLD: x_{i+1} = x_i + √(σ_{i+1}² − σ_i²) z_i with σ_{−1} = 0."""
+        i = jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
+        sigmas = jnp.asarray(self.discrete_sigmas, jnp.float32)
+        prev = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
+        return jnp.zeros_like(x), jnp.sqrt(sigmas[i] ** 2 - prev ** 2)
+
+
+class LinearVESDE(SDE):
+    """VE SDE with a linear noise scale σ(t) = σ_min + t (σ_max − σ_min):
+    dx = √(dσ²/dt) dw = √(2 σ(t)(σ_max − σ_min)) dw; prior N(0, σ_max² I)."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(N)
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.prior_std = self.sigma_max
+
+    def log_mean_coeff(self, t: Array) -> Array:
+        return jnp.zeros_like(t)
+
+    def drift_coeff(self, t: Array) -> Array:
+        return jnp.zeros_like(t)
+
+    def std(self, t: Array) -> Array:
+        return self.sigma_min + t * (self.sigma_max - self.sigma_min)
+
+    def diffusion(self, t: Array) -> Array:
+        return jnp.sqrt(2.0 * self.std(t) * (self.sigma_max - self.sigma_min))
+
+    def inverse_log_inverse_snr(self, c: Array) -> Array:
+        """Closed form: σ(t) = e^{c/2}."""
+        return (jnp.exp(0.5 * c) - self.sigma_min) / (self.sigma_max - self.sigma_min)
+
+
+SDE_NAMES = ('vesde', 'vpsde', 'subvpsde', 'vesde_linear')
+
+
+def get_sde(config) -> SDE:
+    """Builds the SDE named by ``config.training.sde`` from ``config.model`` scales."""
+    from errors import UserError  # local: keeps this module importable alone
+
+    name = config.training.sde.lower()
+    m = config.model
+    if name == 'vesde':
+        return VESDE(m.sigma_min, m.sigma_max, m.num_scales)
+    if name == 'vesde_linear':
+        return LinearVESDE(m.sigma_min, m.sigma_max, m.num_scales)
+    if name == 'vpsde':
+        return VPSDE(m.beta_min, m.beta_max, m.num_scales)
+    if name == 'subvpsde':
+        return subVPSDE(m.beta_min, m.beta_max, m.num_scales)
+    raise UserError(f"config.training.sde={config.training.sde!r} is not a known SDE; "
+                    f"use one of {', '.join(SDE_NAMES)}.")
