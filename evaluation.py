@@ -1,0 +1,533 @@
+"""Sample-quality metrics: Fréchet distance (FID), kernel distance (KID), Inception score.
+
+Metrics (MATH.md), computed in float64 on features φ(x) of a fixed feature network:
+
+* FID  = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^½)   (Heusel et al., 2017), with (μ, Σ) the mean
+  and covariance of the features of the samples and of the training split.
+* KID  = unbiased MMD² with the cubic kernel k(a, b) = (aᵀb / d + 1)³ (Bińkowski et al.,
+  2018), averaged over ``num_subsets`` random subsets of ``subset_size`` examples of each
+  side, as their reference code (and clean-fid, TF-GAN) do. Unbiased: it can be negative.
+* IS   = exp(E_x KL(p(y|x) ‖ p(y)))   (Salimans et al., 2016), p(y) = E_x p(y|x).
+
+Feature networks (:class:`FeatureNet`, inputs are images in [0, 1], NHWC):
+
+* Real images (CIFAR-10, SVHN, CelebA, ImageNet 32, NPZ images): Keras Inception-v3, read
+  from the LOCAL file ``config.eval.inception_path`` (nothing is downloaded at run time).
+  Images are resized bilinearly to 299×299, scaled to [−1, 1], grey images repeated to
+  three channels. Two files are accepted, both from the Keras applications bucket; on a
+  machine with network access fetch one with e.g. ``wget`` and copy it over:
+
+  - ``inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`` (87 MB):
+    https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5
+    gives the 2048-d average-pool features: FID and KID, no IS.
+  - ``inception_v3_weights_tf_dim_ordering_tf_kernels.h5`` (92 MB):
+    https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels.h5
+    gives the same pool features plus the 1000 ImageNet logits: FID, KID and IS.
+
+  (``python -c "import keras; keras.applications.InceptionV3(include_top=False)"`` also
+  downloads the first into ``~/.keras/models/``.) Which of the two was given is detected
+  from the file (a ``predictions`` layer). The papers used the TF-GAN Inception graph
+  (``pool_3``, 1008 logits); Keras weights give FID/IS values close to, but not identical
+  with, the published ones: compare models with one feature network, not with the tables.
+
+* DIGITS (8×8 scikit-learn digits, which Inception cannot judge): a small MLP classifier
+  trained deterministically on the digits training split (> 98 % test accuracy, a few
+  seconds on CPU), cached in ``<workdir>/stats/digits_classifier.npz``. Its 64-d penultimate
+  features give "FD_digits" and KID, its 10 class probabilities the classifier-based
+  Inception-score analogue (between 1 and 10).
+
+Training-split statistics are cached as ``<workdir>/stats/<dataset>_<split>_<net>.npz``
+(``allow_pickle=False``): μ, Σ, a fixed random subset of features for KID, and the feature
+network's fingerprint; a cache written with another network is recomputed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Any, Iterable, Optional, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import traverse_util
+
+from errors import UserError
+
+INCEPTION_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/"
+                 "inception_v3/")
+INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+INCEPTION_TOP = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
+INCEPTION_SIZE = 299
+DIGITS_NUM_TRAIN = 1600
+DIGITS_SPLIT_SEED = 0
+DIGITS_CLASSIFIER_VERSION = "digits_mlp_v1(64-128-64-10,gelu,adamw3e-3,300 steps)"
+
+ImageSource = Union[np.ndarray, Iterable[np.ndarray]]
+
+
+# --------------------------------------------------------------------------- metrics
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """Fréchet distance ‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) between two Gaussians.
+
+    Σ₁Σ₂ has the eigenvalues of the symmetric PSD matrix M = √Σ₁ Σ₂ √Σ₁, so
+    Tr((Σ₁Σ₂)^½) = Σᵢ √λᵢ(M); both square roots come from ``eigh`` in float64 with
+    eigenvalues at round-off level (tiny, or negative) set to zero. Singular covariances (fewer samples
+    than feature dimensions) need no ε-regularisation.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1 = _symmetric(np.asarray(sigma1, np.float64))
+    sigma2 = _symmetric(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (
+            mu1.shape[0],) * 2:
+        raise UserError(
+            f"Fréchet distance needs statistics of one feature size; got means "
+            f"{mu1.shape} and {mu2.shape}, covariances {sigma1.shape} and {sigma2.shape}. "
+            "Delete stale statistics under <workdir>/stats/ so they are recomputed.")
+    evals, evecs = np.linalg.eigh(sigma1)
+    sqrt_sigma1 = (evecs * _sqrt_psd_eigenvalues(evals)) @ evecs.T
+    m = _symmetric(sqrt_sigma1 @ sigma2 @ sqrt_sigma1)
+    tr_covmean = np.sum(_sqrt_psd_eigenvalues(np.linalg.eigvalsh(m)))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def _symmetric(a: np.ndarray) -> np.ndarray:
+    return 0.5 * (a + a.T)
+
+
+def _sqrt_psd_eigenvalues(evals: np.ndarray) -> np.ndarray:
+    """√λ for the eigenvalues of a PSD matrix, with λ below the round-off level
+    (d · ε₆₄ · max λ, negative ones included) set to 0: √ would blow 1e-17 up to 3e-9."""
+    tol = evals.shape[0] * np.finfo(np.float64).eps * max(float(np.max(evals)), 0.0)
+    return np.sqrt(np.where(evals > tol, evals, 0.0))
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² with k(a, b) = (aᵀb/d + 1)³ between samples x [m, d] and y [n, d].
+
+    MMD²_u = Σ_{i≠j} k(xᵢ,xⱼ)/(m(m−1)) + Σ_{i≠j} k(yᵢ,yⱼ)/(n(n−1)) − 2 Σ_{i,j} k(xᵢ,yⱼ)/(mn).
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    m, n, d = x.shape[0], y.shape[0], x.shape[1]
+    if m < 2 or n < 2:
+        raise UserError(f"KID needs at least 2 examples on each side; got {m} and {n}. "
+                        "Raise config.eval.num_samples.")
+    k_xx = (x @ x.T / d + 1.0) ** 3
+    k_yy = (y @ y.T / d + 1.0) ** 3
+    k_xy = (x @ y.T / d + 1.0) ** 3
+    return float((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+                 + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+                 - 2.0 * k_xy.mean())
+
+
+def kernel_inception_distance(feats1: np.ndarray, feats2: np.ndarray,
+                              num_subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> float:
+    """KID: the mean of :func:`mmd2_unbiased` over random subsets (Bińkowski et al.).
+
+    Each of ``num_subsets`` rounds draws ``min(subset_size, n₁, n₂)`` examples without
+    replacement from each side. When that is every example of both sides, the full
+    samples are compared once.
+    """
+    feats1, feats2 = np.asarray(feats1), np.asarray(feats2)
+    m = min(subset_size, feats1.shape[0], feats2.shape[0])
+    if m == feats1.shape[0] and m == feats2.shape[0]:
+        return mmd2_unbiased(feats1, feats2)
+    rng = np.random.default_rng(seed)
+    values = [mmd2_unbiased(feats1[rng.choice(feats1.shape[0], m, replace=False)],
+                            feats2[rng.choice(feats2.shape[0], m, replace=False)])
+              for _ in range(num_subsets)]
+    return float(np.mean(values))
+
+
+def inception_score(logits_or_probs: np.ndarray, from_logits: bool = True,
+                    num_splits: int = 1) -> float:
+    """IS = exp(E_x KL(p(y|x) ‖ p(y))), p(y) = E_x p(y|x), from logits [N, K] (or probs).
+
+    Computed in log space: log p(y|x) = ℓ − logsumexp(ℓ), log p(y) = logsumexp_x log p(y|x)
+    − log N. With ``num_splits`` > 1 the score is averaged over that many equal splits
+    (Salimans et al. used 10; the default 1 scores all samples at once, like TF-GAN's
+    ``classifier_score_from_logits`` used by the Score SDE code).
+    """
+    a = np.asarray(logits_or_probs, np.float64)
+    if from_logits:
+        log_p = a - _logsumexp(a, axis=1)
+    else:
+        with np.errstate(divide="ignore"):
+            log_p = np.log(a / a.sum(axis=1, keepdims=True))
+    scores = []
+    for part in np.array_split(log_p, num_splits):
+        log_py = _logsumexp(part, axis=0) - np.log(part.shape[0])
+        p = np.exp(part)
+        kl = np.sum(p * np.where(p > 0, part - log_py, 0.0), axis=1)  # 0·log 0 = 0
+        scores.append(np.exp(kl.mean()))
+    return float(np.mean(scores))
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    amax = np.max(a, axis=axis, keepdims=True)
+    amax = np.where(np.isfinite(amax), amax, 0.0)
+    return amax + np.log(np.sum(np.exp(a - amax), axis=axis, keepdims=True))
+
+
+# ------------------------------------------------------------------ feature statistics
+@dataclasses.dataclass(frozen=True)
+class FeatureStats:
+    """Reference statistics of a feature network on a data split.
+
+    Attributes:
+      mu: [d] feature mean (float64).
+      sigma: [d, d] feature covariance (float64, ddof = 1).
+      features: [k, d] a uniformly random subset of the features, for KID.
+      fingerprint: identifies the feature network (weights) that produced them.
+    """
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray
+    fingerprint: str
+
+
+def feature_stats(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(μ, Σ) of features [N, d] in float64, Σ with the unbiased 1/(N−1) normalisation."""
+    f = np.asarray(features, np.float64)
+    return f.mean(axis=0), np.cov(f, rowvar=False, ddof=1).reshape(f.shape[1], f.shape[1])
+
+
+def stats_path(workdir: str, dataset: str, split: str, featurenet: str) -> str:
+    """``<workdir>/stats/<dataset>_<split>_<featurenet>.npz`` (lower-case dataset)."""
+    return os.path.join(workdir, "stats", f"{dataset.lower()}_{split}_{featurenet}.npz")
+
+
+def save_stats(path: str, stats: FeatureStats) -> None:
+    """Writes ``stats`` to ``path`` (.npz, no pickle) atomically: tmp file, then rename."""
+    _save_npz(path, mu=stats.mu, sigma=stats.sigma, features=stats.features,
+              fingerprint=np.array(stats.fingerprint))
+
+
+def load_stats(path: str) -> FeatureStats:
+    """Reads statistics written by :func:`save_stats` (``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as f:
+        return FeatureStats(mu=f["mu"], sigma=f["sigma"], features=f["features"],
+                            fingerprint=str(f["fingerprint"]))
+
+
+def _save_npz(path: str, **arrays: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+class _MomentAccumulator:
+    """Streaming mean and covariance (float64, shifted by the first batch's mean) plus a
+    uniform random subset of ``keep`` rows: each row gets a U(0,1) key, the ``keep``
+    smallest keys win (bottom-k sampling, exact without replacement)."""
+
+    def __init__(self, keep: int, seed: int):
+        self.keep, self.rng = keep, np.random.default_rng(seed)
+        self.n, self.shift, self.s1, self.s2 = 0, None, None, None
+        self.keys, self.rows = np.zeros(0), None
+
+    def add(self, f: np.ndarray) -> None:
+        f64 = np.asarray(f, np.float64)
+        if self.shift is None:
+            self.shift = f64.mean(axis=0)
+            self.s1 = np.zeros_like(self.shift)
+            self.s2 = np.zeros((f64.shape[1],) * 2)
+            self.rows = np.zeros((0, f64.shape[1]), np.float32)
+        c = f64 - self.shift
+        self.n += f64.shape[0]
+        self.s1 += c.sum(axis=0)
+        self.s2 += c.T @ c
+        keys = np.concatenate([self.keys, self.rng.random(f64.shape[0])])
+        rows = np.concatenate([self.rows, np.asarray(f, np.float32)])
+        best = np.argsort(keys, kind="stable")[:self.keep]
+        self.keys, self.rows = keys[best], rows[best]
+
+    def result(self, fingerprint: str) -> FeatureStats:
+        if self.n < 2:
+            raise UserError("Feature statistics need at least 2 training examples.")
+        mean_c = self.s1 / self.n
+        sigma = (self.s2 - self.n * np.outer(mean_c, mean_c)) / (self.n - 1)
+        return FeatureStats(mu=self.shift + mean_c, sigma=_symmetric(sigma),
+                            features=self.rows, fingerprint=fingerprint)
+
+
+def compute_dataset_stats(net: "FeatureNet", images: ImageSource,
+                          num_kid_features: int = 5000, seed: int = 0) -> FeatureStats:
+    """Runs ``net`` over ``images`` (an array [N, H, W, C] in [0, 1], or an iterable of such
+    batches, e.g. the training split) and returns μ, Σ and ``num_kid_features`` random
+    feature rows for KID. Memory is O(d² + num_kid_features·d), not O(N·d)."""
+    acc = _MomentAccumulator(num_kid_features, seed)
+    batches = [images] if isinstance(images, np.ndarray) else images
+    for batch in batches:
+        acc.add(net(batch)[0])
+    return acc.result(net.fingerprint)
+
+
+# --------------------------------------------------------------------- feature networks
+class FeatureNet:
+    """A fixed network mapping images in [0, 1] ([N, H, W, C]) to features (and logits).
+
+    Subclasses set ``name`` (used in cache file names), ``fingerprint`` and
+    ``batch_size`` and implement :meth:`_apply` on one batch of exactly ``batch_size``
+    images; :meth:`__call__` pads the last batch so that every call has one shape.
+    """
+    name: str
+    fingerprint: str
+    batch_size: int
+
+    def _apply(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        raise NotImplementedError
+
+    def __call__(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Returns (features [N, d] float32, logits [N, K] float32 or None)."""
+        images = np.asarray(images, np.float32)
+        n, feats, logits = images.shape[0], [], []
+        for start in range(0, n, self.batch_size):
+            batch = images[start:start + self.batch_size]
+            pad = self.batch_size - batch.shape[0]
+            if pad:
+                batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
+            f, lg = self._apply(batch)
+            feats.append(np.asarray(f, np.float32)[:self.batch_size - pad])
+            if lg is not None:
+                logits.append(np.asarray(lg, np.float32)[:self.batch_size - pad])
+        features = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
+        return features, (np.concatenate(logits) if logits else None)
+
+
+class InceptionFeatureNet(FeatureNet):
+    """Keras Inception-v3 (TF backend by default): 2048-d pool features, and the 1000
+    ImageNet logits when the weights file has the classification top."""
+
+    def __init__(self, path: str, batch_size: int = 50):
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top (4-7 s import)
+        _allow_tf_gpu_memory_growth(tf)
+        self.has_top = _has_predictions_layer(path)
+        self.name = "inception_v3" + ("" if self.has_top else "_notop")
+        self.fingerprint = _file_digest(path)
+        self.batch_size = batch_size
+        try:
+            base = tf.keras.applications.InceptionV3(
+                include_top=self.has_top, weights=path, pooling="avg",
+                classifier_activation=None)
+        except (ValueError, OSError) as e:
+            raise UserError(
+                f"Could not load Inception-v3 weights from {path!r} ({e}). Expected the "
+                f"Keras file {INCEPTION_NOTOP} or {INCEPTION_TOP}; set "
+                "config.eval.inception_path to it.") from e
+        outputs = ([base.get_layer("avg_pool").output, base.output] if self.has_top
+                   else [base.output])
+        images = tf.keras.Input((None, None, 3))
+        x = tf.keras.layers.Resizing(INCEPTION_SIZE, INCEPTION_SIZE,
+                                     interpolation="bilinear")(images)
+        x = tf.keras.layers.Rescaling(2.0, offset=-1.0)(x)
+        features_model = tf.keras.Model(base.inputs, outputs)
+        self.model = tf.keras.Model(images, features_model(x))
+
+    def _apply(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if images.shape[-1] == 1:
+            images = np.repeat(images, 3, axis=-1)
+        out = self.model.predict_on_batch(images)
+        if self.has_top:
+            return np.asarray(out[0]), np.asarray(out[1])
+        return np.asarray(out[0] if isinstance(out, (list, tuple)) else out), None
+
+
+def load_inception(path: str, batch_size: int = 50) -> InceptionFeatureNet:
+    """Inception-v3 from a local Keras weights file; :class:`UserError` if it is missing."""
+    if not path or not os.path.isfile(path):
+        what = "is empty" if not path else f"is {path!r}, which does not exist"
+        raise UserError(
+            f"FID/KID/IS need Inception-v3 weights, but config.eval.inception_path {what}. "
+            f"On a machine with network access download {INCEPTION_URL}{INCEPTION_NOTOP} "
+            f"(FID, KID) or {INCEPTION_URL}{INCEPTION_TOP} (also IS), copy it here and "
+            "pass --config.eval.inception_path=/path/to/that/file.h5.")
+    return InceptionFeatureNet(path, batch_size)
+
+
+def _has_predictions_layer(path: str) -> bool:
+    """True when the HDF5 weights file holds the classification top ('predictions')."""
+    import h5py  # pylint: disable=g-import-not-at-top
+    names = []
+    try:
+        with h5py.File(path, "r") as f:
+            f.visit(names.append)
+    except OSError as e:
+        raise UserError(
+            f"config.eval.inception_path={path!r} is not an HDF5 weights file ({e}). "
+            f"Expected {INCEPTION_NOTOP} or {INCEPTION_TOP}.") from e
+    return any(part == "predictions" for name in names for part in name.split("/"))
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _allow_tf_gpu_memory_growth(tf: Any) -> None:
+    """Keeps TensorFlow from reserving the whole GPU that JAX already uses."""
+    try:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # GPUs already initialised: too late, keep TF's setting.
+        pass
+
+
+# ------------------------------------------------------------------ digits classifier
+class DigitsMLP(nn.Module):
+    """64 → 128 → 64 (features) → 10 (logits) MLP with GELU, on 8×8 images in [0, 1]."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
+        x = x.reshape(x.shape[0], -1)
+        x = nn.gelu(nn.Dense(128)(x))
+        features = nn.gelu(nn.Dense(64)(x))
+        return features, nn.Dense(10)(features)
+
+
+def digits_split() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """DIGITS (train_images, train_labels, test_images, test_labels), images [N,8,8,1] in
+    [0, 1] (levels / 16): the fixed 1600 / 197 split of ``datasets``, or, without it,
+    ``np.random.default_rng(0).permutation(1797)``."""
+    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    perm = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(images.shape[0])
+    train, test = perm[:DIGITS_NUM_TRAIN], perm[DIGITS_NUM_TRAIN:]
+    return images[train], digits.target[train], images[test], digits.target[test]
+
+
+def train_digits_classifier(images: np.ndarray, labels: np.ndarray, seed: int = 0,
+                            num_steps: int = 300, lr: float = 3e-3) -> dict:
+    """Trains :class:`DigitsMLP` full-batch with AdamW (deterministic given ``seed``).
+
+    Inputs get uniform noise of one grey level, x + (u − ½)/16 clipped to [0, 1], so the
+    classifier also reads continuous samples of a generative model.
+    """
+    model = DigitsMLP()
+    x, y = jnp.asarray(images, jnp.float32), jnp.asarray(labels)
+    init_key, noise_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = model.init(init_key, x[:1])["params"]
+    opt = optax.adamw(lr, weight_decay=1e-3)
+
+    def loss(p, xb):
+        logits = model.apply({"params": p}, xb)[1]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def step(carry, key):
+        p, state = carry
+        xb = jnp.clip(x + (jax.random.uniform(key, x.shape) - 0.5) / 16.0, 0.0, 1.0)
+        updates, state = opt.update(jax.grad(loss)(p, xb), state, p)
+        return (optax.apply_updates(p, updates), state), None
+
+    @jax.jit
+    def train(p):
+        carry, _ = jax.lax.scan(step, (p, opt.init(p)),
+                                jax.random.split(noise_key, num_steps))
+        return carry[0]
+
+    return jax.tree.map(np.asarray, train(params))
+
+
+class DigitsFeatureNet(FeatureNet):
+    """Penultimate features (64-d) and logits (10) of a trained :class:`DigitsMLP`."""
+    name = "digits_mlp"
+
+    def __init__(self, params: dict, batch_size: int = 500):
+        self.params, self.batch_size = params, batch_size
+        flat = traverse_util.flatten_dict(params, sep="/")
+        h = hashlib.sha256(DIGITS_CLASSIFIER_VERSION.encode())
+        for key in sorted(flat):
+            h.update(key.encode())
+            h.update(np.ascontiguousarray(flat[key], np.float32).tobytes())
+        self.fingerprint = h.hexdigest()[:16]
+        self._fn = jax.jit(lambda p, x: DigitsMLP().apply({"params": p}, x))
+
+    def _apply(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if images.shape[1:] != (8, 8, 1):
+            raise UserError(f"The digits classifier reads [N, 8, 8, 1] images; got "
+                            f"{images.shape}. Use it only with config.data.dataset=DIGITS.")
+        features, logits = self._fn(self.params, jnp.asarray(images))
+        return np.asarray(features), np.asarray(logits)
+
+
+def get_digits_classifier(workdir: str, seed: int = 0) -> DigitsFeatureNet:
+    """Loads ``<workdir>/stats/digits_classifier.npz`` or trains the classifier and saves it
+    there (parameters flattened with '/' keys, plus a version string; no pickle)."""
+    path = os.path.join(workdir, "stats", "digits_classifier.npz")
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["version"]) == DIGITS_CLASSIFIER_VERSION:
+                flat = {k: f[k] for k in f.files if k != "version"}
+                return DigitsFeatureNet(traverse_util.unflatten_dict(flat, sep="/"))
+    images, labels, _, _ = digits_split()
+    params = train_digits_classifier(images, labels, seed)
+    _save_npz(path, version=np.array(DIGITS_CLASSIFIER_VERSION),
+              **traverse_util.flatten_dict(params, sep="/"))
+    logging.info("Trained the digits classifier for FD/KID/IS; saved %s", path)
+    return DigitsFeatureNet(params)
+
+
+# --------------------------------------------------------------------------- pipeline
+def get_feature_net(dataset_name: str, workdir: str, config: Any) -> FeatureNet:
+    """The digits classifier for DIGITS, Inception-v3 from config.eval.inception_path
+    otherwise (:class:`UserError` when that file is missing)."""
+    if dataset_name.upper() == "DIGITS":
+        return get_digits_classifier(workdir, seed=0)
+    return load_inception(config.eval.get("inception_path", ""))
+
+
+def reference_stats(net: FeatureNet, dataset_name: str, workdir: str,
+                    reference_images: Optional[ImageSource] = None,
+                    split: str = "train") -> FeatureStats:
+    """Cached training-split statistics of ``net``; computed from ``reference_images`` (or,
+    for DIGITS, the training split) and saved when missing or made by another network."""
+    path = stats_path(workdir, dataset_name, split, net.name)
+    if os.path.exists(path):
+        stats = load_stats(path)
+        if stats.fingerprint == net.fingerprint:
+            return stats
+        logging.info("%s was computed with another feature network; recomputing.", path)
+    if reference_images is None:
+        if dataset_name.upper() != "DIGITS" or split != "train":
+            raise UserError(
+                f"No cached statistics at {path}: pass the {dataset_name} {split} images "
+                "in [0, 1] as reference_images to compute them.")
+        reference_images = digits_split()[0]
+    stats = compute_dataset_stats(net, reference_images)
+    save_stats(path, stats)
+    logging.info("Saved %s statistics of %s (%s) to %s", net.name, dataset_name, split,
+                 path)
+    return stats
+
+
+def sample_quality(samples_in_unit_interval: np.ndarray, dataset_name: str, workdir: str,
+                   config: Any, reference_images: Optional[ImageSource] = None
+                   ) -> dict:
+    """FID, KID and IS of samples [N, H, W, C] in [0, 1] against the training split.
+
+    Returns {'fid', 'kid', 'is'} (floats); 'is' only where the feature network has
+    logits (digits classifier, Inception top weights). For DIGITS 'fid' is FD_digits and
+    'is' the 10-class classifier score. ``reference_images`` (the training split in
+    [0, 1], an array or an iterable of batches) is needed only to build a missing cache.
+    Raises :class:`UserError` when Inception weights are needed and missing.
+    """
+    net = get_feature_net(dataset_name, workdir, config)
+    ref = reference_stats(net, dataset_name, workdir, reference_images)
+    features, logits = net(samples_in_unit_interval)
+    mu, sigma = feature_stats(features)
+    result = {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
+              "kid": kernel_inception_distance(features, ref.features)}
+    if logits is not None:
+        result["is"] = inception_score(logits)
+    return result

@@ -1,0 +1,225 @@
+"""Tests of evaluation.py: FID / KID / IS against closed forms, stats cache, feature nets."""
+import os
+
+import h5py
+import ml_collections
+import numpy as np
+import pytest
+import scipy.linalg
+
+import evaluation
+from errors import UserError
+
+
+def _random_spd(rng: np.random.Generator, d: int, rank: int = None) -> np.ndarray:
+    a = rng.normal(size=(d, rank or d))
+    return a @ a.T / d + (0.0 if rank else 0.1 * np.eye(d))
+
+
+# --------------------------------------------------------------------- Fréchet distance
+def test_frechet_matches_sqrtm_reference():
+    rng = np.random.default_rng(0)
+    for d in (1, 3, 16):
+        mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+        s1, s2 = _random_spd(rng, d), _random_spd(rng, d)
+        covmean = scipy.linalg.sqrtm(s1 @ s2).real
+        ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean)
+        assert evaluation.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-9)
+
+
+def test_frechet_closed_forms_including_singular():
+    rng = np.random.default_rng(1)
+    d = 8
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s = _random_spd(rng, d, rank=3)  # singular, as with fewer samples than features
+    assert evaluation.frechet_distance(mu1, s, mu1, s) == pytest.approx(0.0, abs=1e-10)
+    assert evaluation.frechet_distance(mu1, s, mu2, s) == pytest.approx(
+        np.sum((mu1 - mu2) ** 2), rel=1e-9)
+    # Commuting (diagonal) covariances, some variances zero: Σᵢ (√aᵢ − √bᵢ)².
+    a, b = np.array([0.0, 1.0, 4.0, 2.0]), np.array([1.0, 0.0, 9.0, 2.0])
+    expected = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = evaluation.frechet_distance(np.zeros(4), np.diag(a), np.zeros(4), np.diag(b))
+    assert got == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(UserError):
+        evaluation.frechet_distance(mu1, s, mu2[:4], s[:4, :4])
+
+
+# -------------------------------------------------------------------------------- KID
+def _population_mmd2_unit_gaussians(mu: np.ndarray) -> float:
+    """MMD² between N(μ, I) and N(0, I) for k = (aᵀb/d + 1)³ = Σ_p C(3,p) (aᵀb/d)^p:
+    ‖E φ(x) − E φ(y)‖² with moment tensors E x = μ, E x⊗x = I + μμᵀ and
+    E x⊗x⊗x = μ⊗μ⊗μ + (μ⊗I + permutations)."""
+    d = mu.shape[0]
+    eye = np.eye(d)
+    m2 = np.outer(mu, mu)
+    m3 = (np.einsum("i,j,k->ijk", mu, mu, mu) + np.einsum("i,jk->ijk", mu, eye)
+          + np.einsum("j,ik->ijk", mu, eye) + np.einsum("k,ij->ijk", mu, eye))
+    return 3 / d * mu @ mu + 3 / d**2 * np.sum(m2**2) + 1 / d**3 * np.sum(m3**2)
+
+
+def test_mmd2_unbiased_matches_double_loop():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(7, 3)) + 0.3
+    k = lambda a, b: (a @ b / 3 + 1) ** 3
+    xx = sum(k(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / 20
+    yy = sum(k(y[i], y[j]) for i in range(7) for j in range(7) if i != j) / 42
+    xy = sum(k(x[i], y[j]) for i in range(5) for j in range(7)) / 35
+    assert evaluation.mmd2_unbiased(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5])
+def test_kid_matches_population_mmd2(shift):
+    """KID is unbiased: over independent draws its mean is the population MMD² (0 for one
+    distribution, where single values may be negative) within a few standard errors."""
+    rng = np.random.default_rng(3)
+    d, n, reps = 4, 200, 40
+    mu = np.full(d, shift)
+    values = np.array([
+        evaluation.kernel_inception_distance(rng.normal(size=(n, d)) + mu,
+                                             rng.normal(size=(n + 50, d)),
+                                             num_subsets=10, subset_size=150, seed=i)
+        for i in range(reps)])
+    stderr = values.std(ddof=1) / np.sqrt(reps)
+    expected = _population_mmd2_unit_gaussians(mu)
+    assert abs(values.mean() - expected) < 4 * stderr
+    if shift:
+        assert expected > 20 * stderr  # clearly > 0 for shifted samples
+    else:
+        assert values.min() < 0 < values.max()
+
+
+# --------------------------------------------------------------------------------- IS
+def test_inception_score_closed_forms():
+    k = 10
+    assert evaluation.inception_score(np.zeros((40, k))) == pytest.approx(1.0, abs=1e-12)
+    confident = 1e4 * np.eye(k)[np.arange(5 * k) % k]  # huge logits: no overflow
+    assert evaluation.inception_score(confident) == pytest.approx(k, rel=1e-12)
+    assert evaluation.inception_score(confident, num_splits=5) == pytest.approx(k, rel=1e-12)
+    # Half confident and balanced, half uniform: p(y) uniform, KL = log K or 0, IS = √K.
+    probs = np.concatenate([np.eye(k)[np.arange(k)], np.full((k, k), 1.0 / k)])
+    assert evaluation.inception_score(probs, from_logits=False) == pytest.approx(
+        np.sqrt(k), rel=1e-12)
+    with np.errstate(divide="ignore"):
+        assert evaluation.inception_score(np.log(probs)) == pytest.approx(np.sqrt(k),
+                                                                          rel=1e-12)
+
+
+# ------------------------------------------------------------------ statistics and cache
+class _LinearNet(evaluation.FeatureNet):
+    name, fingerprint, batch_size = "linear", "lin0", 7
+
+    def _apply(self, images):
+        assert images.shape[0] == self.batch_size
+        flat = images.reshape(images.shape[0], -1)
+        return flat @ np.arange(flat.shape[1] * 3).reshape(-1, 3) / 10.0, None
+
+
+def test_dataset_stats_streaming_and_cache_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    images = rng.uniform(size=(53, 2, 2, 1)).astype(np.float32)
+    net = _LinearNet()
+    features, logits = net(images)
+    assert features.shape == (53, 3) and logits is None
+    batches = (images[i:i + 10] for i in range(0, 53, 10))
+    stats = evaluation.compute_dataset_stats(net, batches, num_kid_features=20, seed=0)
+    mu, sigma = evaluation.feature_stats(features)
+    np.testing.assert_allclose(stats.mu, mu, rtol=1e-6)
+    np.testing.assert_allclose(stats.sigma, sigma, rtol=1e-5)
+    np.testing.assert_allclose(sigma, np.cov(features.astype(np.float64).T), rtol=1e-12)
+    assert stats.features.shape == (20, 3)
+    assert len({tuple(r) for r in stats.features}) == 20  # without replacement
+    assert all(np.any(np.all(features == r, axis=1)) for r in stats.features)
+
+    path = evaluation.stats_path(str(tmp_path), "CIFAR10", "train", net.name)
+    assert path == os.path.join(str(tmp_path), "stats", "cifar10_train_linear.npz")
+    evaluation.save_stats(path, stats)
+    with np.load(path, allow_pickle=False) as f:  # no object arrays inside
+        assert sorted(f.files) == ["features", "fingerprint", "mu", "sigma"]
+    loaded = evaluation.load_stats(path)
+    assert loaded.fingerprint == "lin0"
+    for name in ("mu", "sigma", "features"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(stats, name))
+    assert os.listdir(os.path.dirname(path)) == ["cifar10_train_linear.npz"]
+
+
+# --------------------------------------------------------------------- digits classifier
+@pytest.fixture(scope="module")
+def digits_workdir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("digits_work"))
+
+
+def test_digits_classifier_accuracy_and_cache(digits_workdir):
+    net = evaluation.get_digits_classifier(digits_workdir)
+    _, _, test_x, test_y = evaluation.digits_split()
+    features, logits = net(test_x)
+    assert features.shape == (197, 64) and logits.shape == (197, 10)
+    accuracy = np.mean(logits.argmax(axis=1) == test_y)
+    assert accuracy > 0.95
+    again = evaluation.get_digits_classifier(digits_workdir)  # from the .npz cache
+    assert again.fingerprint == net.fingerprint
+    np.testing.assert_array_equal(again(test_x[:5])[1], logits[:5])
+
+
+def test_digits_sample_quality_separates_real_from_noise(digits_workdir):
+    config = ml_collections.ConfigDict({"eval": {"inception_path": ""}})
+    _, _, test_x, _ = evaluation.digits_split()
+    noise = np.random.default_rng(5).uniform(size=test_x.shape).astype(np.float32)
+    real = evaluation.sample_quality(test_x, "DIGITS", digits_workdir, config)
+    fake = evaluation.sample_quality(noise, "DIGITS", digits_workdir, config)
+    assert os.path.exists(evaluation.stats_path(digits_workdir, "DIGITS", "train",
+                                                "digits_mlp"))
+    assert set(real) == {"fid", "kid", "is"}
+    assert real["fid"] < 0.05 * fake["fid"]  # measured 4.3 vs 315
+    assert real["kid"] < 0.01 * fake["kid"]
+    assert real["is"] > 8.0 > fake["is"]
+
+
+# ------------------------------------------------------------------------- Inception
+@pytest.mark.parametrize("path", ["", "/nonexistent/inception.h5"])
+def test_missing_inception_weights_raise_user_error(tmp_path, path):
+    config = ml_collections.ConfigDict({"eval": {"inception_path": path}})
+    samples = np.zeros((4, 32, 32, 3), np.float32)
+    with pytest.raises(UserError, match=r"eval\.inception_path"):
+        evaluation.sample_quality(samples, "CIFAR10", str(tmp_path), config)
+
+
+def _save_legacy_h5(model, path: str, skip: tuple = ()) -> None:
+    """Writes weights in the legacy Keras HDF5 layout of the published weight files."""
+    with h5py.File(path, "w") as f:
+        layers = [layer for layer in model.layers if layer.name not in skip]
+        f.attrs["layer_names"] = [layer.name.encode() for layer in layers]
+        for layer in layers:
+            group = f.create_group(layer.name)
+            weights = layer.trainable_weights + layer.non_trainable_weights
+            names = [f"{layer.name}/w{i}" for i in range(len(weights))]
+            group.attrs["weight_names"] = [n.encode() for n in names]
+            for n, w in zip(names, weights):
+                group.create_dataset(n, data=np.asarray(w))
+
+
+def test_inception_loads_notop_and_top_weight_files(tmp_path):
+    """One random-weights Inception-v3 saved as the two Keras files: the 'notop' file gives
+    2048-d pool features, the full file the same features plus 1000 logits."""
+    import tensorflow as tf
+    model = tf.keras.applications.InceptionV3(weights=None, include_top=True,
+                                              classifier_activation=None)
+    top, notop = str(tmp_path / evaluation.INCEPTION_TOP), str(tmp_path /
+                                                              evaluation.INCEPTION_NOTOP)
+    _save_legacy_h5(model, top)
+    _save_legacy_h5(model, notop, skip=("avg_pool", "predictions"))
+    images = np.random.default_rng(6).uniform(size=(3, 16, 16, 1)).astype(np.float32)
+    net_notop = evaluation.load_inception(notop, batch_size=2)
+    net_top = evaluation.load_inception(top, batch_size=2)
+    assert not net_notop.has_top and net_top.has_top
+    assert net_notop.name != net_top.name and net_notop.fingerprint != net_top.fingerprint
+    features, logits = net_notop(images)
+    assert features.shape == (3, 2048) and logits is None
+    features_top, logits_top = net_top(images)
+    assert logits_top.shape == (3, 1000)
+    np.testing.assert_allclose(features_top, features, rtol=1e-4, atol=1e-5)
+    kernel, bias = model.get_layer("predictions").get_weights()
+    np.testing.assert_allclose(logits_top, features @ kernel + bias, rtol=1e-3, atol=1e-4)
+    resized = tf.image.resize(np.repeat(images, 3, -1), (299, 299)).numpy() * 2 - 1
+    direct = model.get_layer("avg_pool").output  # the pool features of the original model
+    pool = tf.keras.Model(model.inputs, direct).predict_on_batch(resized)
+    np.testing.assert_allclose(features, pool, rtol=1e-4, atol=1e-5)
