@@ -1,0 +1,47 @@
+"""TOY: 2-D mixture of 8 Gaussians on a circle (``datasets.toy_distribution``), vector
+data [N, 2] with an exact density, and a time-conditioned residual MLP."""
+import ml_collections
+
+from configs.base import get_base_config
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+    config = get_base_config()
+    training = config.training
+    training.sde = 'vpsde'
+    training.reduce_mean = True
+    training.batch_size = 512
+    training.n_iters = 10000
+    training.n_jitted_steps = 50
+    training.snapshot_freq = 2000
+    training.snapshot_freq_for_preemption = 1000
+    training.eval_freq = 500
+    training.log_freq = 500
+
+    config.sampling.method = 'ode'
+
+    evaluate = config.eval
+    evaluate.begin_ckpt = evaluate.end_ckpt = 5
+    evaluate.batch_size = 1000
+    evaluate.enable_loss = True
+    evaluate.num_repeats = 1
+    evaluate.num_samples = 2000
+
+    data = config.data
+    data.dataset = 'TOY'
+    data.dim = 2
+    data.image_size = 0
+    data.num_channels = 0
+    data.centered = False
+    data.random_flip = False
+
+    model = config.model
+    model.name = 'mlp'
+    model.nf = 256
+    model.num_res_blocks = 4
+    model.embedding_type = 'positional'
+    model.dropout = 0.0
+    model.ema_rate = 0.999
+    config.optim.lr = 1e-3
+    config.optim.warmup = 0
+    return config

@@ -1,0 +1,70 @@
+"""Settings shared by several leaf configs, written once.
+
+``ddpmpp_style`` / ``ncsnpp_style`` set the architecture flags of DDPM++ (VP, sub-VP) and
+NCSN++ (VE) from Score SDE (Song et al., 2021, Table 3 / configs); ``paper_size`` sets the
+CIFAR-10 network size; ``set_weighting`` the ScoreFlow training objective.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# Flags shared by NCSN++ and DDPM++ (everything but the width and depth).
+_COMMON_STYLE = {
+    'name': 'ncsnpp',
+    'normalization': 'GroupNorm',
+    'nonlinearity': 'swish',
+    'resamp_with_conv': True,
+    'conditional': True,
+    'fir_kernel': [1, 3, 3, 1],
+    'skip_rescale': True,
+    'resblock_type': 'biggan',
+    'progressive': 'none',
+    'progressive_combine': 'sum',
+    'attention_type': 'ddpm',
+    'init_scale': 0.0,
+    'fourier_scale': 16.0,
+    'conv_size': 3,
+}
+_DDPMPP_STYLE = {**_COMMON_STYLE, 'scale_by_sigma': False, 'ema_rate': 0.9999, 'fir': False,
+                 'progressive_input': 'none', 'embedding_type': 'positional'}
+_NCSNPP_STYLE = {**_COMMON_STYLE, 'scale_by_sigma': True, 'ema_rate': 0.999, 'fir': True,
+                 'progressive_input': 'residual', 'embedding_type': 'fourier'}
+
+# Smallest time ε of sub-VP in yang-song/score_flow (training, sampling and likelihoods):
+# near t = 0 sub-VP's σ(t) ≈ β₀t is far below VP's √(β₀t) (1e-6 vs 1e-3 at t = 1e-5).
+SUBVP_EPS = 1e-2
+
+# ScoreFlow's three training objectives: (likelihood_weighting, importance_weighting).
+WEIGHTINGS = {
+    'baseline': (False, False),  # Score SDE: λ(t) = σ(t)²
+    'lw': (True, False),         # likelihood weighting λ(t) = g(t)², t ~ U(ε, 1)
+    'lw_is': (True, True),       # likelihood weighting, t ~ p(t) ∝ g(t)²/σ(t)²
+}
+
+
+def ddpmpp_style(config: ml_collections.ConfigDict) -> None:
+    """DDPM++ flags (positional time embedding, no FIR, no progressive input)."""
+    config.model.update(_DDPMPP_STYLE)
+
+
+def ncsnpp_style(config: ml_collections.ConfigDict) -> None:
+    """NCSN++ flags (Fourier σ embedding, FIR, residual progressive input, output / σ)."""
+    config.model.update(_NCSNPP_STYLE)
+
+
+def paper_size(config: ml_collections.ConfigDict, deep: bool) -> None:
+    """The CIFAR-10 networks: nf 128, ch_mult (1,2,2,2), 4 (deep: 8) res blocks, attn 16."""
+    config.model.update({'nf': 128, 'ch_mult': (1, 2, 2, 2),
+                         'num_res_blocks': 8 if deep else 4, 'attn_resolutions': (16,)})
+    if deep:
+        config.training.n_iters = 950001
+        config.eval.begin_ckpt = config.eval.end_ckpt = 19
+
+
+def set_weighting(config: ml_collections.ConfigDict, weighting: str) -> None:
+    """Set the objective: one of ``WEIGHTINGS`` ('baseline', 'lw', 'lw_is')."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f'unknown weighting {weighting!r}; known: {sorted(WEIGHTINGS)}')
+    lw, iw = WEIGHTINGS[weighting]
+    config.training.likelihood_weighting = lw
+    config.training.importance_weighting = iw

@@ -1,0 +1,6 @@
+"""ScoreFlow: sub-VP, deep DDPM++, CIFAR-10, λ = σ² (Score SDE)."""
+from configs.scoreflow_table import get_config as table_config
+
+
+def get_config():
+    return table_config('subvpsde', 'cifar10', deep=True, weighting='baseline')

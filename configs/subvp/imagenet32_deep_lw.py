@@ -1,0 +1,6 @@
+"""ScoreFlow: sub-VP, deep DDPM++, ImageNet32, likelihood weighting."""
+from configs.scoreflow_table import get_config as table_config
+
+
+def get_config():
+    return table_config('subvpsde', 'imagenet32', deep=True, weighting='lw')

@@ -1,0 +1,1 @@
+"""Leaf configs for the ve SDE."""

@@ -1,0 +1,6 @@
+"""ScoreFlow: VP, deep DDPM++, CIFAR-10, likelihood weighting + importance sampling."""
+from configs.scoreflow_table import get_config as table_config
+
+
+def get_config():
+    return table_config('vpsde', 'cifar10', deep=True, weighting='lw_is')

@@ -1,0 +1,9 @@
+"""DIGITS (8×8, 17 levels), VP SDE, small DDPM++, weighting 'lw' (see configs.presets)."""
+from configs import presets
+from configs.default_digits_configs import get_default_configs
+
+
+def get_config():
+    config = get_default_configs()
+    presets.set_weighting(config, 'lw')
+    return config

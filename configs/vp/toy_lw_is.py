@@ -1,0 +1,9 @@
+"""TOY (2-D ring of 8 Gaussians), VP SDE, MLP, weighting 'lw_is' (see configs.presets)."""
+from configs import presets
+from configs.default_toy_configs import get_default_configs
+
+
+def get_config():
+    config = get_default_configs()
+    presets.set_weighting(config, 'lw_is')
+    return config
