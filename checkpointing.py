@@ -1,0 +1,269 @@
+"""Train-state checkpoints with orbax: snapshots for evaluation, preemption saves to resume.
+
+A work directory ``W`` holds two folders, both managed by ``orbax.checkpoint``:
+
+- ``W/checkpoints/<i>``: snapshot ``i`` of the full train state, saved at step
+  ``i · snapshot_freq`` (the original code's ``checkpoint_<i>``); all are kept.
+  ``--mode eval`` reads these (``config.eval.begin_ckpt .. end_ckpt``).
+- ``W/checkpoints-meta/<step>``: the latest preemption saves, numbered by the training
+  step itself; the newest two are kept. ``--mode train`` resumes from the newest.
+
+Every save writes the full ``TrainState`` (step, params, ema_params, opt_state, rng) into
+``<n>.orbax-checkpoint-tmp-*`` and renames it when complete, after writing
+``commit_success.txt`` inside: a step folder without that marker, or a leftover tmp
+folder, is an interrupted save; it is skipped with a warning (writers move it aside to
+``<n>.incomplete-<time>`` or let orbax delete the tmp folder) and never crashes a run.
+Problems the user must act on (missing, corrupt or incompatible checkpoints) raise
+:class:`errors.UserError` naming the path and what to do.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from typing import Any, Iterator, List, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from errors import UserError
+
+SNAPSHOT_DIR = 'checkpoints'
+PREEMPTION_DIR = 'checkpoints-meta'
+PREEMPTION_KEEP = 2
+COMMIT_MARKER = 'commit_success.txt'
+_STEP_RE = re.compile(r'^\d+$')
+_TMP_RE = re.compile(r'^\d+\.orbax-checkpoint-tmp')
+
+
+def snapshot_dir(workdir: str) -> str:
+    """``W/checkpoints``: snapshots numbered ``step // snapshot_freq``."""
+    return os.path.join(os.path.abspath(workdir), SNAPSHOT_DIR)
+
+
+def preemption_dir(workdir: str) -> str:
+    """``W/checkpoints-meta``: preemption saves numbered by step."""
+    return os.path.join(os.path.abspath(workdir), PREEMPTION_DIR)
+
+
+def checkpoint_path(workdir: str, number: int) -> str:
+    """The folder of snapshot ``number``."""
+    return os.path.join(snapshot_dir(workdir), str(int(number)))
+
+
+# --- listing ------------------------------------------------------------------------
+
+def _scan(directory: str) -> tuple[List[int], List[str]]:
+    """Complete step numbers (sorted) and the names of interrupted saves in ``directory``."""
+    if not os.path.isdir(directory):
+        return [], []
+    complete, partial = [], []
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if _STEP_RE.match(name) and os.path.isdir(path):
+            if os.path.exists(os.path.join(path, COMMIT_MARKER)):
+                complete.append(int(name))
+            else:
+                partial.append(name)
+        elif _TMP_RE.match(name):
+            partial.append(name)
+    return sorted(complete), sorted(partial)
+
+
+def _complete_steps(directory: str) -> List[int]:
+    """Complete step numbers in ``directory``, warning once per call about partial ones."""
+    complete, partial = _scan(directory)
+    for name in partial:
+        logging.warning('Skipping incomplete checkpoint %s (an interrupted save).',
+                        os.path.join(directory, name))
+    return complete
+
+
+def list_checkpoints(workdir: str) -> List[int]:
+    """Numbers of the complete snapshots in ``W/checkpoints``, ascending."""
+    return _complete_steps(snapshot_dir(workdir))
+
+
+def wait_for_checkpoint(workdir: str, number: int, timeout_s: float,
+                        poll_s: float = 5.0) -> bool:
+    """Waits up to ``timeout_s`` seconds for snapshot ``number`` to be complete."""
+    deadline = time.monotonic() + max(float(timeout_s), 0.0)
+    while True:
+        if int(number) in _scan(snapshot_dir(workdir))[0]:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.01)))
+
+
+# --- managers -------------------------------------------------------------------------
+
+def _set_aside_partial_steps(directory: str) -> None:
+    """Renames step folders without a commit marker so orbax neither lists nor reuses them.
+
+    Runs on process 0 only; orbax removes leftover tmp folders itself
+    (``cleanup_tmp_directories``).
+    """
+    if jax.process_index() != 0 or not os.path.isdir(directory):
+        return
+    for name in _scan(directory)[1]:
+        path = os.path.join(directory, name)
+        if _STEP_RE.match(name):
+            aside = f'{path}.incomplete-{time.strftime("%Y%m%d-%H%M%S")}'
+            logging.warning('Moving incomplete checkpoint %s aside to %s.', path, aside)
+            os.rename(path, aside)
+        else:
+            logging.warning('Removing interrupted save %s.', path)
+
+
+def _sync(name: str) -> None:
+    """Barrier across processes (no-op on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def _manager(directory: str, keep: Optional[int], write: bool
+             ) -> Iterator[ocp.CheckpointManager]:
+    """A synchronous orbax manager over ``directory``; writers first tidy partial saves."""
+    if write:
+        _set_aside_partial_steps(directory)
+        _sync(f'checkpointing:tidy:{directory}')
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=write, cleanup_tmp_directories=write,
+        enable_async_checkpointing=False)
+    mngr = ocp.CheckpointManager(directory, options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
+    try:
+        yield mngr
+    finally:
+        mngr.close()
+
+
+def _writable(directory: str) -> None:
+    """Raises UserError if ``directory`` cannot be created or written."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise UserError(f'Cannot create checkpoint folder {directory} ({e.strerror}); '
+                        'choose a writable --workdir.') from e
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f'Checkpoint folder {directory} is not writable; '
+                        'fix its permissions or choose another --workdir.')
+
+
+def _save(directory: str, number: int, state: Any, keep: Optional[int]) -> str:
+    """Saves ``state`` as step ``number`` of ``directory`` (skipped if it exists)."""
+    _writable(directory)
+    path = os.path.join(directory, str(int(number)))
+    with _manager(directory, keep, write=True) as mngr:
+        if int(number) in mngr.all_steps():
+            logging.info('Checkpoint %s exists; not overwritten.', path)
+            return path
+        mngr.save(int(number), args=ocp.args.StandardSave(state))
+        mngr.wait_until_finished()
+    logging.info('Saved checkpoint %s.', path)
+    return path
+
+
+def save_snapshot(workdir: str, number: int, state: Any) -> str:
+    """Saves snapshot ``number`` (= step // snapshot_freq) to ``W/checkpoints``; all kept.
+
+    Call on every process; returns the checkpoint folder.
+    """
+    return _save(snapshot_dir(workdir), number, state, keep=None)
+
+
+def save_preemption(workdir: str, state: Any, keep: int = PREEMPTION_KEEP) -> str:
+    """Saves a preemption checkpoint numbered by ``state.step``; keeps the newest ``keep``."""
+    step = int(jax.device_get(state.step))
+    return _save(preemption_dir(workdir), step, state, keep=keep)
+
+
+# --- restoring --------------------------------------------------------------------------
+
+def _restore(directory: str, number: int, template: Any, hint: str) -> Any:
+    """Restores step ``number`` of ``directory`` into the structure of ``template``.
+
+    The stored tree (names and shapes) is compared with ``template`` first, so that a
+    checkpoint of another model gives one clear message instead of orbax's read errors.
+    """
+    path = os.path.join(directory, str(int(number)))
+    with _manager(directory, None, write=False) as mngr:
+        try:
+            stored = mngr.item_metadata(int(number))
+        except Exception as e:  # orbax raises many kinds on damaged metadata
+            raise _corrupt(path, e) from e
+        difference = _tree_difference(stored, template)
+        if difference:
+            raise UserError(f'Checkpoint {path} does not match the model and optimizer of '
+                            f'this config ({difference}). {hint}')
+        try:
+            return mngr.restore(int(number), args=ocp.args.StandardRestore(template))
+        except Exception as e:
+            raise _corrupt(path, e) from e
+
+
+def _tree_difference(stored: Any, template: Any) -> str:
+    """The first difference between stored metadata and ``template`` ('' if none)."""
+    if stored is None:
+        return 'no readable metadata'
+    have = ocp.tree.to_flat_dict(stored, sep='.')
+    want = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(template, keep_empty_nodes=True),
+                                 sep='.')
+    order = lambda names: sorted(names, key=lambda n: (not n.startswith('params.'), n))  # noqa: E731
+    for name in order(set(want) - set(have)):
+        return f'{name} is not in the checkpoint'
+    for name in order(set(have) - set(want)):
+        return f'the checkpoint has {name}, which this config does not'
+    for name in order(want):
+        shape_have = tuple(getattr(have[name], 'shape', ()) or ())
+        shape_want = tuple(getattr(want[name], 'shape', ()) or ())
+        if shape_have != shape_want:
+            return f'{name} has shape {shape_have} in the checkpoint, {shape_want} here'
+    return ''
+
+
+def _first_line(e: BaseException) -> str:
+    """The start of an exception's message, without tensorstore's spec dump."""
+    text = ' '.join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+    return text.split(' [tensorstore_spec')[0][:240] or type(e).__name__
+
+
+def _corrupt(path: str, e: BaseException) -> UserError:
+    return UserError(f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: '
+                     f'{_first_line(e)}); delete that folder to fall back to an earlier '
+                     'checkpoint, or retrain.')
+
+
+def restore_checkpoint(workdir: str, number: int, template_state: Any) -> Any:
+    """Restores snapshot ``number`` of ``W/checkpoints`` in the structure (and shardings)
+    of ``template_state``; UserError if it is missing, incomplete, corrupt or incompatible.
+    """
+    directory = snapshot_dir(workdir)
+    complete, partial = _scan(directory)
+    path = checkpoint_path(workdir, number)
+    if int(number) not in complete:
+        state = ('is an incomplete save' if str(int(number)) in partial
+                 else 'does not exist')
+        raise UserError(
+            f'Checkpoint {path} {state}; available checkpoints in {directory}: '
+            f'{complete or "none"}. Train longer (--mode train) or set '
+            '--config.eval.begin_ckpt/end_ckpt to available numbers.')
+    return _restore(directory, number, template_state,
+                    'Evaluate with the config it was trained with (W/config.json).')
+
+
+def restore_latest_preemption(workdir: str, template: Any) -> Optional[Any]:
+    """The newest complete preemption checkpoint of ``W/checkpoints-meta``, or None."""
+    directory = preemption_dir(workdir)
+    steps = _complete_steps(directory)
+    if not steps:
+        return None
+    logging.info('Resuming from %s.', os.path.join(directory, str(steps[-1])))
+    return _restore(directory, steps[-1], template,
+                    'Resume with the config this run started with (W/config.json), '
+                    'or train in a new --workdir.')

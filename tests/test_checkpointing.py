@@ -1,0 +1,128 @@
+"""checkpointing: full-state round trips, retention, interrupted saves, clear errors."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import checkpointing
+import losses
+from errors import UserError
+
+
+def _state(seed: int = 0, width: int = 4) -> losses.TrainState:
+    """A small but complete TrainState (Adam with clipping, like training uses)."""
+    rng = jax.random.PRNGKey(seed)
+    params = {'dense': {'kernel': jax.random.normal(rng, (3, width)),
+                        'bias': jnp.arange(width, dtype=jnp.float32)}}
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0),
+                            optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3))
+    state = losses.init_train_state(jax.random.PRNGKey(seed + 1), params, optimizer)
+    # One real update so that the moments and counts are not trivial.
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    return state.replace(step=jnp.asarray(7 + seed, jnp.int32),
+                         params=optax.apply_updates(params, updates), opt_state=opt_state)
+
+
+def _assert_same(a, b) -> None:
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+
+
+def test_snapshot_round_trip_is_exact(tmp_path):
+    state = _state()
+    path = checkpointing.save_snapshot(str(tmp_path), 3, state)
+    assert path == os.path.join(str(tmp_path), 'checkpoints', '3')
+    assert checkpointing.list_checkpoints(str(tmp_path)) == [3]
+    restored = checkpointing.restore_checkpoint(str(tmp_path), 3, _state(seed=5))
+    _assert_same(restored, state)
+
+
+def test_preemption_keeps_newest_two_and_resumes_latest(tmp_path):
+    workdir = str(tmp_path)
+    assert checkpointing.restore_latest_preemption(workdir, _state()) is None
+    for step in (10, 20, 30):
+        checkpointing.save_preemption(workdir, _state().replace(step=jnp.asarray(step)))
+    assert sorted(os.listdir(checkpointing.preemption_dir(workdir))) == ['20', '30']
+    restored = checkpointing.restore_latest_preemption(workdir, _state())
+    assert int(restored.step) == 30
+    _assert_same(restored.params, _state().params)
+
+
+def test_interrupted_saves_are_skipped_with_a_warning(tmp_path, caplog):
+    workdir = str(tmp_path)
+    meta = checkpointing.preemption_dir(workdir)
+    checkpointing.save_preemption(workdir, _state().replace(step=jnp.asarray(10)))
+    # A killed save leaves orbax's tmp folder; a copied partial save lacks the marker.
+    os.makedirs(os.path.join(meta, '20.orbax-checkpoint-tmp-1234', 'default'))
+    shutil.copytree(os.path.join(meta, '10'), os.path.join(meta, '30'))
+    os.remove(os.path.join(meta, '30', checkpointing.COMMIT_MARKER))
+    with caplog.at_level(logging.WARNING):
+        restored = checkpointing.restore_latest_preemption(workdir, _state())
+    assert int(restored.step) == 10
+    assert 'incomplete checkpoint' in caplog.text and '/30' in caplog.text
+    # The next save tidies them away and succeeds even at the same step number.
+    checkpointing.save_preemption(workdir, _state().replace(step=jnp.asarray(30)))
+    names = sorted(os.listdir(meta))
+    assert '30' in names and not any('orbax-checkpoint-tmp' in n for n in names)
+    assert any(n.startswith('30.incomplete-') for n in names)
+    assert int(checkpointing.restore_latest_preemption(workdir, _state()).step) == 30
+
+
+def test_missing_checkpoint_names_path_and_available(tmp_path):
+    checkpointing.save_snapshot(str(tmp_path), 1, _state())
+    with pytest.raises(UserError, match=r'checkpoints/4 does not exist.*\[1\]'):
+        checkpointing.restore_checkpoint(str(tmp_path), 4, _state())
+    with pytest.raises(UserError, match='none'):
+        checkpointing.restore_checkpoint(str(tmp_path / 'empty'), 1, _state())
+
+
+def test_incompatible_checkpoint_names_the_parameter(tmp_path):
+    checkpointing.save_snapshot(str(tmp_path), 1, _state())
+    expected = r'params\.dense\.bias has shape \(4,\) in the checkpoint, \(6,\) here'
+    with pytest.raises(UserError, match=expected):
+        checkpointing.restore_checkpoint(str(tmp_path), 1, _state(width=6))
+
+
+def test_corrupt_checkpoint_gives_user_error(tmp_path):
+    checkpointing.save_snapshot(str(tmp_path), 2, _state())
+    root = checkpointing.checkpoint_path(str(tmp_path), 2)
+    removed = 0
+    for folder, _, files in os.walk(root):
+        if os.path.basename(folder) == 'd':
+            for name in files:
+                os.remove(os.path.join(folder, name))
+                removed += 1
+    assert removed
+    with pytest.raises(UserError, match=r'checkpoints/2 is corrupt.*delete that folder'):
+        checkpointing.restore_checkpoint(str(tmp_path), 2, _state())
+
+
+def test_wait_for_checkpoint(tmp_path):
+    workdir = str(tmp_path)
+    assert not checkpointing.wait_for_checkpoint(workdir, 1, timeout_s=0.2, poll_s=0.05)
+    saver = threading.Timer(0.3, checkpointing.save_snapshot, (workdir, 1, _state()))
+    saver.start()
+    try:
+        assert checkpointing.wait_for_checkpoint(workdir, 1, timeout_s=60, poll_s=0.05)
+    finally:
+        saver.join()
+
+
+def test_unwritable_workdir_gives_user_error(tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    with pytest.raises(UserError, match='writable --workdir'):
+        checkpointing.save_snapshot(str(blocker / 'run'), 1, _state())
