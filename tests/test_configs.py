@@ -100,7 +100,8 @@ def assert_model(config, expected):
 def test_score_sde_cifar10_configs():
     vp = load_leaf(ROOT / 'configs/vp/cifar10_ddpmpp_continuous.py')
     assert_model(vp, DDPMPP_CIFAR10)
-    assert (vp.training.sde, vp.training.continuous, vp.training.reduce_mean) == ('vpsde', True, True)
+    training = vp.training
+    assert (training.sde, training.continuous, training.reduce_mean) == ('vpsde', True, True)
     assert (vp.sampling.predictor, vp.sampling.corrector, vp.data.centered) == (
         'euler_maruyama', 'none', True)
     assert load_leaf(ROOT / 'configs/subvp/cifar10_ddpmpp_continuous.py').training.sde == 'subvpsde'

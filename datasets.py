@@ -1,0 +1,469 @@
+"""Data: TFDS images, scikit-learn digits, NPZ files and a toy mixture, held in memory.
+
+Each host holds its own contiguous shard of a split as a numpy array: discrete data as
+integer levels x̄ ∈ {0, …, K−1} (uint8 ``[N, H, W, C]``), continuous data as float32
+vectors ``[N, D]``. Iterators turn shards into batches:
+
+- ``get_train_iterator``: a pure function of (seed, step, host), so training resumes
+  exactly, data order included, from any step. Per host and epoch a fixed permutation
+  ``np.random.default_rng([seed, host, epoch])``; the batch of a step is a slice of it.
+  Images map to [0, 1] as x̄/(K−1) (the original code) or, with
+  ``data.uniform_dequantization``, as (x̄ + u)/K with u ~ U[0, 1)^D; random horizontal
+  flips with ``data.random_flip``; vectors are returned unchanged.
+- ``get_eval_iterator``: every example of a split exactly once per pass, in a fixed order,
+  the last batch padded, with a mask and each example's global index (so evaluators can
+  draw per-example noise from ``fold_in(key, index)``, independent of batching and hosts).
+
+Sources (``config.data.dataset``):
+
+- ``CIFAR10``: TFDS ``cifar10`` 3.0.2, train 50000 / test 10000.
+- ``SVHN``: TFDS ``svhn_cropped`` 3.1.0, train 73257 / test 26032.
+- ``IMAGENET32``: TFDS ``downsampled_imagenet/32x32`` 2.0.0, train 1281149 / validation
+  49999: the "old" ImageNet 32×32 of van den Oord et al. (2016) used by the flow
+  literature and ScoreFlow. Its download link is dead; prepare it from a local copy. It is
+  not ``imagenet_resized/32x32`` (Chrabaszcz et al., 2017), whose bits/dim differ.
+- ``CELEBA``: TFDS ``celeb_a`` 2.1.0, train / validation, centre crop 140 × 140 resized
+  (bilinear, antialiased) to ``data.image_size``, as Score SDE, then rounded to uint8.
+- ``DIGITS``: ``sklearn.datasets.load_digits`` (1797 8×8 images, levels 0–16, K = 17);
+  train = the first 1600 of ``np.random.default_rng(0).permutation(1797)``, test = the
+  other 197.
+- ``NPZ``: ``config.data.path``, arrays ``train`` and ``test``: integer images
+  ``[N, H, W, C]`` with ``data.num_bins`` levels, or float vectors ``[N, D]``.
+- ``TOY``: ``toy_distribution(config)``, 8 Gaussians on a circle in ``data.dim``
+  dimensions; 20000 train / 2000 test samples drawn once with fixed keys.
+
+TFDS data must be prepared beforehand (``tfds build cifar10 --data_dir DIR`` on a machine
+with network) or downloaded on first use with ``--config.data.download=True``; missing
+data fails in seconds with a message saying so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import zipfile
+from typing import Callable, Iterator, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from configs.validation import DATASET_NUM_BINS
+from errors import UserError
+
+DIGITS_SEED = 0
+DIGITS_NUM_TRAIN = 1600
+TOY_NUM_TRAIN = 20000
+TOY_NUM_TEST = 2000
+TOY_SEEDS = {'train': 0, 'test': 1}
+SPLITS = ('train', 'test')
+_TFDS_READ_BATCH = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSource:
+    """A TFDS dataset: builder name and version, and the splits we call train / test."""
+
+    name: str
+    version: str
+    train_split: str
+    test_split: str
+
+    @property
+    def versioned_name(self) -> str:
+        return f'{self.name}:{self.version}'
+
+
+TFDS_SOURCES = {
+    'CIFAR10': TfdsSource('cifar10', '3.0.2', 'train', 'test'),
+    'SVHN': TfdsSource('svhn_cropped', '3.1.0', 'train', 'test'),
+    'IMAGENET32': TfdsSource('downsampled_imagenet/32x32', '2.0.0', 'train', 'validation'),
+    'CELEBA': TfdsSource('celeb_a', '2.1.0', 'train', 'validation'),
+}
+CELEBA_CROP = 140
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This host's contiguous part ``[start, start + len(data))`` of one split.
+
+    Attributes:
+      data: uint8 levels ``[n, H, W, C]`` or float32 vectors ``[n, D]`` (read-only).
+      num_examples: size of the whole split, over all hosts.
+      start: global index of ``data[0]`` in the split.
+    """
+
+    data: np.ndarray
+    num_examples: int
+    start: int
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+class EvalBatch(NamedTuple):
+    """One evaluation batch; padding rows are zeros with mask False and index −1."""
+
+    x: np.ndarray      # [B, ...] uint8 levels or float32 vectors
+    mask: np.ndarray   # [B] bool, True for real examples
+    index: np.ndarray  # [B] int32 global example index in the split
+
+
+# --- what the rest of the code needs to know about the data ----------------------------
+
+def is_continuous(config: ml_collections.ConfigDict) -> bool:
+    """True for vector data (TOY, float NPZ arrays), False for discrete images."""
+    if config.data.dataset == 'TOY':
+        return True
+    if config.data.dataset == 'NPZ':
+        return np.issubdtype(_npz_header(config.data.path, 'train')[1], np.floating)
+    return False
+
+
+def num_bins(config: ml_collections.ConfigDict) -> int | None:
+    """Number of levels K of discrete data (``data.num_bins``); None for continuous data."""
+    return None if is_continuous(config) else int(config.data.num_bins)
+
+
+def data_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Shape of one example: ``(H, W, C)`` for images, ``(D,)`` for vectors."""
+    data = config.data
+    if data.dataset == 'TOY':
+        return (int(data.dim),)
+    if data.dataset == 'NPZ':
+        return tuple(int(s) for s in _npz_header(data.path, 'train')[0][1:])
+    return (int(data.image_size), int(data.image_size), int(data.num_channels))
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> dict:
+    """Where the data come from, for logs and result files (no data are read)."""
+    dataset = config.data.dataset
+    info = {'dataset': dataset, 'shape': list(data_shape(config)), 'num_bins': num_bins(config)}
+    if dataset in TFDS_SOURCES:
+        source = TFDS_SOURCES[dataset]
+        info.update(tfds_name=source.name, tfds_version=source.version,
+                    splits={'train': source.train_split, 'test': source.test_split})
+    elif dataset == 'DIGITS':
+        info.update(source='sklearn.datasets.load_digits', split_seed=DIGITS_SEED,
+                    num_train=DIGITS_NUM_TRAIN)
+    elif dataset == 'NPZ':
+        info.update(source=os.path.abspath(config.data.path))
+    else:
+        info.update(source='datasets.toy_distribution', seeds=TOY_SEEDS,
+                    num_train=TOY_NUM_TRAIN, num_test=TOY_NUM_TEST)
+    return info
+
+
+def split_size(config: ml_collections.ConfigDict, split: str) -> int:
+    """Number of examples of ``split`` ('train' or 'test') over all hosts."""
+    return get_shard(config, split).num_examples
+
+
+# --- scaling and dequantization -------------------------------------------------------
+
+def get_data_scaler(config: ml_collections.ConfigDict) -> Callable:
+    """x ∈ [0, 1] → 2x − 1 if ``data.centered`` (images only), else the identity."""
+    if config.data.centered and not is_continuous(config):
+        return lambda x: x * 2.0 - 1.0
+    return lambda x: x
+
+
+def get_data_inverse_scaler(config: ml_collections.ConfigDict) -> Callable:
+    """The inverse of ``get_data_scaler``: y → (y + 1)/2 if centered, else the identity."""
+    if config.data.centered and not is_continuous(config):
+        return lambda y: (y + 1.0) / 2.0
+    return lambda y: y
+
+
+def to_unit_interval(levels: np.ndarray, num_levels: int,
+                     u: np.ndarray | None = None) -> np.ndarray:
+    """Discrete levels x̄ ∈ {0, …, K−1} to [0, 1], float32.
+
+    Without ``u``: x̄/(K − 1) (the grid the original code trains on). With ``u`` ∈ [0, 1)
+    of the same shape: the uniformly dequantized x = (x̄ + u)/K, whose density p(x) bounds
+    the discrete likelihood, −log P(x̄) ≤ E_u[−log p(x)] + D log K (see MATH.md). Works on
+    numpy and JAX arrays alike.
+    """
+    if u is None:
+        return levels.astype(np.float32) / np.float32(num_levels - 1)
+    return (levels.astype(np.float32) + u) / np.float32(num_levels)
+
+
+# --- host shards ----------------------------------------------------------------------
+
+def shard_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[start, stop) of host ``process_index``'s contiguous shard; sizes differ by ≤ 1."""
+    return (num_examples * process_index // process_count,
+            num_examples * (process_index + 1) // process_count)
+
+
+def get_shard(config: ml_collections.ConfigDict, split: str, *,
+              process_index: int | None = None, process_count: int | None = None) -> Shard:
+    """This host's shard of ``split`` ('train' or 'test'), loaded once and cached."""
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    process_index, process_count = _hosts(process_index, process_count)
+    data = config.data
+    mtime = os.path.getmtime(data.path) if data.dataset == 'NPZ' and data.path else None
+    key = (data.dataset, split, data.path, mtime, data.data_dir, data.download,
+           data.image_size, data.num_channels, data.num_bins, data.dim)
+    return _load_shard(key, process_index, process_count)
+
+
+def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None:
+        process_index = jax.process_index()
+    if process_count is None:
+        process_count = jax.process_count()
+    return process_index, process_count
+
+
+@functools.lru_cache(maxsize=8)
+def _load_shard(key: tuple, process_index: int, process_count: int) -> Shard:
+    dataset, split, path, _, data_dir, download, image_size, num_channels, bins, dim = key
+    if dataset in TFDS_SOURCES:
+        shard = _load_tfds(TFDS_SOURCES[dataset], split, data_dir, download, image_size,
+                           process_index, process_count)
+    else:
+        if dataset == 'DIGITS':
+            array = _load_digits(split)
+        elif dataset == 'NPZ':
+            array = _load_npz(path, split, bins)
+        elif dataset == 'TOY':
+            array = _load_toy(split, dim)
+        else:
+            raise UserError(f'config.data.dataset={dataset!r} is not one of '
+                            f'{", ".join(DATASET_NUM_BINS)}; fix --config.data.dataset')
+        start, stop = shard_bounds(len(array), process_index, process_count)
+        shard = Shard(array[start:stop], len(array), start)
+    _check_shape(shard.data, dataset, image_size, num_channels, dim)
+    shard.data.flags.writeable = False
+    return shard
+
+
+def _check_shape(array: np.ndarray, dataset: str, image_size: int, num_channels: int,
+                 dim: int) -> None:
+    """The data must agree with data.image_size / num_channels (images) or data.dim."""
+    if array.ndim == 2:
+        if dim and array.shape[1] != dim:
+            raise UserError(f'{dataset} vectors have dimension {array.shape[1]} but '
+                            f'config.data.dim={dim}; set --config.data.dim={array.shape[1]} '
+                            f'(or 0 to take it from the data)')
+        return
+    height, width, channels = array.shape[1:]
+    if height != image_size or width != image_size:
+        raise UserError(f'{dataset} images are {height}×{width} but config.data.image_size='
+                        f'{image_size}; set --config.data.image_size={height}'
+                        + ('' if height == width else ' (only square images are supported)'))
+    if channels != num_channels:
+        raise UserError(f'{dataset} images have {channels} channels but '
+                        f'config.data.num_channels={num_channels}; '
+                        f'set --config.data.num_channels={channels}')
+
+
+# --- in-memory sources ----------------------------------------------------------------
+
+def _load_digits(split: str) -> np.ndarray:
+    from sklearn.datasets import load_digits  # deferred: only DIGITS needs scikit-learn
+    images = load_digits().images.astype(np.uint8)[..., None]  # [1797, 8, 8, 1], 0..16
+    order = np.random.default_rng(DIGITS_SEED).permutation(len(images))
+    part = order[:DIGITS_NUM_TRAIN] if split == 'train' else order[DIGITS_NUM_TRAIN:]
+    return images[part]
+
+
+def toy_distribution(config: ml_collections.ConfigDict):
+    """The TOY data density: ``mixture.ring_mixture(dim=data.dim)``, exact log p and score."""
+    return _toy_mixture(int(config.data.dim))
+
+
+def _toy_mixture(dim: int):
+    import mixture  # deferred: only TOY needs it
+    return mixture.ring_mixture(dim=dim)
+
+
+def _load_toy(split: str, dim: int) -> np.ndarray:
+    n = TOY_NUM_TRAIN if split == 'train' else TOY_NUM_TEST
+    key = jax.random.PRNGKey(TOY_SEEDS[split])
+    with jax.default_device(jax.devices('cpu')[0]):
+        return np.asarray(_toy_mixture(dim).sample(key, n), np.float32)
+
+
+def _npz_header(path: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of array ``name`` of an .npz file, read from its header only."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f'{name}.npy') as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+    except FileNotFoundError:
+        raise UserError(f'config.data.path={path!r} does not exist; '
+                        f'set --config.data.path to an .npz file') from None
+    except (KeyError, zipfile.BadZipFile, ValueError) as e:
+        raise UserError(f'config.data.path={path!r} is not an .npz file with a {name!r} '
+                        f'array ({e}); write it with np.savez(path, train=..., test=...)') from None
+    return shape, dtype
+
+
+def _load_npz(path: str, split: str, bins: int) -> np.ndarray:
+    _npz_header(path, split)  # clear errors for missing files and arrays
+    with np.load(path, allow_pickle=False) as archive:
+        array = archive[split]
+    if array.ndim == 2 and np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32)
+    if array.ndim == 4 and np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() >= bins):
+            raise UserError(f'{path}: {split!r} levels span [{array.min()}, {array.max()}] '
+                            f'but config.data.num_bins={bins}; set --config.data.num_bins '
+                            f'to the number of levels (values must be 0 … num_bins − 1)')
+        return array.astype(np.uint8 if bins <= 256 else np.uint16)
+    raise UserError(f'{path}: {split!r} has shape {array.shape} and dtype {array.dtype}; '
+                    f'NPZ data are integer images [N, H, W, C] or float vectors [N, D]')
+
+
+# --- TFDS -----------------------------------------------------------------------------
+
+def _load_tfds(source: TfdsSource, split: str, data_dir: str, download: bool, image_size: int,
+               process_index: int, process_count: int) -> Shard:
+    """Read this host's slice ``split[start:stop]`` of a prepared TFDS dataset."""
+    import tensorflow_datasets as tfds  # deferred: TensorFlow costs seconds to import
+    builder = tfds.builder(source.versioned_name, data_dir=data_dir or None)
+    if download:
+        builder.download_and_prepare()
+    tfds_split = source.train_split if split == 'train' else source.test_split
+    info = builder.info.splits.get(tfds_split) if builder.info.splits else None
+    total = info.num_examples if info is not None else None
+    start = 0
+    if process_count > 1:
+        if total is None:
+            raise UserError(f'TFDS {source.versioned_name} does not record the size of its '
+                            f'{tfds_split!r} split, needed to shard it over hosts')
+        start, stop = shard_bounds(total, process_index, process_count)
+        tfds_split = f'{tfds_split}[{start}:{stop}]'
+    try:
+        ds = builder.as_dataset(split=tfds_split, shuffle_files=False)
+    except AssertionError as e:  # TFDS's "could not find data" when not prepared
+        raise UserError(_not_prepared_message(source, builder.data_dir, data_dir)) from e
+    preprocess = _tfds_preprocess(source, image_size)
+    ds = ds.map(lambda example: preprocess(example['image'])).batch(_TFDS_READ_BATCH)
+    batches = list(tfds.as_numpy(ds))
+    images = np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3),
+                                                                np.uint8)
+    return Shard(images, total if total is not None else len(images), start)
+
+
+def _not_prepared_message(source: TfdsSource, where: str, data_dir: str) -> str:
+    dir_flag = f' --data_dir {data_dir}' if data_dir else ''
+    return (f'TFDS dataset {source.versioned_name} is not prepared (looked in {where}). '
+            f'Prepare it on a machine with network access: `tfds build '
+            f'{source.versioned_name}{dir_flag}` (then copy the data directory here and set '
+            f'--config.data.data_dir), or pass --config.data.download=True to let TFDS '
+            f'download and prepare it now.')
+
+
+def _tfds_preprocess(source: TfdsSource, image_size: int) -> Callable:
+    """uint8 image → uint8 image of ``image_size`` (CelebA: centre crop 140 first)."""
+    import tensorflow as tf
+
+    def resize(image):
+        image = tf.image.resize(image, (image_size, image_size), antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+    def preprocess(image):
+        if source.name == 'celeb_a':
+            image = tf.image.resize_with_crop_or_pad(image, CELEBA_CROP, CELEBA_CROP)
+            return resize(image)
+        if image.shape[0] == image_size and image.shape[1] == image_size:
+            return image
+        return resize(image)
+
+    return preprocess
+
+
+# --- iterators ------------------------------------------------------------------------
+
+def host_batch_size(batch_size: int, process_count: int, field: str) -> int:
+    """Per-host part of a global batch (validate_config checks the divisibility)."""
+    if batch_size % process_count:
+        raise UserError(f'config.{field}={batch_size} is not divisible by the '
+                        f'{process_count} hosts; use a multiple of {process_count}')
+    return batch_size // process_count
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, process_index: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, process_index, epoch]).permutation(n)
+
+
+def train_batch(config: ml_collections.ConfigDict, shard: Shard, step: int, batch_size: int,
+                process_index: int = 0) -> np.ndarray:
+    """The host's training batch of ``step``: float32 ``[batch_size, ...]`` in [0, 1]
+    (images) or the vectors; a pure function of (config.seed, step, process_index)."""
+    n = len(shard)
+    if batch_size > n:
+        raise UserError(f'the per-host training batch ({batch_size}) is larger than this '
+                        f"host's {n} training examples; lower --config.training.batch_size")
+    epoch, index = divmod(step, n // batch_size)
+    order = _epoch_permutation(config.seed, process_index, epoch, n)
+    x = shard.data[np.sort(order[index * batch_size:(index + 1) * batch_size])]
+    if x.ndim == 2:
+        return x.astype(np.float32, copy=False)
+    rng = np.random.default_rng([config.seed, process_index, epoch, index, 1])
+    if config.data.random_flip:
+        flip = rng.random(batch_size) < 0.5
+        x[flip] = x[flip, :, ::-1]
+    u = rng.random(x.shape, dtype=np.float32) if config.data.uniform_dequantization else None
+    return to_unit_interval(x, config.data.num_bins, u)
+
+
+def get_train_iterator(config: ml_collections.ConfigDict, start_step: int = 0, *,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> Iterator[np.ndarray]:
+    """Endless host-local training batches, ``n_jitted_steps`` steps at a time.
+
+    Yields float32 ``[n_jitted_steps, batch_size / process_count, ...]`` for steps
+    ``start_step + k·n_jitted_steps …``; the batch of every step depends only on
+    (config.seed, step, host), so resuming at ``start_step`` reproduces the run.
+    """
+    process_index, process_count = _hosts(process_index, process_count)
+    shard = get_shard(config, 'train', process_index=process_index,
+                      process_count=process_count)
+    batch_size = host_batch_size(config.training.batch_size, process_count,
+                                 'training.batch_size')
+    jitted = config.training.n_jitted_steps
+    step = start_step
+    while True:
+        yield np.stack([train_batch(config, shard, s, batch_size, process_index)
+                        for s in range(step, step + jitted)])
+        step += jitted
+
+
+def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
+    """Batches per pass over a split; the same on every host (the largest shard decides)."""
+    largest_shard = -(-num_examples // process_count)
+    return -(-largest_shard // (batch_size // process_count))
+
+
+def get_eval_iterator(config: ml_collections.ConfigDict, split: str = 'test',
+                      batch_size: int | None = None, start_batch: int = 0, *,
+                      process_index: int | None = None,
+                      process_count: int | None = None) -> Iterator[EvalBatch]:
+    """One pass over ``split`` in a fixed order: host-local ``EvalBatch`` (x, mask, index).
+
+    ``x`` holds the raw data (uint8 levels or float32 vectors; map levels to [0, 1] with
+    ``to_unit_interval``). Every host yields ``num_eval_batches`` batches of
+    ``batch_size / process_count`` rows (default ``eval.batch_size``); rows past the end of
+    its shard are padding (zeros, mask False, index −1). ``start_batch`` resumes a pass.
+    """
+    process_index, process_count = _hosts(process_index, process_count)
+    shard = get_shard(config, split, process_index=process_index, process_count=process_count)
+    batch_size = host_batch_size(batch_size or config.eval.batch_size, process_count,
+                                 'eval.batch_size')
+    total = num_eval_batches(shard.num_examples, batch_size * process_count, process_count)
+    for b in range(start_batch, total):
+        rows = shard.data[b * batch_size:(b + 1) * batch_size]
+        x = np.zeros((batch_size,) + shard.data.shape[1:], shard.data.dtype)
+        x[:len(rows)] = rows
+        mask = np.arange(batch_size) < len(rows)
+        index = np.where(mask, shard.start + b * batch_size + np.arange(batch_size), -1)
+        yield EvalBatch(x, mask, index.astype(np.int32))
