@@ -327,7 +327,11 @@ def _load_tfds(source: TfdsSource, split: str, data_dir: str, download: bool, im
                process_index: int, process_count: int) -> Shard:
     """Read this host's slice ``split[start:stop]`` of a prepared TFDS dataset."""
     import tensorflow_datasets as tfds  # deferred: TensorFlow costs seconds to import
-    builder = tfds.builder(source.versioned_name, data_dir=data_dir or None)
+    try:
+        builder = tfds.builder(source.versioned_name, data_dir=data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError as e:  # unregistered and not prepared
+        raise UserError(_not_prepared_message(source, data_dir or 'the TFDS default',
+                                              data_dir)) from e
     if download:
         builder.download_and_prepare()
     tfds_split = source.train_split if split == 'train' else source.test_split

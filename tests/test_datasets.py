@@ -162,6 +162,30 @@ def test_missing_tfds_data_fails_fast(tmp_path):
     assert 'tfds build cifar10' in message and 'data.download=True' in message
 
 
+def test_tfds_shards_and_resize(tmp_path, monkeypatch):
+    """A real prepared TFDS dataset (tfds.testing's dummy_mnist, generated offline)."""
+    from tensorflow_datasets import testing
+    monkeypatch.setitem(datasets.TFDS_SOURCES, 'CIFAR10',
+                        datasets.TfdsSource('dummy_mnist', '3.0.1', 'train', 'test'))
+    config = cifar10_config()
+    config.data.update({'data_dir': str(tmp_path), 'image_size': 28, 'num_channels': 1})
+    with pytest.raises(UserError, match='tfds build dummy_mnist:3.0.1 --data_dir'):
+        datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare()
+    full = datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    assert full.data.shape == (20, 28, 28, 1) and full.num_examples == 20
+    shards = [datasets.get_shard(config, 'train', process_index=h, process_count=3)
+              for h in range(3)]
+    assert [(len(s), s.start, s.num_examples) for s in shards] == [(6, 0, 20), (7, 6, 20),
+                                                                  (7, 13, 20)]
+    np.testing.assert_array_equal(np.concatenate([s.data for s in shards]), full.data)
+    config.data.image_size = 14
+    small = datasets.get_shard(config, 'train', process_index=0, process_count=1).data
+    assert small.shape == (20, 14, 14, 1) and small.dtype == np.uint8
+    expected = full.data.reshape(20, 14, 2, 14, 2, 1).mean((2, 4))  # antialiased 2× = 2×2 mean
+    assert np.abs(small - expected).max() <= 1.0
+
+
 # --- training order -------------------------------------------------------------------
 
 def flat_steps(iterator, blocks):
