@@ -2,12 +2,13 @@
 import os
 
 import h5py
-import ml_collections
 import numpy as np
 import pytest
 import scipy.linalg
 
+import datasets
 import evaluation
+from configs import default_cifar10_configs, default_digits_configs
 from errors import UserError
 
 
@@ -142,10 +143,44 @@ def test_dataset_stats_streaming_and_cache_round_trip(tmp_path):
     assert os.listdir(os.path.dirname(path)) == ["cifar10_train_linear.npz"]
 
 
+def test_reference_stats_cached_and_recomputed_for_another_net(tmp_path):
+    workdir, images = str(tmp_path), np.random.default_rng(7).uniform(size=(30, 2, 2, 1))
+    net = _LinearNet()
+    first = evaluation.reference_stats(net, "CIFAR10", workdir, None, images)
+    cached = evaluation.reference_stats(net, "CIFAR10", workdir, None)  # no data needed
+    np.testing.assert_array_equal(cached.sigma, first.sigma)
+    other = _LinearNet()
+    other.fingerprint = "lin1"
+    again = evaluation.reference_stats(other, "CIFAR10", workdir, None, images[:10])
+    assert again.fingerprint == "lin1"
+    assert evaluation.load_stats(evaluation.stats_path(
+        workdir, "CIFAR10", "train", "linear")).fingerprint == "lin1"
+
+
+@pytest.mark.parametrize("dequantized", [False, True])
+def test_quantize_inverts_the_training_map(dequantized):
+    k = 17
+    levels = np.random.default_rng(8).integers(0, k, size=(50, 8, 8, 1))
+    u = np.random.default_rng(9).uniform(size=levels.shape) if dequantized else None
+    x = datasets.to_unit_interval(levels, k, u)
+    np.testing.assert_array_equal(evaluation.quantize(x, k, dequantized),
+                                  (levels / (k - 1)).astype(np.float32))
+
+
 # --------------------------------------------------------------------- digits classifier
 @pytest.fixture(scope="module")
 def digits_workdir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("digits_work"))
+
+
+def test_digits_split_is_the_datasets_split():
+    train_x, train_y, test_x, test_y = evaluation.digits_split()
+    config = default_digits_configs.get_default_configs()
+    for split, x in (("train", train_x), ("test", test_x)):
+        shard = datasets.get_shard(config, split, process_index=0, process_count=1)
+        np.testing.assert_array_equal(x, shard.data / np.float32(16))
+    assert train_x.shape[0] == 1600 and test_y.shape == (197,)
+    assert np.bincount(train_y).min() > 140  # labels follow the images: all classes
 
 
 def test_digits_classifier_accuracy_and_cache(digits_workdir):
@@ -161,10 +196,15 @@ def test_digits_classifier_accuracy_and_cache(digits_workdir):
 
 
 def test_digits_sample_quality_separates_real_from_noise(digits_workdir):
-    config = ml_collections.ConfigDict({"eval": {"inception_path": ""}})
+    """Test digits in the model's (dequantized) data space, (x̄ + u)/17, score like
+    training data; uniform noise scores far worse."""
+    config = default_digits_configs.get_default_configs()
+    assert config.data.uniform_dequantization
     _, _, test_x, _ = evaluation.digits_split()
-    noise = np.random.default_rng(5).uniform(size=test_x.shape).astype(np.float32)
-    real = evaluation.sample_quality(test_x, "DIGITS", digits_workdir, config)
+    rng = np.random.default_rng(5)
+    real_samples = (test_x * 16 + rng.uniform(size=test_x.shape)) / 17
+    noise = rng.uniform(size=test_x.shape).astype(np.float32)
+    real = evaluation.sample_quality(real_samples, "DIGITS", digits_workdir, config)
     fake = evaluation.sample_quality(noise, "DIGITS", digits_workdir, config)
     assert os.path.exists(evaluation.stats_path(digits_workdir, "DIGITS", "train",
                                                 "digits_mlp"))
@@ -177,10 +217,17 @@ def test_digits_sample_quality_separates_real_from_noise(digits_workdir):
 # ------------------------------------------------------------------------- Inception
 @pytest.mark.parametrize("path", ["", "/nonexistent/inception.h5"])
 def test_missing_inception_weights_raise_user_error(tmp_path, path):
-    config = ml_collections.ConfigDict({"eval": {"inception_path": path}})
+    config = default_cifar10_configs.get_default_configs()
+    config.eval.inception_path = path
     samples = np.zeros((4, 32, 32, 3), np.float32)
     with pytest.raises(UserError, match=r"eval\.inception_path"):
         evaluation.sample_quality(samples, "CIFAR10", str(tmp_path), config)
+
+
+def test_vector_samples_raise_user_error(tmp_path):
+    config = default_cifar10_configs.get_default_configs()
+    with pytest.raises(UserError, match="images"):
+        evaluation.sample_quality(np.zeros((4, 2)), "TOY", str(tmp_path), config)
 
 
 def _save_legacy_h5(model, path: str, skip: tuple = ()) -> None:
