@@ -1,0 +1,213 @@
+"""Tests of the evaluation mode (eval_lib) against closed forms.
+
+An ``ExactScoreEvaluator`` replaces the trained network by the exact score of a Gaussian
+(mixture) through ``mixture.py``, so the whole pipeline — eval iterator, dequantization,
+scaler, bits/dim offset, per-example keys, per-batch files, resume, metrics.json — is
+checked against analytic log-densities without training anything.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eval_lib
+import mixture
+import sde_lib
+from configs.base import get_base_config
+
+EPS = 1e-5
+
+
+class ExactScoreEvaluator(eval_lib.Evaluator):
+    """The evaluation pipeline with the exact score of ``gm`` instead of a checkpoint."""
+
+    gm: mixture.GaussianMixture = None
+
+    def load_variables(self, ckpt):
+        return {}
+
+    def score_builder(self, variables):
+        return self.gm.score_fn(self.sde)
+
+
+def _evaluator(config, workdir, gm, folder='eval', hook=None):
+    cls = type('Evaluator', (ExactScoreEvaluator,), {'gm': gm})
+    return cls(config, str(workdir), folder, hook)
+
+
+def _config(path, *, batch_size=8, repeats=1, num_bins=256, centered=False,
+            hutchinson='Rademacher', tol=1e-5):
+    config = get_base_config()
+    config.data.dataset = 'NPZ'
+    config.data.path = str(path)
+    config.data.num_bins = num_bins
+    config.data.centered = centered
+    config.data.dim = 2
+    config.training.sde = 'vpsde'
+    e = config.eval
+    e.begin_ckpt = e.end_ckpt = 1
+    e.batch_size = batch_size
+    e.num_repeats = repeats
+    e.enable_bpd = True
+    e.enable_loss = False
+    e.hutchinson_type = hutchinson
+    e.rtol = e.atol = tol
+    e.eps = EPS
+    return config
+
+
+def _metrics(workdir, folder='eval'):
+    with open(os.path.join(workdir, folder, 'metrics.json'), encoding='utf-8') as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope='module')
+def vector_data(tmp_path_factory):
+    """37 test vectors (not a multiple of the batch sizes used) from a 2-D mixture."""
+    gm = mixture.random_mixture(3, 3, 2)
+    path = tmp_path_factory.mktemp('vec') / 'vectors.npz'
+    np.savez(path, train=np.asarray(gm.sample(jax.random.key(0), 64)),
+             test=np.asarray(gm.sample(jax.random.key(1), 37)))
+    return gm, path
+
+
+@pytest.fixture(scope='module')
+def vector_eval(vector_data, tmp_path_factory):
+    """Two passes of the exact-trace ODE over the vectors with batch size 8."""
+    gm, path = vector_data
+    workdir = tmp_path_factory.mktemp('w8')
+    config = _config(path, batch_size=8, repeats=2, hutchinson='exact')
+    config.eval.bound = True
+    _evaluator(config, workdir, gm).run()
+    return config, workdir
+
+
+def test_bpd_of_exact_score_equals_analytic_density(vector_data, vector_eval):
+    gm, path = vector_data
+    _, workdir = vector_eval
+    m = _metrics(workdir)['1']
+    x = np.load(path)['test']
+    nll_exact = -np.asarray(gm.log_prob(sde_lib.VPSDE(), jnp.asarray(x), jnp.full(len(x), EPS)))
+    # ODE at rtol = atol = 1e-5 with the exact trace: within 1e-3 nats of −log p_ε.
+    assert m['nll'] == pytest.approx(nll_exact.mean(), abs=1e-3)
+    # Continuous data: bits/dim without a bin offset.
+    assert m['bpd'] == pytest.approx(nll_exact.mean() / (2 * math.log(2)), abs=1e-3)
+    assert m['num_examples'] == 2 * len(x)
+    assert m['nfe_mean'] > 10
+    # The bound (exact score, offset) is above the ODE value up to its Monte Carlo error.
+    assert m['bound_bpd'] > m['bpd'] - 4 * m['bound_stderr']
+    assert m['bound_bpd'] < m['bpd'] + 0.5
+
+
+def test_every_example_once_per_repeat(vector_data, vector_eval):
+    _, path = vector_data
+    config, workdir = vector_eval
+    folder = os.path.join(workdir, 'eval', 'ckpt_1')
+    n = len(np.load(path)['test'])
+    for repeat in range(2):
+        parts = [np.load(os.path.join(folder, f), allow_pickle=False)['index']
+                 for f in sorted(os.listdir(folder))
+                 if f.startswith(f'bpd_r{repeat}_b')]
+        assert len(parts) == math.ceil(n / config.eval.batch_size)  # 5 batches, last padded
+        assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(n))
+
+
+def test_metrics_independent_of_batch_size(vector_data, vector_eval, tmp_path):
+    gm, path = vector_data
+    _, workdir8 = vector_eval
+    config = _config(path, batch_size=5, repeats=2, hutchinson='exact')
+    config.eval.bound = True
+    _evaluator(config, tmp_path, gm).run()
+    m8, m5 = _metrics(workdir8)['1'], _metrics(tmp_path)['1']
+    assert m5.keys() == m8.keys()
+    for key in m8:
+        assert m5[key] == pytest.approx(m8[key], rel=1e-5, abs=1e-5), key
+
+
+def _bpd_gaussian_images(tmp_path, num_bins, centered, shape=(3, 3, 1), n=29, repeats=2):
+    """Pipeline bits/dim of random K-level images under the exact N(0, I) model in the
+    model's space, against E_u of the closed form ½‖y‖² + ½D log 2π per example."""
+    rs = np.random.RandomState(num_bins)
+    test = rs.randint(0, num_bins, size=(n,) + shape).astype(np.uint8)
+    path = tmp_path / 'images.npz'
+    np.savez(path, train=test, test=test)
+    config = _config(path, batch_size=8, repeats=repeats, num_bins=num_bins,
+                     centered=centered)
+    config.data.image_size, config.data.num_channels = shape[0], shape[2]
+    gm = mixture.GaussianMixture(np.ones(1), np.zeros((1, test[0].size)),
+                                 np.eye(test[0].size)[None])
+    _evaluator(config, tmp_path / 'w', gm).run()
+    m = _metrics(tmp_path / 'w')['1']
+    # y = a (x̄ + u)/K + b with u ~ U[0, 1): E[y] and Var[y] = (a/K)²/12 per pixel.
+    a, b = (2.0, -1.0) if centered else (1.0, 0.0)
+    dim = test[0].size
+    mean_y = a * (test.reshape(n, -1) + 0.5) / num_bins + b
+    e_nll_y = 0.5 * np.sum(mean_y ** 2 + (a / num_bins) ** 2 / 12, 1) + 0.5 * dim * math.log(
+        2 * math.pi)
+    expected = (e_nll_y - dim * math.log(a)) / (dim * math.log(2)) + math.log2(num_bins)
+    # Monte Carlo error of u: Var[½y²] ≈ y² Var[y]; bits/dim of the mean over n × repeats.
+    sd = np.sqrt(np.sum(mean_y ** 2, 1) * (a / num_bins) ** 2 / 12) / (dim * math.log(2))
+    tol = 5 * np.sqrt(np.mean(sd ** 2) / (n * repeats)) + 2e-4
+    return m, expected.mean(), tol
+
+
+@pytest.mark.parametrize('num_bins,centered', [(256, True), (256, False), (17, True)])
+def test_bpd_offset_and_scale(tmp_path, num_bins, centered):
+    m, expected, tol = _bpd_gaussian_images(tmp_path, num_bins, centered)
+    assert m['bpd'] == pytest.approx(expected, abs=tol)
+    # nll is in the data's own units [0, 1]^D: bpd = nll / (D ln 2) + log₂ K.
+    assert m['bpd'] == pytest.approx(m['nll'] / (9 * math.log(2)) + math.log2(num_bins),
+                                     abs=1e-6)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_same_metrics(vector_data, tmp_path):
+    gm, path = vector_data
+    config = _config(path, batch_size=8, repeats=2, tol=1e-4)
+    config.eval.enable_loss = True
+    _evaluator(config, tmp_path / 'full', gm).run()
+
+    calls = []
+
+    def interrupt_after_7(tag, batch):
+        calls.append((tag, batch))
+        if len(calls) == 7:  # 5 loss batches, then 2 of the first bits/dim pass
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        _evaluator(config, tmp_path / 'cut', gm, hook=interrupt_after_7).run()
+    meta = json.load(open(tmp_path / 'cut' / 'eval' / 'eval_meta.json', encoding='utf-8'))
+    assert meta['position'] == {'ckpt': 1, 'phase': 'bpd_r0', 'batches_done': 2}
+    computed = []
+    _evaluator(config, tmp_path / 'cut', gm, hook=lambda t, b: computed.append((t, b))).run()
+    # Only the batches not done before are computed again.
+    assert computed == [('bpd_r0', b) for b in range(2, 5)] + [('bpd_r1', b) for b in range(5)]
+    assert _metrics(tmp_path / 'cut') == _metrics(tmp_path / 'full')
+
+
+def test_changed_settings_are_refused(vector_data, tmp_path):
+    gm, path = vector_data
+    config = _config(path, batch_size=8, tol=1e-3)
+    config.eval.enable_bpd = False
+    _evaluator(config, tmp_path, gm)
+    config.eval.rtol = 1e-4
+    with pytest.raises(eval_lib.UserError, match='eval.rtol'):
+        _evaluator(config, tmp_path, gm)
+
+
+def test_image_grid_and_stats():
+    images = np.random.RandomState(0).rand(10, 4, 5, 3)
+    grid = eval_lib.image_grid(images, ncol=4, pad=1)
+    assert grid.shape == (3 * 5 + 1, 4 * 6 + 1, 3) and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid[1:5, 1:6], np.round(images[0] * 255).astype(np.uint8))
+    mean, se = eval_lib.mean_and_stderr(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
