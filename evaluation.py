@@ -39,9 +39,10 @@ Feature networks (:class:`FeatureNet`, inputs are images in [0, 1], NHWC):
 
 Samples (in [0, 1], the data space the model was trained in) are first quantized to the
 data's K levels and mapped to x̄/(K−1), like the training images they are compared with
-(the original code compared uint8 images). Training-split statistics are cached as ``<workdir>/stats/<dataset>_<split>_<net>.npz``
-(``allow_pickle=False``): μ, Σ, a fixed random subset of features for KID, and the feature
-network's fingerprint; a cache written with another network is recomputed.
+(the original code compared uint8 images). Training-split statistics are cached as
+``<workdir>/stats/<dataset>_<split>_<net>.npz`` (``allow_pickle=False``): μ, Σ, a fixed
+random subset of features for KID, and the feature network's fingerprint; a cache
+written with another network is recomputed.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import traverse_util
+from scipy.special import logsumexp
 
 from errors import UserError
 
@@ -77,8 +79,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 
     Σ₁Σ₂ has the eigenvalues of the symmetric PSD matrix M = √Σ₁ Σ₂ √Σ₁, so
     Tr((Σ₁Σ₂)^½) = Σᵢ √λᵢ(M); both square roots come from ``eigh`` in float64 with
-    eigenvalues at round-off level (tiny, or negative) set to zero. Singular covariances (fewer samples
-    than feature dimensions) need no ε-regularisation.
+    eigenvalues at round-off level (tiny, or negative) set to zero. Singular covariances
+    (fewer samples than feature dimensions) need no ε-regularisation.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1 = _symmetric(np.asarray(sigma1, np.float64))
@@ -111,7 +113,8 @@ def _sqrt_psd_eigenvalues(evals: np.ndarray) -> np.ndarray:
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD² with k(a, b) = (aᵀb/d + 1)³ between samples x [m, d] and y [n, d].
 
-    MMD²_u = Σ_{i≠j} k(xᵢ,xⱼ)/(m(m−1)) + Σ_{i≠j} k(yᵢ,yⱼ)/(n(n−1)) − 2 Σ_{i,j} k(xᵢ,yⱼ)/(mn).
+    MMD²_u = Σ_{i≠j} k(xᵢ,xⱼ)/(m(m−1)) + Σ_{i≠j} k(yᵢ,yⱼ)/(n(n−1))
+             − 2 Σ_{i,j} k(xᵢ,yⱼ)/(mn).
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     m, n, d = x.shape[0], y.shape[0], x.shape[1]
@@ -160,23 +163,17 @@ def inception_score(logits_or_probs: np.ndarray, from_logits: bool = True,
     """
     a = np.asarray(logits_or_probs, np.float64)
     if from_logits:
-        log_p = a - _logsumexp(a, axis=1)
+        log_p = a - logsumexp(a, axis=1, keepdims=True)
     else:
         with np.errstate(divide="ignore"):
             log_p = np.log(a / a.sum(axis=1, keepdims=True))
     scores = []
     for part in np.array_split(log_p, num_splits):
-        log_py = _logsumexp(part, axis=0) - np.log(part.shape[0])
+        log_py = logsumexp(part, axis=0, keepdims=True) - np.log(part.shape[0])
         p = np.exp(part)
         kl = np.sum(p * np.where(p > 0, part - log_py, 0.0), axis=1)  # 0·log 0 = 0
         scores.append(np.exp(kl.mean()))
     return float(np.mean(scores))
-
-
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    amax = np.max(a, axis=axis, keepdims=True)
-    amax = np.where(np.isfinite(amax), amax, 0.0)
-    return amax + np.log(np.sum(np.exp(a - amax), axis=axis, keepdims=True))
 
 
 # ------------------------------------------------------------------ feature statistics
@@ -311,9 +308,9 @@ class InceptionFeatureNet(FeatureNet):
     ImageNet logits when the weights file has the classification top."""
 
     def __init__(self, path: str, batch_size: int = 50):
+        self.has_top = _has_predictions_layer(path)
         import tensorflow as tf  # pylint: disable=g-import-not-at-top (4-7 s import)
         _allow_tf_gpu_memory_growth(tf)
-        self.has_top = _has_predictions_layer(path)
         self.name = "inception_v3" + ("" if self.has_top else "_notop")
         self.fingerprint = _file_digest(path)
         self.batch_size = batch_size
@@ -339,9 +336,8 @@ class InceptionFeatureNet(FeatureNet):
         if images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)
         out = self.model.predict_on_batch(images)
-        if self.has_top:
-            return np.asarray(out[0]), np.asarray(out[1])
-        return np.asarray(out[0] if isinstance(out, (list, tuple)) else out), None
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return np.asarray(out[0]), (np.asarray(out[1]) if self.has_top else None)
 
 
 def load_inception(path: str, batch_size: int = 50) -> InceptionFeatureNet:

@@ -1,4 +1,4 @@
-"""Tests of evaluation.py: FID / KID / IS against closed forms, stats cache, feature nets."""
+"""evaluation.py: FID / KID / IS against closed forms, stats cache, feature networks."""
 import os
 
 import h5py
@@ -95,7 +95,8 @@ def test_inception_score_closed_forms():
     assert evaluation.inception_score(np.zeros((40, k))) == pytest.approx(1.0, abs=1e-12)
     confident = 1e4 * np.eye(k)[np.arange(5 * k) % k]  # huge logits: no overflow
     assert evaluation.inception_score(confident) == pytest.approx(k, rel=1e-12)
-    assert evaluation.inception_score(confident, num_splits=5) == pytest.approx(k, rel=1e-12)
+    split_score = evaluation.inception_score(confident, num_splits=5)
+    assert split_score == pytest.approx(k, rel=1e-12)
     # Half confident and balanced, half uniform: p(y) uniform, KL = log K or 0, IS = √K.
     probs = np.concatenate([np.eye(k)[np.arange(k)], np.full((k, k), 1.0 / k)])
     assert evaluation.inception_score(probs, from_logits=False) == pytest.approx(
@@ -215,8 +216,12 @@ def test_digits_sample_quality_separates_real_from_noise(digits_workdir):
 
 
 # ------------------------------------------------------------------------- Inception
-@pytest.mark.parametrize("path", ["", "/nonexistent/inception.h5"])
+@pytest.mark.parametrize("path", ["", "/nonexistent/inception.h5", "not_hdf5.h5"])
 def test_missing_inception_weights_raise_user_error(tmp_path, path):
+    if path == "not_hdf5.h5":
+        path = str(tmp_path / path)
+        with open(path, "wb") as f:
+            f.write(b"<html>404</html>")  # e.g. a failed download
     config = default_cifar10_configs.get_default_configs()
     config.eval.inception_path = path
     samples = np.zeros((4, 32, 32, 3), np.float32)
