@@ -229,6 +229,23 @@ def test_missing_inception_weights_raise_user_error(tmp_path, path):
         evaluation.sample_quality(samples, "CIFAR10", str(tmp_path), config)
 
 
+def test_image_pipeline_with_a_feature_net_without_logits(tmp_path, monkeypatch):
+    """The CIFAR-10 path (Inception replaced by a linear net): samples quantized to 256
+    levels, reference statistics cached, no 'is' without logits."""
+    monkeypatch.setattr(evaluation, "load_inception", lambda path: _LinearNet())
+    config = default_cifar10_configs.get_default_configs()
+    assert not config.data.uniform_dequantization
+    rng = np.random.default_rng(10)
+    reference = np.round(rng.uniform(size=(40, 2, 2, 3)) * 255) / 255
+    jitter = rng.uniform(-0.4, 0.4, size=reference.shape) / 255  # rounds back
+    same = evaluation.sample_quality(reference + jitter, "CIFAR10", str(tmp_path), config,
+                                     reference)
+    other = evaluation.sample_quality(reference[:, ::-1] ** 2, "CIFAR10", str(tmp_path),
+                                      config)  # statistics from the cache
+    assert set(same) == {"fid", "kid"}
+    assert abs(same["fid"]) < 1e-9 * other["fid"] and same["kid"] < 0 < other["kid"]
+
+
 def test_vector_samples_raise_user_error(tmp_path):
     config = default_cifar10_configs.get_default_configs()
     with pytest.raises(UserError, match="images"):
