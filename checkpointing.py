@@ -86,6 +86,11 @@ def list_checkpoints(workdir: str) -> List[int]:
     return _complete_steps(snapshot_dir(workdir))
 
 
+def list_preemption_checkpoints(workdir: str) -> List[int]:
+    """Steps of the complete preemption checkpoints in ``W/checkpoints-meta``, ascending."""
+    return _complete_steps(preemption_dir(workdir))
+
+
 def wait_for_checkpoint(workdir: str, number: int, timeout_s: float,
                         poll_s: float = 5.0) -> bool:
     """Waits up to ``timeout_s`` seconds for snapshot ``number`` to be complete."""

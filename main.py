@@ -1,0 +1,141 @@
+"""Command line: train, evaluate, or train the variational dequantizer.
+
+    python main.py --config configs/vp/digits_lw_is.py --workdir W --mode train
+    python main.py --config configs/vp/digits_lw_is.py --workdir W --mode eval \
+        [--eval_folder eval] [--config.eval.begin_ckpt=5 ...]
+
+Every config field can be overridden as ``--config.<section>.<field>=value``. Logs go to
+the console and to ``W/stdout.txt``; the resolved config is written to ``W/config.json``
+(``W/<eval_folder>/config.json`` for evaluation). A problem the user can fix (bad config,
+missing data or checkpoint, unwritable work directory, diverged training) prints one
+message without a traceback and exits with status 1.
+
+Multi-host (GPU clusters, TPU pods): start the same command on every host with
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=i``, or with
+``--multihost`` where JAX finds the cluster itself (TPU pods, SLURM, Open MPI).
+"""
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from errors import UserError
+
+FLAGS = flags.FLAGS
+MODES = ('train', 'eval', 'train_deq')
+
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, logs, samples, results.')
+flags.DEFINE_enum('mode', None, list(MODES), 'Running mode: train, eval or train_deq.')
+flags.DEFINE_string('eval_folder', 'eval', 'Folder of W for evaluation results.')
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-host: HOST:PORT of process 0 for jax.distributed.initialize.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
+flags.DEFINE_boolean('multihost', False,
+                     'Multi-host with cluster auto-detection (TPU pods, SLURM, Open MPI).')
+flags.DEFINE_integer('distributed_timeout', 300,
+                     'Seconds to wait for all processes to join (multi-host).')
+flags.mark_flags_as_required(['config', 'workdir', 'mode'])
+
+
+class _NoOrbaxInfo(py_logging.Filter):
+    """Keeps orbax's per-save INFO chatter out of the console and stdout.txt."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def _initialize_distributed() -> None:
+    """``jax.distributed.initialize`` when asked to; a no-op on a single host."""
+    if not (FLAGS.coordinator_address or FLAGS.multihost):
+        return
+    import jax
+
+    kwargs = {'initialization_timeout': FLAGS.distributed_timeout}
+    if FLAGS.coordinator_address:
+        if FLAGS.num_processes is None or FLAGS.process_id is None:
+            raise UserError('--coordinator_address needs --num_processes and --process_id '
+                            '(the same command on every host, process_id 0 … N−1).')
+        kwargs.update(coordinator_address=FLAGS.coordinator_address,
+                      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    jax.distributed.initialize(**kwargs)
+
+
+def _prepare_workdir(workdir: str) -> None:
+    """Creates ``workdir`` and checks it is writable, or raises UserError."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f'--workdir={workdir} is not a writable directory ({e.strerror}); '
+                        'choose another --workdir.') from None
+
+
+_ERRORS = py_logging.getLogger('scoreflow.user_errors')  # to stdout.txt only
+_ERRORS.propagate = False
+
+
+def _log_to_file(path: str) -> None:
+    """Appends every log record to ``path`` (``W/stdout.txt``) besides the console."""
+    handler = py_logging.FileHandler(path, mode='a')
+    handler.setFormatter(py_logging.Formatter(
+        '%(levelname)s %(asctime)s %(filename)s:%(lineno)d] %(message)s'))
+    root = py_logging.getLogger()
+    root.addHandler(handler)
+    _ERRORS.addHandler(handler)
+    for h in root.handlers + [logging.get_absl_handler()]:
+        h.addFilter(_NoOrbaxInfo())
+    logging.set_verbosity(logging.INFO)
+
+
+def run(argv) -> None:
+    """Runs ``--mode`` with the parsed flags; UserErrors propagate to ``main``."""
+    if len(argv) > 1:
+        raise UserError(f'Unexpected arguments {argv[1:]}; flags look like --name=value.')
+    _initialize_distributed()
+    import jax
+    import run_lib
+    from configs.validation import validate_config
+
+    workdir, mode = FLAGS.workdir, FLAGS.mode
+    if jax.process_index() == 0:
+        _prepare_workdir(workdir)
+        _log_to_file(os.path.join(workdir, 'stdout.txt'))
+    logging.info('scoreflow %s: config %s, workdir %s, %d devices on %d hosts.', mode,
+                 config_flags.get_config_filename(FLAGS['config']), workdir,
+                 jax.device_count(), jax.process_count())
+    validate_config(FLAGS.config, jax.device_count())
+    config = run_lib.resolve_config(FLAGS.config)
+    if mode == 'train':
+        run_lib.save_config(config, os.path.join(workdir, 'config.json'))
+        run_lib.train(config, workdir)
+    elif mode == 'eval':
+        eval_dir = os.path.join(workdir, FLAGS.eval_folder)
+        if jax.process_index() == 0:
+            _prepare_workdir(eval_dir)
+        run_lib.save_config(config, os.path.join(eval_dir, 'config.json'))
+        run_lib.evaluate(config, workdir, FLAGS.eval_folder)
+    else:
+        run_lib.train_deq(config, workdir)
+
+
+def main(argv) -> None:
+    try:
+        run(argv)
+    except UserError as e:
+        _ERRORS.error('Error: %s', e)
+        print(f'Error: {e}', file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    app.run(main)
