@@ -84,7 +84,7 @@ def _data() -> ml_collections.ConfigDict:
         'path': '',                     # NPZ file with 'train' and 'test' arrays
         'data_dir': '',                 # TFDS data directory; '' = TFDS default
         'download': False,              # let TFDS download and prepare missing data
-        'dim': 0,                       # vector data dimension (TOY; 0 = from the NPZ)
+        'dim': 2,                       # dimension D of vector data (TOY, NPZ vectors)
     })
 
 
@@ -128,6 +128,7 @@ def _optim() -> ml_collections.ConfigDict:
         'optimizer': 'Adam',
         'lr': 2e-4,
         'beta1': 0.9,
+        'beta2': 0.999,
         'eps': 1e-8,
         'weight_decay': 0.0,
         'warmup': 5000,                 # linear learning-rate warm-up steps

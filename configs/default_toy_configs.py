@@ -1,5 +1,6 @@
 """TOY: 2-D mixture of 8 Gaussians on a circle (``datasets.toy_distribution``), vector
-data [N, 2] with an exact density, and a time-conditioned residual MLP."""
+data [N, 2] with an exact density, and a time-conditioned residual MLP. Vector data use
+``data.dim``; ``data.image_size`` and ``num_channels`` are ignored."""
 import ml_collections
 
 from configs.base import get_base_config
@@ -30,8 +31,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data = config.data
     data.dataset = 'TOY'
     data.dim = 2
-    data.image_size = 0
-    data.num_channels = 0
     data.centered = False
     data.random_flip = False
 

@@ -13,11 +13,11 @@ from configs.default_toy_configs import get_default_configs as toy_config
 from errors import UserError
 
 
-def npz_config(path, *, image_size=0, num_channels=0, num_bins=256, batch_size=8,
+def npz_config(path, *, image_size=0, num_channels=0, num_bins=256, dim=1, batch_size=8,
                n_jitted_steps=2):
     config = digits_config()
     config.data.update({'dataset': 'NPZ', 'path': str(path), 'image_size': image_size,
-                        'num_channels': num_channels, 'num_bins': num_bins, 'dim': 0})
+                        'num_channels': num_channels, 'num_bins': num_bins, 'dim': dim})
     config.training.batch_size = batch_size
     config.training.n_jitted_steps = n_jitted_steps
     return config
@@ -83,7 +83,7 @@ def test_npz_vectors_round_trip(tmp_path):
     train = np.random.default_rng(1).normal(size=(20, 3)).astype(np.float64)
     path = tmp_path / 'vectors.npz'
     np.savez(path, train=train, test=train[:5])
-    config = npz_config(path)
+    config = npz_config(path, dim=3)
     config.data.centered = True  # ignored for vectors
     shard = datasets.get_shard(config, 'train', process_index=0, process_count=1)
     np.testing.assert_allclose(shard.data, train, rtol=1e-6)
