@@ -1,9 +1,12 @@
 """Embedded default: scikit-learn's 8×8 digits (1 channel, 17 grey levels, 1600 / 197).
 
-A small DDPM++ (nf 32, ch_mult (1, 2), 2 res blocks, no attention) sized so that 5000
-training steps run in minutes on a laptop CPU. Training uses uniform dequantization:
-with only K = 17 levels, x̄/(K − 1) and the evaluation points (x̄ + u)/K differ by up to
-half a bin, so a model trained on the former would be evaluated off its support.
+A small DDPM++ (nf 32, ch_mult (1, 2), 1 res block, no attention; 0.72M parameters,
+11.5 GFLOP per training step of 128) sized so that the 4000 training steps take about 6
+minutes on 2 CPU cores (estimated from a measured 65% of matmul throughput).
+
+Training uses uniform dequantization: with only K = 17 levels, x̄/(K − 1) and the
+evaluation points (x̄ + u)/K differ by up to half a bin, so a model trained on the former
+would be evaluated off its support.
 """
 import ml_collections
 
@@ -17,7 +20,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.sde = 'vpsde'
     training.reduce_mean = True
     training.batch_size = 128
-    training.n_iters = 5000
+    training.n_iters = 4000
     training.n_jitted_steps = 10
     training.snapshot_freq = 1000
     training.snapshot_freq_for_preemption = 500
@@ -27,7 +30,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.sampling.method = 'ode'
 
     evaluate = config.eval
-    evaluate.begin_ckpt = evaluate.end_ckpt = 5
+    evaluate.begin_ckpt = evaluate.end_ckpt = 4
     evaluate.batch_size = 256
     evaluate.enable_loss = True
     evaluate.num_repeats = 1
@@ -43,7 +46,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.uniform_dequantization = True
 
     presets.ddpmpp_style(config)
-    config.model.update({'nf': 32, 'ch_mult': (1, 2), 'num_res_blocks': 2,
+    config.model.update({'nf': 32, 'ch_mult': (1, 2), 'num_res_blocks': 1,
                          'attn_resolutions': (), 'dropout': 0.1, 'ema_rate': 0.999})
     config.optim.lr = 1e-3
     config.optim.warmup = 200
