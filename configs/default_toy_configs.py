@@ -36,7 +36,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     model = config.model
     model.name = 'mlp'
-    model.nf = 256
+    model.nf = 128  # 0.72M parameters, half in the 4·nf time embedding
     model.num_res_blocks = 4
     model.embedding_type = 'positional'
     model.dropout = 0.0
