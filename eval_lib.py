@@ -156,14 +156,15 @@ class DataSpec:
         return self.scaler(datasets.to_unit_interval(x, self.num_bins, u))
 
     def quantize(self, x01: np.ndarray) -> np.ndarray:
-        """Samples in [0, 1] → levels x̄ (uint8), inverting the training mapping; float32
-        vectors unchanged."""
+        """Samples in [0, 1] → uint8 levels x̄, inverting the training mapping
+        (``evaluation.quantize``); continuous vectors stay float32."""
+        import evaluation  # pylint: disable=import-outside-toplevel
+
         if self.num_bins is None:
             return np.asarray(x01, np.float32)
-        k = self.num_bins
-        x01 = np.asarray(x01, np.float64)
-        levels = np.floor(x01 * k) if self.train_dequantized else np.round(x01 * (k - 1))
-        return np.clip(levels, 0, k - 1).astype(np.uint8)
+        unit = evaluation.quantize(np.asarray(x01), self.num_bins, self.train_dequantized)
+        dtype = np.uint8 if self.num_bins <= 256 else np.uint16
+        return np.round(unit * (self.num_bins - 1)).astype(dtype)
 
     def levels_to_unit(self, levels: np.ndarray) -> np.ndarray:
         """x̄/(K−1) ∈ [0, 1] (the grid of the feature networks' reference images)."""
@@ -416,7 +417,8 @@ def run_pass(batch_fn: BatchFn, batches: Iterable[Batch], store: ResultStore, ta
 
 def evaluate_likelihood(batch_fn, variables, deq_variables, make_batches, *, base_key: Array,
                         ckpt: int, num_repeats: int, store: ResultStore,
-                        num_examples: int = 0, hook: Optional[Hook] = None) -> Results:
+                        num_examples: int = 0, hook: Optional[Hook] = None,
+                        running_key: str = 'bpd') -> Results:
     """``num_repeats`` passes of ``get_likelihood_batch_fn``'s function over the split.
 
     ``make_batches()`` returns a fresh iterable of (x, mask, index) in a fixed order;
@@ -424,7 +426,7 @@ def evaluate_likelihood(batch_fn, variables, deq_variables, make_batches, *, bas
     per-example results of all passes with ``index`` and ``repeat`` columns.
     """
     mesh = _mesh()
-    progress = Progress(f'ckpt {ckpt} bits/dim', num_examples * num_repeats, 'bpd')
+    progress = Progress(f'ckpt {ckpt} bits/dim', num_examples * num_repeats, running_key)
     parts = []
     for repeat in range(num_repeats):
         rkey = round_key(base_key, ckpt, repeat)
@@ -550,14 +552,16 @@ def config_fingerprint(config) -> Dict[str, Any]:
     return json.loads(json.dumps(keep, default=str))
 
 
-def check_fingerprint(eval_dir: str, config) -> Dict[str, Any]:
-    """Loads (or creates) the meta-checkpoint; a changed setting raises ``UserError``."""
+def check_fingerprint(eval_dir: str, config, write: bool = True) -> Dict[str, Any]:
+    """Loads (or, if ``write``, creates) the meta-checkpoint; a changed setting raises
+    ``UserError``."""
     path = os.path.join(eval_dir, META_FILE)
     fingerprint = config_fingerprint(config)
     meta = read_json(path, None)
     if meta is None:
         meta = {'fingerprint': fingerprint, 'position': None}
-        write_json(path, meta)
+        if write:
+            write_json(path, meta)
         return meta
     old = meta.get('fingerprint', {})
     changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
@@ -617,20 +621,18 @@ class Evaluator:
         self.opts = LikelihoodOptions.from_config(config)
         self.eval_dir = os.path.join(workdir, eval_folder)
         os.makedirs(self.eval_dir, exist_ok=True)
-        self.meta = check_fingerprint(self.eval_dir, config)
+        self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0)
         self._model = None
         self._template = None
         self._fns: Dict[str, Any] = {}
 
     # --- model and checkpoints --------------------------------------------------------
     def _build_model(self) -> None:
-        import losses  # pylint: disable=import-outside-toplevel
-        from models import utils as mutils  # pylint: disable=import-outside-toplevel
+        """The network and a train-state template of the config (as ``run_lib`` builds
+        them) to restore checkpoints into."""
+        import run_lib  # pylint: disable=import-outside-toplevel
 
-        rng = jax.random.PRNGKey(self.config.seed)
-        self._model, variables = mutils.init_model(rng, self.config)
-        optimizer = losses.get_optimizer(self.config)
-        self._template = losses.init_train_state(rng, variables['params'], optimizer)
+        self._model, _, self._template = run_lib.create_train_state(self.config, _mesh())
 
     def score_builder(self, variables) -> ScoreFn:
         from models import utils as mutils  # pylint: disable=import-outside-toplevel
@@ -665,14 +667,23 @@ class Evaluator:
             return (tuple(b) for b in datasets.get_eval_iterator(self.config, split))
         return make
 
+    def _save_meta(self) -> None:
+        if self.host == 0:  # files shared by all hosts are written by host 0 only
+            write_json(os.path.join(self.eval_dir, META_FILE), self.meta)
+
+    def _update_metrics(self, ckpt: int, values: Mapping[str, Any]) -> Dict[str, Any]:
+        if self.host != 0:
+            return dict(values)
+        return update_metrics(self.eval_dir, ckpt, values)
+
     def _position(self, ckpt: int, phase: str) -> None:
         self.meta['position'] = {'ckpt': ckpt, 'phase': phase}
-        write_json(os.path.join(self.eval_dir, META_FILE), self.meta)
+        self._save_meta()
 
     def _hook(self, ckpt: int) -> Hook:
         def hook(tag: str, batch: int) -> None:
             self.meta['position'] = {'ckpt': ckpt, 'phase': tag, 'batches_done': batch + 1}
-            write_json(os.path.join(self.eval_dir, META_FILE), self.meta)
+            self._save_meta()
             if self.hook is not None:
                 self.hook(tag, batch)
         return hook
@@ -684,7 +695,7 @@ class Evaluator:
         for ckpt in range(int(e.begin_ckpt), int(e.end_ckpt) + 1):
             self.evaluate_checkpoint(ckpt)
         self.meta['position'] = {'ckpt': int(e.end_ckpt), 'phase': 'done'}
-        write_json(os.path.join(self.eval_dir, META_FILE), self.meta)
+        self._save_meta()
         return read_json(os.path.join(self.eval_dir, METRICS_FILE), {})
 
     def evaluate_checkpoint(self, ckpt: int) -> Dict[str, Any]:
@@ -728,7 +739,7 @@ class Evaluator:
         results = self._gather_and_check(store, 'loss', own, 'test', 1)
         logging.info('ckpt %d: eval loss over %d test examples in %.1f s.', ckpt,
                      len(results['index']), time.time() - start)
-        return update_metrics(self.eval_dir, ckpt,
+        return self._update_metrics(ckpt,
                               {'loss': float(np.mean(_sorted(results)['loss'], dtype=np.float64))})
 
     def _likelihood_phase(self, ckpt, variables, store) -> Dict[str, Any]:
@@ -744,12 +755,13 @@ class Evaluator:
             self._fns['bpd'], variables, self._deq_variables, self._batches(split),
             base_key=phase_key(self.config.seed, PHASE_BPD), ckpt=ckpt,
             num_repeats=int(e.num_repeats), store=store,
-            num_examples=datasets.split_size(self.config, split), hook=self._hook(ckpt))
+            num_examples=datasets.split_size(self.config, split), hook=self._hook(ckpt),
+            running_key='bpd' if self.opts.ode else 'bound_bpd')
         results = self._gather_and_check(store, 'bpd', own, split, int(e.num_repeats))
         metrics = likelihood_metrics(results)
         logging.info('ckpt %d: %s bits/dim over %d example evaluations in %.1f s: %s', ckpt,
                      split, metrics['num_examples'], time.time() - start, metrics)
-        return update_metrics(self.eval_dir, ckpt, metrics)
+        return self._update_metrics(ckpt, metrics)
 
     def _dequantizer(self) -> Tuple[Optional[Dequantizer], Any]:
         """The trained variational dequantizer (``eval.dequantizer``), else uniform."""
@@ -798,7 +810,7 @@ class Evaluator:
         if self.host == 0:
             self._save_grid(store.folder, samples)
             values.update(self._sample_quality(store.folder, samples))
-        return update_metrics(self.eval_dir, ckpt, values)
+        return self._update_metrics(ckpt, values)
 
     def _save_grid(self, folder: str, samples: np.ndarray) -> None:
         path = os.path.join(folder, 'samples.png')
@@ -826,7 +838,7 @@ class Evaluator:
         try:
             metrics = evaluation.sample_quality(
                 self.data.levels_to_unit(samples), self.config.data.dataset, self.workdir,
-                self.config, reference_images=self._reference_images())
+                self.config)
         except UserError as err:
             logging.warning('Skipping FID/IS/KID: %s', err)
             return {}
@@ -835,12 +847,6 @@ class Evaluator:
                      time.time() - start, metrics)
         write_json(path, {'num_samples': len(samples), 'metrics': metrics})
         return metrics
-
-    def _reference_images(self) -> Iterable[np.ndarray]:
-        """The training split in [0, 1], batch by batch (only read to build a stats cache)."""
-        for x, mask, _ in datasets.get_eval_iterator(self.config, 'train'):
-            yield self.data.levels_to_unit(x[mask])
-
 
 def evaluate(config, workdir: str, eval_folder: str = 'eval',
              hook: Optional[Hook] = None) -> Dict[str, Any]:

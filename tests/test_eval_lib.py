@@ -211,3 +211,115 @@ def test_image_grid_and_stats():
     np.testing.assert_array_equal(grid[1:5, 1:6], np.round(images[0] * 255).astype(np.uint8))
     mean, se = eval_lib.mean_and_stderr(np.array([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5 and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+# --------------------------------------------------------------------------- devices
+_DEVICE_SCRIPT = r'''
+import json, sys
+import numpy as np
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+import jax
+import mixture
+from test_eval_lib import _config, _evaluator
+assert jax.local_device_count() == {devices}
+gm = mixture.random_mixture(3, 3, 2)
+config = _config({path!r}, batch_size=8, repeats=2, hutchinson='exact')
+config.eval.bound = True
+print(json.dumps(_evaluator(config, {workdir!r}, gm).run()))
+'''
+
+
+def test_four_devices_give_the_metrics_of_one(vector_data, vector_eval, tmp_path):
+    """Per-example keys: sharding each batch over 4 devices changes no metric."""
+    import subprocess
+    import sys
+
+    _, path = vector_data
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=4')
+    script = _DEVICE_SCRIPT.format(repo=os.path.dirname(tests), tests=tests, devices=4,
+                                   path=str(path), workdir=str(tmp_path))
+    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    four = json.loads(out.stdout.strip().splitlines()[-1])['1']
+    one = _metrics(vector_eval[1])['1']
+    assert four.keys() == one.keys() >= {'bpd', 'nll', 'nfe_mean', 'bound_bpd'}
+    for key in one:
+        assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key
+
+
+# --------------------------------------------------------------------------- end to end
+def _digits_npz(path, num_train=96, num_test=11):
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.uint8)[..., None]
+    np.savez(path, train=images[:num_train], test=images[num_train:num_train + num_test])
+    return path
+
+
+_E2E = {'data.dataset': 'NPZ', 'data.num_bins': 17, 'data.image_size': 8,
+        'data.num_channels': 1, 'model.nf': 8, 'model.ch_mult': (1,),
+        'model.num_res_blocks': 1, 'model.dropout': 0.0,
+        'training.n_iters': 10, 'training.n_jitted_steps': 5, 'training.log_freq': 5,
+        'training.eval_freq': 5, 'training.snapshot_freq': 10,
+        'training.snapshot_freq_for_preemption': 10, 'training.snapshot_sampling': False,
+        'training.batch_size': 16, 'optim.warmup': 0,
+        'eval.begin_ckpt': 1, 'eval.end_ckpt': 1, 'eval.batch_size': 4,
+        'eval.num_repeats': 2, 'eval.enable_loss': True, 'eval.bound': True,
+        'eval.enable_sampling': True, 'eval.num_samples': 6, 'eval.rtol': 1e-3,
+        'eval.atol': 1e-3, 'sampling.rtol': 1e-3, 'sampling.atol': 1e-3}
+
+
+@pytest.mark.slow
+def test_end_to_end_eval_killed_and_resumed(tmp_path):
+    """train (run_lib) → every eval phase in-process; then bits/dim through main.py,
+    SIGKILLed after a batch and restarted, equals the uninterrupted values."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import run_lib
+    from configs.vp import digits_lw_is
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    overrides = dict(_E2E, **{'data.path': str(_digits_npz(tmp_path / 'digits.npz'))})
+    config = digits_lw_is.get_config()
+    for name, value in overrides.items():
+        section, field = name.split('.')
+        config[section][field] = value
+    workdir = tmp_path / 'w'
+    run_lib.train(config, str(workdir))
+
+    reference = run_lib.evaluate(config, str(workdir), 'reference')['1']
+    assert reference.keys() == {'loss', 'bpd', 'bpd_stderr', 'nll', 'nfe_mean', 'bound_bpd',
+                                'bound_stderr', 'num_examples', 'num_samples'}  # no FID:
+    # NPZ images need Inception weights, and their absence only skips FID/IS/KID.
+    assert reference['num_examples'] == 2 * 11 and reference['num_samples'] == 6
+    assert math.log2(17) < reference['bpd'] < 40  # an untrained network: worse than uniform
+    assert reference['bound_bpd'] > reference['bpd'] - 4 * reference['bound_stderr']
+    assert (workdir / 'reference' / 'ckpt_1' / 'samples.png').exists()
+
+    bpd_only = {'eval.enable_loss': False, 'eval.bound': False, 'eval.enable_sampling': False}
+    cmd = [sys.executable, os.path.join(repo, 'main.py'), '--mode=eval',
+           f'--config={os.path.join(repo, "configs/vp/digits_lw_is.py")}',
+           f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in
+                                      dict(overrides, **bpd_only).items()]
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    marker = workdir / 'eval' / 'ckpt_1' / 'bpd_r0_b00001_h0.npz'
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert marker.exists(), proc.stderr.read().decode()[-2000:]
+    assert not (workdir / 'eval' / 'metrics.json').exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = _metrics(workdir)['1']
+    assert resumed.keys() == {'bpd', 'bpd_stderr', 'nll', 'nfe_mean', 'num_examples'}
+    for key in resumed:
+        assert resumed[key] == pytest.approx(reference[key], rel=1e-5), key
