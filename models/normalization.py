@@ -1,0 +1,102 @@
+"""Normalization layers of the score networks (NHWC).
+
+A *norm factory* is a callable ``norm(num_channels) -> nn.Module``; blocks call it with
+the channel count of the tensor they normalise, so one block class serves DDPM
+(GroupNorm with 32 groups), DDPM++/NCSN++ (GroupNorm with min(C/4, 32) groups) and
+NCSNv2 (InstanceNorm++).
+
+- GroupNorm: ``(x − μ_g) / √(σ_g² + ε) · γ + β`` with statistics per example and group.
+- InstanceNorm: the same per example and channel.
+- InstanceNorm++ (NCSNv2): instance norm plus a correction that keeps the channel means,
+  ``h + α_c · (μ_c − mean_c(μ)) / √(var_c(μ) + ε)``, then ``γ h + β``.
+- VarianceNorm: ``x / √(σ_c² + ε) · γ`` (no centring).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+NormFactory = Callable[[int], nn.Module]
+
+_EPS = 1e-5
+
+
+def _normal_around_one(key: Array, shape, dtype=jnp.float32) -> Array:
+    """N(1, 0.02²) initialisation of NCSNv2's γ and α."""
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def group_norm_32(num_channels: int) -> nn.Module:
+    """DDPM's GroupNorm: 32 groups (the channel count must be a multiple of 32)."""
+    del num_channels
+    return nn.GroupNorm(num_groups=32, epsilon=1e-6)
+
+
+def group_norm_pp(num_channels: int) -> nn.Module:
+    """DDPM++/NCSN++ GroupNorm: min(C // 4, 32) groups (at least one)."""
+    return nn.GroupNorm(num_groups=max(1, min(num_channels // 4, 32)), epsilon=1e-6)
+
+
+class _ChannelNorm(nn.Module):
+    """Base of the per-channel (instance / variance) norms: statistics over H, W."""
+    bias: bool = True
+
+    def _affine(self, h: Array) -> Array:
+        """γ h + β with γ ~ N(1, 0.02²) at init (NCSNv2's init) and β = 0."""
+        c = h.shape[-1]
+        h = h * self.param('scale', _normal_around_one, (c,))
+        if self.bias:
+            h = h + self.param('bias', nn.initializers.zeros, (c,))
+        return h
+
+
+class InstanceNorm2d(_ChannelNorm):
+    """Instance normalization with an affine transform."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+        var = jnp.var(x, axis=(1, 2), keepdims=True)
+        return self._affine((x - mean) * jax.lax.rsqrt(var + _EPS))
+
+
+class VarianceNorm2d(_ChannelNorm):
+    """Divides by the per-channel standard deviation (no centring), then scales."""
+    bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        var = jnp.var(x, axis=(1, 2), keepdims=True)
+        return self._affine(x * jax.lax.rsqrt(var + _EPS))
+
+
+class InstanceNorm2dPlus(_ChannelNorm):
+    """InstanceNorm++ of NCSNv2 (Song & Ermon, 2020): keeps the relative channel means."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        means = jnp.mean(x, axis=(1, 2))                        # [B, C]
+        m = jnp.mean(means, axis=-1, keepdims=True)
+        v = jnp.var(means, axis=-1, keepdims=True)
+        means_plus = (means - m) * jax.lax.rsqrt(v + _EPS)
+        var = jnp.var(x, axis=(1, 2), keepdims=True)
+        h = (x - means[:, None, None, :]) * jax.lax.rsqrt(var + _EPS)
+        alpha = self.param('alpha', _normal_around_one, (x.shape[-1],))
+        return self._affine(h + means_plus[:, None, None, :] * alpha)
+
+
+NORMALIZATIONS = {
+    'groupnorm': group_norm_32,
+    'instancenorm': lambda c: InstanceNorm2d(),
+    'instancenorm++': lambda c: InstanceNorm2dPlus(),
+    'variancenorm': lambda c: VarianceNorm2d(),
+}
+
+
+def get_normalization(name: str) -> NormFactory:
+    """The norm factory named by ``config.model.normalization`` (case-insensitive)."""
+    return NORMALIZATIONS[name.lower()]

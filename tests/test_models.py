@@ -1,0 +1,390 @@
+"""Tests of the score networks (models/): shapes for every NCSN++ option, parameter
+counts of the paper configs, FIR resampling against NumPy, blocks start as their
+shortcut, dropout, determinism, config validation and the score adapter conventions."""
+from __future__ import annotations
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import sde_lib
+from errors import UserError
+from models import layers, layerspp, mlp, utils
+from models import up_or_down_sampling as uds
+
+
+def make_config(name: str = 'ncsnpp', image_size: int = 8, num_channels: int = 3,
+                centered: bool = False, continuous: bool = True, **model):
+    """A full ml_collections config with a tiny network unless overridden."""
+    cfg = ml_collections.ConfigDict()
+    cfg.training = ml_collections.ConfigDict({'continuous': continuous})
+    cfg.data = ml_collections.ConfigDict({'image_size': image_size, 'centered': centered,
+                                          'num_channels': num_channels, 'dim': 2})
+    base = dict(name=name, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                dropout=0.1, resamp_with_conv=True, conditional=True, fir=False,
+                fir_kernel=[1, 3, 3, 1], skip_rescale=True, resblock_type='biggan',
+                progressive='none', progressive_input='none', progressive_combine='sum',
+                attention_type='ddpm', embedding_type='positional', fourier_scale=16.0,
+                init_scale=0.0, scale_by_sigma=False, normalization='GroupNorm',
+                nonlinearity='swish', conv_size=3, sigma_min=0.01, sigma_max=50.0,
+                num_scales=1000, beta_min=0.1, beta_max=20.0, ema_rate=0.9999)
+    base.update(model)
+    cfg.model = ml_collections.ConfigDict(base)
+    return cfg
+
+
+def paper_config(**model):
+    """vp/cifar10_ddpmpp_continuous's network (DDPM++ cont.), overridable."""
+    base = dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
+                resblock_type='biggan', fir=False, embedding_type='positional')
+    base.update(model)
+    return make_config(image_size=32, centered=True, **base)
+
+
+NCSNPP_VE = dict(fir=True, progressive='output_skip', progressive_input='input_skip',
+                 progressive_combine='sum', embedding_type='fourier', scale_by_sigma=True)
+
+
+def shapes_of(model, x_shape, labels_dtype=jnp.float32):
+    """(output shape, variables) of init + forward with train=True, traced only."""
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    y = jax.ShapeDtypeStruct(x_shape[:1], labels_dtype)
+    rngs = {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}
+    out, variables = jax.eval_shape(
+        lambda x, y: model.init_with_output(rngs, x, y, train=True), x, y)
+    return out.shape, variables
+
+
+# ------------------------------------------------------------------------------------
+# Parameter counts (the PyTorch port's counts for the paper's CIFAR-10 networks).
+# ------------------------------------------------------------------------------------
+@pytest.mark.parametrize('model_kw, expected', [
+    (dict(), 61_804_419),                                          # DDPM++ cont.
+    (dict(num_res_blocks=8), 106_632_579),                         # DDPM++ cont. (deep)
+    (NCSNPP_VE, 61_894_924),                                       # NCSN++ cont.
+    (dict(NCSNPP_VE, num_res_blocks=8), 106_723_084),              # NCSN++ cont. (deep)
+    (dict(name='ddpm', num_res_blocks=2, dropout=0.1), 35_746_307),  # DDPM (35.7M)
+], ids=['ddpmpp', 'ddpmpp_deep', 'ncsnpp', 'ncsnpp_deep', 'ddpm'])
+def test_param_counts_of_paper_configs(model_kw, expected):
+    assert utils.param_count(utils.init_shapes(paper_config(**model_kw))) == expected
+
+
+def test_fourier_frequencies_are_counted_as_params():
+    diff = (utils.param_count(utils.init_shapes(make_config(embedding_type='fourier')))
+            - utils.param_count(utils.init_shapes(make_config(embedding_type='positional'))))
+    # nf Fourier frequencies W, and the first Dense sees 2nf instead of nf inputs.
+    assert diff == 8 + 8 * 32
+
+
+# ------------------------------------------------------------------------------------
+# Shapes: every resblock_type × progressive × progressive_input × embedding_type.
+# ------------------------------------------------------------------------------------
+COMBOS = list(itertools.product(['ddpm', 'biggan'], ['none', 'output_skip', 'residual'],
+                                ['none', 'input_skip', 'residual'], ['fourier', 'positional']))
+
+
+@pytest.mark.parametrize('index', range(len(COMBOS)))
+def test_ncsnpp_output_shape_for_every_option(index):
+    resblock, prog, prog_in, emb = COMBOS[index]
+    cfg = make_config(resblock_type=resblock, progressive=prog, progressive_input=prog_in,
+                      embedding_type=emb, scale_by_sigma=emb == 'fourier',
+                      fir=index % 2 == 0,                      # both halves see FIR and not
+                      progressive_combine=('sum', 'cat')[(index // 2) % 2])
+    out_shape, variables = shapes_of(utils.create_model(cfg), (2, 8, 8, 3))
+    assert out_shape == (2, 8, 8, 3)
+    assert utils.param_count(variables) > 0
+
+
+@pytest.mark.parametrize('name, kw, size', [
+    ('ddpm', dict(nf=32), 8),
+    ('ncsnv2_64', dict(normalization='InstanceNorm++', nonlinearity='elu'), 8),
+    ('ncsnv2_128', dict(normalization='InstanceNorm', nonlinearity='elu'), 8),
+    ('ncsnv2_256', dict(normalization='VarianceNorm', nonlinearity='relu'), 16),
+])
+def test_other_image_models_keep_the_input_shape(name, kw, size):
+    out_shape, _ = shapes_of(utils.create_model(make_config(name, image_size=size, **kw)),
+                             (2, size, size, 3))
+    assert out_shape == (2, size, size, 3)
+
+
+# ------------------------------------------------------------------------------------
+# Real forward passes on a few configs.
+# ------------------------------------------------------------------------------------
+def forward(model, variables, x, labels, **kw):
+    """A jitted forward pass, compiled without backend optimisation (tests are tiny)."""
+    fn = jax.jit(lambda v, x, y: model.apply(v, x, y, **kw),
+                 compiler_options=utils.INIT_COMPILER_OPTIONS)
+    return fn(variables, x, labels)
+
+
+def test_ncsnpp_scale_by_sigma_and_centering():
+    """Output with scale_by_sigma = output without it / σ (σ = label for Fourier);
+    uncentered input x is the centered model at 2x − 1."""
+    cfg = make_config(init_scale=1.0, **NCSNPP_VE)
+    model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    sigma = jnp.array([0.05, 20.0])
+    cfg_plain = make_config(init_scale=1.0, centered=True,
+                            **dict(NCSNPP_VE, scale_by_sigma=False))
+    plain = utils.create_model(cfg_plain)
+    out = forward(model, variables, x, sigma)
+    ref = forward(plain, variables, 2 * x - 1, sigma)
+    assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+    np.testing.assert_allclose(out * sigma[:, None, None, None], ref, rtol=1e-4, atol=1e-5)
+    assert float(jnp.std(ref)) > 1e-3   # init_scale=1: a non-trivial output
+
+
+def test_positional_scale_by_sigma_indexes_the_descending_sigma_table():
+    cfg = make_config(name='mlp', nf=16, num_res_blocks=1, embedding_type='positional',
+                      scale_by_sigma=True, init_scale=1.0, num_scales=10)
+    model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
+    plain = utils.create_model(make_config(name='mlp', nf=16, num_res_blocks=1,
+                                           embedding_type='positional', init_scale=1.0))
+    x = jnp.ones((3, 2))
+    labels = jnp.array([0, 4, 9])
+    sigmas = utils.get_sigmas(cfg)
+    np.testing.assert_allclose(sigmas[[0, -1]], [50.0, 0.01], rtol=1e-6)
+    assert np.all(np.diff(sigmas) < 0)
+    np.testing.assert_allclose(model.apply(variables, x, labels) * sigmas[[0, 4, 9], None],
+                               plain.apply(variables, x, labels), rtol=1e-5)
+
+
+def test_ddpm_and_ncsnv2_forward_are_finite():
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
+    for name, kw in [('ddpm', dict(nf=32)),
+                     ('ncsnv2_64', dict(normalization='InstanceNorm++', nonlinearity='elu',
+                                        scale_by_sigma=True))]:
+        model, variables = utils.init_model(jax.random.PRNGKey(0), make_config(name, **kw))
+        out = forward(model, variables, x, jnp.array([3, 700]))
+        assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+
+
+# ------------------------------------------------------------------------------------
+# Dropout and determinism.
+# ------------------------------------------------------------------------------------
+def test_dropout_only_in_training_and_deterministic_per_key():
+    cfg = make_config(name='mlp', nf=32, num_res_blocks=2, dropout=0.5, init_scale=1.0)
+    model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 2))
+    t = jnp.array([1.0, 10.0, 100.0, 999.0])
+    run = lambda train, key: utils.get_model_fn(model, variables, train, key)(x, t)
+    k1, k2 = jax.random.PRNGKey(2), jax.random.PRNGKey(3)
+    np.testing.assert_array_equal(run(False, None), run(False, k1))
+    np.testing.assert_array_equal(run(True, k1), run(True, k1))
+    assert float(jnp.abs(run(True, k1) - run(True, k2)).max()) > 1e-3
+    assert float(jnp.abs(run(True, k1) - run(False, None)).max()) > 1e-3
+
+
+def test_init_is_deterministic_for_a_fixed_key():
+    cfg = make_config(image_size=8)
+    _, v1 = utils.init_model(jax.random.PRNGKey(7), cfg)
+    _, v2 = utils.init_model(jax.random.PRNGKey(7), cfg)
+    _, v3 = utils.init_model(jax.random.PRNGKey(8), cfg)
+    leaves = lambda v: jax.tree.leaves(v)
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(v1), leaves(v2)))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(v1), leaves(v3)))
+
+
+# ------------------------------------------------------------------------------------
+# init_scale = 0: every residual / attention block starts as its shortcut.
+# ------------------------------------------------------------------------------------
+ACT = nn.swish
+BLOCKS = {
+    'ddpm_resblock': lambda s, r: layers.ResnetBlockDDPM(
+        ACT, layerspp.group_norm_pp, init_scale=s, skip_rescale=r),
+    'ddpmpp_resblock': lambda s, r: layerspp.ResnetBlockDDPMpp(
+        act=ACT, init_scale=s, skip_rescale=r),
+    'biggan_resblock': lambda s, r: layerspp.ResnetBlockBigGANpp(
+        ACT, init_scale=s, skip_rescale=r),
+    'attention': lambda s, r: layerspp.AttnBlockpp(init_scale=s, skip_rescale=r),
+    'mlp_block': lambda s, r: mlp.ResidualDenseBlock(ACT, init_scale=s, skip_rescale=r),
+}
+
+
+@pytest.mark.parametrize('name', sorted(BLOCKS))
+def test_blocks_start_as_their_shortcut_with_init_scale_zero(name):
+    is_dense = name == 'mlp_block'
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 16) if is_dense else (2, 8, 8, 16))
+    temb = None if name == 'attention' else jax.random.normal(jax.random.PRNGKey(1), (2, 32))
+    args = (x,) if temb is None else (x, temb)
+
+    def out(init_scale, skip_rescale):
+        block = BLOCKS[name](init_scale, skip_rescale)
+        variables = block.init(jax.random.PRNGKey(2), *args)
+        return block.apply(variables, *args)
+
+    # Scale 0 means a variance scale of 1e-10: last-layer weights ~1e-5/√fan.
+    np.testing.assert_allclose(out(0.0, False), x, atol=1e-4)
+    np.testing.assert_allclose(out(0.0, True), x / np.sqrt(2), atol=1e-4)
+    assert float(jnp.abs(out(1.0, False) - x).max()) > 1e-2   # the test can fail
+
+
+def test_paper_net_output_is_near_zero_at_init_with_init_scale_zero():
+    cfg = make_config(image_size=8)
+    model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
+    out = forward(model, variables, jnp.ones((1, 8, 8, 3)), jnp.array([500.0]))
+    assert float(jnp.abs(out).max()) < 1e-3
+
+
+# ------------------------------------------------------------------------------------
+# FIR up/down-sampling against a direct NumPy convolution.
+# ------------------------------------------------------------------------------------
+def numpy_upfirdn(x, k, up, down, pad0, pad1):
+    """Zero-insertion upsampling, zero padding, full 2-D convolution, decimation."""
+    b, h, w, c = x.shape
+    z = np.zeros((b, h * up, w * up, c))
+    z[:, ::up, ::up] = x
+    z = np.pad(z, ((0, 0), (pad0, pad1), (pad0, pad1), (0, 0)))
+    kh = k.shape[0]
+    out = np.zeros((b, z.shape[1] - kh + 1, z.shape[2] - kh + 1, c))
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
+            out[:, i, j] = np.einsum('bhwc,hw->bc', z[:, i:i + kh, j:j + kh], k[::-1, ::-1])
+    return out[:, ::down, ::down]
+
+
+X8 = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize('up, down, pad', [(2, 1, (2, 1)), (1, 2, (1, 1)), (3, 2, (0, 2))])
+def test_upfirdn_matches_numpy_with_an_asymmetric_kernel(up, down, pad):
+    k = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32)
+    np.testing.assert_allclose(uds.upfirdn_2d(X8, k, up, down, pad),
+                               numpy_upfirdn(X8, k, up, down, *pad), atol=1e-5)
+
+
+def test_fir_upsample_and_downsample_match_numpy():
+    k2 = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0
+    np.testing.assert_allclose(uds.upsample_2d(X8, [1, 3, 3, 1]),
+                               numpy_upfirdn(X8, 4 * k2, 2, 1, 2, 1), atol=1e-5)
+    np.testing.assert_allclose(uds.downsample_2d(X8, [1, 3, 3, 1]),
+                               numpy_upfirdn(X8, k2, 1, 2, 1, 1), atol=1e-5)
+    const = np.ones((1, 8, 8, 1), np.float32)   # interior of a constant stays constant
+    np.testing.assert_allclose(uds.upsample_2d(const, [1, 3, 3, 1])[0, 2:-2, 2:-2], 1.0,
+                               rtol=1e-6)
+    np.testing.assert_allclose(uds.naive_upsample_2d(X8)[:, ::2, 1::2], X8)
+    np.testing.assert_allclose(uds.naive_downsample_2d(X8)[0, 0, 0],
+                               X8[0, :2, :2].mean(axis=(0, 1)), rtol=1e-6)
+
+
+def test_fused_fir_convolutions_equal_resample_then_conv_in_the_interior():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(1, 12, 12, 2)).astype(np.float32)
+    w = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
+    conv = lambda a: jax.lax.conv_general_dilated(a, w, (1, 1), 'SAME',
+                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    k = [1, 3, 3, 1]
+    up = uds.upsample_conv_2d(x, w, k)
+    np.testing.assert_allclose(up[:, 4:-4, 4:-4], conv(uds.upsample_2d(x, k))[:, 4:-4, 4:-4],
+                               atol=1e-4)
+    down = uds.conv_downsample_2d(x, w, k)
+    np.testing.assert_allclose(down[:, 2:-2, 2:-2],
+                               uds.downsample_2d(conv(x), k)[:, 2:-2, 2:-2], atol=1e-4)
+    assert up.shape == (1, 24, 24, 4) and down.shape == (1, 6, 6, 4)
+
+
+# ------------------------------------------------------------------------------------
+# Fourier features: W is fixed unless configured trainable.
+# ------------------------------------------------------------------------------------
+@pytest.mark.parametrize('trainable', [False, True])
+def test_fourier_frequencies_get_gradients_only_when_trainable(trainable):
+    cfg = make_config(name='mlp', nf=16, num_res_blocks=1, embedding_type='fourier',
+                      init_scale=1.0, fourier_trainable=trainable)
+    model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
+    loss = lambda p: jnp.sum(model.apply({'params': p}, jnp.ones((2, 2)),
+                                         jnp.array([0.1, 3.0])) ** 2)
+    grad_w = jax.grad(loss)(variables['params'])['GaussianFourierProjection_0']['W']
+    assert (float(jnp.abs(grad_w).max()) > 0) == trainable
+
+
+# ------------------------------------------------------------------------------------
+# The typed config.
+# ------------------------------------------------------------------------------------
+@pytest.mark.parametrize('field, value', [
+    ('progressive', 'skip'), ('resblock_type', 'resnet'), ('embedding_type', 'learned'),
+    ('progressive_combine', 'mean'), ('nonlinearity', 'gelu'), ('nf', 12.5),
+    ('ch_mult', 'abc'), ('dropout', 1.5), ('conditional', 'yes'), ('conv_size', 5),
+])
+def test_bad_option_values_raise_user_error_naming_the_field(field, value):
+    with pytest.raises(UserError, match=f'config.model.{field}'):
+        utils.create_model(make_config(**{field: value}))
+
+
+def test_config_errors_for_model_name_image_size_and_fourier_discrete():
+    with pytest.raises(UserError, match='config.model.name'):
+        utils.create_model(make_config(name='unet3000'))
+    with pytest.raises(UserError, match='config.data.image_size'):
+        utils.create_model(make_config(image_size=6, ch_mult=(1, 2, 2)))
+    with pytest.raises(UserError, match="embedding_type='fourier'"):
+        utils.create_model(make_config(embedding_type='fourier', continuous=False))
+
+
+def test_model_config_is_typed_and_frozen():
+    cfg = utils.ModelConfig.from_config(make_config(ch_mult=[1, 2], fir_kernel=[1, 3, 3, 1],
+                                                    progressive='Output_Skip'))
+    assert cfg.ch_mult == (1, 2) and cfg.fir_kernel == (1.0, 3.0, 3.0, 1.0)
+    assert cfg.progressive == 'output_skip' and cfg.image_size == 8
+    with pytest.raises(Exception):
+        cfg.nf = 3
+    assert hash(cfg) == hash(utils.ModelConfig.from_config(cfg))
+
+
+# ------------------------------------------------------------------------------------
+# The score adapter's conventions (a model that echoes its labels).
+# ------------------------------------------------------------------------------------
+class EchoLabels(nn.Module):
+    """Outputs its labels broadcast over x: out(x, labels) = labels."""
+
+    @nn.compact
+    def __call__(self, x, labels, train=False):
+        return jnp.broadcast_to(labels.astype(jnp.float32).reshape(-1, 1, 1, 1), x.shape)
+
+
+X = jnp.ones((3, 2, 2, 1))
+T = jnp.array([1e-3, 0.5, 1.0])
+
+
+def echo_score(sde, continuous):
+    return utils.get_score_fn(sde, EchoLabels(), {'params': {}}, continuous=continuous)(X, T)
+
+
+@pytest.mark.parametrize('sde', [sde_lib.VPSDE(), sde_lib.subVPSDE()])
+def test_vp_continuous_score_is_minus_output_over_sigma_with_labels_999t(sde):
+    sigma = np.asarray(sde.marginal_prob(X, T)[1])
+    np.testing.assert_allclose(echo_score(sde, True)[:, 0, 0, 0], -999 * T / sigma, rtol=1e-5)
+
+
+def test_vp_discrete_score_uses_the_ddpm_table():
+    sde = sde_lib.VPSDE(N=1000)
+    labels = np.round(np.asarray(T) * 999).astype(int)
+    expected = -labels / sde.sqrt_1m_alphas_cumprod[labels]
+    np.testing.assert_allclose(echo_score(sde, False)[:, 0, 0, 0], expected, rtol=1e-5)
+
+
+def test_ve_scores_are_the_raw_output_with_sigma_or_index_labels():
+    sde = sde_lib.VESDE(N=1000)
+    np.testing.assert_allclose(echo_score(sde, True)[:, 0, 0, 0],
+                               np.asarray(sde.marginal_prob(X, T)[1]), rtol=1e-5)
+    np.testing.assert_array_equal(echo_score(sde, False)[:, 0, 0, 0],
+                                  np.round((1 - np.asarray(T)) * 999))
+
+
+def test_score_adapter_rejects_sub_vp_discrete():
+    with pytest.raises(UserError, match='continuous'):
+        echo_score(sde_lib.subVPSDE(), False)
+
+
+def test_score_fn_of_a_real_model_is_minus_noise_prediction_over_sigma():
+    cfg = make_config(name='mlp', nf=16, num_res_blocks=1, init_scale=1.0)
+    model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
+    sde = sde_lib.VPSDE()
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 2))
+    out = model.apply(variables, x, 999 * T)
+    score = utils.get_score_fn(sde, model, variables)(x, T)
+    np.testing.assert_allclose(score, -out / np.asarray(sde.marginal_prob(x, T)[1])[:, None],
+                               rtol=1e-5)
