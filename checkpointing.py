@@ -19,8 +19,10 @@ Problems the user must act on (missing, corrupt or incompatible checkpoints) rai
 from __future__ import annotations
 
 import contextlib
+import logging as logging_std
 import os
 import re
+import sys
 import time
 from typing import Any, Iterator, List, Optional
 
@@ -197,6 +199,7 @@ def _restore(directory: str, number: int, template: Any, hint: str) -> Any:
     checkpoint of another model gives one clear message instead of orbax's read errors.
     """
     path = os.path.join(directory, str(int(number)))
+    _silence_abandoned_reads()
     with _manager(directory, None, write=False) as mngr:
         try:
             stored = mngr.item_metadata(int(number))
@@ -230,6 +233,35 @@ def _tree_difference(stored: Any, template: Any) -> str:
         if shape_have != shape_want:
             return f'{name} has shape {shape_have} in the checkpoint, {shape_want} here'
     return ''
+
+
+class _AbandonedReads(logging_std.Filter):
+    """Matches asyncio's 'Task exception was never retrieved' for orbax's abandoned reads."""
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        return 'exception was never retrieved' not in str(record.msg)
+
+
+def _silence_abandoned_reads() -> None:
+    """Keeps the reports of reads still in flight when a restore fails out of the output.
+
+    On a damaged checkpoint orbax raises on the first failed read and closes its event
+    loop while tensorstore completes the others; they then report 'Event loop is closed'
+    (unraisable) and 'Task exception was never retrieved' (asyncio's log), burying the
+    one clear message under tracebacks. Other errors still print.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, 'scoreflow_filter', False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and 'Event loop is closed' in str(unraisable.exc_value)):
+            previous(unraisable)
+
+    hook.scoreflow_filter = True
+    sys.unraisablehook = hook
+    logging_std.getLogger('asyncio').addFilter(_AbandonedReads())
 
 
 def _first_line(e: BaseException) -> str:

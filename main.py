@@ -51,6 +51,63 @@ class _NoOrbaxInfo(py_logging.Filter):
         return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def _bad_override(argv) -> str:
+    """The first ``--config.a.b=...`` of ``argv`` that names no field of the schema."""
+    from configs.base import get_base_config
+
+    schema = get_base_config()
+    for arg in argv:
+        if not arg.startswith('--config.'):
+            continue
+        node = schema
+        for name in arg[len('--config.'):].split('=')[0].split('.'):
+            if not hasattr(node, 'keys') or name not in node:
+                return arg
+            node = node[name]
+    return ''
+
+
+def _without_traceback(message: str) -> str:
+    """'first line: last line (at file, line n)' of a message that embeds a traceback."""
+    if 'Traceback (most recent call last)' not in message:
+        return message
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    where = [ln for ln in lines if ln.startswith('File "') and 'site-packages' not in ln
+             and '<frozen' not in ln]
+    at = f' ({where[-1]})' if where else ''
+    return f'{lines[0]} {lines[-1]}{at}'
+
+
+def parse_flags(argv):
+    """absl parsing, with one clear line (no traceback) for bad flags and overrides."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        message = _without_traceback(str(e))
+    except Exception as e:  # ml_collections raises plain errors for bad overrides
+        message = f'{type(e).__name__}: {e}'
+    bad = _bad_override(argv)
+    if bad:
+        message = (f'{bad.split("=")[0]} is not a config field; correct its name (every '
+                   f'field is listed in configs/base.py)')
+    print(f'Error: {message}\nPass --helpshort to see the flags.', file=sys.stderr)
+    sys.exit(1)
+
+
+def _load_config():
+    """The config of ``--config`` (with overrides); UserError if the file does not load."""
+    try:
+        config = FLAGS.config
+        config.keys()  # a config that failed to load raises on first use
+        return config
+    except Exception as e:  # ml_collections reports load failures on first access
+        path = config_flags.get_config_filename(FLAGS['config'])
+        cause = e.__cause__ or e
+        detail = str(cause).strip().splitlines()[-1].strip()
+        raise UserError(f'--config={path} could not be loaded ({detail}); pass a config '
+                        'file such as configs/vp/digits_lw_is.py.') from None
+
+
 def _initialize_distributed() -> None:
     """``jax.distributed.initialize`` when asked to; a no-op on a single host."""
     if not (FLAGS.coordinator_address or FLAGS.multihost):
@@ -82,6 +139,7 @@ def _prepare_workdir(workdir: str) -> None:
 
 _ERRORS = py_logging.getLogger('scoreflow.user_errors')  # to stdout.txt only
 _ERRORS.propagate = False
+_ERRORS.addHandler(py_logging.NullHandler())  # no console fallback: main prints it
 
 
 def _log_to_file(path: str) -> None:
@@ -113,8 +171,9 @@ def run(argv) -> None:
     logging.info('scoreflow %s: config %s, workdir %s, %d devices on %d hosts.', mode,
                  config_flags.get_config_filename(FLAGS['config']), workdir,
                  jax.device_count(), jax.process_count())
-    validate_config(FLAGS.config, jax.device_count())
-    config = run_lib.resolve_config(FLAGS.config)
+    config = _load_config()
+    validate_config(config, jax.device_count())
+    config = run_lib.resolve_config(config)
     if mode == 'train':
         run_lib.save_config(config, os.path.join(workdir, 'config.json'))
         run_lib.train(config, workdir)
@@ -138,4 +197,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

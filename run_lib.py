@@ -97,16 +97,17 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh
     from models import utils as mutils  # deferred: importing models/ registers every network
 
     config = resolve_config(config)
-    model = mutils.create_model(config)
     optimizer = losses.get_optimizer(config)
+    seed_key = jax.random.PRNGKey(config.seed)
+    model, variables = mutils.init_model(jax.random.fold_in(seed_key, STREAM_INIT), config)
+    # Host copies: every process holds the same values, which jit treats as replicated.
+    params = jax.device_get(variables['params'])
 
-    def init(seed_key: jax.Array) -> losses.TrainState:
-        _, variables = mutils.init_model(jax.random.fold_in(seed_key, STREAM_INIT), config)
-        return losses.init_train_state(jax.random.fold_in(seed_key, STREAM_TRAIN),
-                                       variables['params'], optimizer)
+    def init(params: Any) -> losses.TrainState:
+        return losses.init_train_state(jax.random.fold_in(seed_key, STREAM_TRAIN), params,
+                                       optimizer)
 
-    replicated = NamedSharding(mesh, P())
-    state = jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+    state = jax.jit(init, out_shardings=NamedSharding(mesh, P()))(params)
     return model, optimizer, state
 
 

@@ -78,7 +78,7 @@ def cli_flags(kind: str, overrides: Optional[Dict[str, Any]] = None) -> List[str
     """``--config FILE --config.a.b=v ...`` reproducing ``load_config(kind, overrides)``."""
     flags = ['--config', os.path.join(REPO, CONFIG_FILES[kind])]
     for field, value in {**TINY[kind], **(overrides or {})}.items():
-        flags.append(f'--config.{field}={value!r}' if isinstance(value, (tuple, str))
+        flags.append(f'--config.{field}={value!r}' if isinstance(value, tuple)
                      else f'--config.{field}={value}')
     return flags
 

@@ -1,0 +1,192 @@
+"""End-to-end training (as flax/examples/imagenet/train_test.py): tiny models, few steps.
+
+- DIGITS through the real command line: train, then eval of the snapshot (bits/dim).
+- NPZ vectors in process: outputs, exact resume, scatter-plot samples.
+- CIFAR-10 through ``tfds.testing.mock_data`` (no download).
+- Preemption: SIGKILL at a random point, restart, bitwise the uninterrupted parameters;
+  a half-written checkpoint is skipped with a warning.
+- A non-finite loss stops training with a message naming the last good checkpoint.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import checkpointing
+import run_lib
+import train_utils
+from errors import UserError
+
+
+def _npz_config(tmp_path, **overrides):
+    path = str(tmp_path / 'vectors.npz')
+    if not os.path.exists(path):
+        train_utils.write_vector_npz(path, dim=3)
+    return train_utils.load_config('npz', {'data.path': path, **overrides})
+
+
+def _final_params(workdir: str, config) -> dict:
+    """Parameters of the newest preemption checkpoint of ``workdir``."""
+    _, _, template = run_lib.create_train_state(config, run_lib.get_mesh())
+    state = checkpointing.restore_latest_preemption(workdir, template)
+    return train_utils.flat_params({'params': state.params, 'ema': state.ema_params,
+                                    'opt': state.opt_state, 'rng': state.rng,
+                                    'step': state.step})
+
+
+def test_digits_command_line_train_then_eval(tmp_path):
+    workdir = str(tmp_path / 'digits')
+    overrides = {'training.n_iters': 10, 'training.snapshot_sampling': True,
+                 'sampling.method': 'pc', 'eval.begin_ckpt': 1, 'eval.end_ckpt': 1,
+                 'eval.batch_size': 200, 'eval.rtol': 1e-3, 'eval.atol': 1e-3,
+                 'eval.enable_loss': False}
+    flags = train_utils.cli_flags('digits', overrides) + ['--workdir', workdir]
+    result = train_utils.run_main(flags + ['--mode', 'train'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert checkpointing.list_checkpoints(workdir) == [1]
+    assert checkpointing.list_preemption_checkpoints(workdir) == [5, 10]
+    with open(os.path.join(workdir, 'config.json')) as f:
+        assert json.load(f)['training']['n_iters'] == 10
+    with open(os.path.join(workdir, 'stdout.txt')) as f:
+        log = f.read()
+    assert 'step 10/10' in log and 'eval_loss' in log and 'steps/s' in log
+    assert os.path.getsize(os.path.join(workdir, 'samples', 'iter_10', 'sample.png')) > 100
+    with np.load(os.path.join(workdir, 'samples', 'iter_10', 'sample.npz')) as f:
+        assert f['samples'].shape == (16, 8, 8, 1)
+    assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
+
+    result = train_utils.run_main(flags + ['--mode', 'eval'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = run_lib.read_metrics(workdir)
+    assert metrics['1']['num_examples'] == 197
+    # An untrained model is far from the data, but its bits/dim must be a number above 0.
+    assert np.isfinite(metrics['1']['bpd']) and metrics['1']['bpd'] > 0
+
+
+def test_npz_vectors_outputs_and_exact_resume(tmp_path):
+    config = _npz_config(tmp_path, **{'training.snapshot_sampling': True})
+    trainer = run_lib.Trainer(config, str(tmp_path / 'straight'))
+    straight = trainer.run()
+    assert int(straight.step) == 20
+    losses = [h['train/loss'] for h in trainer.history if 'train/loss' in h]
+    assert len(losses) == 4 and np.all(np.isfinite(losses))
+    assert [h['step'] for h in trainer.history if 'eval/loss' in h] == [10, 20]
+    assert checkpointing.list_checkpoints(str(tmp_path / 'straight')) == [1, 2]
+    png = tmp_path / 'straight' / 'samples' / 'iter_20' / 'sample.png'
+    assert png.stat().st_size > 100  # a scatter plot of the first two coordinates
+
+    resumed_dir = str(tmp_path / 'resumed')
+    config.training.snapshot_sampling = False
+    config.training.n_iters = 10
+    run_lib.train(config, resumed_dir)
+    config.training.n_iters = 20
+    resumed = run_lib.train(config, resumed_dir)
+    train_utils.assert_trees_close(train_utils.flat_params(resumed),
+                                   train_utils.flat_params(straight))
+    # Training that is already complete returns at once.
+    again = run_lib.Trainer(config, resumed_dir)
+    assert int(again.run().step) == 20 and not again.history
+
+
+def test_cifar10_mock_data(tmp_path):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    config = train_utils.load_config('cifar10', {'training.n_iters': 5,
+                                                 'training.eval_freq': 5,
+                                                 'training.snapshot_freq': 5})
+    with tfds.testing.mock_data(num_examples=32):
+        trainer = run_lib.Trainer(config, str(tmp_path))
+        state = trainer.run()
+    assert int(state.step) == 5
+    assert checkpointing.list_checkpoints(str(tmp_path)) == [1]
+    assert all(np.isfinite(h.get('train/loss', h.get('eval/loss'))) for h in trainer.history)
+    assert state.params and jax.tree.leaves(state.params)[0].dtype == np.float32
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None or time.time() > deadline:
+            out = proc.communicate(timeout=30)[0] if proc.poll() is not None else ''
+            raise AssertionError(f'condition not reached (rc={proc.poll()}):\n{out[-3000:]}')
+        time.sleep(0.02)
+
+
+def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):
+    overrides = {'training.n_iters': 600, 'training.log_freq': 50,
+                 'training.eval_freq': 300, 'training.snapshot_freq': 300,
+                 'training.snapshot_freq_for_preemption': 50, 'training.batch_size': 64}
+    config = _npz_config(tmp_path, **overrides)
+    workdir = str(tmp_path / 'killed')
+    flags = train_utils.cli_flags('npz', {**overrides, 'data.path': config.data.path})
+    args = [sys.executable, os.path.join(train_utils.REPO, 'main.py'), *flags,
+            '--workdir', workdir, '--mode', 'train']
+    proc = subprocess.Popen(args, env=train_utils.subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=train_utils.REPO)
+    try:
+        _wait_for(lambda: checkpointing.list_preemption_checkpoints(workdir), 300, proc)
+        delay = float(np.random.default_rng().uniform(0.0, 0.5))
+        time.sleep(delay)
+        assert proc.poll() is None, 'training finished before it could be killed'
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = checkpointing.list_preemption_checkpoints(workdir)
+    assert saved and saved[-1] < 600, (delay, saved)
+    # A half-written save (a copy without commit marker, at a step no save uses) must
+    # be skipped.
+    meta = checkpointing.preemption_dir(workdir)
+    partial = os.path.join(meta, str(saved[-1] + 25))
+    shutil.copytree(os.path.join(meta, str(saved[-1])), partial)
+    os.remove(os.path.join(partial, checkpointing.COMMIT_MARKER))
+
+    result = subprocess.run(args, env=train_utils.subprocess_env(), capture_output=True,
+                            text=True, cwd=train_utils.REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Skipping incomplete checkpoint' in result.stderr
+    assert f'steps {saved[-1]} -> 600' in result.stderr
+
+    reference = run_lib.train(config, str(tmp_path / 'straight'))
+    expected = train_utils.flat_params({'params': reference.params,
+                                        'ema': reference.ema_params,
+                                        'opt': reference.opt_state, 'rng': reference.rng,
+                                        'step': reference.step})
+    train_utils.assert_trees_close(_final_params(workdir, config), expected, atol=1e-6)
+
+
+def test_non_finite_loss_stops_and_names_last_good_checkpoint(tmp_path):
+    path = str(tmp_path / 'nan.npz')
+    train_utils.write_vector_npz(path, dim=3)
+    with np.load(path) as f:
+        train, test = f['train'], f['test']
+    train[123, 1] = np.nan
+    np.savez(path, train=train, test=test)
+    config = train_utils.load_config('npz', {'data.path': path, 'training.n_iters': 60})
+    # The first step whose batch holds row 123 (the iterator is a pure function of step).
+    import datasets
+    resolved = run_lib.resolve_config(config)
+    shard = datasets.get_shard(resolved, 'train')
+    bad = next(s for s in range(60)
+               if np.isnan(datasets.train_batch(resolved, shard, s, 16)).any())
+    assert bad >= 10, bad  # the data make a checkpoint precede the bad step
+    with pytest.raises(UserError, match=f'non-finite at step {bad}') as info:
+        run_lib.train(config, str(tmp_path / 'run'))
+    saved = checkpointing.list_preemption_checkpoints(str(tmp_path / 'run'))
+    assert saved == [s for s in range(5, 5 * (bad // 5) + 1, 5)][-2:]
+    if saved:
+        assert f'checkpoints-meta/{saved[-1]} (step {saved[-1]})' in str(info.value)
+        restored = _final_params(str(tmp_path / 'run'), config)
+        assert all(np.all(np.isfinite(v)) for v in restored.values())
+    else:
+        assert 'no checkpoint was saved yet' in str(info.value)
