@@ -36,6 +36,7 @@ results do not depend on the batch size, the number of devices or on a restart.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -552,11 +553,12 @@ def config_fingerprint(config) -> Dict[str, Any]:
     return json.loads(json.dumps(keep, default=str))
 
 
-def check_fingerprint(eval_dir: str, config, write: bool = True) -> Dict[str, Any]:
-    """Loads (or, if ``write``, creates) the meta-checkpoint; a changed setting raises
-    ``UserError``."""
+def check_fingerprint(eval_dir: str, config, write: bool = True,
+                      extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Loads (or, if ``write``, creates) the meta-checkpoint; a changed setting (of the
+    config, or in ``extra``) raises ``UserError``."""
     path = os.path.join(eval_dir, META_FILE)
-    fingerprint = config_fingerprint(config)
+    fingerprint = dict(config_fingerprint(config), **(extra or {}))
     meta = read_json(path, None)
     if meta is None:
         meta = {'fingerprint': fingerprint, 'position': None}
@@ -621,10 +623,21 @@ class Evaluator:
         self.opts = LikelihoodOptions.from_config(config)
         self.eval_dir = os.path.join(workdir, eval_folder)
         os.makedirs(self.eval_dir, exist_ok=True)
-        self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0)
+        self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0,
+                                      extra=self._fingerprint_extra())
         self._model = None
         self._template = None
         self._fns: Dict[str, Any] = {}
+
+    def _fingerprint_extra(self) -> Dict[str, Any]:
+        """The trained dequantizer's digest: retraining it invalidates old results."""
+        import dequantizer  # pylint: disable=import-outside-toplevel
+
+        path = os.path.join(self.workdir, dequantizer.DEQ_FOLDER, dequantizer.PARAMS_FILE)
+        if not self.config.eval.dequantizer or not os.path.exists(path):
+            return {}
+        with open(path, 'rb') as f:
+            return {'dequantizer_sha1': hashlib.sha1(f.read()).hexdigest()}
 
     # --- model and checkpoints --------------------------------------------------------
     def _build_model(self) -> None:
@@ -765,15 +778,10 @@ class Evaluator:
 
     def _dequantizer(self) -> Tuple[Optional[Dequantizer], Any]:
         """The trained variational dequantizer (``eval.dequantizer``), else uniform."""
+        import dequantizer  # pylint: disable=import-outside-toplevel
+
         if not self.config.eval.dequantizer or self.data.num_bins is None:
             return None, None
-        try:
-            import dequantizer  # pylint: disable=import-outside-toplevel
-        except ImportError as err:
-            raise UserError('config.eval.dequantizer=True needs the variational dequantizer '
-                            '(dequantizer.py), which this installation lacks; set '
-                            '--config.eval.dequantizer=False for uniform dequantization.'
-                            ) from err
         return dequantizer.load_dequantizer(self.config, self.workdir)
 
     def _sampling_phase(self, ckpt, variables, store) -> Dict[str, Any]:
@@ -847,6 +855,13 @@ class Evaluator:
                      time.time() - start, metrics)
         write_json(path, {'num_samples': len(samples), 'metrics': metrics})
         return metrics
+
+def train_deq(config, workdir: str) -> Dict[str, float]:
+    """``--mode train_deq``: trains the variational dequantizer (``dequantizer.py``)."""
+    import dequantizer  # pylint: disable=import-outside-toplevel
+
+    return dequantizer.train_deq(config, workdir)
+
 
 def evaluate(config, workdir: str, eval_folder: str = 'eval',
              hook: Optional[Hook] = None) -> Dict[str, Any]:
