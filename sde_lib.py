@@ -241,7 +241,8 @@ class VPSDE(_VPFamily):
         """DDPM: x_{i+1} = √(1−β_i) x_i + √β_i z_i, i = round(t (N−1)/T)."""
         i = jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
         beta = jnp.asarray(self.discrete_betas, jnp.float32)[i]
-        return batch_mul(jnp.sqrt(1.0 - beta), x) - x, jnp.sqrt(beta)
+        # √(1−β) x − x, written without cancellation
+        return batch_mul(-beta / (1.0 + jnp.sqrt(1.0 - beta)), x), jnp.sqrt(beta)
 
 
 class subVPSDE(_VPFamily):  # noqa: N801  (name from the paper code and API.md)
