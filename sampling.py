@@ -26,7 +26,9 @@ meant the same for sub-VP but crashed because ``subVPSDE`` has no ``alphas``).
 
 Discrete index of a time t: ``i = round(t (N−1) / T)``, the convention of
 ``sde_lib.*.discretize`` and of the discrete model labels, so a DDPM/NCSN network and the
-ancestral step read the same β_i / σ_i.
+ancestral step read the same β_i / σ_i.  Since t_i (N−1) = N−1−i + i ε, with ε (N−1) ≥ ½
+(the default ε = 1e-3, N = 1000) the steps past i ≈ 1/(2ε) use index N−i instead of
+N−1−i: one index is visited twice and index 0 never.
 """
 from __future__ import annotations
 
@@ -290,7 +292,7 @@ class NoneCorrector(Corrector):
     uses_score = False
 
     def step_size(self, score, noise, t):
-        raise NotImplementedError
+        return jnp.zeros_like(t)
 
     def update(self, rng, x, t):
         return x, x
@@ -391,8 +393,9 @@ def get_pc_sampler(sde: sde_lib.SDE, shape, predictor: str, corrector: str, snr:
 def _flow_solve(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t0: float, t1: float,
                 rtol: float, atol: float, method: str) -> Tuple[Array, Array]:
     """Integrates dx/dt = f(x, t) − ½ g(t)² s(x, t) from t0 to t1, one adaptive solve per
-    example (vmapped, so an example's result does not depend on the rest of the batch).
-    Returns (x(t1), max NFE over the batch)."""
+    example (vmapped, so an example's steps do not depend on the rest of the batch; only
+    a batch of one, which XLA compiles differently, can differ by rounding, within the
+    tolerances).  Returns (x(t1), max NFE over the batch)."""
     rsde = sde.reverse(score_fn, probability_flow=True)
 
     def field(t, y):

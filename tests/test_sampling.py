@@ -125,6 +125,79 @@ def test_correctors_leave_p_t_invariant(sde_name):
                         0.05, (sde_name, corrector))
 
 
+def _expected_predictor_step(sde, name, flow, x, s, t):
+    """(x_mean, noise std) of one predictor step, from the formulas of Score SDE App. E/F;
+    ``flow``: probability flow (half the score term, no noise)."""
+    i = round(t * (sde.N - 1))
+    half, noise = (0.5, 0.0) if flow else (1.0, 1.0)
+    if name == 'euler_maruyama' or isinstance(sde, sde_lib.subVPSDE):  # EM, Δt = 1/N
+        f, g2 = float(sde.drift_coeff(t)), float(sde.diffusion(t)) ** 2
+        return x - (f * x - half * g2 * s) / sde.N, noise * np.sqrt(g2 / sde.N)
+    if isinstance(sde, sde_lib.VESDE):  # SMLD, σ_{-1} = 0
+        var = sde.discrete_sigmas[i] ** 2
+        prev = sde.discrete_sigmas[i - 1] ** 2 if i else 0.0
+        if name == 'ancestral_sampling':
+            return x + (var - prev) * s, np.sqrt(prev * (var - prev) / var)
+        return x + half * (var - prev) * s, noise * np.sqrt(var - prev)
+    beta = sde.discrete_betas[i]  # VP: DDPM
+    if name == 'ancestral_sampling':
+        return (x + beta * s) / np.sqrt(1 - beta), np.sqrt(beta)
+    return (2 - np.sqrt(1 - beta)) * x + half * beta * s, noise * np.sqrt(beta)
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+def test_predictor_updates_match_their_formulas(sde_name):
+    """One step at t = 0.37: x_mean exactly, and the noise (x − x_mean)/std ~ N(0, 1) by
+    its second moment over 20000 × 2 draws (|E r² − 1| ≤ 0.03, 4 standard errors)."""
+    sde = _sde(sde_name)
+    t = 0.37
+    x = 2.0 * jax.random.normal(jax.random.PRNGKey(17), (20000, 2))
+    s = np.asarray(MIX.score(sde, x, jnp.full((20000,), t)), np.float64)
+    cases = [(name, flow) for name in PREDICTORS for flow in (False, True)
+             if not (name == 'ancestral_sampling' and (flow or sde_name == 'subvp'))]
+    predictors = [sampling.get_predictor(name)(sde, MIX.score_fn(sde), flow)
+                  for name, flow in cases]
+    steps = jax.jit(lambda rng: [p.update(rng, x, jnp.full((20000,), t)) for p in predictors])(
+        jax.random.PRNGKey(18))
+    for (name, flow), step in zip(cases, steps):
+        x_new, x_mean = (np.asarray(a, np.float64) for a in step)
+        mean, std = _expected_predictor_step(sde, name, flow, np.asarray(x, np.float64), s, t)
+        np.testing.assert_allclose(x_mean, mean, rtol=1e-4, atol=1e-5, err_msg=name)
+        if std == 0.0:
+            np.testing.assert_array_equal(x_new, x_mean)
+        else:
+            assert abs(np.mean(((x_new - x_mean) / std) ** 2) - 1.0) < 0.03, (name, flow)
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+def test_corrector_step_sizes(sde_name):
+    """One step x ← x + ε s + √(2ε) z: ε = 2α(snr ‖z‖/‖s‖)² (Langevin, norms averaged
+    over the batch) or 2α(snr σ(t))² (ALD); α = 1 − β_i (VP's ``alphas``, the same
+    DDPM schedule for sub-VP) and 1 for VE.  ε and z are read back from the step."""
+    sde = _sde(sde_name)
+    t = jnp.full((64,), 0.37)
+    x = jax.random.normal(jax.random.PRNGKey(15), (64, 2))
+    score = np.asarray(MIX.score(sde, x, t))
+    i = round(0.37 * (N - 1))
+    alpha = 1.0 if sde_name == 've' else 1.0 - (0.1 + i / (N - 1) * 19.9) / N
+    if sde_name == 'vp':
+        assert np.isclose(alpha, sde.alphas[i])
+    correctors = [sampling.get_corrector(name)(sde, MIX.score_fn(sde), 0.2, 1)
+                  for name in ('langevin', 'ald')]
+    steps = jax.jit(lambda rng: [c.update(rng, x, t) for c in correctors])(
+        jax.random.PRNGKey(16))
+    for name, step in zip(('langevin', 'ald'), steps):
+        x_new, x_mean = (np.asarray(a, np.float64) for a in step)
+        eps = np.sum((x_mean - np.asarray(x)) * score, -1) / np.sum(score ** 2, -1)
+        noise = (x_new - x_mean) / np.sqrt(2 * eps)[:, None]
+        if name == 'langevin':
+            norm = lambda v: np.linalg.norm(v, axis=-1).mean()  # noqa: E731
+            expected = 2 * alpha * (0.2 * norm(noise) / norm(score)) ** 2
+        else:
+            expected = 2 * alpha * (0.2 * float(sde.std(0.37))) ** 2
+        np.testing.assert_allclose(eps, expected, rtol=1e-3)  # float32 read-back
+
+
 def test_pc_nfe_equals_counted_score_evaluations():
     sde = _sde('ve', 10)
     counter = [0]
@@ -137,6 +210,18 @@ def test_pc_nfe_equals_counted_score_evaluations():
     _, nfe_none = sampling.get_pc_sampler(sde, (4, 2), 'none', 'ald', 0.1, n_steps=2)(
         jax.random.PRNGKey(0), MIX.score_fn(sde))
     assert nfe_none == 10 * 2
+
+
+def test_pc_denoise_returns_the_last_noise_free_mean():
+    """With the same rng, x (denoise=False) − x_mean (denoise=True) is the last step's
+    noise: G z with G = σ_0 = 0.01 for the VE reverse-diffusion step at t = ε (index 0)."""
+    sde = _sde('ve', 10)
+    samplers = [sampling.get_pc_sampler(sde, (2000, 2), 'reverse_diffusion', 'none', 0.16,
+                                        denoise=d) for d in (True, False)]
+    x_mean, x = jax.jit(lambda rng: [s(rng, MIX.score_fn(sde))[0] for s in samplers])(
+        jax.random.PRNGKey(19))
+    ratio = (np.asarray(x, np.float64) - np.asarray(x_mean)) / sde.discrete_sigmas[0]
+    assert abs(np.mean(ratio ** 2) - 1.0) < 0.1
 
 
 def test_ancestral_sampling_rejects_sub_vp_and_probability_flow():
@@ -172,10 +257,10 @@ def test_ode_nfe_is_counted_and_examples_are_independent_of_the_batch():
     score_fn = MIX.score_fn(sde)
     sampler = sampling.get_ode_sampler(sde, (8, 2), rtol=1e-4, atol=1e-4, denoise=True)
     rng = jax.random.PRNGKey(9)
-    # the default z: per-example prior draws with keys fold_in(rng, i)
-    z = jnp.stack([sde.prior_sampling(jax.random.fold_in(rng, i), (2,)) for i in range(8)])
     x8, nfe8 = sampler(rng, score_fn)
-    np.testing.assert_array_equal(np.asarray(sampler(None, score_fn, z)[0]), np.asarray(x8))
+    # the default z is per-example prior draws with keys fold_in(rng, i); decoding the
+    # first three of them alone gives the same examples
+    z = jnp.stack([sde.prior_sampling(jax.random.fold_in(rng, i), (2,)) for i in range(8)])
     x3, nfe3 = sampler(None, score_fn, z[:3])
     np.testing.assert_allclose(np.asarray(x3), np.asarray(x8[:3]), rtol=1e-6, atol=1e-6)
     assert int(nfe8) >= int(nfe3)
@@ -268,21 +353,20 @@ def _config(**overrides):
 def test_get_sampling_fn_reads_the_config():
     sde = _sde('ve', 8)
     scaler = lambda x: 2.0 * x + 1.0  # noqa: E731
-    rng = jax.random.PRNGKey(13)
     score_fn = MIX.score_fn(sde)
-    x, nfe = sampling.get_sampling_fn(_config(n_steps_each=2), sde, (3, 2), scaler)(
-        rng, score_fn)
-    ref, ref_nfe = sampling.get_pc_sampler(sde, (3, 2), 'reverse_diffusion', 'langevin',
-                                           0.16, n_steps=2)(rng, score_fn)
-    np.testing.assert_allclose(np.asarray(x), 2.0 * np.asarray(ref) + 1.0, rtol=1e-6)
-    assert nfe == ref_nfe == 8 * 3
-    sampling_fn = sampling.get_sampling_fn(_config(method='ode'), sde, (3, 2), scaler, eps=1e-2)
-    reference = sampling.get_ode_sampler(sde, (3, 2), 1e-3, 1e-3, eps=1e-2, denoise=True)
-    # one jit for both: one compile
-    (x, nfe), (ref, ref_nfe) = jax.jit(
-        lambda rng: (sampling_fn(rng, score_fn), reference(rng, score_fn)))(rng)
-    np.testing.assert_allclose(np.asarray(x), 2.0 * np.asarray(ref) + 1.0, rtol=1e-6)
-    assert int(nfe) == int(ref_nfe) > 1
+    samplers = [  # (from the config, reference)
+        (sampling.get_sampling_fn(_config(n_steps_each=2), sde, (3, 2), scaler),
+         sampling.get_pc_sampler(sde, (3, 2), 'reverse_diffusion', 'langevin', 0.16,
+                                 n_steps=2)),
+        (sampling.get_sampling_fn(_config(method='ode'), sde, (3, 2), scaler, eps=1e-2),
+         sampling.get_ode_sampler(sde, (3, 2), 1e-3, 1e-3, eps=1e-2, denoise=True))]
+    # one jit for all: one compile
+    results = jax.jit(lambda rng: [(f(rng, score_fn), ref(rng, score_fn))
+                                   for f, ref in samplers])(jax.random.PRNGKey(13))
+    for (x, nfe), (ref, ref_nfe) in results:
+        np.testing.assert_allclose(np.asarray(x), 2.0 * np.asarray(ref) + 1.0, rtol=1e-6)
+        assert int(nfe) == int(ref_nfe) > 1
+    assert results[0][0][1] == 8 * 3
 
 
 @pytest.mark.parametrize('overrides, field', [
