@@ -24,11 +24,11 @@ meant the same for sub-VP but crashed because ``subVPSDE`` has no ``alphas``).
 **Annealed Langevin dynamics** (NCSN, Song & Ermon 2019): the same step with
 ``ε = 2 α (r σ(t))²``, σ(t) the std of p_0t.
 
-Discrete index of a time t: ``i = round(t (N−1) / T)``, the convention of
+Discrete index of a time t: ``sde.timestep_index(t)`` = ⌊t (N−1) / T⌋, the convention of
 ``sde_lib.*.discretize`` and of the discrete model labels, so a DDPM/NCSN network and the
-ancestral step read the same β_i / σ_i.  Since t_i (N−1) = N−1−i + i ε, with ε (N−1) ≥ ½
-(the default ε = 1e-3, N = 1000) the steps past i ≈ 1/(2ε) use index N−i instead of
-N−1−i: one index is visited twice and index 0 never.
+ancestral step read the same β_i / σ_i.  Since t_i (N−1) = N−1−i + i ε with i ε < 1,
+truncation visits the indices N−1, …, 0 exactly once each (rounding, by contrast, would
+visit one index twice and never index 0 once ε (N−1) ≥ ½).
 """
 from __future__ import annotations
 
@@ -94,8 +94,8 @@ def _lookup(registry: Dict[str, type], name: str, field: str):
 
 
 def _discrete_index(sde: sde_lib.SDE, t: Array) -> Array:
-    """i = round(t (N−1) / T), as ``sde_lib`` discretizations and discrete model labels."""
-    return jnp.round(t * (sde.N - 1) / sde.T).astype(jnp.int32)
+    """The discrete index of t, as ``sde_lib`` discretizations and discrete model labels."""
+    return sde.timestep_index(t)
 
 
 def _corrector_alpha(sde: sde_lib.SDE, t: Array) -> Array:

@@ -91,6 +91,16 @@ class SDE(abc.ABC):
         return (-0.5 * dim * np.log(2 * np.pi * self.prior_std ** 2)
                 - 0.5 * sq / self.prior_std ** 2)
 
+    def timestep_index(self, t: Array) -> Array:
+        """Discrete index i of time t on the grid t_i = T i/(N−1): ⌊t(N−1)/T + 10⁻⁴⌋.
+
+        Truncation, as the original code, maps the sampler's grid linspace(T, ε, N) (whose
+        points lie up to ε(N−1) < 1 index above t_i) onto N−1, …, 0 exactly once each;
+        the 10⁻⁴ guards against float round-off just below a grid point.
+        """
+        i = jnp.floor(t * (self.N - 1) / self.T + 1e-4).astype(jnp.int32)
+        return jnp.clip(i, 0, self.N - 1)
+
     def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
         """One step of x_{i+1} = x_i + f_i + G_i z_i; Euler–Maruyama with Δt = T/N.
 
@@ -238,8 +248,8 @@ class VPSDE(_VPFamily):
         return self.time_of_integrated_beta(jnp.logaddexp(0.0, c))
 
     def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
-        """DDPM: x_{i+1} = √(1−β_i) x_i + √β_i z_i, i = round(t (N−1)/T)."""
-        i = jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
+        """DDPM: x_{i+1} = √(1−β_i) x_i + √β_i z_i, i = ``timestep_index(t)``."""
+        i = self.timestep_index(t)
         beta = jnp.asarray(self.discrete_betas, jnp.float32)[i]
         # √(1−β) x − x, written without cancellation
         return batch_mul(-beta / (1.0 + jnp.sqrt(1.0 - beta)), x), jnp.sqrt(beta)
@@ -288,7 +298,7 @@ class VESDE(SDE):
 
     def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
         """SMLD: x_{i+1} = x_i + √(σ_{i+1}² − σ_i²) z_i with σ_{−1} = 0."""
-        i = jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
+        i = self.timestep_index(t)
         sigmas = jnp.asarray(self.discrete_sigmas, jnp.float32)
         prev = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
         return jnp.zeros_like(x), jnp.sqrt(sigmas[i] ** 2 - prev ** 2)

@@ -128,7 +128,7 @@ def test_correctors_leave_p_t_invariant(sde_name):
 def _expected_predictor_step(sde, name, flow, x, s, t):
     """(x_mean, noise std) of one predictor step, from the formulas of Score SDE App. E/F;
     ``flow``: probability flow (half the score term, no noise)."""
-    i = round(t * (sde.N - 1))
+    i = int(np.floor(t * (sde.N - 1) + 1e-4))  # sde.timestep_index
     half, noise = (0.5, 0.0) if flow else (1.0, 1.0)
     if name == 'euler_maruyama' or isinstance(sde, sde_lib.subVPSDE):  # EM, Δt = 1/N
         f, g2 = float(sde.drift_coeff(t)), float(sde.diffusion(t)) ** 2
@@ -178,7 +178,7 @@ def test_corrector_step_sizes(sde_name):
     t = jnp.full((64,), 0.37)
     x = jax.random.normal(jax.random.PRNGKey(15), (64, 2))
     score = np.asarray(MIX.score(sde, x, t))
-    i = round(0.37 * (N - 1))
+    i = int(np.floor(0.37 * (N - 1) + 1e-4))  # sde.timestep_index
     alpha = 1.0 if sde_name == 've' else 1.0 - (0.1 + i / (N - 1) * 19.9) / N
     if sde_name == 'vp':
         assert np.isclose(alpha, sde.alphas[i])

@@ -265,3 +265,12 @@ def test_get_sde_by_name():
     config.training.sde = 'cosine'
     with pytest.raises(UserError, match='config.training.sde'):
         sde_lib.get_sde(config)
+
+
+@pytest.mark.parametrize('sde', [sde_lib.VPSDE(), sde_lib.VESDE()], ids=['vp', 've'])
+def test_timestep_index_visits_each_index_once_on_the_sampler_grid(sde):
+    """The PC grid linspace(T, ε, N) maps onto N−1, …, 0 once each; grid points onto i."""
+    t = jnp.linspace(sde.T, 1e-3, sde.N)
+    np.testing.assert_array_equal(np.asarray(sde.timestep_index(t)), np.arange(sde.N)[::-1])
+    grid = jnp.arange(sde.N, dtype=jnp.float32) / (sde.N - 1)
+    np.testing.assert_array_equal(np.asarray(sde.timestep_index(grid)), np.arange(sde.N))
