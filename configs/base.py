@@ -43,6 +43,7 @@ def _sampling() -> ml_collections.ConfigDict:
         'probability_flow': False,      # PC with the probability-flow ODE predictor
         'rtol': 1e-5,                   # ODE sampler tolerances
         'atol': 1e-5,
+        'ode_method': 'dopri5',         # 'dopri5' | 'tsit5' | 'bosh3' | 'dopri8'
         'eps': 1e-3,                    # smallest sampling time t
     })
 
