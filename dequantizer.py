@@ -187,7 +187,7 @@ def train_deq(config, workdir: str) -> Dict[str, float]:
     (its EMA parameters, frozen), into ``W/deq/``. See :func:`train_dequantizer`."""
     import eval_lib  # pylint: disable=import-outside-toplevel
 
-    evaluator = eval_lib.Evaluator(config, workdir, os.path.join(DEQ_FOLDER, 'eval'))
+    evaluator = eval_lib.Evaluator(config, workdir, eval_folder=None)
     variables = evaluator.load_variables(int(config.eval.end_ckpt))
     return train_dequantizer(config, os.path.join(workdir, DEQ_FOLDER), evaluator.sde,
                              evaluator.data, evaluator.score_builder(variables))

@@ -603,11 +603,12 @@ class Evaluator:
     Args:
       config: the full config (``configs.base`` schema).
       workdir: the training work directory ``W`` (checkpoints in ``W/checkpoints``).
-      eval_folder: results go to ``W/<eval_folder>``.
+      eval_folder: results go to ``W/<eval_folder>``; None: no folder (for users of
+        ``load_variables`` / ``score_builder`` only, e.g. ``--mode train_deq``).
       hook: called as ``hook(tag, batch)`` after each newly saved batch (tests).
     """
 
-    def __init__(self, config, workdir: str, eval_folder: str = 'eval',
+    def __init__(self, config, workdir: str, eval_folder: Optional[str] = 'eval',
                  hook: Optional[Hook] = None):
         import sde_lib  # pylint: disable=import-outside-toplevel
 
@@ -621,10 +622,12 @@ class Evaluator:
                              scaler=datasets.get_data_scaler(config),
                              train_dequantized=bool(config.data.uniform_dequantization))
         self.opts = LikelihoodOptions.from_config(config)
-        self.eval_dir = os.path.join(workdir, eval_folder)
-        os.makedirs(self.eval_dir, exist_ok=True)
-        self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0,
-                                      extra=self._fingerprint_extra())
+        self.eval_dir, self.meta = None, {}
+        if eval_folder is not None:
+            self.eval_dir = os.path.join(workdir, eval_folder)
+            os.makedirs(self.eval_dir, exist_ok=True)
+            self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0,
+                                          extra=self._fingerprint_extra())
         self._model = None
         self._template = None
         self._fns: Dict[str, Any] = {}

@@ -77,13 +77,20 @@ def vector_data(tmp_path_factory):
     return gm, path
 
 
+def _vector_config(path, batch_size=8):
+    """Eval loss, then two passes of the exact-trace ODE and the bound over the vectors."""
+    config = _config(path, batch_size=batch_size, repeats=2, hutchinson='exact')
+    config.eval.bound = True
+    config.eval.enable_loss = True
+    return config
+
+
 @pytest.fixture(scope='module')
 def vector_eval(vector_data, tmp_path_factory):
-    """Two passes of the exact-trace ODE over the vectors with batch size 8."""
+    """``_vector_config`` evaluated with batch size 8 on one device."""
     gm, path = vector_data
     workdir = tmp_path_factory.mktemp('w8')
-    config = _config(path, batch_size=8, repeats=2, hutchinson='exact')
-    config.eval.bound = True
+    config = _vector_config(path)
     _evaluator(config, workdir, gm).run()
     return config, workdir
 
@@ -116,18 +123,6 @@ def test_every_example_once_per_repeat(vector_data, vector_eval):
                  if f.startswith(f'bpd_r{repeat}_b')]
         assert len(parts) == math.ceil(n / config.eval.batch_size)  # 5 batches, last padded
         assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(n))
-
-
-def test_metrics_independent_of_batch_size(vector_data, vector_eval, tmp_path):
-    gm, path = vector_data
-    _, workdir8 = vector_eval
-    config = _config(path, batch_size=5, repeats=2, hutchinson='exact')
-    config.eval.bound = True
-    _evaluator(config, tmp_path, gm).run()
-    m8, m5 = _metrics(workdir8)['1'], _metrics(tmp_path)['1']
-    assert m5.keys() == m8.keys()
-    for key in m8:
-        assert m5[key] == pytest.approx(m8[key], rel=1e-5, abs=1e-5), key
 
 
 def _bpd_gaussian_images(tmp_path, num_bins, centered, shape=(3, 3, 1), n=29, repeats=2):
@@ -170,12 +165,9 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_after_interruption_gives_same_metrics(vector_data, tmp_path):
+def test_resume_after_interruption_gives_same_metrics(vector_data, vector_eval, tmp_path):
     gm, path = vector_data
-    config = _config(path, batch_size=8, repeats=2, tol=1e-4)
-    config.eval.enable_loss = True
-    _evaluator(config, tmp_path / 'full', gm).run()
-
+    config, full = vector_eval
     calls = []
 
     def interrupt_after_7(tag, batch):
@@ -184,14 +176,16 @@ def test_resume_after_interruption_gives_same_metrics(vector_data, tmp_path):
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        _evaluator(config, tmp_path / 'cut', gm, hook=interrupt_after_7).run()
-    meta = json.load(open(tmp_path / 'cut' / 'eval' / 'eval_meta.json', encoding='utf-8'))
+        _evaluator(config, tmp_path, gm, hook=interrupt_after_7).run()
+    meta = json.load(open(tmp_path / 'eval' / 'eval_meta.json', encoding='utf-8'))
     assert meta['position'] == {'ckpt': 1, 'phase': 'bpd_r0', 'batches_done': 2}
+    assert 'bpd' not in _metrics(tmp_path)['1'] and 'loss' in _metrics(tmp_path)['1']
     computed = []
-    _evaluator(config, tmp_path / 'cut', gm, hook=lambda t, b: computed.append((t, b))).run()
-    # Only the batches not done before are computed again.
+    _evaluator(config, tmp_path, gm, hook=lambda t, b: computed.append((t, b))).run()
+    # Only the batches not done before are computed again ...
     assert computed == [('bpd_r0', b) for b in range(2, 5)] + [('bpd_r1', b) for b in range(5)]
-    assert _metrics(tmp_path / 'cut') == _metrics(tmp_path / 'full')
+    # ... and the metrics are those of an uninterrupted evaluation.
+    assert _metrics(tmp_path) == _metrics(full)
 
 
 def test_changed_settings_are_refused(vector_data, tmp_path):
@@ -220,17 +214,17 @@ import numpy as np
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import jax
 import mixture
-from test_eval_lib import _config, _evaluator
+from test_eval_lib import _evaluator, _vector_config
 assert jax.local_device_count() == {devices}
 gm = mixture.random_mixture(3, 3, 2)
-config = _config({path!r}, batch_size=8, repeats=2, hutchinson='exact')
-config.eval.bound = True
+config = _vector_config({path!r}, batch_size={batch_size})
 print(json.dumps(_evaluator(config, {workdir!r}, gm).run()))
 '''
 
 
-def test_four_devices_give_the_metrics_of_one(vector_data, vector_eval, tmp_path):
-    """Per-example keys: sharding each batch over 4 devices changes no metric."""
+def test_metrics_independent_of_devices_and_batch_size(vector_data, vector_eval, tmp_path):
+    """Per-example keys: batches of 12 sharded over 4 devices give the metrics of
+    batches of 8 on one device."""
     import subprocess
     import sys
 
@@ -239,13 +233,13 @@ def test_four_devices_give_the_metrics_of_one(vector_data, vector_eval, tmp_path
     env = dict(os.environ, JAX_PLATFORMS='cpu',
                XLA_FLAGS='--xla_force_host_platform_device_count=4')
     script = _DEVICE_SCRIPT.format(repo=os.path.dirname(tests), tests=tests, devices=4,
-                                   path=str(path), workdir=str(tmp_path))
+                                   batch_size=12, path=str(path), workdir=str(tmp_path))
     out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     four = json.loads(out.stdout.strip().splitlines()[-1])['1']
     one = _metrics(vector_eval[1])['1']
-    assert four.keys() == one.keys() >= {'bpd', 'nll', 'nfe_mean', 'bound_bpd'}
+    assert four.keys() == one.keys() >= {'loss', 'bpd', 'nll', 'nfe_mean', 'bound_bpd'}
     for key in one:
         assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key
 
@@ -267,15 +261,17 @@ _E2E = {'data.dataset': 'NPZ', 'data.num_bins': 17, 'data.image_size': 8,
         'training.snapshot_freq_for_preemption': 10, 'training.snapshot_sampling': False,
         'training.batch_size': 16, 'optim.warmup': 0,
         'eval.begin_ckpt': 1, 'eval.end_ckpt': 1, 'eval.batch_size': 4,
-        'eval.num_repeats': 2, 'eval.enable_loss': True, 'eval.bound': True,
+        'eval.num_repeats': 2, 'eval.enable_loss': True, 'eval.bound': False,
         'eval.enable_sampling': True, 'eval.num_samples': 6, 'eval.rtol': 1e-3,
-        'eval.atol': 1e-3, 'sampling.rtol': 1e-3, 'sampling.atol': 1e-3}
+        'eval.atol': 1e-3, 'sampling.rtol': 1e-3, 'sampling.atol': 1e-3,
+        'deq.n_iters': 10, 'eval.dequantizer': True}
 
 
 @pytest.mark.slow
 def test_end_to_end_eval_killed_and_resumed(tmp_path):
-    """train (run_lib) → every eval phase in-process; then bits/dim through main.py,
-    SIGKILLed after a batch and restarted, equals the uninterrupted values."""
+    """train → train_deq (run_lib) → eval through main.py with the variational
+    dequantizer, SIGKILLed in the middle of bits/dim and restarted: the bits/dim of an
+    uninterrupted evaluation, and every other phase done."""
     import signal
     import subprocess
     import sys
@@ -292,34 +288,36 @@ def test_end_to_end_eval_killed_and_resumed(tmp_path):
         config[section][field] = value
     workdir = tmp_path / 'w'
     run_lib.train(config, str(workdir))
+    deq = run_lib.train_deq(config, str(workdir))
+    assert deq['step'] == 10 and math.isfinite(deq['train_bpd'])
 
-    reference = run_lib.evaluate(config, str(workdir), 'reference')['1']
-    assert reference.keys() == {'loss', 'bpd', 'bpd_stderr', 'nll', 'nfe_mean', 'bound_bpd',
-                                'bound_stderr', 'num_examples', 'num_samples'}  # no FID:
-    # NPZ images need Inception weights, and their absence only skips FID/IS/KID.
-    assert reference['num_examples'] == 2 * 11 and reference['num_samples'] == 6
-    assert math.log2(17) < reference['bpd'] < 40  # an untrained network: worse than uniform
-    assert reference['bound_bpd'] > reference['bpd'] - 4 * reference['bound_stderr']
-    assert (workdir / 'reference' / 'ckpt_1' / 'samples.png').exists()
-
-    bpd_only = {'eval.enable_loss': False, 'eval.bound': False, 'eval.enable_sampling': False}
     cmd = [sys.executable, os.path.join(repo, 'main.py'), '--mode=eval',
            f'--config={os.path.join(repo, "configs/vp/digits_lw_is.py")}',
-           f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in
-                                      dict(overrides, **bpd_only).items()]
+           f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
     env = dict(os.environ, JAX_PLATFORMS='cpu')
     marker = workdir / 'eval' / 'ckpt_1' / 'bpd_r0_b00001_h0.npz'
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(tmp_path / 'killed.log', 'wb')  # a file: a full pipe would block the run
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert marker.exists(), proc.stderr.read().decode()[-2000:]
-    assert not (workdir / 'eval' / 'metrics.json').exists()
+    log.close()
+    assert marker.exists(), (tmp_path / 'killed.log').read_text()[-2000:]
+    assert set(_metrics(workdir)['1']) == {'loss'}  # killed during bits/dim
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert 'Skipping FID/IS/KID' in done.stderr  # NPZ images need Inception weights
     resumed = _metrics(workdir)['1']
-    assert resumed.keys() == {'bpd', 'bpd_stderr', 'nll', 'nfe_mean', 'num_examples'}
-    for key in resumed:
+    assert resumed.keys() == {'loss', 'bpd', 'bpd_stderr', 'nll', 'nfe_mean',
+                              'num_examples', 'num_samples'}
+    assert resumed['num_examples'] == 2 * 11 and resumed['num_samples'] == 6
+    assert math.log2(17) < resumed['bpd'] < 40  # an untrained network: worse than uniform
+    assert (workdir / 'eval' / 'ckpt_1' / 'samples.png').exists()
+
+    config.eval.enable_loss = config.eval.enable_sampling = False
+    reference = run_lib.evaluate(config, str(workdir), 'reference')['1']
+    assert reference.keys() == {'bpd', 'bpd_stderr', 'nll', 'nfe_mean', 'num_examples'}
+    for key in reference:
         assert resumed[key] == pytest.approx(reference[key], rel=1e-5), key
