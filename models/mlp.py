@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 
 from models import layerspp
-from models.layers import Activation, default_init, get_act, skip_sum
+from models.layers import Activation, Dropout, default_init, get_act, skip_sum
 from models.utils import ModelConfig, get_sigmas, register_model
 
 Array = jax.Array
@@ -37,7 +37,7 @@ class ResidualDenseBlock(nn.Module):
         h = nn.Dense(width, kernel_init=default_init())(self.act(x))
         if temb is not None:
             h = h + nn.Dense(width, kernel_init=default_init())(self.act(temb))
-        h = nn.Dropout(self.dropout)(self.act(h), deterministic=not train)
+        h = Dropout(self.dropout)(self.act(h), deterministic=not train)
         h = nn.Dense(width, kernel_init=default_init(self.init_scale))(h)
         return skip_sum(x, h, self.skip_rescale)
 

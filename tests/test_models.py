@@ -180,6 +180,41 @@ def test_dropout_only_in_training_and_deterministic_per_key():
     assert float(jnp.abs(run(True, k1) - run(False, None)).max()) > 1e-3
 
 
+def test_hash_dropout_masks_have_the_right_statistics():
+    """Drop fraction within 5σ of the binomial, no correlation between neighbours or
+    between keys, same key → same mask, rate 0 → identity."""
+    x = jnp.ones((64, 16, 16, 16))
+    drop = lambda key, rate=0.1: layers.Dropout(rate).apply(
+        {}, x, deterministic=False, rngs={'dropout': jax.random.PRNGKey(key)})
+    y = np.asarray(drop(0))
+    n, p = y.size, 0.1
+    assert abs((y == 0).mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+    np.testing.assert_allclose(y[y != 0], 1 / 0.9, rtol=1e-6)
+    bits = np.asarray(layers.hash_bits(jax.random.PRNGKey(0), x.shape)) / 2.0 ** 32
+    tol = 5 / np.sqrt(n)
+    for axis in range(4):
+        a = np.moveaxis(bits, axis, 0)
+        assert abs(np.corrcoef(a[:-1].ravel(), a[1:].ravel())[0, 1]) < tol
+    other = np.asarray(layers.hash_bits(jax.random.PRNGKey(1), x.shape)) / 2.0 ** 32
+    assert abs(np.corrcoef(bits.ravel(), other.ravel())[0, 1]) < tol
+    np.testing.assert_array_equal(drop(0), y)
+    np.testing.assert_array_equal(drop(0, rate=0.0), x)
+
+
+def test_attention_equals_the_softmax_form_in_value_and_gradient():
+    q, k, v = (3 * jax.random.normal(jax.random.PRNGKey(i), (2, 4, 4, 8)) for i in range(3))
+
+    def reference(q):
+        flat = lambda a: a.reshape(2, 16, 8)
+        w = jax.nn.softmax(jnp.einsum('bic,bjc->bij', flat(q), flat(k)) / np.sqrt(8), -1)
+        return jnp.einsum('bij,bjc->bic', w, flat(v)).reshape(q.shape)
+
+    np.testing.assert_allclose(layers.self_attention_2d(q, k, v), reference(q), atol=1e-5)
+    loss = lambda f: jax.grad(lambda q: jnp.sum(jnp.sin(f(q))))(q)
+    np.testing.assert_allclose(loss(lambda q: layers.self_attention_2d(q, k, v)),
+                               loss(reference), atol=1e-4)
+
+
 def test_init_is_deterministic_for_a_fixed_key():
     cfg = make_config(image_size=8)
     _, v1 = utils.init_model(jax.random.PRNGKey(7), cfg)
@@ -270,6 +305,13 @@ def test_fir_upsample_and_downsample_match_numpy():
     np.testing.assert_allclose(uds.naive_upsample_2d(X8)[:, ::2, 1::2], X8)
     np.testing.assert_allclose(uds.naive_downsample_2d(X8)[0, 0, 0],
                                X8[0, :2, :2].mean(axis=(0, 1)), rtol=1e-6)
+
+
+def test_nearest_upsample_gradient_is_the_window_sum():
+    w = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+    grad = jax.grad(lambda x: jnp.sum(w * uds.naive_upsample_2d(x)))(X8)
+    expected = np.asarray(w).reshape(2, 8, 2, 8, 2, 3).sum(axis=(2, 4))
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_fir_convolutions_equal_resample_then_conv_in_the_interior():

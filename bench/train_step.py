@@ -1,0 +1,135 @@
+"""Benchmark: images/second of one jitted DDPM++ training step (not a test).
+
+One step = forward + backward + Adam update of a VP-SDE denoising score matching loss
+with likelihood weighting (``losses.get_step_fn``), on random 32×32×3 images.  Reports:
+
+- images/s (batch / median step time over ``--iters`` steps after a warm-up step),
+- forward GFLOPs per image and train-step GFLOPs (XLA's compiled ``cost_analysis``),
+- the step's achieved GFLOP/s as a fraction of this CPU's measured f32 matmul rate.
+
+    python bench/train_step.py [--which small,paper] [--iters 10]
+
+``small``: nf 32, ch_mult (1,2,2), 1 res block, attention at 16, batch 32.
+``paper``: vp/cifar10_ddpmpp_continuous's network (61.8M parameters), batch 8.
+Timings on a shared machine vary 10–25 %: compare medians of alternated runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+
+import losses  # noqa: E402
+import sde_lib  # noqa: E402
+from models import utils as mutils  # noqa: E402
+
+SETUPS = {
+    'small': (dict(nf=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,)), 32),
+    'paper': (dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,)), 8),
+}
+
+
+def make_config(**model: Any) -> ml_collections.ConfigDict:
+    """DDPM++ cont. (VP) config with the given network overrides."""
+    cfg = ml_collections.ConfigDict()
+    cfg.data = ml_collections.ConfigDict({'image_size': 32, 'num_channels': 3,
+                                          'centered': True})
+    cfg.training = ml_collections.ConfigDict({'continuous': True})
+    cfg.model = ml_collections.ConfigDict(dict(
+        name='ncsnpp', resblock_type='biggan', fir=False, progressive='none',
+        progressive_input='none', embedding_type='positional', skip_rescale=True,
+        conditional=True, dropout=0.1, init_scale=0.0, scale_by_sigma=False,
+        beta_min=0.1, beta_max=20.0, num_scales=1000))
+    cfg.model.update(model)
+    cfg.optim = ml_collections.ConfigDict(dict(optimizer='Adam', lr=2e-4, beta1=0.9,
+                                               eps=1e-8, weight_decay=0.0, warmup=5000,
+                                               grad_clip=1.0))
+    return cfg
+
+
+def median_seconds(fn: Callable[[], Any], iters: int) -> float:
+    """Median wall time of ``fn()`` (blocking on its result) over ``iters`` calls."""
+    times: List[float] = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(n: int = 2048, iters: int = 10) -> float:
+    """This CPU's f32 matmul rate (GFLOP/s) through XLA: 2n³ flops per n×n product."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    mm = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(mm(a))
+    return 2 * n ** 3 / median_seconds(lambda: mm(a), iters) / 1e9
+
+
+def flops(compiled: Any) -> float:
+    """Total flops from XLA's cost analysis of a compiled function (NaN if absent)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+def bench(which: str, iters: int) -> Dict[str, float]:
+    """Builds, compiles and times one setup; returns its measurements."""
+    model_kw, batch_size = SETUPS[which]
+    config = make_config(**model_kw)
+    model, variables = mutils.init_model(jax.random.PRNGKey(0), config)
+    optimizer = losses.get_optimizer(config)
+    state = losses.init_train_state(jax.random.PRNGKey(1), variables['params'], optimizer)
+    step_fn = losses.get_step_fn(sde_lib.VPSDE(), model, optimizer, train=True,
+                                 reduce_mean=True, continuous=True,
+                                 likelihood_weighting=True, ema_rate=0.9999)
+    batch = jax.random.uniform(jax.random.PRNGKey(2), (batch_size, 32, 32, 3)) * 2 - 1
+    labels = jnp.full((batch_size,), 500.0)
+
+    start = time.perf_counter()
+    step = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    forward = jax.jit(lambda v, x, y: model.apply(v, x, y, train=False)).lower(
+        variables, batch, labels).compile()
+
+    holder = {'state': step(state, batch)[0]}          # warm-up step
+
+    def one_step():
+        holder['state'], metrics = step(holder['state'], batch)
+        return metrics['loss']
+
+    seconds = median_seconds(one_step, iters)
+    return {'params': mutils.param_count(variables), 'batch': batch_size,
+            'compile_s': compile_s, 'step_s': seconds, 'img_per_s': batch_size / seconds,
+            'fwd_gflop_per_img': flops(forward) / batch_size / 1e9,
+            'step_gflop': flops(step) / 1e9}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--which', default='small,paper')
+    parser.add_argument('--iters', type=int, default=10)
+    args = parser.parse_args()
+    peak = matmul_gflops()
+    print(f'device: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; '
+          f'f32 matmul (2048²): {peak:.0f} GFLOP/s')
+    for which in args.which.split(','):
+        r = bench(which, args.iters)
+        achieved = r['step_gflop'] / r['step_s']
+        print(f"{which}: {r['params']:,} params, batch {r['batch']}: "
+              f"{r['img_per_s']:.2f} img/s ({r['step_s'] * 1e3:.0f} ms/step, "
+              f"compile {r['compile_s']:.0f} s); forward {r['fwd_gflop_per_img']:.2f} "
+              f"GFLOP/img, step {r['step_gflop']:.1f} GFLOP → {achieved:.0f} GFLOP/s "
+              f"= {achieved / peak:.0%} of matmul peak", flush=True)
+
+
+if __name__ == '__main__':
+    main()
