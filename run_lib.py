@@ -2,10 +2,11 @@
 
 ``train(config, workdir)`` trains the score model of ``config`` in ``W = workdir``:
 
-- One ``jax.jit`` call runs ``training.n_jitted_steps`` optimisation steps
-  (``lax.scan`` over ``losses.get_step_fn``) on a stack of global batches
+- The host hands over ``training.n_jitted_steps`` global batches at a time,
   ``[n_jitted_steps, batch_size, ...]`` sharded over a 1-D ``Mesh(jax.devices(),
-  ('data',))`` as ``P(None, 'data')``; the train state is replicated and donated. Each
+  ('data',))`` as ``P(None, 'data')``; on GPU / TPU one ``jax.jit`` call runs them as a
+  ``lax.scan`` over ``losses.get_step_fn``, on CPU one asynchronously dispatched jit call
+  per step (see ``get_train_chunk_fn``). The train state is replicated and donated. Each
   host feeds its own rows (``datasets.get_train_iterator``) through
   ``jax.make_array_from_process_local_data``. Step n draws its randomness from
   ``fold_in(state.rng, n)`` with the partitionable threefry RNG, so the trajectory does
@@ -128,26 +129,45 @@ def _add_step(sums: Dict[str, jax.Array], step: jax.Array, metrics: Dict[str, ja
             'first_bad': first_bad.astype(jnp.int32)}
 
 
-def get_train_chunk_fn(step_fn, scaler, mesh: Mesh):
-    """``chunk(state, sums, batch) -> (state, sums)``: ``len(batch)`` steps in one call.
+def get_train_chunk_fn(step_fn, scaler, mesh: Mesh, use_scan: Optional[bool] = None):
+    """``chunk(state, sums, batch) -> (state, sums)``: ``len(batch)`` training steps.
 
     ``batch`` is ``[k, B, ...]`` data in [0, 1] sharded ``P(None, 'data')``; ``scaler``
     maps it to model space inside the jit. ``state`` and ``sums`` are donated.
+
+    With ``use_scan`` (default on GPU / TPU) the k steps are one ``lax.scan`` in one jit
+    call. On CPU (the default there) each step is its own jit call, dispatched
+    asynchronously (no host round trip): XLA:CPU runs a train step inside a while loop
+    ~30× slower than the same step alone (measured: 10 vs 0.32 CPU-s per DIGITS step),
+    and unrolling the scan multiplies the compile time instead.
     """
+    if use_scan is None:
+        use_scan = jax.default_backend() != 'cpu'
     replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P(None, 'data'))
 
-    def chunk(state, sums, batch):
-        def body(carry, x):
-            state, sums = carry
-            new_state, metrics = step_fn(state, scaler(x))
-            return (new_state, _add_step(sums, state.step, metrics)), None
+    def one_step(state, sums, x):
+        new_state, metrics = step_fn(state, scaler(x))
+        return new_state, _add_step(sums, state.step, metrics)
 
-        (state, sums), _ = jax.lax.scan(body, (state, sums), batch)
+    if use_scan:
+        def scan_chunk(state, sums, batch):
+            carry, _ = jax.lax.scan(lambda c, x: (one_step(*c, x), None), (state, sums), batch)
+            return carry
+
+        return jax.jit(scan_chunk, in_shardings=(replicated, replicated, batch_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=(0, 1))
+
+    indexed_step = jax.jit(lambda state, sums, batch, i: one_step(state, sums, batch[i]),
+                           in_shardings=(replicated, replicated, batch_sharding, replicated),
+                           out_shardings=(replicated, replicated), donate_argnums=(0, 1))
+
+    def loop_chunk(state, sums, batch):
+        for i in range(batch.shape[0]):
+            state, sums = indexed_step(state, sums, batch, np.int32(i))
         return state, sums
 
-    return jax.jit(chunk, in_shardings=(replicated, replicated,
-                                        NamedSharding(mesh, P(None, 'data'))),
-                   out_shardings=(replicated, replicated), donate_argnums=(0, 1))
+    return loop_chunk
 
 
 def get_eval_loss_fn(eval_step_fn, scaler, seed: int, mesh: Mesh):
