@@ -121,6 +121,7 @@ def _new_log_sums() -> Dict[str, jax.Array]:
 
 def _add_step(sums: Dict[str, jax.Array], step: jax.Array, metrics: Dict[str, jax.Array]
               ) -> Dict[str, jax.Array]:
+    """``sums`` after the step that started at ``step`` and reported ``metrics``."""
     finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
     first_bad = jnp.where((sums['first_bad'] < 0) & ~finite, step, sums['first_bad'])
     return {'loss': sums['loss'] + jnp.where(finite, metrics['loss'], 0.0),
