@@ -222,7 +222,10 @@ def _tree_difference(stored: Any, template: Any) -> str:
     have = ocp.tree.to_flat_dict(stored, sep='.')
     want = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(template, keep_empty_nodes=True),
                                  sep='.')
-    order = lambda names: sorted(names, key=lambda n: (not n.startswith('params.'), n))  # noqa: E731
+
+    def order(names):  # parameters first: the most telling difference
+        return sorted(names, key=lambda n: (not n.startswith('params.'), n))
+
     for name in order(set(want) - set(have)):
         return f'{name} is not in the checkpoint'
     for name in order(set(have) - set(want)):
