@@ -2,7 +2,8 @@
 registered ``mlp``.
 
     h₀ = Dense(nf)(x)
-    h_{k+1} = skip(h_k, Dense(nf, init_scale)(dropout(act(Dense(nf)(act(h_k)) + Dense(nf)(act(temb))))))
+    r_k = Dense(nf)(act(h_k)) + Dense(nf)(act(temb))
+    h_{k+1} = skip(h_k, Dense(nf, init_scale)(dropout(act(r_k))))
     out = Dense(D, init_scale)(act(h_K))
 
 with ``num_res_blocks`` = K blocks of width ``nf`` and the same noise conditioning as

@@ -25,7 +25,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from errors import UserError
 from models import layerspp

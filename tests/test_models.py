@@ -46,6 +46,9 @@ def paper_config(**model):
     return make_config(image_size=32, centered=True, **base)
 
 
+# NCSN++ as described in the brief (output_skip / input_skip).  The original
+# ve/cifar10_ncsnpp_continuous.py uses progressive='none', progressive_input='residual'
+# (the 've_config_ncsnpp' count below); DDPM++ counts are the PyTorch port's.
 NCSNPP_VE = dict(fir=True, progressive='output_skip', progressive_input='input_skip',
                  progressive_combine='sum', embedding_type='fourier', scale_by_sigma=True)
 
@@ -68,8 +71,9 @@ def shapes_of(model, x_shape, labels_dtype=jnp.float32):
     (dict(num_res_blocks=8), 106_632_579),                         # DDPM++ cont. (deep)
     (NCSNPP_VE, 61_894_924),                                       # NCSN++ cont.
     (dict(NCSNPP_VE, num_res_blocks=8), 106_723_084),              # NCSN++ cont. (deep)
+    (dict(NCSNPP_VE, progressive='none', progressive_input='residual'), 62_758_915),
     (dict(name='ddpm', num_res_blocks=2, dropout=0.1), 35_746_307),  # DDPM (35.7M)
-], ids=['ddpmpp', 'ddpmpp_deep', 'ncsnpp', 'ncsnpp_deep', 'ddpm'])
+], ids=['ddpmpp', 'ddpmpp_deep', 'ncsnpp', 'ncsnpp_deep', 've_config_ncsnpp', 'ddpm'])
 def test_param_counts_of_paper_configs(model_kw, expected):
     assert utils.param_count(utils.init_shapes(paper_config(**model_kw))) == expected
 
@@ -156,7 +160,7 @@ def test_positional_scale_by_sigma_indexes_the_descending_sigma_table():
 
 def test_ddpm_and_ncsnv2_forward_are_finite():
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
-    for name, kw in [('ddpm', dict(nf=32)),
+    for name, kw in [('ddpm', dict(nf=32, ch_mult=(1,), attn_resolutions=(8,))),
                      ('ncsnv2_64', dict(normalization='InstanceNorm++', nonlinearity='elu',
                                         scale_by_sigma=True))]:
         model, variables = utils.init_model(jax.random.PRNGKey(0), make_config(name, **kw))
