@@ -149,7 +149,7 @@ def noise_conditioning(cfg, labels: Array, act: Activation,
     if cfg.embedding_type == 'fourier':
         used_sigmas = labels
         temb = GaussianFourierProjection(cfg.nf, cfg.fourier_scale,
-                                         cfg.fourier_trainable)(jnp.log(labels))
+                                         cfg.trainable_embedding)(jnp.log(labels))
     else:
         used_sigmas = jnp.asarray(sigmas, jnp.float32)[labels.astype(jnp.int32)]
         temb = layers.get_timestep_embedding(labels, cfg.nf)

@@ -88,7 +88,7 @@ class ModelConfig:
 
     Field names are those of ``config.model`` in the Score SDE configs; ``image_size``,
     ``num_channels``, ``centered`` and ``dim`` (vector data) come from ``config.data``,
-    ``continuous`` from ``config.training``.  ``fourier_trainable`` (new) lets the
+    ``continuous`` from ``config.training``.  ``trainable_embedding`` (score_flow's name) lets the
     Fourier-feature frequencies W train (the original keeps them fixed).
     String options are stored lower-case.
     """
@@ -110,7 +110,7 @@ class ModelConfig:
     attention_type: str = 'ddpm'
     embedding_type: str = 'fourier'
     fourier_scale: float = 16.0
-    fourier_trainable: bool = False
+    trainable_embedding: bool = False
     init_scale: float = 0.0
     scale_by_sigma: bool = False
     normalization: str = 'groupnorm'

@@ -340,7 +340,7 @@ def test_fused_fir_convolutions_equal_resample_then_conv_in_the_interior():
 @pytest.mark.parametrize('trainable', [False, True])
 def test_fourier_frequencies_get_gradients_only_when_trainable(trainable):
     cfg = make_config(name='mlp', nf=16, num_res_blocks=1, embedding_type='fourier',
-                      init_scale=1.0, fourier_trainable=trainable)
+                      init_scale=1.0, trainable_embedding=trainable)
     model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
     loss = lambda p: jnp.sum(model.apply({'params': p}, jnp.ones((2, 2)),
                                          jnp.array([0.1, 3.0])) ** 2)
