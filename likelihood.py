@@ -7,7 +7,8 @@ trained model through ``models.utils.get_score_fn``, or a closed form in tests):
   (Score SDE §4.3): with the drift ``f̃(x, t) = f(x, t) − ½ g(t)² s_θ(x, t)``,
   ``log p_ε(x(ε)) = log π(x(T)) + ∫_ε^T ∇·f̃(x(t), t) dt``.  The divergence is the
   Hutchinson–Skilling estimate ``vᵀ (∂f̃/∂x) v`` with one probe v per example, fixed for
-  the whole solve, computed together with f̃ by one forward-mode pass (``jax.jvp``).
+  the whole solve, computed together with f̃ by one ``jax.jvp`` (or ``jax.vjp`` for
+  networks with ``custom_vjp`` layers; see :func:`get_value_div_fn`).
   The ODE runs on device (diffrax, :mod:`ode_solver`), vmapped per example.
 * :func:`get_bound_fn` — the variational upper bound of ScoreFlow (Thm 3), a Monte Carlo
   integral over t with no ODE solve, plus the ε-offset decoder term.
@@ -35,6 +36,7 @@ ScoreFn = Callable[[Array, Array], Array]
 ValueDivFn = Callable[[Callable[[Array], Array], Array, Array], Tuple[Array, Array]]
 
 HUTCHINSON_TYPES = ('Rademacher', 'Gaussian', 'exact')
+AD_MODES = ('auto', 'forward', 'reverse')
 _EXACT_ALIASES = ('exact', 'none')
 
 
@@ -65,37 +67,92 @@ def sample_probe(rng: Array, shape, hutchinson_type: str = 'Rademacher',
     return jnp.zeros(shape, dtype)
 
 
-def get_value_div_fn(hutchinson_type: str = 'Rademacher') -> ValueDivFn:
+def get_value_div_fn(hutchinson_type: str = 'Rademacher', ad_mode: str = 'auto'
+                     ) -> ValueDivFn:
     """Fused value and divergence of a batched vector field.
 
     Returns ``value_div(fn, x, v) -> (fn(x), div)`` for ``fn: [B, ...] -> [B, ...]`` whose
     examples do not interact (a score network in eval mode, a drift), with ``div`` of
     shape [B]:
 
-    * Hutchinson–Skilling (``'Rademacher'`` / ``'Gaussian'``):
-      ``∇·fn(x) ≈ vᵀ (∂fn/∂x) v``, unbiased because E[v vᵀ] = I.  One ``jax.jvp`` gives
-      fn(x) and (∂fn/∂x) v together: one forward pass carrying a tangent.
-    * ``'exact'`` (alias ``'none'``): ``Σ_i e_iᵀ (∂fn/∂x) e_i`` over the D unit vectors,
-      D tangents of one forward pass (vmapped jvp); ``v`` is ignored.  For small D (tests).
+    * Hutchinson–Skilling (``'Rademacher'`` / ``'Gaussian'``): ``∇·fn(x) ≈ vᵀ (∂fn/∂x) v``,
+      unbiased because E[v vᵀ] = I; fn(x) and (∂fn/∂x) v come from one ``jax.jvp`` (one
+      forward pass carrying a tangent), or vᵀ(∂fn/∂x) from one ``jax.vjp`` (forward and
+      backward pass).
+    * ``'exact'`` (alias ``'none'``): ``Σ_i e_iᵀ (∂fn/∂x) e_i`` over the D unit vectors
+      (D vmapped tangents or cotangents of one forward pass); ``v`` is ignored.  Small D.
+
+    ``ad_mode``: 'forward' (jvp), 'reverse' (vjp) or 'auto': forward, unless ``fn`` holds
+    ``jax.custom_vjp`` layers, which forward mode cannot differentiate (decided once, at
+    the first call, from fn's jaxpr).  Forward mode is the fast one inside the ODE solver's loop: on XLA:CPU,
+    reverse-mode convolutions in a while-loop body get a non-canonical kernel layout and
+    run 4–7× slower than outside a loop (measured), while jvp convolutions do not.
     """
     kind = _canonical_hutchinson_type(hutchinson_type)
+    if ad_mode not in AD_MODES:
+        raise UserError(f'ad_mode={ad_mode!r} is not known; use one of {", ".join(AD_MODES)}.')
 
-    def _per_example_sum(a: Array) -> Array:
-        return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=-1)
-
-    def hutchinson(fn, x, v):
-        value, jv = jax.jvp(fn, (x,), (v,))
-        return value, _per_example_sum(v * jv)
-
-    def exact(fn, x, v):
-        del v
-        dim = int(np.prod(x.shape[1:]))
-        basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
-        basis = jnp.broadcast_to(basis, (dim,) + x.shape)
+    def forward(fn, x, v):
+        if kind != 'exact':
+            value, jv = jax.jvp(fn, (x,), (v.astype(x.dtype),))
+            return value, _flat_sum(jv * v)
+        basis = _unit_basis(x)
         values, columns = jax.vmap(lambda e: jax.jvp(fn, (x,), (e,)))(basis)
-        return values[0], jnp.sum(jax.vmap(_per_example_sum)(basis * columns), axis=0)
+        return values[0], jnp.sum(jax.vmap(_flat_sum)(basis * columns), axis=0)
 
-    return exact if kind == 'exact' else hutchinson
+    def reverse(fn, x, v):
+        value, vjp_fn = jax.vjp(fn, x)
+        if kind != 'exact':
+            (v_jac,) = vjp_fn(v.astype(value.dtype))
+            return value, _flat_sum(v_jac * v)
+        basis = _unit_basis(x)
+        (rows,) = jax.vmap(vjp_fn)(basis.astype(value.dtype))
+        return value, jnp.sum(jax.vmap(_flat_sum)(basis * rows), axis=0)
+
+    if ad_mode == 'forward':
+        return forward
+    if ad_mode == 'reverse':
+        return reverse
+    chosen = []  # the mode 'auto' settled on, at its first call
+
+    def auto(fn, x, v):
+        if not chosen:
+            chosen.append(reverse if _has_custom_vjp(fn, x) else forward)
+        return chosen[0](fn, x, v)
+
+    return auto
+
+
+def _has_custom_vjp(fn: Callable[[Array], Array], x: Array) -> bool:
+    """Whether ``fn`` (traced at x's shape) contains a ``jax.custom_vjp`` call anywhere.
+
+    Under ``jit`` a jvp of such a function fails only when lowered, so it is looked for in
+    the jaxpr, nested jaxprs (jit, scan, cond, ...) included.
+    """
+    def contains(jaxpr) -> bool:
+        for eqn in jaxpr.eqns:
+            if 'custom_vjp' in eqn.primitive.name:
+                return True
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    inner = getattr(sub, 'jaxpr', sub)  # ClosedJaxpr -> Jaxpr
+                    if hasattr(inner, 'eqns') and contains(inner):
+                        return True
+        return False
+
+    return contains(jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(x.shape, x.dtype)).jaxpr)
+
+
+def _unit_basis(x: Array) -> Array:
+    """The D unit vectors e_i, each broadcast over the batch: [D, B, ...]."""
+    dim = int(np.prod(x.shape[1:]))
+    basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + x.shape[1:])
+    return jnp.broadcast_to(basis, (dim,) + x.shape)
+
+
+def _flat_sum(a: Array) -> Array:
+    """Σ over all but the batch axis: [B, ...] → [B]."""
+    return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=-1)
 
 
 # --- per-example randomness ---------------------------------------------------------------
@@ -123,7 +180,7 @@ def _probability_flow_drift(sde: SDE, score_fn: ScoreFn, t: Array) -> Callable[[
 
 def get_nll_fn(sde: SDE, score_fn: ScoreFn, hutchinson_type: str = 'Rademacher',
                rtol: float = 1e-5, atol: float = 1e-5, method: str = 'dopri5',
-               eps: float = 1e-5, max_steps: int = 8192
+               eps: float = 1e-5, max_steps: int = 8192, ad_mode: str = 'auto'
                ) -> Callable[[Array, Array], Tuple[Array, Array, Array]]:
     """The exact negative log-likelihood −log p_ε(x) by the probability-flow ODE.
 
@@ -138,7 +195,7 @@ def get_nll_fn(sde: SDE, score_fn: ScoreFn, hutchinson_type: str = 'Rademacher',
     Args:
       sde: the forward SDE (its prior π, f and g).
       score_fn: ``score_fn(x, t)`` on a batch; called with a batch of size 1 per example.
-      hutchinson_type: 'Rademacher', 'Gaussian' or 'exact' (D jvps; small D only).
+      hutchinson_type: 'Rademacher', 'Gaussian' or 'exact' (D tangents; small D only).
       rtol, atol: tolerances of the adaptive solver (RMS error norm over one example's
         state (x, ℓ)).
       method: an :mod:`ode_solver` method ('dopri5' ≙ SciPy's RK45 pair), on device and
@@ -148,6 +205,7 @@ def get_nll_fn(sde: SDE, score_fn: ScoreFn, hutchinson_type: str = 'Rademacher',
         checks and benchmarks; slower, and the step sizes depend on the batch).
       eps: start time ε of the integration.
       max_steps: bound on solver steps; an example exceeding it gets NaN.
+      ad_mode: how the divergence is differentiated (:func:`get_value_div_fn`).
 
     Returns:
       ``nll_fn(rng, x) -> (nll, z, nfe)``: ``nll`` [B] in nats per example of ``x`` as given
@@ -156,7 +214,7 @@ def get_nll_fn(sde: SDE, score_fn: ScoreFn, hutchinson_type: str = 'Rademacher',
       whole batch, repeated).  ``rng`` is one key or [B] keys (:func:`per_example_keys`).
       Works in float64 when ``jax_enable_x64`` is on and ``x`` is float64.
     """
-    value_div = get_value_div_fn(hutchinson_type)
+    value_div = get_value_div_fn(hutchinson_type, ad_mode)
     kind = _canonical_hutchinson_type(hutchinson_type)
 
     def probes(rng: Array, x: Array) -> Array:
@@ -279,7 +337,8 @@ def get_offset_fn(sde: SDE, score_fn: ScoreFn, eps: float = 1e-5
 def get_bound_fn(sde: SDE, score_fn: ScoreFn, dsm: bool = True,
                  importance_weighting: bool = True, N: int = 1000, eps: float = 1e-5,
                  offset: bool = True, hutchinson_type: str = 'Rademacher',
-                 chunk_size: int = 10) -> Callable[[Array, Array], Array]:
+                 chunk_size: int = 10, ad_mode: str = 'auto'
+                 ) -> Callable[[Array, Array], Array]:
     """The ScoreFlow upper bound on −log p_θ(x) (Thm 3), in nats per example.
 
     Per data point x, with x_t = α(t) x + σ(t) z ~ p_0t(·|x) and ∇log p_0t(x_t|x) = −z/σ:
@@ -301,11 +360,12 @@ def get_bound_fn(sde: SDE, score_fn: ScoreFn, dsm: bool = True,
     density at time ε that the ODE NLL computes (equal to it for the exact score).
 
     Times are processed ``chunk_size`` at a time for all examples (``lax.scan``), so the
-    score sees batches of B·chunk_size and memory does not grow with N.
+    score sees batches of B·chunk_size and memory does not grow with N.  ``hutchinson_type``
+    and ``ad_mode`` concern the sliced form's ∇·s_θ (:func:`get_value_div_fn`).
 
     Returns ``bound_fn(rng, x) -> [B]``; ``rng`` one key or [B] keys.
     """
-    value_div = get_value_div_fn(hutchinson_type)
+    value_div = get_value_div_fn(hutchinson_type, ad_mode)
     kind = _canonical_hutchinson_type(hutchinson_type)
     offset_fn = get_offset_fn(sde, score_fn, eps)
     num_chunks = -(-N // chunk_size)
@@ -366,11 +426,6 @@ def get_bound_fn(sde: SDE, score_fn: ScoreFn, dsm: bool = True,
         return bound
 
     return bound_fn
-
-
-def _flat_sum(a: Array) -> Array:
-    """Σ over all but the batch axis: [B, ...] → [B]."""
-    return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=-1)
 
 
 # --- bits per dimension ---------------------------------------------------------------------

@@ -68,18 +68,45 @@ def _nonlinear_field(dim, seed=0):
     return fn
 
 
+@pytest.mark.parametrize('ad_mode', ['forward', 'reverse'])
 @pytest.mark.parametrize('shape', [(5,), (2, 2, 1)])
-def test_exact_divergence_is_the_jacobian_trace(shape):
+def test_exact_divergence_is_the_jacobian_trace(shape, ad_mode):
     dim = int(np.prod(shape))
     fn = _nonlinear_field(dim)
     x = jax.random.normal(jax.random.PRNGKey(3), (4,) + shape)
-    value, div = likelihood.get_value_div_fn('exact')(fn, x, jnp.zeros_like(x))
+    value, div = likelihood.get_value_div_fn('exact', ad_mode)(fn, x, jnp.zeros_like(x))
     jac = jax.vmap(jax.jacfwd(lambda xi: fn(xi[None])[0].ravel()))(x)  # [B, D, ...]
     expected = jnp.trace(jac.reshape(4, dim, dim), axis1=1, axis2=2)
     np.testing.assert_allclose(value, fn(x), rtol=1e-6)
     np.testing.assert_allclose(div, expected, rtol=1e-5, atol=1e-5)
     _, div_none = likelihood.get_value_div_fn('none')(fn, x, x)  # alias, probe ignored
     np.testing.assert_allclose(div_none, div, rtol=1e-6)
+
+
+@jax.custom_vjp
+def _cube(x):
+    return x ** 3
+
+
+_cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
+
+
+@pytest.mark.parametrize('kind', ['exact', 'Rademacher', 'Gaussian'])
+def test_auto_mode_goes_through_custom_vjp_layers(kind):
+    """Score networks may hold jax.custom_vjp layers (models.up_or_down_sampling), which
+    jvp cannot differentiate: 'auto' falls back to reverse mode, also under jit."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    v = likelihood.sample_probe(jax.random.PRNGKey(1), x.shape, kind)
+    with pytest.raises(TypeError, match='custom_vjp'):
+        jax.jit(lambda x, v: likelihood.get_value_div_fn(kind, 'forward')(_cube, x, v))(x, v)
+    value_div = likelihood.get_value_div_fn(kind)
+    value, div = jax.jit(lambda x, v: value_div(_cube, x, v))(x, v)
+    np.testing.assert_allclose(value, x ** 3, rtol=1e-6)
+    expected = jnp.sum(3 * x ** 2 * (1.0 if kind == 'exact' else v ** 2), axis=1)
+    np.testing.assert_allclose(div, expected, rtol=1e-5)
+    np.testing.assert_allclose(value_div(_cube, x, v)[1], expected, rtol=1e-5)  # settled
+    assert likelihood._has_custom_vjp(jax.jit(lambda y: jnp.sin(_cube(y))), x)  # nested
+    assert not likelihood._has_custom_vjp(_nonlinear_field(4), x)
 
 
 @pytest.mark.parametrize('kind', ['Rademacher', 'Gaussian'])
@@ -95,6 +122,8 @@ def test_hutchinson_is_unbiased_with_the_predicted_variance(kind):
     keys = likelihood.per_example_keys(jax.random.PRNGKey(1), n)
     v = jax.vmap(lambda k: likelihood.sample_probe(k, (dim,), kind))(keys)
     value, est = likelihood.get_value_div_fn(kind)(fn, x, v)
+    _, est_reverse = likelihood.get_value_div_fn(kind, 'reverse')(fn, x[:100], v[:100])
+    np.testing.assert_allclose(est_reverse, est[:100], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(value[0], fn(x0)[0], rtol=1e-6)
     mean, se = _mean_and_se(est)
     assert abs(mean - float(jnp.trace(jac))) < K_SE * se
@@ -212,6 +241,8 @@ def test_bad_arguments_are_user_errors():
         likelihood.get_nll_fn(sde, score, hutchinson_type='rademacher-typo')
     with pytest.raises(UserError, match='method'):
         likelihood.get_nll_fn(sde, score, method='rk4-typo')
+    with pytest.raises(UserError, match='ad_mode'):
+        likelihood.get_bound_fn(sde, score, ad_mode='backward')
     with pytest.raises(UserError, match='one key per example'):
         likelihood.per_example_keys(jax.random.split(jax.random.PRNGKey(0), 3), 4)
 
