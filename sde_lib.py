@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from errors import UserError
+
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
@@ -265,26 +267,33 @@ class subVPSDE(_VPFamily):  # noqa: N801  (name from the paper code and API.md)
         return jnp.sqrt(self.beta(t) * -jnp.expm1(-2.0 * self.integrated_beta(t)))
 
 
-class VESDE(SDE):
-    """Variance-exploding SDE (continuous SMLD): σ(t) = σ_min (σ_max/σ_min)^t,
-    dx = σ(t) √(2 log(σ_max/σ_min)) dw; prior N(0, σ_max² I)."""
+class _VEFamily(SDE):
+    """Shared part of the variance-exploding SDEs: no drift (α = 1), prior N(0, σ_max² I)."""
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         super().__init__(N)
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
         self.prior_std = self.sigma_max
-        self.discrete_sigmas = np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N))
-
-    @property
-    def _log_ratio(self) -> float:
-        return float(np.log(self.sigma_max / self.sigma_min))
 
     def log_mean_coeff(self, t: Array) -> Array:
         return jnp.zeros_like(t)
 
     def drift_coeff(self, t: Array) -> Array:
         return jnp.zeros_like(t)
+
+
+class VESDE(_VEFamily):
+    """Variance-exploding SDE (continuous SMLD): σ(t) = σ_min (σ_max/σ_min)^t,
+    dx = σ(t) √(2 log(σ_max/σ_min)) dw; prior N(0, σ_max² I)."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(sigma_min, sigma_max, N)
+        self.discrete_sigmas = np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N))
+
+    @property
+    def _log_ratio(self) -> float:
+        return float(np.log(self.sigma_max / self.sigma_min))
 
     def std(self, t: Array) -> Array:
         return self.sigma_min * jnp.exp(t * self._log_ratio)
@@ -304,21 +313,9 @@ class VESDE(SDE):
         return jnp.zeros_like(x), jnp.sqrt(sigmas[i] ** 2 - prev ** 2)
 
 
-class LinearVESDE(SDE):
+class LinearVESDE(_VEFamily):
     """VE SDE with a linear noise scale σ(t) = σ_min + t (σ_max − σ_min):
     dx = √(dσ²/dt) dw = √(2 σ(t)(σ_max − σ_min)) dw; prior N(0, σ_max² I)."""
-
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
-        super().__init__(N)
-        self.sigma_min = float(sigma_min)
-        self.sigma_max = float(sigma_max)
-        self.prior_std = self.sigma_max
-
-    def log_mean_coeff(self, t: Array) -> Array:
-        return jnp.zeros_like(t)
-
-    def drift_coeff(self, t: Array) -> Array:
-        return jnp.zeros_like(t)
 
     def std(self, t: Array) -> Array:
         return self.sigma_min + t * (self.sigma_max - self.sigma_min)
@@ -336,8 +333,6 @@ SDE_NAMES = ('vesde', 'vpsde', 'subvpsde', 'vesde_linear')
 
 def get_sde(config) -> SDE:
     """Builds the SDE named by ``config.training.sde`` from ``config.model`` scales."""
-    from errors import UserError  # local: keeps this module importable alone
-
     name = config.training.sde.lower()
     m = config.model
     if name == 'vesde':
