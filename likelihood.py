@@ -8,7 +8,7 @@ trained model through ``models.utils.get_score_fn``, or a closed form in tests):
   ``log p_ε(x(ε)) = log π(x(T)) + ∫_ε^T ∇·f̃(x(t), t) dt``.  The divergence is the
   Hutchinson–Skilling estimate ``vᵀ (∂f̃/∂x) v`` with one probe v per example, fixed for
   the whole solve, computed together with f̃ by one ``jax.jvp`` (or ``jax.vjp`` for
-  networks with ``custom_vjp`` layers; see :func:`get_value_div_fn`).
+  user networks with ``custom_vjp`` layers; see :func:`get_value_div_fn`).
   The ODE runs on device (diffrax, :mod:`ode_solver`), vmapped per example.
 * :func:`get_bound_fn` — the variational upper bound of ScoreFlow (Thm 3), a Monte Carlo
   integral over t with no ODE solve, plus the ε-offset decoder term.

@@ -204,6 +204,14 @@ def test_validation_error_names_field(mutate, field):
     assert field in str(info.value)
 
 
+@pytest.mark.parametrize('kind', ['Rademacher', 'Gaussian', 'exact'])
+def test_every_hutchinson_type_of_likelihood_validates(kind):
+    """Each probe kind likelihood.get_nll_fn / get_bound_fn accept is a valid config."""
+    config = digits()
+    config.eval.hutchinson_type = kind
+    validate_config(config, num_devices=8)
+
+
 def test_typo_gets_a_suggestion():
     config = digits()
     config.training.bach_size = 1

@@ -93,7 +93,7 @@ _cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
 
 @pytest.mark.parametrize('kind', ['exact', 'Rademacher', 'Gaussian'])
 def test_auto_mode_goes_through_custom_vjp_layers(kind):
-    """Score networks may hold jax.custom_vjp layers (models.up_or_down_sampling), which
+    """A user's score network may hold jax.custom_vjp layers, which
     jvp cannot differentiate: 'auto' falls back to reverse mode, also under jit."""
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
     v = likelihood.sample_probe(jax.random.PRNGKey(1), x.shape, kind)

@@ -116,6 +116,21 @@ def test_other_image_models_keep_the_input_shape(name, kw, size):
     assert out_shape == (2, size, size, 3)
 
 
+@pytest.mark.parametrize('name, kw', [
+    ('ncsnpp', dict()), ('ncsnpp', NCSNPP_VE), ('ncsnpp', dict(resblock_type='ddpm')),
+    ('ddpm', dict(nf=32)),
+    ('ncsnv2_64', dict(normalization='InstanceNorm++', nonlinearity='elu')),
+])
+def test_networks_are_forward_mode_differentiable(name, kw):
+    """No custom_vjp layer: the likelihood's divergence ('auto') takes the jvp path."""
+    import likelihood
+    model = utils.create_model(make_config(name, **kw))
+    x, labels = jnp.zeros((1, 8, 8, 3)), jnp.full((1,), 0.5)
+    variables = model.init({'params': jax.random.PRNGKey(0)}, x, labels, train=False)
+    assert not likelihood._has_custom_vjp(
+        lambda y: model.apply(variables, y, labels, train=False), x)
+
+
 # ------------------------------------------------------------------------------------
 # Real forward passes on a few configs.
 # ------------------------------------------------------------------------------------
@@ -316,6 +331,14 @@ def test_nearest_upsample_gradient_is_the_window_sum():
     grad = jax.grad(lambda x: jnp.sum(w * uds.naive_upsample_2d(x)))(X8)
     expected = np.asarray(w).reshape(2, 8, 2, 8, 2, 3).sum(axis=(2, 4))
     np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_nearest_upsample_has_a_forward_mode_derivative():
+    """The likelihood's divergence differentiates the network in forward mode (jvp)."""
+    t = jax.random.normal(jax.random.PRNGKey(1), X8.shape)
+    value, tangent = jax.jit(lambda x, v: jax.jvp(uds.naive_upsample_2d, (x,), (v,)))(X8, t)
+    np.testing.assert_array_equal(value, uds.naive_upsample_2d(X8))
+    np.testing.assert_array_equal(tangent, uds.naive_upsample_2d(t))
 
 
 def test_fused_fir_convolutions_equal_resample_then_conv_in_the_interior():
