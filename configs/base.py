@@ -57,7 +57,7 @@ def _eval() -> ml_collections.ConfigDict:
         'enable_bpd': True,
         'bpd_dataset': 'test',          # 'train' | 'test'
         'num_repeats': 5,               # passes over the split (dequantization noise)
-        'bound': False,                 # ScoreFlow variational bound instead of the ODE
+        'bound': False,                 # ScoreFlow variational bound alongside the ODE
         'dsm': True,                    # bound in DSM form (else sliced score matching)
         'offset': True,                 # ε-offset decoder term of the bound
         'dequantizer': False,           # variational (Flow++) instead of uniform deq.
@@ -67,7 +67,7 @@ def _eval() -> ml_collections.ConfigDict:
         'rtol': 1e-5,                   # likelihood ODE tolerances
         'atol': 1e-5,
         'eps': 1e-5,                    # smallest time of the likelihood ODE / bound
-        'hutchinson_type': 'Rademacher',  # 'Rademacher' | 'Gaussian'
+        'hutchinson_type': 'Rademacher',  # 'Rademacher' | 'Gaussian' | 'exact' (small D)
         'ckpt_timeout': 0.0,            # seconds to wait for a checkpoint not yet
                                         # written; 0 fails at once
     })

@@ -25,7 +25,7 @@ DATASETS = tuple(DATASET_NUM_BINS)
 SAMPLING_METHODS = ('pc', 'ode')
 PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral_sampling', 'none')
 CORRECTORS = ('langevin', 'ald', 'none')
-HUTCHINSON_TYPES = ('Rademacher', 'Gaussian')
+HUTCHINSON_TYPES = ('Rademacher', 'Gaussian', 'exact')  # 'exact': D tangents, small D
 BPD_DATASETS = ('train', 'test')
 
 _CHOICES = (
