@@ -179,13 +179,18 @@ def _discrete_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
     return _denoising_loss(z_rng, score_fn, x, t, a, b, reduce_mean)
 
 
+def _require_sde(sde: sde_lib.SDE, cls: type, objective: str, name: str) -> None:
+    """A :class:`UserError` naming the fix when a discrete objective gets another SDE."""
+    if not isinstance(sde, cls):
+        raise UserError(f'{objective} training needs a {cls.__name__}, got '
+                        f'{type(sde).__name__}; set config.training.sde={name} or '
+                        'config.training.continuous=True.')
+
+
 def smld_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.VESDE,
               reduce_mean: bool = False) -> Array:
     """SMLD/NCSN loss per example: σ_i² ‖s(x + σ_i z, t_i) + z/σ_i‖² = ‖σ_i s + z‖²."""
-    if not isinstance(sde, sde_lib.VESDE):
-        raise UserError(f'SMLD (discrete VE) training needs a VESDE, got '
-                        f'{type(sde).__name__}; set config.training.sde=vesde or '
-                        'config.training.continuous=True.')
+    _require_sde(sde, sde_lib.VESDE, 'SMLD (discrete VE)', 'vesde')
     ones = np.ones_like(sde.discrete_sigmas)
     return _discrete_loss(rng, score_fn, x, sde, ones, sde.discrete_sigmas, reduce_mean)
 
@@ -193,10 +198,7 @@ def smld_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.VESDE,
 def ddpm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.VPSDE,
               reduce_mean: bool = True) -> Array:
     """DDPM ε-prediction loss per example: ‖ε̂ − z‖² with ε̂ = −√(1−ᾱ_i) s(x̃, t_i)."""
-    if not isinstance(sde, sde_lib.VPSDE):
-        raise UserError(f'DDPM (discrete VP) training needs a VPSDE, got '
-                        f'{type(sde).__name__}; set config.training.sde=vpsde or '
-                        'config.training.continuous=True.')
+    _require_sde(sde, sde_lib.VPSDE, 'DDPM (discrete VP)', 'vpsde')
     return _discrete_loss(rng, score_fn, x, sde, sde.sqrt_alphas_cumprod,
                           sde.sqrt_1m_alphas_cumprod, reduce_mean)
 

@@ -58,12 +58,17 @@ class Combine(nn.Module):
         return h + y
 
 
-class Upsample(nn.Module):
-    """×2 upsampling: nearest (+ conv3x3) or FIR (+ fused FIR conv)."""
+class _Resample(nn.Module):
+    """Fields shared by :class:`Upsample` and :class:`Downsample`: output channels
+    (default: the input's), a learned convolution or not, FIR filtering or not."""
     out_ch: Optional[int] = None
     with_conv: bool = False
     fir: bool = False
     fir_kernel: Tuple[int, ...] = (1, 3, 3, 1)
+
+
+class Upsample(_Resample):
+    """×2 upsampling: nearest (+ conv3x3) or FIR (+ fused FIR conv)."""
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -77,12 +82,8 @@ class Upsample(nn.Module):
                           kernel_init=default_init())(x)
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """×2 downsampling: average pool (or stride-2 conv3x3) or FIR (+ fused FIR conv)."""
-    out_ch: Optional[int] = None
-    with_conv: bool = False
-    fir: bool = False
-    fir_kernel: Tuple[int, ...] = (1, 3, 3, 1)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
