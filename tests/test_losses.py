@@ -41,6 +41,19 @@ def _theta_parts(theta):
     return m, chol @ chol.T
 
 
+def _solve_2x2(c, v):
+    """c⁻¹ v for a batch of symmetric positive definite 2×2 matrices by their Cholesky
+    factor, written out: no LAPACK call (jaxlib's batched CPU solvers can deadlock XLA's
+    thread pool when two run at once, see docs/DESIGN.md)."""
+    l11 = jnp.sqrt(c[..., 0, 0])
+    l21 = c[..., 1, 0] / l11
+    l22 = jnp.sqrt(c[..., 1, 1] - l21 ** 2)
+    y1 = v[..., 0] / l11
+    y2 = (v[..., 1] - l21 * y1) / l22
+    z2 = y2 / l22
+    return jnp.stack([(y1 - l21 * z2) / l11, z2], -1)
+
+
 def linear_score_fn(theta, sde):
     """s_θ(x, t) = −(α² Σ_θ + σ² I)⁻¹ (x − α m)."""
     m, cov = _theta_parts(theta)
@@ -49,7 +62,7 @@ def linear_score_fn(theta, sde):
         alpha = jnp.exp(sde.log_mean_coeff(t))[:, None, None]
         sigma = sde.std(t)[:, None, None]
         c = alpha ** 2 * cov + sigma ** 2 * jnp.eye(2)
-        return -jnp.linalg.solve(c, (x - alpha[..., 0] * m)[..., None])[..., 0]
+        return -_solve_2x2(c, x - alpha[..., 0] * m)
 
     return score_fn
 
