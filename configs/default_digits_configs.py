@@ -1,10 +1,8 @@
 """Embedded default: scikit-learn's 8×8 digits (1 channel, 17 grey levels, 1600 / 197).
 
 A small DDPM++ (nf 32, ch_mult (1, 2), 1 res block, no attention; 0.72M parameters,
-11.5 GFLOP per training step of 128), trained 2000 steps so that the quick start fits in
-15 minutes on 2 quiet CPU cores (measured: ~3.9 steps/s, training 9.6 min with its
-snapshots, eval loss and samples; test bits/dim by the ODE 2.6 min; 1.890 ± 0.018 bits/dim;
-4000 steps reach 1.797 ± 0.019 in twice the time).
+11.5 GFLOP per training step of 128), trained 2000 steps so that the whole quick start fits
+in 15 minutes on 2 CPU cores (measured times and bits/dim: README, Results).
 
 Training uses uniform dequantization: with only K = 17 levels, x̄/(K − 1) and the
 evaluation points (x̄ + u)/K differ by up to half a bin, so a model trained on the former
