@@ -529,3 +529,12 @@ def test_loss_with_real_model_adapter(key, monkeypatch):
     loss_fn = losses.get_sde_loss_fn(ve, model, train=True, continuous=False)
     value, grads = jax.value_and_grad(loss_fn, argnums=1)(loss_key, state.params, batch)
     assert np.isfinite(value) and np.isfinite(optax.global_norm(grads))
+
+
+@pytest.mark.parametrize('loss_fn, sde, wanted', [
+    (losses.smld_loss, sde_lib.VPSDE(0.1, 20.0, 10), 'needs a VESDE.*training.sde=vesde'),
+    (losses.ddpm_loss, sde_lib.VESDE(0.01, 50.0, 10), 'needs a VPSDE.*training.sde=vpsde'),
+])
+def test_discrete_losses_reject_the_other_sde_naming_the_fix(loss_fn, sde, wanted, key):
+    with pytest.raises(UserError, match=wanted):
+        loss_fn(key, lambda y, t: y, jnp.ones((2, 2)), sde)
