@@ -5,6 +5,19 @@ deviation from the mixture's moments is Monte-Carlo error or discretization bias
 Moment tolerance (``_assert_moments``): |Δ| ≤ 4 standard errors (estimated from the
 samples: sd/√n for means, sd of the centred products/√n for covariances) + a stated bias
 allowance for the discretization (N steps) or the method.
+
+Moments cannot see the mixture weights, so the samplers of the non-Gaussian targets (MIX
+and the diffused MIX) also pass a distributional check.  Component-mass tolerance
+(``_assert_component_mass``): each sample x goes to the component of highest posterior
+responsibility under the exact target, k̂(x) = argmax_k w_k N(x; μ_k, Σ_k); the fraction f_k
+of the n samples per component is compared with the fraction p_k that M = 10⁶ exact draws
+get under the same rule:  |f_k − p_k| ≤ 4 √(p_k (1 − p_k) (1/n + 1/M)) + 0.02, i.e. 4
+binomial standard errors of the difference of the two estimates (a false alarm about 6e-5
+per component) + a bias allowance of 0.02 for the discretization (measured |f_k − p_k| ≤
+0.041, at most 2.7 standard errors, over all samplers).  Swapping two mixture weights fails
+``_assert_component_mass`` (w_1 ↔ w_2 of MIX moves ≈ 0.2 of the mass, against tolerances
+of 0.057-0.064 at n = 2000), even after an affine map restores the mean and covariance
+(``test_component_mass_check_rejects_swapped_weights``).
 """
 import ml_collections
 import numpy as np
@@ -19,6 +32,7 @@ from errors import UserError
 
 N = 200          # discretization steps of the PC samplers
 NUM = 2000       # samples per moment check
+EXACT = 10 ** 6  # exact draws for the reference component masses
 MIX = mixture.random_mixture(0, 3, 2, 1.0)   # a non-Gaussian 2-D target
 PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral_sampling')
 CORRECTORS = ('none', 'langevin', 'ald')
@@ -44,6 +58,65 @@ def _assert_moments(x, mean, cov, bias, what=''):
     assert (err_cov <= 4 * se_cov + bias).all(), (what, err_cov, se_cov)
 
 
+def _component_log_densities(mix, x):
+    """log w_k N(x; μ_k, Σ_k) [n, K] in float64; their argmax over k is the component of
+    highest posterior responsibility r_k(x) = w_k N(x; μ_k, Σ_k) / p(x)."""
+    x = np.asarray(x, np.float64)
+    maha = np.stack([np.sum((x - m) @ np.linalg.inv(c) * (x - m), -1)
+                     for m, c in zip(mix.means, mix.covs)], -1)
+    logdet = np.linalg.slogdet(mix.covs)[1]
+    return np.log(mix.weights) - 0.5 * (maha + logdet + mix.dim * np.log(2 * np.pi))
+
+
+def _component_mass(mix, x):
+    """f_k = #{x : k̂(x) = k} / n, k̂(x) = argmax_k r_k(x) under ``mix``."""
+    assigned = np.argmax(_component_log_densities(mix, x), -1)
+    return np.bincount(assigned, minlength=len(mix.weights)) / len(assigned)
+
+
+_EXACT_MASS = {}
+
+
+def _exact_component_mass(mix):
+    """p_k = P(k̂(x) = k) for x ~ mix, from EXACT exact draws (cached per mixture)."""
+    key = tuple(a.tobytes() for a in (mix.weights, mix.means, mix.covs))
+    if key not in _EXACT_MASS:
+        _EXACT_MASS[key] = _component_mass(mix, mix.sample(jax.random.PRNGKey(99), EXACT))
+    return _EXACT_MASS[key]
+
+
+def _assert_component_mass(x, mix, bias, what=''):
+    """|f_k − p_k| ≤ 4 √(p_k (1 − p_k) (1/n + 1/M)) + bias for every component k."""
+    x = np.asarray(x, np.float64)
+    assert np.isfinite(x).all(), what
+    exact = _exact_component_mass(mix)
+    observed = _component_mass(mix, x)
+    se = np.sqrt(exact * (1 - exact) * (1 / len(x) + 1 / EXACT))
+    err = np.abs(observed - exact)
+    assert (err <= 4 * se + bias).all(), (what, observed, exact, se)
+
+
+def _diffused(mix, alpha, sigma):
+    """p_t of ``mix``: Σ_k w_k N(α μ_k, α² Σ_k + σ² I)."""
+    return mixture.GaussianMixture(mix.weights, alpha * mix.means,
+                                   alpha ** 2 * mix.covs + sigma ** 2 * np.eye(mix.dim))
+
+
+def _swap_weights(mix, i, j, keep_moments=False):
+    """``mix`` with w_i ↔ w_j.  With ``keep_moments`` it is then moved by the affine map
+    x ↦ m + L L_s⁻¹ (x − m_s) (m, m_s the means and L, L_s the Cholesky factors of the
+    covariances of ``mix`` and of the swapped mixture): its mean and covariance are mix's,
+    m and L L_s⁻¹ (L_s L_sᵀ) L_s⁻ᵀ Lᵀ = L Lᵀ, but its weights are not."""
+    weights = mix.weights.copy()
+    weights[[i, j]] = weights[[j, i]]
+    swapped = mixture.GaussianMixture(weights, mix.means, mix.covs)
+    if not keep_moments:
+        return swapped
+    a = np.linalg.cholesky(mix.cov) @ np.linalg.inv(np.linalg.cholesky(swapped.cov))
+    return mixture.GaussianMixture(weights, (mix.means - swapped.mean) @ a.T + mix.mean,
+                                   a @ mix.covs @ a.T)
+
+
 def _counting(score_fn, counter):
     """score_fn that counts its evaluations on the host (one per call of a batch)."""
     def counted(x, t):
@@ -66,11 +139,35 @@ def _condition(mean, cov, u, value):
     return mean + cu * (value - u @ mean) / var, cov - np.outer(cu, cu) / var
 
 
+# --- the component-mass check ------------------------------------------------------------
+@pytest.mark.parametrize('case', ['exact', 'swapped', 'swapped, same moments'])
+def test_component_mass_check_rejects_swapped_weights(case):
+    """Swapping two mixture weights fails ``_assert_component_mass``: NUM draws of MIX with
+    w_1 ↔ w_2 (0.197 ↔ 0.411: |f_k − p_k| = 0.20, 0.21 in components 1, 2, against
+    tolerances 4 standard errors + 0.02 = 0.057, 0.064) are rejected, also when an affine
+    map gives them exactly MIX's mean and covariance (|f_k − p_k| = 0.09, 0.14 in
+    components 0, 2; ``_assert_moments`` passes them, even with no bias allowance);
+    NUM exact draws of MIX pass (|f_k − p_k| ≤ 0.007)."""
+    target = {'exact': MIX, 'swapped': _swap_weights(MIX, 1, 2),
+              'swapped, same moments': _swap_weights(MIX, 1, 2, keep_moments=True)}[case]
+    x = target.sample(jax.random.PRNGKey(20), NUM)
+    if case == 'exact':
+        _assert_component_mass(x, MIX, 0.02, case)
+        return
+    with pytest.raises(AssertionError):
+        _assert_component_mass(x, MIX, 0.02, case)
+    if case == 'swapped, same moments':
+        np.testing.assert_allclose(target.mean, MIX.mean, atol=1e-12)
+        np.testing.assert_allclose(target.cov, MIX.cov, atol=1e-12)
+        _assert_moments(x, MIX.mean, MIX.cov, 0.0, case)  # the moments cannot tell
+
+
 # --- PC sampler -------------------------------------------------------------------------
 @pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
 def test_pc_predictor_corrector_combinations_reproduce_mixture_moments(sde_name):
-    """Every predictor × corrector (incl. DDPM / SMLD ancestral sampling); bias allowance
-    0.05 for N = 200.  Ancestral sampling is VE/VP only (sub-VP: see the next test)."""
+    """Every predictor × corrector (incl. DDPM / SMLD ancestral sampling); bias allowances
+    0.05 (moments) and 0.02 (component masses) for N = 200.  Ancestral sampling is VE/VP
+    only (sub-VP: see the next test)."""
     sde = _sde(sde_name)
     score_fn = MIX.score_fn(sde)
     combos = [(p, c) for p in PREDICTORS for c in CORRECTORS
@@ -81,9 +178,11 @@ def test_pc_predictor_corrector_combinations_reproduce_mixture_moments(sde_name)
     for (predictor, corrector), (x, nfe) in zip(combos, results):
         assert nfe == N * (1 if corrector == 'none' else 2)
         _assert_moments(x, MIX.mean, MIX.cov, 0.05, (sde_name, predictor, corrector))
+        _assert_component_mass(x, MIX, 0.02, (sde_name, predictor, corrector))
 
 
 def test_pc_probability_flow_predictors():
+    """Bias allowances 0.05 (moments) and 0.02 (component masses) for N = 200."""
     sde = _sde('vp')
     predictors = ('euler_maruyama', 'reverse_diffusion')
     samplers = [sampling.get_pc_sampler(sde, (NUM, 2), p, 'none', 0.16, probability_flow=True)
@@ -92,24 +191,29 @@ def test_pc_probability_flow_predictors():
         jax.random.PRNGKey(2))
     for predictor, x in zip(predictors, results):
         _assert_moments(x, MIX.mean, MIX.cov, 0.05, predictor)
+        _assert_component_mass(x, MIX, 0.02, predictor)
 
 
 @pytest.mark.parametrize('corrector', ['langevin', 'ald'])
 def test_corrector_only_samplers_on_ve(corrector):
     """NCSN-style corrector-only sampling ('none' + 'ald' is annealed Langevin dynamics):
-    N = 50 noise levels × 20 steps, snr 0.3, 1000 samples; bias allowance 0.05."""
+    N = 50 noise levels × 20 steps, snr 0.3, 1000 samples; bias allowances 0.05 (moments)
+    and 0.02 (component masses; measured |Δ| ≤ 0.041, 2.7 standard errors, for Langevin)."""
     sde = _sde('ve', 50)
     sampler = sampling.get_pc_sampler(sde, (1000, 2), 'none', corrector, 0.3, n_steps=20)
     x, nfe = sampler(jax.random.PRNGKey(3), MIX.score_fn(sde))
     assert nfe == 50 * 20
     _assert_moments(x, MIX.mean, MIX.cov, 0.05, corrector)
+    _assert_component_mass(x, MIX, 0.02, corrector)
 
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
 def test_correctors_leave_p_t_invariant(sde_name):
     """At fixed t = 0.3, 100 corrector steps from exact samples of p_t stay at p_t
     (mean α μ, cov α² Σ + σ² I); checks the step size and α on every SDE, sub-VP
-    included (the original crashed there).  Bias allowance 0.05 (Langevin at snr 0.16)."""
+    included (the original crashed there).  Bias allowances 0.05 (moments) and 0.02
+    (masses of the components of p_t = Σ_k w_k N(α μ_k, α² Σ_k + σ² I)), Langevin at
+    snr 0.16."""
     sde = _sde(sde_name)
     t = jnp.full((NUM,), 0.3)
     x0 = MIX.sample(jax.random.PRNGKey(4), NUM)
@@ -123,6 +227,7 @@ def test_correctors_leave_p_t_invariant(sde_name):
     for corrector, x in zip(('langevin', 'ald'), results):
         _assert_moments(x, alpha * MIX.mean, alpha ** 2 * MIX.cov + sigma ** 2 * np.eye(2),
                         0.05, (sde_name, corrector))
+        _assert_component_mass(x, _diffused(MIX, alpha, sigma), 0.02, (sde_name, corrector))
 
 
 def _expected_predictor_step(sde, name, flow, x, s, t):
@@ -238,7 +343,7 @@ def test_ancestral_sampling_rejects_sub_vp_and_probability_flow():
 def test_ode_sampler_moments_and_encode_decode_round_trip():
     """dopri5 at rtol = atol = 1e-6 (at 1e-5 the round trip error reaches 1.5e-3; at 1e-6
     measured 4e-5): data → z is N(0, I), z → data is x again, prior draws → the mixture's
-    moments (bias allowance 0.03)."""
+    moments (bias allowance 0.03) and component masses (bias allowance 0.02)."""
     sde = _sde('vp')
     score_fn = MIX.score_fn(sde)
     x = MIX.sample(jax.random.PRNGKey(8), 1000)
@@ -250,6 +355,7 @@ def test_ode_sampler_moments_and_encode_decode_round_trip():
     np.testing.assert_allclose(np.asarray(x_back), np.asarray(x), atol=1e-3)
     x_new, _ = decode(None, score_fn, sde.prior_sampling(jax.random.PRNGKey(7), x.shape))
     _assert_moments(x_new, MIX.mean, MIX.cov, 0.03, 'ode samples')
+    _assert_component_mass(x_new, MIX, 0.02, 'ode samples')
 
 
 def test_ode_nfe_is_counted_and_examples_are_independent_of_the_batch():
