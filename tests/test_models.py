@@ -48,9 +48,13 @@ def paper_config(**model):
 
 # NCSN++ as described in the brief (output_skip / input_skip).  The original
 # ve/cifar10_ncsnpp_continuous.py uses progressive='none', progressive_input='residual'
-# (the 've_config_ncsnpp' count below); DDPM++ counts are the PyTorch port's.
+# (VE_CONFIG below, the 've_config_ncsnpp' count).
 NCSNPP_VE = dict(fir=True, progressive='output_skip', progressive_input='input_skip',
                  progressive_combine='sum', embedding_type='fourier', scale_by_sigma=True)
+VE_CONFIG = dict(NCSNPP_VE, progressive='none', progressive_input='residual')
+# vp/cifar10_ncsnpp_continuous.py (and subvp/): NCSN++ with positional embedding.
+VP_NCSNPP = dict(fir=True, progressive='none', progressive_input='residual',
+                 embedding_type='positional')
 
 
 def shapes_of(model, x_shape, labels_dtype=jnp.float32):
@@ -64,18 +68,80 @@ def shapes_of(model, x_shape, labels_dtype=jnp.float32):
 
 
 # ------------------------------------------------------------------------------------
-# Parameter counts (the PyTorch port's counts for the paper's CIFAR-10 networks).
+# Parameter counts, pinned to numbers from outside this repository.
+#
+# "port" = yang-song/score_sde_pytorch (commit cb1f359), the network built from the
+# port's own config file named in the comment, on torch 2.13.0 CPU, counted as
+# sum(p.numel() for p in model.parameters()) by a driver outside this repository
+# (config overrides, where any, are named in the comment).  This counts the
+# GaussianFourierProjection W, which the port keeps as a requires_grad=False
+# Parameter and flax keeps in params (test_fourier_frequencies_are_counted_as_params).
+# Every port count below was also reproduced by the original JAX yang-song/score_sde
+# (commit 0acb9e0) models/ built from the same config file (and overrides).
 # ------------------------------------------------------------------------------------
 @pytest.mark.parametrize('model_kw, expected', [
+    # port configs/vp/cifar10_ddpmpp_continuous.py (= subvp/ same file name)
     (dict(), 61_804_419),                                          # DDPM++ cont.
+    # port configs/vp/cifar10_ddpmpp_deep_continuous.py
     (dict(num_res_blocks=8), 106_632_579),                         # DDPM++ cont. (deep)
+    # port configs/ve/cifar10_ncsnpp_continuous.py with model.progressive='output_skip',
+    # model.progressive_input='input_skip' set by the driver
     (NCSNPP_VE, 61_894_924),                                       # NCSN++ cont.
+    # port configs/ve/cifar10_ncsnpp_deep_continuous.py, same two overrides
     (dict(NCSNPP_VE, num_res_blocks=8), 106_723_084),              # NCSN++ cont. (deep)
-    (dict(NCSNPP_VE, progressive='none', progressive_input='residual'), 62_758_915),
+    # port configs/ve/cifar10_ncsnpp_continuous.py, unmodified
+    (VE_CONFIG, 62_758_915),
+    # port configs/ve/cifar10_ncsnpp_deep_continuous.py, unmodified
+    (dict(VE_CONFIG, num_res_blocks=8), 107_587_075),
+    # port configs/vp/cifar10_ncsnpp_continuous.py (= subvp/, = ve/cifar10_ncsnpp.py)
+    (VP_NCSNPP, 62_693_251),
+    # port configs/vp/cifar10_ncsnpp_deep_continuous.py
+    (dict(VP_NCSNPP, num_res_blocks=8), 107_521_411),
+    # DDPM (Ho et al. 2020): hojonathanho/diffusion (commit 1e0dceb)
+    # diffusion_tf/models/unet.py, model 'unet2d16b2' of scripts/run_cifar.py (commented
+    # "35.7M" there), built with tf.compat.v1 (TF 2.21 CPU, tensorflow.contrib's
+    # group_norm stubbed with its beta/gamma of C entries) and counted over
+    # tf.trainable_variables() outside this repository.  NOT the score_sde count: both
+    # score_sde's models/ddpm.py and the port's (configs/vp/ddpm/cifar10.py) give
+    # 35_218_947, as they put one attention block after the up path's blocks at 16x16
+    # where Ho et al. (and this repository) put one after each of its 3 blocks: 2 x
+    # AttnBlock(256) = 2 x 263_680 = 527_360 fewer.
     (dict(name='ddpm', num_res_blocks=2, dropout=0.1), 35_746_307),  # DDPM (35.7M)
-], ids=['ddpmpp', 'ddpmpp_deep', 'ncsnpp', 'ncsnpp_deep', 've_config_ncsnpp', 'ddpm'])
+], ids=['ddpmpp', 'ddpmpp_deep', 'ncsnpp', 'ncsnpp_deep', 've_config_ncsnpp',
+        've_config_ncsnpp_deep', 'vp_config_ncsnpp', 'vp_config_ncsnpp_deep', 'ddpm'])
 def test_param_counts_of_paper_configs(model_kw, expected):
     assert utils.param_count(utils.init_shapes(paper_config(**model_kw))) == expected
+
+
+@pytest.mark.parametrize('name, size, model_kw, expected', [
+    # port configs/ve/celebahq_256_ncsnpp_continuous.py (= ffhq_256_, church_, bedroom_)
+    ('ncsnpp', 256, dict(NCSNPP_VE, nf=128, ch_mult=(1, 1, 2, 2, 2, 2, 2),
+                         num_res_blocks=2, attn_resolutions=(16,), dropout=0.0),
+     65_574_549),
+    # port configs/ve/ffhq_ncsnpp_continuous.py (= celebahq_ncsnpp_continuous.py)
+    ('ncsnpp', 1024, dict(NCSNPP_VE, nf=16, ch_mult=(1, 2, 4, 8, 16, 32, 32, 32),
+                          num_res_blocks=1, attn_resolutions=(16,), dropout=0.0),
+     105_785_896),
+    # original JAX yang-song/score_sde (commit 0acb9e0) configs/ve/ncsnv2/cifar10.py, built
+    # outside this repository. The PyTorch port gives 29_694_083 here: its refine3 block
+    # outputs nf channels where the original JAX code's outputs 2·nf (as ermongroup/ncsnv2
+    # vs score_sde), 261·nf² + 2·nf = 4_276_480 parameters fewer.
+    ('ncsnv2_64', 32, dict(nf=128, normalization='InstanceNorm++', nonlinearity='elu'),
+     33_970_563),
+    # port configs/ve/ncsnv2/bedroom.py (ncsnv2_128, InstanceNorm++)
+    ('ncsnv2_128', 128, dict(nf=128, normalization='InstanceNorm++', nonlinearity='elu'),
+     83_445_379),
+    # port configs/ve/ncsnv2/bedroom.py with model.name='ncsnv2_256', data.image_size=256
+    ('ncsnv2_256', 256, dict(nf=128, normalization='InstanceNorm++', nonlinearity='elu'),
+     94_132_611),
+    # the same, also with model.normalization='VarianceNorm'
+    ('ncsnv2_256', 256, dict(nf=128, normalization='VarianceNorm', nonlinearity='elu'),
+     94_118_531),
+], ids=['ncsnpp_256', 'ncsnpp_1024', 'ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256', 'ncsnv2_256_variancenorm'])
+def test_param_counts_of_other_paper_configs(name, size, model_kw, expected):
+    """The higher-resolution NCSN++ and NCSNv2 networks, at their configs' image sizes."""
+    cfg = make_config(name, image_size=size, **model_kw)
+    assert utils.param_count(utils.init_shapes(cfg)) == expected
 
 
 def test_fourier_frequencies_are_counted_as_params():
