@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import base, presets, scoreflow_table
+from configs import base
 from configs.validation import validate_config
 from errors import UserError
 
@@ -114,28 +114,229 @@ def test_score_sde_cifar10_configs():
     assert deep.training.n_iters == 950001
 
 
-@pytest.mark.parametrize('sde', scoreflow_table.SDES)
-@pytest.mark.parametrize('dataset', scoreflow_table.DATASETS)
-def test_scoreflow_table(sde, dataset):
-    for deep in (False, True):
-        for weighting, (lw, iw) in presets.WEIGHTINGS.items():
-            config = scoreflow_table.get_config(sde, dataset, deep, weighting)
-            assert_model(config, {**DDPMPP_CIFAR10, 'num_res_blocks': 8 if deep else 4,
-                                  'dropout': 0.1 if dataset == 'cifar10' else 0.0})
-            assert config.training.likelihood_weighting == lw
-            assert config.training.importance_weighting == iw
-            assert config.training.sde == sde and config.sampling.method == 'ode'
-            assert config.data.dataset == dataset.upper()
-            assert config.data.random_flip == (dataset == 'cifar10')
-            eps = 1e-2 if sde == 'subvpsde' else (
-                5e-5 if dataset == 'imagenet32' and weighting == 'lw_is' else 1e-5)
-            assert config.training.eps == config.eval.eps == eps
-            assert config.eval.num_repeats == (5 if dataset == 'cifar10' else 1)
+# --- ScoreFlow: our 24 leaves against yang-song/score_flow's own files ----------------------
+#
+# Transcribed by hand from yang-song/score_flow (commit a92204e; configs/ unchanged at
+# 1db7922), under score_flow's field names, and deliberately not computed with anything in
+# configs/. A score_flow run is a dataset defaults file, then a leaf file
+# configs/{vp,subvp}/{cifar10,imagenet32}_ddpmpp{,_deep}_continuous.py, then the weighting
+# flags on the command line; each of our leaves configs/{vp,subvp}/{dataset}_{,deep_}
+# {baseline,lw,lw_is}.py must equal that, up to SF_RENAMED, SF_ABSENT and SF_DELIBERATE.
+
+SF_DEFAULT_CIFAR10 = {  # yang-song/score_flow configs/default_cifar10_configs.py
+    'training.batch_size': 128, 'training.n_iters': 1300001, 'training.snapshot_freq': 50000,
+    'training.log_freq': 100, 'training.eval_freq': 100,
+    'training.snapshot_freq_for_preemption': 10000, 'training.snapshot_sampling': True,
+    'training.likelihood_weighting': False, 'training.importance_weighting': False,
+    'training.continuous': True, 'training.n_jitted_steps': 5, 'training.reduce_mean': False,
+    'training.smallest_time': 1e-5,
+    'deq.n_iters': 300001, 'deq.ema_rate': 0.99, 'deq.dropout': 0.0, 'deq.offset': True,
+    'sampling.n_steps_each': 1, 'sampling.noise_removal': True,
+    'sampling.probability_flow': False, 'sampling.snr': 0.16, 'sampling.smallest_time': 1e-3,
+    'eval.begin_ckpt': 26, 'eval.end_ckpt': 26, 'eval.ckpt_id': 26, 'eval.batch_size': 1024,
+    'eval.enable_sampling': False, 'eval.num_samples': 50000, 'eval.enable_loss': False,
+    'eval.enable_bpd': True, 'eval.bpd_dataset': 'test', 'eval.num_repeats': 5,
+    'eval.bound': False, 'eval.dsm': True, 'eval.dequantizer': False, 'eval.offset': True,
+    'data.dataset': 'CIFAR10', 'data.image_size': 32, 'data.random_flip': True,
+    'data.centered': False, 'data.uniform_dequantization': False, 'data.num_channels': 3,
+    'model.sigma_min': 0.01, 'model.sigma_max': 50, 'model.num_scales': 1000,
+    'model.beta_min': 0.1, 'model.beta_max': 20.0, 'model.dropout': 0.1,
+    'model.embedding_type': 'fourier', 'model.data_init': False,
+    'model.trainable_embedding': False,
+    'optim.weight_decay': 0, 'optim.optimizer': 'Adam', 'optim.lr': 2e-4, 'optim.beta1': 0.9,
+    'optim.eps': 1e-8, 'optim.warmup': 5000, 'optim.grad_clip': 1.0,
+    'seed': 42,
+}
+SF_DEFAULT_IMAGENET32 = {  # yang-song/score_flow configs/default_imagenet32_configs.py
+    'training.batch_size': 128, 'training.n_iters': 1300001, 'training.snapshot_freq': 50000,
+    'training.log_freq': 100, 'training.eval_freq': 100,
+    'training.snapshot_freq_for_preemption': 10000, 'training.snapshot_sampling': True,
+    'training.likelihood_weighting': False, 'training.importance_weighting': False,
+    'training.continuous': True, 'training.n_jitted_steps': 5, 'training.reduce_mean': False,
+    'training.smallest_time': 1e-5,
+    'sampling.n_steps_each': 1, 'sampling.noise_removal': True,
+    'sampling.probability_flow': False, 'sampling.snr': 0.16,  # no smallest_time here
+    'eval.begin_ckpt': 26, 'eval.end_ckpt': 26, 'eval.ckpt_id': 26, 'eval.batch_size': 1024,
+    'eval.enable_sampling': False, 'eval.num_samples': 50000, 'eval.enable_loss': False,
+    'eval.enable_bpd': True, 'eval.bpd_dataset': 'test', 'eval.num_repeats': 1,
+    'eval.bound': False, 'eval.dsm': True, 'eval.dequantizer': False, 'eval.offset': True,
+    'deq.n_iters': 300001, 'deq.ema_rate': 0.99, 'deq.dropout': 0.0, 'deq.offset': True,
+    'data.dataset': 'ImageNet', 'data.image_size': 32, 'data.random_flip': False,
+    'data.centered': False, 'data.uniform_dequantization': False, 'data.num_channels': 3,
+    'model.sigma_min': 0.01, 'model.sigma_max': 50, 'model.num_scales': 1000,
+    'model.beta_min': 0.1, 'model.beta_max': 20.0, 'model.dropout': 0.0,
+    'model.embedding_type': 'fourier', 'model.data_init': False,
+    'model.trainable_embedding': False,
+    'optim.weight_decay': 0, 'optim.optimizer': 'Adam', 'optim.lr': 2e-4, 'optim.beta1': 0.9,
+    'optim.eps': 1e-8, 'optim.warmup': 5000, 'optim.grad_clip': 1.0,
+    'seed': 42,
+}
+# The model section, written out identically in all eight leaf files below except
+# num_res_blocks (4; 8 in the *_ddpmpp_deep_continuous.py files).
+SF_DDPMPP_MODEL = {
+    'model.name': 'ncsnpp', 'model.scale_by_sigma': False, 'model.ema_rate': 0.9999,
+    'model.normalization': 'GroupNorm', 'model.nonlinearity': 'swish', 'model.nf': 128,
+    'model.ch_mult': (1, 2, 2, 2), 'model.attn_resolutions': (16,),
+    'model.resamp_with_conv': True, 'model.conditional': True, 'model.fir': False,
+    'model.fir_kernel': [1, 3, 3, 1], 'model.skip_rescale': True,
+    'model.resblock_type': 'biggan', 'model.progressive': 'none',
+    'model.progressive_input': 'none', 'model.progressive_combine': 'sum',
+    'model.attention_type': 'ddpm', 'model.init_scale': 0.0,
+    'model.embedding_type': 'positional', 'model.fourier_scale': 16, 'model.conv_size': 3,
+}
+# The eval section of the four *_ddpmpp_deep_continuous.py files.
+SF_DEEP_EVAL = {'eval.begin_ckpt': 19, 'eval.end_ckpt': 19, 'eval.ckpt_id': 19}
+
+SF_VP_CIFAR10 = {  # yang-song/score_flow configs/vp/cifar10_ddpmpp_continuous.py
+    'training.sde': 'vpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'sampling.method': 'ode', 'sampling.smallest_time': 1e-3, 'data.centered': True,
+    **SF_DDPMPP_MODEL, 'model.num_res_blocks': 4}
+SF_VP_CIFAR10_DEEP = {  # yang-song/score_flow configs/vp/cifar10_ddpmpp_deep_continuous.py
+    'training.sde': 'vpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.n_iters': 950001,
+    'sampling.method': 'ode', 'sampling.smallest_time': 1e-3, **SF_DEEP_EVAL,
+    'data.centered': True, **SF_DDPMPP_MODEL, 'model.num_res_blocks': 8}
+# Both VP ImageNet32 files read `training.smallest_time = 5e-5 if
+# training.likelihood_weighting and training.importance_weighting else 1e-5`, evaluated in
+# get_config() while both flags still hold the defaults' False (ml_collections applies the
+# command line afterwards), so every run of the file got 1e-5; see SF_DELIBERATE.
+SF_VP_IMAGENET32 = {  # yang-song/score_flow configs/vp/imagenet32_ddpmpp_continuous.py
+    'training.sde': 'vpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.smallest_time': 1e-5,
+    'sampling.method': 'ode', 'sampling.smallest_time': 1e-3, 'data.centered': True,
+    **SF_DDPMPP_MODEL, 'model.num_res_blocks': 4}
+SF_VP_IMAGENET32_DEEP = {  # yang-song/score_flow configs/vp/imagenet32_ddpmpp_deep_continuous.py
+    'training.sde': 'vpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.n_iters': 950001, 'training.smallest_time': 1e-5,
+    'sampling.method': 'ode', 'sampling.smallest_time': 1e-3, **SF_DEEP_EVAL,
+    'data.centered': True, **SF_DDPMPP_MODEL, 'model.num_res_blocks': 8}
+SF_SUBVP_CIFAR10 = {  # yang-song/score_flow configs/subvp/cifar10_ddpmpp_continuous.py
+    'training.sde': 'subvpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.smallest_time': 1e-2,
+    'sampling.method': 'ode', 'sampling.smallest_time': 1e-2, 'data.centered': True,
+    **SF_DDPMPP_MODEL, 'model.num_res_blocks': 4}
+SF_SUBVP_CIFAR10_DEEP = {  # yang-song/score_flow configs/subvp/cifar10_ddpmpp_deep_continuous.py
+    'training.sde': 'subvpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.n_iters': 950001, 'training.smallest_time': 1e-2,
+    'sampling.method': 'ode', 'sampling.smallest_time': 1e-2, **SF_DEEP_EVAL,
+    'data.centered': True, **SF_DDPMPP_MODEL, 'model.num_res_blocks': 8}
+SF_SUBVP_IMAGENET32 = {  # yang-song/score_flow configs/subvp/imagenet32_ddpmpp_continuous.py
+    'training.sde': 'subvpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.smallest_time': 1e-2,
+    'sampling.method': 'ode', 'sampling.smallest_time': 1e-2, 'data.centered': True,
+    **SF_DDPMPP_MODEL, 'model.num_res_blocks': 4}
+SF_SUBVP_IMAGENET32_DEEP = {  # score_flow configs/subvp/imagenet32_ddpmpp_deep_continuous.py
+    'training.sde': 'subvpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.n_iters': 950001, 'training.smallest_time': 1e-2,
+    'sampling.method': 'ode', 'sampling.smallest_time': 1e-2, **SF_DEEP_EVAL,
+    'data.centered': True, **SF_DDPMPP_MODEL, 'model.num_res_blocks': 8}
+
+SF_FILES = {  # (our folder, dataset, deep) -> (score_flow defaults file, leaf file)
+    ('vp', 'cifar10', False): (SF_DEFAULT_CIFAR10, SF_VP_CIFAR10),
+    ('vp', 'cifar10', True): (SF_DEFAULT_CIFAR10, SF_VP_CIFAR10_DEEP),
+    ('vp', 'imagenet32', False): (SF_DEFAULT_IMAGENET32, SF_VP_IMAGENET32),
+    ('vp', 'imagenet32', True): (SF_DEFAULT_IMAGENET32, SF_VP_IMAGENET32_DEEP),
+    ('subvp', 'cifar10', False): (SF_DEFAULT_CIFAR10, SF_SUBVP_CIFAR10),
+    ('subvp', 'cifar10', True): (SF_DEFAULT_CIFAR10, SF_SUBVP_CIFAR10_DEEP),
+    ('subvp', 'imagenet32', False): (SF_DEFAULT_IMAGENET32, SF_SUBVP_IMAGENET32),
+    ('subvp', 'imagenet32', True): (SF_DEFAULT_IMAGENET32, SF_SUBVP_IMAGENET32_DEEP),
+}
+# score_flow sets the weighting on the command line (README, "Configurations for training":
+# --config.training.likelihood_weighting, and importance_weighting for importance sampling;
+# its checkpoints are named *_likelihood_iw_*); our leaves bake in one choice each.
+SF_WEIGHTINGS = {
+    'baseline': {'training.likelihood_weighting': False, 'training.importance_weighting': False},
+    'lw': {'training.likelihood_weighting': True, 'training.importance_weighting': False},
+    'lw_is': {'training.likelihood_weighting': True, 'training.importance_weighting': True},
+}
+# Settings that score_flow fixes in code and that are config fields here.
+SF_CODE_DEFAULTS = {
+    # likelihood.py get_likelihood_fn(hutchinson_type='Rademacher', rtol=1e-5, atol=1e-5)
+    'eval.hutchinson_type': 'Rademacher', 'eval.rtol': 1e-5, 'eval.atol': 1e-5,
+    # sampling.py get_ode_sampler(rtol=1e-5, atol=1e-5), as called by get_sampling_fn
+    'sampling.rtol': 1e-5, 'sampling.atol': 1e-5,
+    # Deliberate: score_flow solves with SciPy's method='RK45'; here diffrax's 'dopri5', the
+    # same Dormand-Prince pair on device (README, "diffrax"; likelihood.py).
+    'sampling.ode_method': 'dopri5',
+    # losses.py get_optimizer: flax.optim.Adam(beta1, eps, weight_decay), beta2 its 0.999
+    'optim.beta2': 0.999,
+}
+# score_flow field -> our field(s). run_lib.py passes training.smallest_time to the losses
+# and, in evaluate(), as eps to the likelihood ODE and the bound; here those are
+# training.eps and eval.eps. sampling.smallest_time is the sampler's eps.
+SF_RENAMED = {
+    'training.smallest_time': ('training.eps', 'eval.eps'),
+    'sampling.smallest_time': ('sampling.eps',),
+}
+# Deliberate: score_flow's 'ImageNet' at image_size 32 is TFDS downsampled_imagenet/32x32
+# (its datasets.py); here that dataset is called IMAGENET32 (README, "Datasets").
+SF_DATASET_NAMES = {'CIFAR10': 'CIFAR10', 'ImageNet': 'IMAGENET32'}
+SF_ABSENT = {
+    # score_flow's train_deq loads snapshot eval.ckpt_id; ours (dequantizer.train_deq) loads
+    # eval.end_ckpt, which equals ckpt_id in every original file (asserted below).
+    'eval.ckpt_id',
+    # Set in both defaults files and read nowhere in score_flow's code.
+    'model.data_init',
+}
+SF_DELIBERATE = {  # (our folder, dataset, weighting) -> our values
+    # configs/scoreflow_table.py docstring: the ε = 5e-5 that score_flow's VP ImageNet32
+    # files meant for likelihood weighting + importance sampling (see SF_VP_IMAGENET32).
+    ('vp', 'imagenet32', 'lw_is'): {'training.eps': 5e-5, 'eval.eps': 5e-5},
+}
+
+SCOREFLOW_LEAVES = [(folder, dataset, deep, weighting) for folder, dataset, deep in SF_FILES
+                    for weighting in SF_WEIGHTINGS]
 
 
-def test_leaf_file_matches_table():
-    config = load_leaf(ROOT / 'configs/subvp/cifar10_deep_lw_is.py')
-    assert config == scoreflow_table.get_config('subvpsde', 'cifar10', True, 'lw_is')
+def scoreflow_expected(folder, dataset, deep, weighting):
+    """Our field -> value for one leaf, from the score_flow transcription above."""
+    defaults, leaf = SF_FILES[folder, dataset, deep]
+    original = {**defaults, **leaf, **SF_WEIGHTINGS[weighting]}
+    assert original['eval.ckpt_id'] == original['eval.end_ckpt']
+    expected = dict(SF_CODE_DEFAULTS)
+    for field, value in original.items():
+        if field in SF_ABSENT:
+            continue
+        if field == 'data.dataset':
+            value = SF_DATASET_NAMES[value]
+        for ours in SF_RENAMED.get(field, (field,)):
+            expected[ours] = value
+    expected.update(SF_DELIBERATE.get((folder, dataset, weighting), {}))
+    return expected
+
+
+def config_field(config, field):
+    node = config
+    for name in field.split('.'):
+        node = node[name]
+    return tuple(node) if isinstance(node, (list, tuple)) else node
+
+
+def scoreflow_mismatches(config, folder, dataset, deep, weighting):
+    """{field: (ours, score_flow's)} for every transcribed field that differs."""
+    wrong = {}
+    for field, value in scoreflow_expected(folder, dataset, deep, weighting).items():
+        value = tuple(value) if isinstance(value, (list, tuple)) else value
+        try:
+            ours = config_field(config, field)
+        except (KeyError, AttributeError):
+            ours = '<missing>'
+        if ours != value or isinstance(ours, bool) != isinstance(value, bool):
+            wrong[field] = (ours, value)
+    return wrong
+
+
+def scoreflow_leaf_path(folder, dataset, deep, weighting):
+    return ROOT / 'configs' / folder / f'{dataset}_{"deep_" if deep else ""}{weighting}.py'
+
+
+@pytest.mark.parametrize('folder,dataset,deep,weighting', SCOREFLOW_LEAVES,
+                         ids=[scoreflow_leaf_path(*leaf).relative_to(ROOT / 'configs').as_posix()
+                              for leaf in SCOREFLOW_LEAVES])
+def test_scoreflow_leaf_matches_score_flow(folder, dataset, deep, weighting):
+    config = load_leaf(scoreflow_leaf_path(folder, dataset, deep, weighting))
+    wrong = scoreflow_mismatches(config, folder, dataset, deep, weighting)
+    assert not wrong, f'field: (ours, score_flow) {wrong}'
 
 
 # --- validation errors ----------------------------------------------------------------
