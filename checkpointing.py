@@ -29,6 +29,7 @@ from typing import Any, Iterator, List, Optional
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from errors import UserError
 
@@ -128,7 +129,6 @@ def _set_aside_partial_steps(directory: str) -> None:
 def _sync(name: str) -> None:
     """Barrier across processes (no-op on one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
 
 
@@ -279,20 +279,29 @@ def _corrupt(path: str, e: BaseException) -> UserError:
                      'checkpoint, or retrain.')
 
 
-def restore_checkpoint(workdir: str, number: int, template_state: Any) -> Any:
+def restore_checkpoint(workdir: str, number: int, template_state: Any,
+                       timeout_s: float = 0.0) -> Any:
     """Restores snapshot ``number`` of ``W/checkpoints`` in the structure (and shardings)
-    of ``template_state``; UserError if it is missing, incomplete, corrupt or incompatible.
+    of ``template_state``, waiting up to ``timeout_s`` seconds for it to be written (a
+    training still running); UserError if it is missing, incomplete, corrupt or
+    incompatible.
     """
     directory = snapshot_dir(workdir)
+    if timeout_s > 0 and not wait_for_checkpoint(workdir, number, 0.0):
+        logging.info('Waiting up to %.0f s for checkpoint %d in %s.', timeout_s, number,
+                     directory)
+        wait_for_checkpoint(workdir, number, timeout_s)
     complete, partial = _scan(directory)
     path = checkpoint_path(workdir, number)
     if int(number) not in complete:
         state = ('is an incomplete save' if str(int(number)) in partial
                  else 'does not exist')
+        waited = f' after waiting {timeout_s:g} s (eval.ckpt_timeout)' if timeout_s > 0 else ''
         raise UserError(
-            f'Checkpoint {path} {state}; available checkpoints in {directory}: '
-            f'{complete or "none"}. Train longer (--mode train) or set '
-            '--config.eval.begin_ckpt/end_ckpt to available numbers.')
+            f'Checkpoint {path} {state}{waited}; available checkpoints in {directory}: '
+            f'{complete or "none"}. Train longer (--mode train), set '
+            '--config.eval.begin_ckpt/end_ckpt to available numbers, or raise '
+            '--config.eval.ckpt_timeout to wait for a running training.')
     return _restore(directory, number, template_state,
                     'Evaluate with the config it was trained with (W/config.json).')
 

@@ -1,6 +1,6 @@
 """Sample-quality metrics: Fréchet distance (FID), kernel distance (KID), Inception score.
 
-Metrics (MATH.md), computed in float64 on features φ(x) of a fixed feature network:
+Metrics (docs/MATH.md, Sample-quality metrics), computed in float64 on features φ(x) of a fixed feature network:
 
 * FID  = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^½)   (Heusel et al., 2017), with (μ, Σ) the mean
   and covariance of the features of the samples and of the training split.
@@ -59,7 +59,10 @@ import optax
 from absl import logging
 from flax import traverse_util
 from scipy.special import logsumexp
+from sklearn.datasets import load_digits
 
+import datasets
+import file_io
 from errors import UserError
 
 INCEPTION_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -206,7 +209,7 @@ def stats_path(workdir: str, dataset: str, split: str, featurenet: str) -> str:
 
 def save_stats(path: str, stats: FeatureStats) -> None:
     """Writes ``stats`` to ``path`` (.npz, no pickle) atomically: tmp file, then rename."""
-    _save_npz(path, mu=stats.mu, sigma=stats.sigma, features=stats.features,
+    file_io.save_npz(path, mu=stats.mu, sigma=stats.sigma, features=stats.features,
               fingerprint=np.array(stats.fingerprint))
 
 
@@ -215,13 +218,6 @@ def load_stats(path: str) -> FeatureStats:
     with np.load(path, allow_pickle=False) as f:
         return FeatureStats(mu=f["mu"], sigma=f["sigma"], features=f["features"],
                             fingerprint=str(f["fingerprint"]))
-
-
-def _save_npz(path: str, **arrays: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{jax.process_index()}-{os.getpid()}.npz"  # hosts may share workdir
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 class _MomentAccumulator:
@@ -399,8 +395,6 @@ def digits_split() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """DIGITS (train_images, train_labels, test_images, test_labels), images [N,8,8,1] in
     [0, 1] (levels / 16), with the labels that :mod:`datasets` drops: the same fixed
     1600 / 197 split, ``datasets.DIGITS_SEED`` and ``datasets.DIGITS_NUM_TRAIN``."""
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-    import datasets  # pylint: disable=g-import-not-at-top
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]
     perm = np.random.default_rng(datasets.DIGITS_SEED).permutation(images.shape[0])
@@ -473,7 +467,7 @@ def get_digits_classifier(workdir: str, seed: int = 0) -> DigitsFeatureNet:
                 return DigitsFeatureNet(traverse_util.unflatten_dict(flat, sep="/"))
     images, labels, _, _ = digits_split()
     params = train_digits_classifier(images, labels, seed)
-    _save_npz(path, version=np.array(DIGITS_CLASSIFIER_VERSION),
+    file_io.save_npz(path, version=np.array(DIGITS_CLASSIFIER_VERSION),
               **traverse_util.flatten_dict(params, sep="/"))
     logging.info("Trained the digits classifier for FD/KID/IS; saved %s", path)
     return DigitsFeatureNet(params)
@@ -483,20 +477,17 @@ def get_digits_classifier(workdir: str, seed: int = 0) -> DigitsFeatureNet:
 def quantize(samples: np.ndarray, num_bins: int, dequantized: bool) -> np.ndarray:
     """Samples in [0, 1] → the data's levels x̄ ∈ {0, …, K−1} → x̄/(K−1) in [0, 1].
 
-    The inverse of the training map (datasets): x = x̄/(K−1) gives x̄ = round(x(K−1)); the
-    dequantized x = (x̄+u)/K gives x̄ = ⌊xK⌋. Metrics compare quantized samples with the
-    levels of the training split, as the original code compared uint8 images.
+    ``datasets.to_levels`` inverts the training map; metrics compare quantized samples
+    with the levels of the training split, as the original code compared uint8 images.
     """
-    x = np.asarray(samples, np.float32)
-    levels = np.floor(x * num_bins) if dequantized else np.round(x * (num_bins - 1))
-    return (np.clip(levels, 0, num_bins - 1) / np.float32(num_bins - 1)).astype(np.float32)
+    return datasets.to_unit_interval(datasets.to_levels(samples, num_bins, dequantized),
+                                     num_bins)
 
 
 def training_images(config: Any, split: str = "train",
                     batch_size: int = 1000) -> Iterator[np.ndarray]:
     """The whole ``split`` (every host's part: statistics must not depend on the host) in
     batches of images x̄/(K−1) in [0, 1], from :mod:`datasets`."""
-    import datasets  # pylint: disable=g-import-not-at-top (TFDS only when needed)
     levels = datasets.get_shard(config, split, process_index=0, process_count=1).data
     for start in range(0, levels.shape[0], batch_size):
         yield datasets.to_unit_interval(levels[start:start + batch_size],

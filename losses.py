@@ -34,28 +34,31 @@ losses ``[B]``; the batch loss is their mean.  With ``α = α(t)``, ``σ = σ(t)
   this equals the DSM loss minus the θ-free ½ λ E‖z/σ‖² = ½ λ D/σ², i.e. explicit score
   matching ½ λ E‖s − ∇log p_t‖² up to a constant (same reductions as DSM).
 
-Model-bound wrappers, the optimizer (``get_optimizer``), EMA with warm-up and the
-jit-friendly ``get_step_fn`` follow at the end.
+The objective's flags travel as one frozen :class:`LossOptions`; model-bound wrappers and
+the jit-friendly ``get_step_fn`` (on the ``train_state`` optimizer and EMA) follow.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 import sde_lib
 from errors import UserError
+from models import utils as mutils
 from sde_lib import batch_mul
+from train_state import TrainState, apply_gradients, current_learning_rate
+from train_state import get_optimizer  # noqa: F401  (public here too, as in the original)
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 CoreLossFn = Callable[[Array, ScoreFn, Array], Array]
 
-WEIGHTINGS = ('sigma2', 'likelihood', 'importance')
 OBJECTIVES = ('dsm', 'ssm')
 PROJECTIONS = ('rademacher', 'gaussian')
 
@@ -70,26 +73,6 @@ def _reduce(sq: Array, reduce_mean: bool) -> Array:
 def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f'{name}={value!r} is not supported; use one of {", ".join(choices)}.')
-
-
-def sample_time_and_weight(rng: Array, sde: sde_lib.SDE, batch_size: int,
-                           weighting: str = 'sigma2', eps: float = 1e-5,
-                           importance_normalizer: bool = False) -> Tuple[Array, Array]:
-    """Draws t [B] and the weight w(t) that multiplies ‖σ s + z‖² so that λ is applied.
-
-    'sigma2': t ~ U(ε, T), w = λ/σ² = 1.  'likelihood': t ~ U(ε, T), w = g²/σ².
-    'importance': t ~ p(t) = g²/(σ² Z), w = λ/(σ² p(t)) = Z, or 1 when
-    ``importance_normalizer`` is False (the paper's training drops the constant).
-    """
-    _check_choice('weighting', weighting, WEIGHTINGS)
-    if weighting == 'importance':
-        t = sde.sample_importance_weighted_time_for_likelihood(rng, (batch_size,), eps=eps)
-        z_norm = sde.likelihood_importance_cum_weight(jnp.asarray(sde.T), eps=eps)
-        return t, jnp.full_like(t, z_norm if importance_normalizer else 1.0)
-    t = jax.random.uniform(rng, (batch_size,), minval=eps, maxval=sde.T)
-    if weighting == 'likelihood':
-        return t, sde.diffusion(t) ** 2 / sde.std(t) ** 2
-    return t, jnp.ones_like(t)
 
 
 def _perturb(rng: Array, x: Array, mean_coeff: Array, std: Array) -> Tuple[Array, Array]:
@@ -113,13 +96,13 @@ def dsm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
     """Weighted denoising score matching, per example [B].
 
     Returns w(t) · reduce(‖σ s_θ(x_t, t) + z‖²) with t and w from
-    :func:`sample_time_and_weight`: for 'sigma2' and 'likelihood' an unbiased estimate of
+    :meth:`sde_lib.SDE.sample_time_and_weight`: for 'sigma2' and 'likelihood' an unbiased estimate of
     E_{t~U(ε,T)}[λ(t) reduce(‖s_θ + z/σ‖²)]; for 'importance' with the normaliser, of
     ∫_ε^T g² reduce(‖s_θ + z/σ‖²) dt = (T − ε) × the 'likelihood' value.
     """
     t_rng, z_rng = jax.random.split(rng)
-    t, w = sample_time_and_weight(t_rng, sde, x.shape[0], weighting, eps,
-                                  importance_normalizer)
+    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps,
+                                      importance_normalizer)
     mean_coeff = jnp.exp(sde.log_mean_coeff(t))
     return w * _denoising_loss(z_rng, score_fn, x, t, mean_coeff, sde.std(t), reduce_mean)
 
@@ -158,8 +141,8 @@ def ssm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
     in expectation this is :func:`dsm_loss` minus the θ-free w·reduce(‖z‖²).
     """
     t_rng, z_rng, v_rng = jax.random.split(rng, 3)
-    t, w = sample_time_and_weight(t_rng, sde, x.shape[0], weighting, eps,
-                                  importance_normalizer)
+    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps,
+                                      importance_normalizer)
     std = sde.std(t)
     x_t, _ = _perturb(z_rng, x, jnp.exp(sde.log_mean_coeff(t)), std)
     ssm = sliced_score_matching(v_rng, score_fn, x_t, t, n_projections, projection)
@@ -168,9 +151,13 @@ def ssm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
 
 
 # --- discrete objectives (SMLD / DDPM) -------------------------------------------
-def _discrete_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
-                   mean_coeffs: np.ndarray, stds: np.ndarray, reduce_mean: bool) -> Array:
-    """reduce(‖b_i s(a_i x + b_i z, t_i) + z‖²) with i ~ U{0..N−1}, t_i = T i/(N−1)."""
+def discrete_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
+                  reduce_mean: bool = True) -> Array:
+    """The discrete model's loss per example: reduce(‖b_i s(a_i x + b_i z, t_i) + z‖²) with
+    i ~ U{0..N−1}, t_i = T i/(N−1) and (a_i, b_i) = ``sde.discrete_kernel()`` — SMLD on
+    a VE SDE (a_i = 1, b_i = σ_i: σ_i² ‖s + z/σ_i‖²), DDPM on a VP SDE (a_i = √ᾱ_i,
+    b_i = √(1−ᾱ_i): ‖ε̂ − z‖² with ε̂ = −b_i s)."""
+    mean_coeffs, stds = sde.discrete_kernel()
     i_rng, z_rng = jax.random.split(rng)
     i = jax.random.randint(i_rng, (x.shape[0],), 0, sde.N)
     t = sde.T * i.astype(x.dtype) / (sde.N - 1)
@@ -179,69 +166,110 @@ def _discrete_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
     return _denoising_loss(z_rng, score_fn, x, t, a, b, reduce_mean)
 
 
-def _require_sde(sde: sde_lib.SDE, cls: type, objective: str, name: str) -> None:
-    """A :class:`UserError` naming the fix when a discrete objective gets another SDE."""
-    if not isinstance(sde, cls):
-        raise UserError(f'{objective} training needs a {cls.__name__}, got '
-                        f'{type(sde).__name__}; set config.training.sde={name} or '
-                        'config.training.continuous=True.')
+def _require_discrete(sde: sde_lib.SDE, objective: str) -> None:
+    """A :class:`UserError` naming the fix when ``sde`` is not the SDE of ``objective``."""
+    if sde.discrete_objective != objective:
+        name = sde_lib.discrete_sde_name(objective)
+        wanted = sde_lib.get_sde_class(name).__name__
+        raise UserError(f'{objective} training needs a {wanted}, got {type(sde).__name__}; '
+                        f'set config.training.sde={name} or config.training.continuous=True.')
 
 
 def smld_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.VESDE,
               reduce_mean: bool = False) -> Array:
     """SMLD/NCSN loss per example: σ_i² ‖s(x + σ_i z, t_i) + z/σ_i‖² = ‖σ_i s + z‖²."""
-    _require_sde(sde, sde_lib.VESDE, 'SMLD (discrete VE)', 'vesde')
-    ones = np.ones_like(sde.discrete_sigmas)
-    return _discrete_loss(rng, score_fn, x, sde, ones, sde.discrete_sigmas, reduce_mean)
+    _require_discrete(sde, 'SMLD')
+    return discrete_loss(rng, score_fn, x, sde, reduce_mean)
 
 
 def ddpm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.VPSDE,
               reduce_mean: bool = True) -> Array:
     """DDPM ε-prediction loss per example: ‖ε̂ − z‖² with ε̂ = −√(1−ᾱ_i) s(x̃, t_i)."""
-    _require_sde(sde, sde_lib.VPSDE, 'DDPM (discrete VP)', 'vpsde')
-    return _discrete_loss(rng, score_fn, x, sde, sde.sqrt_alphas_cumprod,
-                          sde.sqrt_1m_alphas_cumprod, reduce_mean)
+    _require_discrete(sde, 'DDPM')
+    return discrete_loss(rng, score_fn, x, sde, reduce_mean)
 
 
-# --- choosing the objective from training flags ------------------------------------
+# --- the training objective as one frozen options object ----------------------------
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+    """The training objective (the original code's flags of ``config.training``).
+
+    Attributes:
+      reduce_mean: mean of the squared residual over data dimensions, else half its sum.
+      continuous: t ~ [ε, T]; False: the discrete SMLD / DDPM objective of the SDE.
+      likelihood_weighting: λ = g² (ScoreFlow) instead of λ = σ².
+      importance_weighting: t ~ p(t) ∝ g²/σ² (needs ``likelihood_weighting``).
+      eps: the smallest time ε.
+      objective: 'dsm' (denoising) or 'ssm' (sliced score matching).
+      importance_normalizer: keep the constant Z of importance sampling.
+      n_projections, projection: SSM's probes per example and their distribution.
+    """
+
+    reduce_mean: bool = True
+    continuous: bool = True
+    likelihood_weighting: bool = False
+    importance_weighting: bool = False
+    eps: float = 1e-5
+    objective: str = 'dsm'
+    importance_normalizer: bool = False
+    n_projections: int = 1
+    projection: str = 'rademacher'
+
+    def __post_init__(self):
+        _check_choice('objective', self.objective, OBJECTIVES)
+        _check_choice('projection', self.projection, PROJECTIONS)
+        if self.importance_weighting and not self.likelihood_weighting:
+            raise UserError('config.training.importance_weighting=True needs '
+                            'config.training.likelihood_weighting=True (it importance-samples '
+                            'the likelihood weighting); set both, or neither.')
+        if not self.continuous and (self.likelihood_weighting or self.objective != 'dsm'):
+            raise UserError('Discrete (continuous=False) SMLD/DDPM training supports only the '
+                            'plain DSM loss; set config.training.likelihood_weighting=False, '
+                            'importance_weighting=False, or continuous=True.')
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> 'LossOptions':
+        """The objective of ``config.training``."""
+        t = config.training
+        return cls(reduce_mean=bool(t.reduce_mean), continuous=bool(t.continuous),
+                   likelihood_weighting=bool(t.likelihood_weighting),
+                   importance_weighting=bool(t.importance_weighting), eps=float(t.eps))
+
+    @property
+    def weighting(self) -> str:
+        """'sigma2', 'likelihood' or 'importance' (:data:`sde_lib.WEIGHTINGS`)."""
+        return get_weighting(self.likelihood_weighting, self.importance_weighting)
+
+
+def _options(options: Optional[LossOptions], fields: Dict[str, Any]) -> LossOptions:
+    """``options``, or one built from keyword ``fields`` (the original code's flags)."""
+    if options is not None and fields:
+        raise TypeError(f'pass LossOptions or its fields, not both ({sorted(fields)})')
+    return options if options is not None else LossOptions(**fields)
+
+
 def get_weighting(likelihood_weighting: bool, importance_weighting: bool) -> str:
     """Maps the config flags to a weighting name ('sigma2', 'likelihood', 'importance')."""
-    if importance_weighting and not likelihood_weighting:
-        raise UserError('config.training.importance_weighting=True needs '
-                        'config.training.likelihood_weighting=True (it importance-samples '
-                        'the likelihood weighting); set both, or neither.')
     if likelihood_weighting:
         return 'importance' if importance_weighting else 'likelihood'
     return 'sigma2'
 
 
-def get_core_loss_fn(sde: sde_lib.SDE, reduce_mean: bool = True, continuous: bool = True,
-                     likelihood_weighting: bool = False, importance_weighting: bool = False,
-                     eps: float = 1e-5, objective: str = 'dsm',
-                     importance_normalizer: bool = False, n_projections: int = 1,
-                     projection: str = 'rademacher') -> CoreLossFn:
-    """The per-example loss ``loss(rng, score_fn, x) -> [B]`` picked by the training flags.
+def get_core_loss_fn(sde: sde_lib.SDE, options: Optional[LossOptions] = None,
+                     **fields) -> CoreLossFn:
+    """The per-example loss ``loss(rng, score_fn, x) -> [B]`` of ``options`` (or of the
+    :class:`LossOptions` fields given as keywords).
 
-    ``continuous=False`` selects SMLD for a VE SDE and DDPM for a VP SDE (σ² weighting,
-    objective 'dsm' only).
+    ``continuous=False`` selects the SDE's discrete objective (SMLD for VE, DDPM for VP).
     """
-    _check_choice('objective', objective, OBJECTIVES)
-    if not continuous:
-        if likelihood_weighting or importance_weighting or objective != 'dsm':
-            raise UserError('Discrete (continuous=False) SMLD/DDPM training supports only '
-                            'the plain DSM loss; set config.training.likelihood_weighting='
-                            'False, importance_weighting=False, or continuous=True.')
-        if isinstance(sde, sde_lib.VESDE):
-            return lambda rng, score_fn, x: smld_loss(rng, score_fn, x, sde, reduce_mean)
-        if isinstance(sde, sde_lib.VPSDE):
-            return lambda rng, score_fn, x: ddpm_loss(rng, score_fn, x, sde, reduce_mean)
-        raise UserError(f'Discrete training is defined for VESDE (SMLD) and VPSDE (DDPM) '
-                        f'only, not {type(sde).__name__}; set config.training.continuous=True.')
-    weighting = get_weighting(likelihood_weighting, importance_weighting)
-    kwargs = dict(reduce_mean=reduce_mean, weighting=weighting, eps=eps,
-                  importance_normalizer=importance_normalizer)
-    if objective == 'ssm':
-        kwargs.update(n_projections=n_projections, projection=projection)
+    opts = _options(options, fields)
+    if not opts.continuous:
+        sde.discrete_kernel()  # a UserError now for an SDE without a discrete form
+        return lambda rng, score_fn, x: discrete_loss(rng, score_fn, x, sde, opts.reduce_mean)
+    kwargs = dict(reduce_mean=opts.reduce_mean, weighting=opts.weighting, eps=opts.eps,
+                  importance_normalizer=opts.importance_normalizer)
+    if opts.objective == 'ssm':
+        kwargs.update(n_projections=opts.n_projections, projection=opts.projection)
         return lambda rng, score_fn, x: ssm_loss(rng, score_fn, x, sde, **kwargs)
     return lambda rng, score_fn, x: dsm_loss(rng, score_fn, x, sde, **kwargs)
 
@@ -252,160 +280,75 @@ def _batch_data(batch: Any) -> Array:
     return batch['image'] if isinstance(batch, Mapping) else batch
 
 
-def get_sde_loss_fn(sde: sde_lib.SDE, model: Any, train: bool, reduce_mean: bool = True,
-                    continuous: bool = True, likelihood_weighting: bool = False,
-                    importance_weighting: bool = False, eps: float = 1e-5,
-                    objective: str = 'dsm', **core_kwargs) -> Callable[[Array, Any, Any], Array]:
+def get_sde_loss_fn(sde: sde_lib.SDE, model: Any, train: bool,
+                    options: Optional[LossOptions] = None,
+                    **fields) -> Callable[[Array, Any, Any], Array]:
     """``loss_fn(rng, params, batch) -> scalar``: the batch mean of the chosen loss.
 
-    ``batch`` is the data in model space ([B, ...], or a dict with 'image'); the score
-    function is ``models.utils.get_score_fn(sde, model, {'params': params}, train=train,
-    continuous=continuous, rng=dropout_rng)``.  ``core_kwargs`` go to
-    :func:`get_core_loss_fn` (``importance_normalizer``, ``n_projections``,
-    ``projection``).
+    The objective is ``options`` or the :class:`LossOptions` fields as keywords
+    (``reduce_mean``, ``continuous``, ``likelihood_weighting``, ``importance_weighting``,
+    ``eps``, … as the original ``get_sde_loss_fn``). ``batch`` is the data in model space
+    ([B, ...], or a dict with 'image'); the score function is ``models.utils.get_score_fn``
+    with dropout active when ``train``.
     """
-    core = get_core_loss_fn(sde, reduce_mean, continuous, likelihood_weighting,
-                            importance_weighting, eps, objective, **core_kwargs)
+    opts = _options(options, fields)
+    core = get_core_loss_fn(sde, opts)
 
     def loss_fn(rng: Array, params: Any, batch: Any) -> Array:
-        from models import utils as mutils  # local: core losses work without models/
-
         loss_rng, dropout_rng = jax.random.split(rng)
         score_fn = mutils.get_score_fn(sde, model, {'params': params}, train=train,
-                                       continuous=continuous,
+                                       continuous=opts.continuous,
                                        rng=dropout_rng if train else None)
         return jnp.mean(core(loss_rng, score_fn, _batch_data(batch)))
 
     return loss_fn
 
 
-# --- optimizer and EMA -----------------------------------------------------------
-OPTIMIZERS = ('Adam', 'AdamW')
-
-
-def get_optimizer(config) -> optax.GradientTransformation:
-    """The optax optimizer of ``config.optim``, as the original ``optimization_manager``.
-
-    * lr(n) = lr · min(n / warmup, 1) for update n = 0, 1, … (so the first update has
-      lr 0 when warmup > 0, as in the original); constant lr when warmup ≤ 0.
-    * grad_clip ≥ 0: global-norm clipping g ← g · c / max(‖g‖, c) before Adam; < 0: off.
-    * 'Adam' is flax.optim.Adam of the original code: β₂ = ``optim.beta2`` (0.999),
-      ε outside the square root, decoupled weight decay p ← p − lr·wd·p, which is
-      exactly optax.adamw; 'AdamW' is accepted as the same optimizer.
-    The current learning rate is readable with :func:`current_learning_rate`.
-    """
-    optim = config.optim
-    if optim.optimizer not in OPTIMIZERS:
-        raise UserError(f'config.optim.optimizer={optim.optimizer!r} is not supported; '
-                        f'use one of {", ".join(OPTIMIZERS)}.')
-    lr = float(optim.lr)
-    warmup = int(optim.warmup)
-    schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else optax.constant_schedule(lr)
-    adam = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=schedule, b1=float(optim.beta1), b2=float(getattr(optim, 'beta2', 0.999)),
-        eps=float(optim.eps), weight_decay=float(optim.weight_decay))
-    if float(optim.grad_clip) >= 0:
-        return optax.chain(optax.clip_by_global_norm(float(optim.grad_clip)), adam)
-    return adam
-
-
-def current_learning_rate(opt_state: Any) -> Array:
-    """The learning rate of the last update (of the next one before any update).
-
-    Read from the injected hyperparameters of :func:`get_optimizer`; NaN for an
-    optimizer built otherwise.
-    """
-    has_hparams = lambda n: hasattr(n, 'hyperparams')  # noqa: E731
-    for node in jax.tree.leaves(opt_state, is_leaf=has_hparams):
-        if has_hparams(node) and 'learning_rate' in node.hyperparams:
-            return jnp.asarray(node.hyperparams['learning_rate'], jnp.float32)
-    return jnp.asarray(jnp.nan, jnp.float32)
-
-
-def ema_update(ema_params: Any, params: Any, step: Array, rate: float) -> Any:
-    """θ_ema ← d θ_ema + (1 − d) θ with d = min(rate, (1 + n)/(10 + n)), n = ``step``.
-
-    ``step`` is the number of updates before this one (0 for the first).  The warm-up
-    of d (as TensorFlow's ExponentialMovingAverage with num_updates) matters on short
-    runs: a plain 0.999 EMA still weights the initial parameters by 0.999^2000 ≈ 13.5 %
-    after 2k steps (FACTS.md: KL 3+ nats on a 2-D mixture); the warm-up fixes that.
-    """
-    n = jnp.asarray(step, jnp.float32)
-    decay = jnp.minimum(rate, (1.0 + n) / (10.0 + n))
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
-
-
-# --- train state and step ---------------------------------------------------------
-@flax.struct.dataclass
-class TrainState:
-    """Everything a training step reads and writes (a pytree; checkpointable).
-
-    Attributes:
-      step: int32 scalar, the number of steps taken (skipped non-finite steps included).
-      params, ema_params: model parameters and their EMA.
-      opt_state: optax state.
-      rng: raw uint32 PRNG key data; step n uses ``fold_in(rng, n)``.
-    """
-
-    step: Array
-    params: Any
-    ema_params: Any
-    opt_state: Any
-    rng: Array
-
-
-def init_train_state(rng: Array, params: Any, optimizer: optax.GradientTransformation) -> TrainState:
-    """A fresh state at step 0 with EMA = params (typed keys are stored as raw key data)."""
-    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.key_data(rng)
-    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.array, params),
-                      opt_state=optimizer.init(params), rng=rng)
-
-
+# --- train and eval step ---------------------------------------------------------
 def _all_finite(*values: Array) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values]))
 
 
-def _keep_if(ok: Array, new: Any, old: Any) -> Any:
+def keep_if(ok: Array, new: Any, old: Any) -> Any:
+    """``new`` where the scalar ``ok`` is True, else ``old`` (leaf by leaf, jit-friendly)."""
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
+def guarded_update(state: TrainState, loss: Array, grads: Any,
+                   optimizer: optax.GradientTransformation, ema_rate: float
+                   ) -> Tuple[TrainState, Dict[str, Array]]:
+    """One optimizer and EMA update, skipped (step counter still advanced) when the loss or
+    the gradient is not finite; metrics {'loss', 'grad_norm' (before clipping), 'lr'}."""
+    grad_norm = optax.global_norm(grads)
+    new = apply_gradients(state, grads, optimizer, ema_rate)
+    ok = _all_finite(loss, grad_norm)
+    new_state = new.replace(params=keep_if(ok, new.params, state.params),
+                            ema_params=keep_if(ok, new.ema_params, state.ema_params),
+                            opt_state=keep_if(ok, new.opt_state, state.opt_state))
+    return new_state, {'loss': loss, 'grad_norm': grad_norm,
+                       'lr': current_learning_rate(new.opt_state)}
+
+
 def get_step_fn(sde: sde_lib.SDE, model: Any, optimizer: optax.GradientTransformation,
-                train: bool, reduce_mean: bool = False, continuous: bool = True,
-                likelihood_weighting: bool = False, importance_weighting: bool = False,
-                eps: float = 1e-5, ema_rate: float = 0.999, objective: str = 'dsm',
-                **core_kwargs) -> Callable[..., Tuple[TrainState, Dict[str, Array]]]:
+                train: bool, options: Optional[LossOptions] = None, ema_rate: float = 0.999,
+                **fields) -> Callable[..., Tuple[TrainState, Dict[str, Array]]]:
     """``step_fn(state, batch, rng=None) -> (new_state, metrics)``, one step on a global batch.
 
-    Train: one optimizer update of ``params`` and the EMA; metrics {'loss', 'grad_norm'
-    (before clipping), 'lr' (used by this update)}.  A non-finite loss or gradient leaves
-    params, opt_state and ema_params unchanged (the step counter still advances) and
-    reports the loss as is, so the caller can stop with a message.
+    Train: one optimizer update of ``params`` and the EMA (:func:`guarded_update`: a
+    non-finite loss or gradient leaves params, opt_state and ema_params unchanged and
+    reports the loss as is, so the caller can stop with a message).
     Eval: {'loss'} of the EMA parameters; the state is returned unchanged.
     Randomness is ``fold_in(state.rng, state.step)`` unless ``rng`` is given (eval loops
     should pass one per batch), so a step is a pure function of (state, batch).
     No collectives: jit it with batch shardings and XLA computes the global mean.
+    The objective is ``options`` or its fields as keywords (:func:`get_sde_loss_fn`).
     """
-    loss_fn = get_sde_loss_fn(sde, model, train, reduce_mean, continuous,
-                              likelihood_weighting, importance_weighting, eps, objective,
-                              **core_kwargs)
+    loss_fn = get_sde_loss_fn(sde, model, train, _options(options, fields))
 
     def train_step(state: TrainState, batch: Any, rng: Optional[Array] = None):
         rng = jax.random.fold_in(state.rng, state.step) if rng is None else rng
         loss, grads = jax.value_and_grad(loss_fn, argnums=1)(rng, state.params, batch)
-        grad_norm = optax.global_norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, state.step, ema_rate)
-        ok = _all_finite(loss, grad_norm)
-        new_state = state.replace(
-            step=state.step + 1, params=_keep_if(ok, params, state.params),
-            ema_params=_keep_if(ok, ema, state.ema_params),
-            opt_state=_keep_if(ok, opt_state, state.opt_state))
-        metrics = {'loss': loss, 'grad_norm': grad_norm,
-                   'lr': current_learning_rate(opt_state)}
-        return new_state, metrics
+        return guarded_update(state, loss, grads, optimizer, ema_rate)
 
     def eval_step(state: TrainState, batch: Any, rng: Optional[Array] = None):
         rng = jax.random.fold_in(state.rng, state.step) if rng is None else rng

@@ -20,9 +20,12 @@ import logging as py_logging
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import run_lib
+from configs.base import get_base_config
 from errors import UserError
 
 FLAGS = flags.FLAGS
@@ -53,8 +56,6 @@ class _NoOrbaxInfo(py_logging.Filter):
 
 def _bad_override(argv) -> str:
     """The first ``--config.a.b=...`` of ``argv`` that names no field of the schema."""
-    from configs.base import get_base_config
-
     schema = get_base_config()
     for arg in argv:
         if not arg.startswith('--config.'):
@@ -112,8 +113,6 @@ def _initialize_distributed() -> None:
     """``jax.distributed.initialize`` when asked to; a no-op on a single host."""
     if not (FLAGS.coordinator_address or FLAGS.multihost):
         return
-    import jax
-
     kwargs = {'initialization_timeout': FLAGS.distributed_timeout}
     if FLAGS.coordinator_address:
         if FLAGS.num_processes is None or FLAGS.process_id is None:
@@ -160,10 +159,6 @@ def run(argv) -> None:
     if len(argv) > 1:
         raise UserError(f'Unexpected arguments {argv[1:]}; flags look like --name=value.')
     _initialize_distributed()
-    import jax
-    import run_lib
-    from configs.validation import validate_config
-
     workdir, mode = FLAGS.workdir, FLAGS.mode
     if jax.process_index() == 0:
         _prepare_workdir(workdir)
@@ -172,16 +167,11 @@ def run(argv) -> None:
                  config_flags.get_config_filename(FLAGS['config']), workdir,
                  jax.device_count(), jax.process_count())
     config = _load_config()
-    validate_config(config, jax.device_count())
-    config = run_lib.resolve_config(config)
     if mode == 'train':
-        run_lib.save_config(config, os.path.join(workdir, 'config.json'))
         run_lib.train(config, workdir)
     elif mode == 'eval':
-        eval_dir = os.path.join(workdir, FLAGS.eval_folder)
         if jax.process_index() == 0:
-            _prepare_workdir(eval_dir)
-        run_lib.save_config(config, os.path.join(eval_dir, 'config.json'))
+            _prepare_workdir(os.path.join(workdir, FLAGS.eval_folder))
         run_lib.evaluate(config, workdir, FLAGS.eval_folder)
     else:
         run_lib.train_deq(config, workdir)

@@ -48,6 +48,7 @@ from sde_lib import batch_mul
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
+SAMPLING_METHODS = ('pc', 'ode')  # config.sampling.method
 _PREDICTORS: Dict[str, Type['Predictor']] = {}
 _CORRECTORS: Dict[str, Type['Corrector']] = {}
 
@@ -91,19 +92,6 @@ def _lookup(registry: Dict[str, type], name: str, field: str):
         raise UserError(f'{field}={name!r} is not known; use one of '
                         f'{", ".join(sorted(registry))}.')
     return registry[name]
-
-
-def _discrete_index(sde: sde_lib.SDE, t: Array) -> Array:
-    """The discrete index of t, as ``sde_lib`` discretizations and discrete model labels."""
-    return sde.timestep_index(t)
-
-
-def _corrector_alpha(sde: sde_lib.SDE, t: Array) -> Array:
-    """α of the corrector step size: 1 − β_i (DDPM schedule) for VP / sub-VP, else 1."""
-    if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-        betas = np.linspace(sde.beta_0 / sde.N, sde.beta_1 / sde.N, sde.N)
-        return jnp.asarray(1.0 - betas, jnp.float32)[_discrete_index(sde, t)]
-    return jnp.ones_like(t)
 
 
 def tweedie_denoise(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t: Array) -> Array:
@@ -190,35 +178,25 @@ class AncestralSamplingPredictor(Predictor):
     DDPM (VP): x_mean = (x + β_i s) / √(1 − β_i),  x = x_mean + √β_i z.
     SMLD (VE): x_mean = x + (σ_i² − σ_{i−1}²) s,
                x = x_mean + √(σ_{i−1}² (σ_i² − σ_{i−1}²) / σ_i²) z,  σ_{−1} = 0.
-    Defined for ``VESDE`` and ``VPSDE`` only: sub-VP has no discrete model, so it raises
-    :class:`UserError` at construction (use ``reverse_diffusion``) rather than silently
-    running another sampler.  Not a probability-flow sampler.
+    Defined for the SDEs of discrete models (``sde.ancestral_step``: VESDE, VPSDE); for
+    others (sub-VP has no discrete model) it raises :class:`UserError` at construction
+    (use ``reverse_diffusion``) rather than silently running another sampler.  Not a
+    probability-flow sampler.
     """
 
     @classmethod
     def check_supported(cls, sde, probability_flow):
-        if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
-            raise UserError(f"predictor='ancestral_sampling' is defined for VESDE and VPSDE "
-                            f"only, not {type(sde).__name__}; use 'reverse_diffusion' or "
-                            f"'euler_maruyama'.")
+        if sde.discrete_objective is None:
+            raise UserError(f"predictor='ancestral_sampling' is defined for the SDEs of the "
+                            f"discrete models (SMLD, DDPM) only, not {type(sde).__name__}; use "
+                            f"'reverse_diffusion' or 'euler_maruyama'.")
         if probability_flow:
             raise UserError("predictor='ancestral_sampling' has no probability-flow form; "
                             "set probability_flow=False or use 'reverse_diffusion'.")
 
     def update(self, rng, x, t):
-        i = _discrete_index(self.sde, t)
-        score = self.score_fn(x, t)
+        x_mean, std = self.sde.ancestral_step(x, t, self.score_fn(x, t))
         noise = jax.random.normal(rng, x.shape)
-        if isinstance(self.sde, sde_lib.VESDE):
-            sigmas = jnp.asarray(self.sde.discrete_sigmas, jnp.float32)
-            sigma = sigmas[i]
-            prev = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
-            x_mean = x + batch_mul(sigma ** 2 - prev ** 2, score)
-            std = jnp.sqrt(prev ** 2 * (sigma ** 2 - prev ** 2) / sigma ** 2)
-        else:
-            beta = jnp.asarray(self.sde.discrete_betas, jnp.float32)[i]
-            x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
-            std = jnp.sqrt(beta)
         return x_mean + batch_mul(std, noise), x_mean
 
 
@@ -250,7 +228,7 @@ class Corrector(abc.ABC):
         """ε per example ([B]) before the factor α."""
 
     def update(self, rng, x, t):
-        alpha = _corrector_alpha(self.sde, t)
+        alpha = self.sde.corrector_alpha(t)
 
         def body(k, carry):
             x, _ = carry
@@ -487,8 +465,8 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable[[A
         sampler = get_ode_sampler(sde, shape, cfg.get('rtol', 1e-5), cfg.get('atol', 1e-5),
                                   ode_method, eps, cfg.noise_removal)
     else:
-        raise UserError(f"config.sampling.method={cfg.method!r} is not known; use 'pc' "
-                        f"or 'ode'.")
+        raise UserError(f'config.sampling.method={cfg.method!r} is not known; use one of '
+                        f'{", ".join(SAMPLING_METHODS)}.')
 
     def sampling_fn(rng: Array, score_fn: ScoreFn):
         x, nfe = sampler(rng, score_fn)

@@ -3,9 +3,13 @@
 Every SDE here is linear in x, ``dx = f(t) x dt + g(t) dw``, with a Gaussian perturbation
 kernel ``p_0t(x_t | x_0) = N(α(t) x_0, σ(t)² I)``.  A subclass states four scalar functions
 of t — ``log_mean_coeff`` (log α), ``std`` (σ), ``drift_coeff`` (f = d log α / dt) and
-``diffusion`` (g) — plus its prior scale; everything else (drift, marginals, prior
-density, reverse SDE, probability-flow ODE, importance sampling of t for likelihood
-weighting) is implemented once on :class:`SDE`.
+``diffusion`` (g) — plus its prior scale and the behaviour that differs between SDE
+families: the corrector's α, how a network's output becomes a score, and, for the SDEs of
+the discrete models (SMLD, DDPM), their noise tables and ancestral step. Everything else
+(drift, marginals, prior density, discretization, reverse SDE, probability-flow ODE, the
+sampling of t with its weight for every training weighting) is implemented once on
+:class:`SDE`. A new SDE is one subclass here, registered with :func:`register_sde`; its
+name then works everywhere (config validation, training, sampling, likelihoods).
 
 | SDE    | f(t)    | g(t)²                        | α(t)         | σ(t)          |
 |--------|---------|------------------------------|--------------|---------------|
@@ -20,7 +24,7 @@ t = 1e-5).
 from __future__ import annotations
 
 import abc
-from typing import Callable, Tuple
+from typing import Callable, Dict, Optional, Tuple, Type
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +35,39 @@ from errors import UserError
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
+WEIGHTINGS = ('sigma2', 'likelihood', 'importance')
+_SDES: Dict[str, Type['SDE']] = {}
+
+
+def register_sde(name: str):
+    """Class decorator: makes an :class:`SDE` available as ``config.training.sde=name``."""
+    def register(cls):
+        if name in _SDES:
+            raise ValueError(f'An SDE named {name!r} is already registered.')
+        cls.name = name
+        _SDES[name] = cls
+        return cls
+    return register
+
+
+def sde_names() -> Tuple[str, ...]:
+    """The registered SDE names (the values of ``config.training.sde``)."""
+    return tuple(sorted(_SDES))
+
+
+def get_sde_class(name: str) -> Type['SDE']:
+    """The SDE class registered as ``name`` (case-insensitive); UserError if unknown."""
+    key = str(name).lower()
+    if key not in _SDES:
+        raise UserError(f'config.training.sde={name!r} is not a known SDE; use one of '
+                        f'{", ".join(sde_names())}.')
+    return _SDES[key]
+
+
+def discrete_sde_name(objective: str) -> str:
+    """The registered SDE whose discrete form is ``objective`` ('SMLD' or 'DDPM')."""
+    return next(n for n, c in sorted(_SDES.items()) if c.discrete_objective == objective)
+
 
 def batch_mul(a: Array, x: Array) -> Array:
     """Multiplies a per-example vector ``a`` of shape [B] into ``x`` of shape [B, ...]."""
@@ -40,17 +77,31 @@ def batch_mul(a: Array, x: Array) -> Array:
 class SDE(abc.ABC):
     """A linear SDE ``dx = f(t) x dt + g(t) dw`` on [0, T] with Gaussian kernels.
 
+    A subclass is one registered class (:func:`register_sde`) that states the four scalar
+    functions of t, the corrector's α, how a network's output becomes a score, and —
+    if the SDE is the limit of a discrete model (SMLD, DDPM) — that model's noise
+    tables and ancestral step. Everything else is shared here.
+
     Attributes:
       N: number of discretization steps (used by discrete samplers and losses).
       T: end time (1).
       prior_std: the prior is π = N(0, prior_std² I).
+      name: the registry name (``config.training.sde``).
+      discrete_objective: 'SMLD' or 'DDPM' for the SDE of a discrete model, else None.
     """
 
     T: float = 1.0
     prior_std: float = 1.0
+    name: str = ''
+    discrete_objective: Optional[str] = None
 
     def __init__(self, N: int):
         self.N = int(N)
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, model_config) -> 'SDE':
+        """The SDE with the scales of ``config.model`` (σ or β range, ``num_scales``)."""
 
     # --- the four scalar functions a subclass defines -------------------------------
     @abc.abstractmethod
@@ -69,6 +120,43 @@ class SDE(abc.ABC):
     def diffusion(self, t: Array) -> Array:
         """g(t)."""
 
+    # --- behaviour that differs between SDE families ---------------------------------
+    @abc.abstractmethod
+    def corrector_alpha(self, t: Array) -> Array:
+        """α of the Langevin corrector's step size ε = 2α (snr ‖z‖/‖s‖)² ([B])."""
+
+    @abc.abstractmethod
+    def continuous_network_inputs(self, t: Array) -> Tuple[Array, Array]:
+        """(labels, scale) of a continuous-time network: it is called with ``labels``
+        and the score is ``scale · output`` (docs/MATH.md, Score parametrisation)."""
+
+    def discrete_network_inputs(self, t: Array) -> Tuple[Array, Array]:
+        """(labels, scale) of the discrete model's network at grid time t."""
+        raise self._no_discrete_form()
+
+    def discrete_kernel(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(a_i, b_i), i = 0 … N−1: the discrete model perturbs x̃ = a_i x + b_i z."""
+        raise self._no_discrete_form()
+
+    def ancestral_step(self, x: Array, t: Array, score: Array) -> Tuple[Array, Array]:
+        """(x_mean, std) of one ancestral-sampling step of the discrete model at t."""
+        raise self._no_discrete_form()
+
+    def network_inputs(self, t: Array, continuous: bool = True) -> Tuple[Array, Array]:
+        """(labels, scale): a network trained on this SDE is called with ``labels`` and
+        the score is ``scale · output``; continuous or discrete (SMLD / DDPM) training."""
+        if continuous:
+            return self.continuous_network_inputs(t)
+        return self.discrete_network_inputs(t)
+
+    def _no_discrete_form(self) -> UserError:
+        known = ', '.join(f'{c.__name__} ({c.discrete_objective})'
+                          for _, c in sorted(_SDES.items()) if c.discrete_objective)
+        return UserError(f'{type(self).__name__} has no discrete form: discrete '
+                         f'(continuous=False) training and sampling are defined for {known} '
+                         'only; set config.training.continuous=True or choose one of those '
+                         'with config.training.sde.')
+
     # --- shared implementation ---------------------------------------------------
     def sde(self, x: Array, t: Array) -> Tuple[Array, Array]:
         """Drift f(x, t) = f(t) x and diffusion g(t) ([B]) of the forward SDE."""
@@ -77,10 +165,6 @@ class SDE(abc.ABC):
     def marginal_prob(self, x: Array, t: Array) -> Tuple[Array, Array]:
         """Mean α(t) x_0 and std σ(t) ([B]) of p_0t(x_t | x_0 = x)."""
         return batch_mul(jnp.exp(self.log_mean_coeff(t)), x), self.std(t)
-
-    def drift_divergence(self, t: Array, dim: int) -> Array:
-        """∇·f(x, t) = f(t)·D for a D-dimensional x (−½β(t)D for VP/sub-VP, 0 for VE)."""
-        return self.drift_coeff(t) * dim
 
     def prior_sampling(self, rng: Array, shape) -> Array:
         """A sample of the prior π = N(0, prior_std² I)."""
@@ -166,6 +250,36 @@ class SDE(abc.ABC):
         t = self.inverse_log_inverse_snr(c_eps + quantile * z)
         return jnp.clip(t, eps, self.T)
 
+    def sample_time_and_weight(self, rng: Array, shape, weighting: str = 'sigma2',
+                               eps: float = 1e-5, importance_normalizer: bool = False,
+                               dtype=jnp.float32) -> Tuple[Array, Array]:
+        """Times t on [ε, T] and weights w(t) for a time integral weighted by λ(t).
+
+        For any integrand h, ``E[w(t) h(t)] = c ∫_ε^T λ(t)/σ(t)² h(t) dt`` with
+
+        * ``'sigma2'`` (λ = σ², Score SDE): t ~ U(ε, T), w = 1, c = 1/(T − ε);
+        * ``'likelihood'`` (λ = g², ScoreFlow): t ~ U(ε, T), w = g²/σ², c = 1/(T − ε);
+        * ``'importance'`` (λ = g²): t ~ p(t) = g²/(σ² Z), w = Z and c = 1 with
+          ``importance_normalizer``, else w = 1 and c = 1/Z (the paper's training
+          drops the constant Z).
+
+        Denoising score matching takes h = ‖σ s_θ + z‖² (so λ ‖s_θ + z/σ‖²); the ScoreFlow
+        bound takes λ = g² with c = 1 (importance sampling with the normaliser) or c =
+        1/(T − ε) (uniform t).
+        """
+        if weighting not in WEIGHTINGS:
+            raise UserError(f'weighting={weighting!r} is not supported; use one of '
+                            f'{", ".join(WEIGHTINGS)}.')
+        if weighting == 'importance':
+            t = self.sample_importance_weighted_time_for_likelihood(rng, shape, eps=eps)
+            t = t.astype(dtype)
+            z_norm = self.likelihood_importance_cum_weight(jnp.asarray(self.T, dtype), eps)
+            return t, jnp.full_like(t, z_norm if importance_normalizer else 1.0)
+        t = jax.random.uniform(rng, shape, dtype, minval=eps, maxval=self.T)
+        if weighting == 'likelihood':
+            return t, self.diffusion(t) ** 2 / self.std(t) ** 2
+        return t, jnp.ones_like(t)
+
 
 class ReverseSDE:
     """Reverse-time SDE dx = [f − g² s_θ] dt + g dw̄, or, with ``probability_flow``,
@@ -194,12 +308,24 @@ class ReverseSDE:
 
 
 class _VPFamily(SDE):
-    """Shared β-schedule of VP and sub-VP: β(t) = β₀ + t(β₁−β₀), α = exp(−½B(t))."""
+    """Shared β-schedule of VP and sub-VP: β(t) = β₀ + t(β₁−β₀), α = exp(−½B(t)).
+
+    The DDPM schedule β_i = linspace(β₀/N, β₁/N, N) gives the corrector's α_i = 1 − β_i
+    (the original code meant this for sub-VP too but crashed: its sub-VP had no
+    ``alphas``). Continuous networks get labels 999·t and predict the noise: the score
+    is −output/σ(t).
+    """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
         super().__init__(N)
         self.beta_0 = float(beta_min)
         self.beta_1 = float(beta_max)
+        self.discrete_betas = np.linspace(beta_min / N, beta_max / N, N, dtype=np.float64)
+        self.alphas = 1.0 - self.discrete_betas
+
+    @classmethod
+    def from_config(cls, model_config) -> SDE:
+        return cls(model_config.beta_min, model_config.beta_max, model_config.num_scales)
 
     def beta(self, t: Array) -> Array:
         """β(t)."""
@@ -221,16 +347,26 @@ class _VPFamily(SDE):
 
     def time_of_integrated_beta(self, b: Array) -> Array:
         """Solves B(t) = b without cancellation: t = 2b / (β₀ + √(β₀² + 2(β₁−β₀) b))."""
-        return 2 * b / (self.beta_0 + jnp.sqrt(self.beta_0 ** 2 + 2 * (self.beta_1 - self.beta_0) * b))
+        root = jnp.sqrt(self.beta_0 ** 2 + 2 * (self.beta_1 - self.beta_0) * b)
+        return 2 * b / (self.beta_0 + root)
+
+    def corrector_alpha(self, t: Array) -> Array:
+        """α_i = 1 − β_i of the DDPM schedule at i = ``timestep_index(t)``."""
+        return jnp.asarray(self.alphas, jnp.float32)[self.timestep_index(t)]
+
+    def continuous_network_inputs(self, t: Array) -> Tuple[Array, Array]:
+        """Labels 999·t; score = −output/σ(t) (the network predicts the noise)."""
+        return t * 999.0, -1.0 / self.std(t)
 
 
+@register_sde('vpsde')
 class VPSDE(_VPFamily):
     """Variance-preserving SDE (continuous DDPM): dx = −½β(t) x dt + √β(t) dw."""
 
+    discrete_objective = 'DDPM'
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
         super().__init__(beta_min, beta_max, N)
-        self.discrete_betas = np.linspace(beta_min / N, beta_max / N, N, dtype=np.float64)
-        self.alphas = 1.0 - self.discrete_betas
         self.alphas_cumprod = np.cumprod(self.alphas)
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.sqrt_1m_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
@@ -256,8 +392,24 @@ class VPSDE(_VPFamily):
         # √(1−β) x − x, written without cancellation
         return batch_mul(-beta / (1.0 + jnp.sqrt(1.0 - beta)), x), jnp.sqrt(beta)
 
+    def discrete_network_inputs(self, t: Array) -> Tuple[Array, Array]:
+        """DDPM: labels round(t (N−1)/T); score = −output/√(1 − ᾱ_label)."""
+        labels = jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
+        return labels, -1.0 / jnp.asarray(self.sqrt_1m_alphas_cumprod, jnp.float32)[labels]
 
-class subVPSDE(_VPFamily):  # noqa: N801  (name from the paper code and API.md)
+    def discrete_kernel(self) -> Tuple[np.ndarray, np.ndarray]:
+        """DDPM: x̃ = √ᾱ_i x + √(1 − ᾱ_i) z."""
+        return self.sqrt_alphas_cumprod, self.sqrt_1m_alphas_cumprod
+
+    def ancestral_step(self, x: Array, t: Array, score: Array) -> Tuple[Array, Array]:
+        """DDPM: x_mean = (x + β_i s)/√(1 − β_i), std √β_i."""
+        beta = jnp.asarray(self.discrete_betas, jnp.float32)[self.timestep_index(t)]
+        x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
+        return x_mean, jnp.sqrt(beta)
+
+
+@register_sde('subvpsde')
+class subVPSDE(_VPFamily):  # noqa: N801  (the name of the paper code)
     """Sub-VP SDE: dx = −½β(t) x dt + √(β(t)(1 − e^{−2B(t)})) dw; σ(t) = 1 − α(t)²."""
 
     def std(self, t: Array) -> Array:
@@ -268,7 +420,9 @@ class subVPSDE(_VPFamily):  # noqa: N801  (name from the paper code and API.md)
 
 
 class _VEFamily(SDE):
-    """Shared part of the variance-exploding SDEs: no drift (α = 1), prior N(0, σ_max² I)."""
+    """Shared part of the variance-exploding SDEs: no drift (α = 1), prior N(0, σ_max² I),
+    corrector α = 1; continuous networks get σ(t) as label and output the score itself
+    (NCSN++ divides by σ inside when ``scale_by_sigma``)."""
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         super().__init__(N)
@@ -276,16 +430,30 @@ class _VEFamily(SDE):
         self.sigma_max = float(sigma_max)
         self.prior_std = self.sigma_max
 
+    @classmethod
+    def from_config(cls, model_config) -> SDE:
+        return cls(model_config.sigma_min, model_config.sigma_max, model_config.num_scales)
+
     def log_mean_coeff(self, t: Array) -> Array:
         return jnp.zeros_like(t)
 
     def drift_coeff(self, t: Array) -> Array:
         return jnp.zeros_like(t)
 
+    def corrector_alpha(self, t: Array) -> Array:
+        return jnp.ones_like(t)
 
+    def continuous_network_inputs(self, t: Array) -> Tuple[Array, Array]:
+        """Labels σ(t); score = output."""
+        return self.std(t), jnp.ones_like(t)
+
+
+@register_sde('vesde')
 class VESDE(_VEFamily):
     """Variance-exploding SDE (continuous SMLD): σ(t) = σ_min (σ_max/σ_min)^t,
     dx = σ(t) √(2 log(σ_max/σ_min)) dw; prior N(0, σ_max² I)."""
+
+    discrete_objective = 'SMLD'
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         super().__init__(sigma_min, sigma_max, N)
@@ -305,14 +473,34 @@ class VESDE(_VEFamily):
         """Closed form: log σ(t)² = 2 log σ_min + 2 t log(σ_max/σ_min) = c."""
         return (0.5 * c - np.log(self.sigma_min)) / self._log_ratio
 
-    def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
-        """SMLD: x_{i+1} = x_i + √(σ_{i+1}² − σ_i²) z_i with σ_{−1} = 0."""
+    def _sigma_and_previous(self, t: Array) -> Tuple[Array, Array]:
+        """σ_i and σ_{i−1} (σ_{−1} = 0) of the SMLD table at i = ``timestep_index(t)``."""
         i = self.timestep_index(t)
         sigmas = jnp.asarray(self.discrete_sigmas, jnp.float32)
-        prev = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
-        return jnp.zeros_like(x), jnp.sqrt(sigmas[i] ** 2 - prev ** 2)
+        return sigmas[i], jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
+
+    def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
+        """SMLD: x_{i+1} = x_i + √(σ_{i+1}² − σ_i²) z_i with σ_{−1} = 0."""
+        sigma, prev = self._sigma_and_previous(t)
+        return jnp.zeros_like(x), jnp.sqrt(sigma ** 2 - prev ** 2)
+
+    def discrete_network_inputs(self, t: Array) -> Tuple[Array, Array]:
+        """SMLD: labels round((T − t)(N−1)) index the descending σ table; score = output."""
+        labels = jnp.round((self.T - t) * (self.N - 1)).astype(jnp.int32)
+        return labels, jnp.ones_like(t)
+
+    def discrete_kernel(self) -> Tuple[np.ndarray, np.ndarray]:
+        """SMLD: x̃ = x + σ_i z."""
+        return np.ones_like(self.discrete_sigmas), self.discrete_sigmas
+
+    def ancestral_step(self, x: Array, t: Array, score: Array) -> Tuple[Array, Array]:
+        """SMLD: x_mean = x + (σ_i² − σ_{i−1}²) s, std √(σ_{i−1}² (σ_i² − σ_{i−1}²)/σ_i²)."""
+        sigma, prev = self._sigma_and_previous(t)
+        x_mean = x + batch_mul(sigma ** 2 - prev ** 2, score)
+        return x_mean, jnp.sqrt(prev ** 2 * (sigma ** 2 - prev ** 2) / sigma ** 2)
 
 
+@register_sde('vesde_linear')
 class LinearVESDE(_VEFamily):
     """VE SDE with a linear noise scale σ(t) = σ_min + t (σ_max − σ_min):
     dx = √(dσ²/dt) dw = √(2 σ(t)(σ_max − σ_min)) dw; prior N(0, σ_max² I)."""
@@ -328,20 +516,6 @@ class LinearVESDE(_VEFamily):
         return (jnp.exp(0.5 * c) - self.sigma_min) / (self.sigma_max - self.sigma_min)
 
 
-SDE_NAMES = ('vesde', 'vpsde', 'subvpsde', 'vesde_linear')
-
-
 def get_sde(config) -> SDE:
-    """Builds the SDE named by ``config.training.sde`` from ``config.model`` scales."""
-    name = config.training.sde.lower()
-    m = config.model
-    if name == 'vesde':
-        return VESDE(m.sigma_min, m.sigma_max, m.num_scales)
-    if name == 'vesde_linear':
-        return LinearVESDE(m.sigma_min, m.sigma_max, m.num_scales)
-    if name == 'vpsde':
-        return VPSDE(m.beta_min, m.beta_max, m.num_scales)
-    if name == 'subvpsde':
-        return subVPSDE(m.beta_min, m.beta_max, m.num_scales)
-    raise UserError(f"config.training.sde={config.training.sde!r} is not a known SDE; "
-                    f"use one of {', '.join(SDE_NAMES)}.")
+    """The SDE named by ``config.training.sde``, with the scales of ``config.model``."""
+    return get_sde_class(config.training.sde).from_config(config.model)

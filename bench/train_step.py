@@ -31,6 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 
 import losses  # noqa: E402
+import train_state  # noqa: E402
 import sde_lib  # noqa: E402
 from models import utils as mutils  # noqa: E402
 
@@ -52,7 +53,7 @@ def make_config(**model: Any) -> ml_collections.ConfigDict:
         conditional=True, dropout=0.1, init_scale=0.0, scale_by_sigma=False,
         beta_min=0.1, beta_max=20.0, num_scales=1000))
     cfg.model.update(model)
-    cfg.optim = ml_collections.ConfigDict(dict(optimizer='Adam', lr=2e-4, beta1=0.9,
+    cfg.optim = ml_collections.ConfigDict(dict(optimizer='Adam', lr=2e-4, beta1=0.9, beta2=0.999,
                                                eps=1e-8, weight_decay=0.0, warmup=5000,
                                                grad_clip=1.0))
     return cfg
@@ -86,8 +87,8 @@ def bench(which: str, iters: int, probe: Callable[[], float]) -> Dict[str, float
     model_kw, batch_size = SETUPS[which]
     config = make_config(**model_kw)
     model, variables = mutils.init_model(jax.random.PRNGKey(0), config)
-    optimizer = losses.get_optimizer(config)
-    state = losses.init_train_state(jax.random.PRNGKey(1), variables['params'], optimizer)
+    optimizer = train_state.get_optimizer(config)
+    state = train_state.init_train_state(jax.random.PRNGKey(1), variables['params'], optimizer)
     step_fn = losses.get_step_fn(sde_lib.VPSDE(), model, optimizer, train=True,
                                  reduce_mean=True, continuous=True,
                                  likelihood_weighting=True, ema_rate=0.9999)

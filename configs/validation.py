@@ -1,8 +1,9 @@
 """``validate_config``: reject a bad config before any work, with one message that names
-the field and the fix.
+the field and the fix; ``prepare_config``: validate, then fill in what is read from the data.
 
-Kept free of JAX, TensorFlow and ``models/`` imports (the known names are listed here) so
-that checking a config costs milliseconds.
+The lists of known names come from the registries of the modules that implement them
+(SDEs, models, datasets, predictors, correctors, ODE solvers, Hutchinson probes), so a name
+registered there is valid here, and only there.
 """
 from __future__ import annotations
 
@@ -10,38 +11,52 @@ import difflib
 import os
 from typing import Any, Iterable
 
+import jax
 import ml_collections
 
+import datasets
+import likelihood
+import ode_solver
+import sampling
+import sde_lib
 from configs.base import get_base_config
 from errors import UserError
+from models import utils as mutils
 
-SDES = ('vesde', 'vpsde', 'subvpsde')
-MODELS = ('ncsnpp', 'ddpm', 'ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256', 'mlp')
-# Datasets and the number of levels K of their discrete data (None: set by data.num_bins
-# for NPZ images; TOY is continuous).
-DATASET_NUM_BINS = {'CIFAR10': 256, 'SVHN': 256, 'IMAGENET32': 256, 'CELEBA': 256,
-                    'DIGITS': 17, 'NPZ': None, 'TOY': None}
-DATASETS = tuple(DATASET_NUM_BINS)
-SAMPLING_METHODS = ('pc', 'ode')
-PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral_sampling', 'none')
-CORRECTORS = ('langevin', 'ald', 'none')
-HUTCHINSON_TYPES = ('Rademacher', 'Gaussian', 'exact')  # 'exact': D tangents, small D
 BPD_DATASETS = ('train', 'test')
 
-_CHOICES = (
-    ('training.sde', SDES),
-    ('model.name', MODELS),
-    ('data.dataset', DATASETS),
-    ('sampling.method', SAMPLING_METHODS),
-    ('sampling.predictor', PREDICTORS),
-    ('sampling.corrector', CORRECTORS),
-    ('eval.hutchinson_type', HUTCHINSON_TYPES),
-    ('eval.bpd_dataset', BPD_DATASETS),
-)
+
+def choices() -> tuple:
+    """(field, allowed values) of every field with a fixed set of values."""
+    return (
+        ('training.sde', sde_lib.sde_names()),
+        ('model.name', mutils.registered_models()),
+        ('data.dataset', tuple(datasets.DATASET_NUM_BINS)),
+        ('sampling.method', sampling.SAMPLING_METHODS),
+        ('sampling.predictor', sampling.predictor_names()),
+        ('sampling.corrector', sampling.corrector_names()),
+        ('sampling.ode_method', ode_solver.solver_names()),
+        ('eval.hutchinson_type', likelihood.HUTCHINSON_TYPES),
+        ('eval.bpd_dataset', BPD_DATASETS),
+    )
+
+
 _POSITIVE = ('training.n_iters', 'training.batch_size', 'training.n_jitted_steps',
              'eval.batch_size', 'eval.num_repeats', 'optim.lr')
 _MULTIPLES_OF_JITTED_STEPS = ('training.log_freq', 'training.eval_freq',
                               'training.snapshot_freq', 'training.snapshot_freq_for_preemption')
+
+
+def prepare_config(config: ml_collections.ConfigDict, num_devices: int | None = None
+                   ) -> ml_collections.ConfigDict:
+    """The config every run works with: ``config`` validated (:func:`validate_config`) and
+    resolved — a copy with references resolved and ``data.dim = 0`` (vector data: "take
+    it from the data") replaced by the dimension of the NPZ / TOY vectors."""
+    validate_config(config, num_devices)
+    config = config.copy_and_resolve_references()
+    if datasets.is_continuous(config) and not config.data.dim:
+        config.data.dim = int(datasets.data_shape(config)[0])
+    return config
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -60,8 +75,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
       num_devices: devices over all hosts; default ``jax.device_count()``.
     """
     _check_schema(config, get_base_config())
-    for field, choices in _CHOICES:
-        _check_choice(config, field, choices)
+    for field, allowed in choices():
+        _check_choice(config, field, allowed)
     for field in _POSITIVE:
         if not _get(config, field) > 0:
             _fail(field, _get(config, field), 'must be positive')
@@ -127,9 +142,10 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
             if training[flag]:
                 _fail(f'training.{flag}', True, 'needs the continuous-time objective; '
                       'set --config.training.continuous=True')
-        if training.sde == 'subvpsde':
-            _fail('training.continuous', False, 'is not available for the sub-VP SDE, which '
-                  'has no discrete (DDPM / SMLD) counterpart; set it to True')
+        if sde_lib.get_sde_class(training.sde).discrete_objective is None:
+            _fail('training.continuous', False, f'is not available for training.sde='
+                  f'{training.sde!r}, which has no discrete (SMLD / DDPM) counterpart; set '
+                  'it to True')
     if training.importance_weighting and not training.likelihood_weighting:
         _fail('training.importance_weighting', True, 'samples t for the likelihood weighting '
               'g(t)²; also set --config.training.likelihood_weighting=True')
@@ -145,7 +161,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
             _fail('data.path', data.path, 'is not an existing file')
     if data.dataset == 'TOY' and data.dim < 1:
         _fail('data.dim', data.dim, 'must be at least 1 for the TOY vector data')
-    expected_bins = DATASET_NUM_BINS[data.dataset]
+    expected_bins = datasets.DATASET_NUM_BINS[data.dataset]
     if expected_bins is not None and data.num_bins != expected_bins:
         _fail('data.num_bins', data.num_bins,
               f'does not match {data.dataset}, which has {expected_bins} levels; '
@@ -156,7 +172,6 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
 
 def _check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
     if num_devices is None:
-        import jax  # deferred: validation without devices stays fast
         num_devices = jax.device_count()
     for field in ('training.batch_size', 'eval.batch_size'):
         if _get(config, field) % num_devices:

@@ -7,7 +7,7 @@ the registered ``flax.linen`` module.  Models are called as
 ``model.apply(variables, x, labels, train=bool, rngs={'dropout': key})``.
 
 ``get_score_fn`` maps a model to a score function ``s(x, t)`` with the paper's
-conventions (docs/DESIGN.md):
+conventions, stated by each SDE class (``sde_lib.SDE.network_inputs``):
 
 | SDE            | labels passed to the net      | score                         |
 |----------------|-------------------------------|-------------------------------|
@@ -304,40 +304,15 @@ def get_model_fn(model: nn.Module, variables: Dict[str, Any], train: bool = Fals
     return model_fn
 
 
-def _ve_kind(sde: Any) -> bool:
-    return isinstance(sde, (sde_lib.VESDE, sde_lib.LinearVESDE))
-
-
-def get_score_fn(sde: Any, model: nn.Module, variables: Dict[str, Any], train: bool = False,
-                 continuous: bool = True, rng: Optional[Array] = None) -> ScoreFn:
-    """The score ``s_θ(x, t)`` of a network trained with the paper's conventions
-    (module docstring).  sub-VP has no discrete form; linear VE only a continuous one."""
+def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables: Dict[str, Any],
+                 train: bool = False, continuous: bool = True,
+                 rng: Optional[Array] = None) -> ScoreFn:
+    """The score ``s_θ(x, t) = scale(t) · net(x, labels(t))`` of a network trained with the
+    paper's conventions, which the SDE states (``sde.network_inputs``; module docstring)."""
     model_fn = get_model_fn(model, variables, train=train, rng=rng)
-    if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-        if continuous:
-            def score_fn(x: Array, t: Array) -> Array:
-                std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-                return sde_lib.batch_mul(-1.0 / std, model_fn(x, t * 999.0))
-            return score_fn
-        if isinstance(sde, sde_lib.subVPSDE):
-            raise UserError('sub-VP SDE has no discrete (DDPM) form; set '
-                            'config.training.continuous=True or use training.sde=vpsde.')
-        table = jnp.asarray(sde.sqrt_1m_alphas_cumprod, jnp.float32)
 
-        def score_fn(x: Array, t: Array) -> Array:
-            labels = jnp.round(t * (sde.N - 1) / sde.T).astype(jnp.int32)
-            return sde_lib.batch_mul(-1.0 / table[labels], model_fn(x, labels))
-        return score_fn
-    if _ve_kind(sde):
-        if continuous:
-            return lambda x, t: model_fn(x, sde.marginal_prob(jnp.zeros_like(x), t)[1])
-        if not isinstance(sde, sde_lib.VESDE):
-            raise UserError('the linear VE SDE has no discrete form; set '
-                            'config.training.continuous=True or use training.sde=vesde.')
+    def score_fn(x: Array, t: Array) -> Array:
+        labels, scale = sde.network_inputs(t, continuous)
+        return sde_lib.batch_mul(scale, model_fn(x, labels))
 
-        def score_fn(x: Array, t: Array) -> Array:
-            labels = jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
-            return model_fn(x, labels)
-        return score_fn
-    raise UserError(f'{type(sde).__name__} is not supported by the score adapter; use '
-                    'training.sde = vesde, vpsde or subvpsde.')
+    return score_fn

@@ -40,7 +40,8 @@ def main() -> None:
     import numpy as np
 
     import train_utils  # puts the repository on sys.path
-    import run_lib
+    import trainer
+    from configs.validation import prepare_config
 
     if args.coordinator:
         jax.distributed.initialize(coordinator_address=args.coordinator,
@@ -48,9 +49,9 @@ def main() -> None:
                                    process_id=args.process_id,
                                    initialization_timeout=args.timeout)
     config = train_utils.load_config(args.kind, json.loads(args.overrides))
-    trainer = run_lib.Trainer(config, args.workdir)
-    state = trainer.run()
-    logged = [h for h in trainer.history if 'train/loss' in h]
+    loop = trainer.Trainer(prepare_config(config), args.workdir)
+    state = loop.run()
+    logged = [h for h in loop.history if 'train/loss' in h]
     params = {f'param/{k}': v for k, v in train_utils.flat_params(state.params).items()}
     np.savez(args.out, loss=np.array([h['train/loss'] for h in logged]),
              steps=np.array([h['step'] for h in logged]),

@@ -13,18 +13,18 @@ import optax
 import pytest
 
 import checkpointing
-import losses
+import train_state
 from errors import UserError
 
 
-def _state(seed: int = 0, width: int = 4) -> losses.TrainState:
+def _state(seed: int = 0, width: int = 4) -> train_state.TrainState:
     """A small but complete TrainState (Adam with clipping, like training uses)."""
     rng = jax.random.PRNGKey(seed)
     params = {'dense': {'kernel': jax.random.normal(rng, (3, width)),
                         'bias': jnp.arange(width, dtype=jnp.float32)}}
     optimizer = optax.chain(optax.clip_by_global_norm(1.0),
                             optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3))
-    state = losses.init_train_state(jax.random.PRNGKey(seed + 1), params, optimizer)
+    state = train_state.init_train_state(jax.random.PRNGKey(seed + 1), params, optimizer)
     # One real update so that the moments and counts are not trivial.
     grads = jax.tree.map(jnp.ones_like, params)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)

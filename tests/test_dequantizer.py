@@ -16,7 +16,10 @@ from scipy.stats import norm
 
 import dequantizer
 import mixture
-from test_eval_lib import _config, _evaluator, _metrics
+import sde_lib
+from datasets import DataSpec
+from errors import UserError
+from test_eval_runner import _config, _evaluator, _metrics
 
 
 def test_log_q_is_the_change_of_variables():
@@ -42,13 +45,42 @@ def test_log_q_is_the_change_of_variables():
     assert float(log_q[0]) == pytest.approx(expected, abs=1e-4)
 
 
-def test_tree_files_round_trip(tmp_path):
-    tree = {'a': jnp.arange(3.0), 'b': [jnp.ones((2, 2)), jnp.asarray(7, jnp.int32)]}
-    dequantizer.save_tree(str(tmp_path / 't.npz'), tree)
-    back = dequantizer.load_tree(str(tmp_path / 't.npz'), tree)
-    assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), tree, back))
-    with pytest.raises(dequantizer.UserError, match='train_deq'):
-        dequantizer.load_tree(str(tmp_path / 't.npz'), {'a': jnp.zeros(4)})
+def _tiny_deq_config(path, n_iters):
+    config = _config(path, batch_size=8, num_bins=4, centered=True)
+    config.data.image_size, config.data.num_channels = 2, 1
+    config.data.random_flip = False
+    t = config.training
+    t.batch_size, t.n_jitted_steps, t.log_freq, t.snapshot_freq_for_preemption = 8, 5, 5, 5
+    config.deq.n_iters = n_iters
+    config.optim.lr, config.optim.warmup = 3e-3, 0
+    return config
+
+
+def test_untrained_dequantizer_is_a_user_error_and_training_resumes_exactly(tmp_path):
+    """Evaluation without a trained flow names the fix; 5 + 5 steps (a restart from the
+    orbax checkpoint of step 5) give the parameters of 10 uninterrupted steps."""
+    path = tmp_path / 'img.npz'
+    levels = np.random.RandomState(0).randint(0, 4, size=(32, 2, 2, 1)).astype(np.uint8)
+    np.savez(path, train=levels, test=levels[:8])
+    with pytest.raises(UserError, match='--mode train_deq'):
+        dequantizer.load_dequantizer(_tiny_deq_config(path, 10), str(tmp_path / 'none'))
+    sde = sde_lib.VPSDE()
+    gm = mixture.GaussianMixture(np.ones(1), np.zeros((1, 4)), 0.1 * np.eye(4)[None])
+
+    def train(folder, n_iters):
+        config = _tiny_deq_config(path, n_iters)
+        return dequantizer.train_dequantizer(config, str(tmp_path / folder / 'deq'), sde,
+                                             DataSpec.from_config(config), gm.score_fn(sde))
+
+    assert train('straight', 10)['step'] == 10
+    assert train('resumed', 5)['step'] == 5
+    assert train('resumed', 10)['step'] == 10
+    straight, resumed = (dequantizer.load_dequantizer(_tiny_deq_config(path, 10),
+                                                      str(tmp_path / folder))
+                         for folder in ('straight', 'resumed'))
+    assert straight[2] == resumed[2]  # the digest of the EMA parameters
+    for a, b in zip(jax.tree.leaves(straight[1]), jax.tree.leaves(resumed[1])):
+        np.testing.assert_array_equal(a, b)
 
 
 def _exact_discrete_bpd(levels, num_bins, sde, std):

@@ -17,8 +17,11 @@ import sys
 import numpy as np
 import pytest
 
-import run_lib
 import train_utils
+import trainer
+from configs.validation import prepare_config
+from devices import get_mesh
+from train_state import create_train_state
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'distributed_worker.py')
 # Two steps per jitted call, a log line per call: a 10-point loss trajectory.
@@ -70,11 +73,11 @@ def _params(result: dict) -> dict:
 def test_four_devices_match_one_device(tmp_path):
     proc, out = _worker(tmp_path, 'four', devices=4)
     config = train_utils.load_config('npz', _overrides(tmp_path))
-    trainer = run_lib.Trainer(config, str(tmp_path / 'one'))
-    state = trainer.run()
+    loop = trainer.Trainer(prepare_config(config), str(tmp_path / 'one'))
+    state = loop.run()
     four = _finish(proc, out)
     assert int(four['device_count']) == 4
-    one_loss = np.array([h['train/loss'] for h in trainer.history if 'train/loss' in h])
+    one_loss = np.array([h['train/loss'] for h in loop.history if 'train/loss' in h])
     assert len(one_loss) == 10 and np.all(np.isfinite(one_loss))
     np.testing.assert_allclose(four['loss'], one_loss, rtol=2e-5, atol=1e-6)
     one = {f'param/{k}': v for k, v in train_utils.flat_params(state.params).items()}
@@ -100,7 +103,7 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
     assert np.all(np.isfinite(results[0]['loss']))
     # The run trained: parameters moved away from their initialisation.
     config = train_utils.load_config('npz', _overrides(tmp_path))
-    _, _, init = run_lib.create_train_state(config, run_lib.get_mesh())
+    _, _, init = create_train_state(prepare_config(config), get_mesh())
     moved = [np.max(np.abs(results[0][f'param/{k}'] - v))
              for k, v in train_utils.flat_params(init.params).items()]
     assert max(moved) > 1e-3

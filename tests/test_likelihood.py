@@ -8,7 +8,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -390,9 +389,3 @@ def test_bpd_by_hand():
     with pytest.raises(UserError, match='scale'):
         likelihood.bpd(nll, d, scale=0.0)
 
-
-def test_data_scale_from_config():
-    config = ml_collections.ConfigDict({'data': {'centered': True}})
-    assert likelihood.data_scale(config) == 2.0
-    config.data.centered = False
-    assert likelihood.data_scale(config) == 1.0

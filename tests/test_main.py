@@ -9,8 +9,10 @@ import os
 import pytest
 
 import checkpointing
-import run_lib
 import train_utils
+from configs.validation import prepare_config
+from devices import get_mesh
+from train_state import create_train_state
 
 
 def _fails_cleanly(args, *expected: str) -> str:
@@ -85,7 +87,7 @@ def test_missing_checkpoint_for_eval(tmp_path):
 
 def test_corrupt_and_incompatible_checkpoints(tmp_path):
     config = train_utils.load_config('toy')
-    _, _, state = run_lib.create_train_state(config, run_lib.get_mesh())
+    _, _, state = create_train_state(prepare_config(config), get_mesh())
     workdir = str(tmp_path / 'w')
     checkpointing.save_preemption(workdir, state.replace(step=state.step + 5))
 

@@ -24,9 +24,16 @@ import pytest
 from jax.sharding import PartitionSpec
 
 import checkpointing
+import datasets
+import losses
 import run_lib
+import sde_lib
 import train_utils
+import trainer
+from configs.validation import prepare_config
+from devices import get_mesh, to_global
 from errors import UserError
+from train_state import create_train_state
 
 
 def _npz_config(tmp_path, **overrides):
@@ -38,7 +45,7 @@ def _npz_config(tmp_path, **overrides):
 
 def _final_params(workdir: str, config) -> dict:
     """Parameters of the newest preemption checkpoint of ``workdir``."""
-    _, _, template = run_lib.create_train_state(config, run_lib.get_mesh())
+    _, _, template = create_train_state(prepare_config(config), get_mesh())
     state = checkpointing.restore_latest_preemption(workdir, template)
     return train_utils.flat_params({'params': state.params, 'ema': state.ema_params,
                                     'opt': state.opt_state, 'rng': state.rng,
@@ -76,12 +83,12 @@ def test_digits_command_line_train_then_eval(tmp_path):
 
 def test_npz_vectors_outputs_and_exact_resume(tmp_path):
     config = _npz_config(tmp_path, **{'training.snapshot_sampling': True})
-    trainer = run_lib.Trainer(config, str(tmp_path / 'straight'))
-    straight = trainer.run()
+    loop = trainer.Trainer(prepare_config(config), str(tmp_path / 'straight'))
+    straight = loop.run()
     assert int(straight.step) == 20
-    losses = [h['train/loss'] for h in trainer.history if 'train/loss' in h]
-    assert len(losses) == 4 and np.all(np.isfinite(losses))
-    assert [h['step'] for h in trainer.history if 'eval/loss' in h] == [10, 20]
+    logged = [h['train/loss'] for h in loop.history if 'train/loss' in h]
+    assert len(logged) == 4 and np.all(np.isfinite(logged))
+    assert [h['step'] for h in loop.history if 'eval/loss' in h] == [10, 20]
     assert checkpointing.list_checkpoints(str(tmp_path / 'straight')) == [1, 2]
     png = tmp_path / 'straight' / 'samples' / 'iter_20' / 'sample.png'
     assert png.stat().st_size > 100  # a scatter plot of the first two coordinates
@@ -95,28 +102,24 @@ def test_npz_vectors_outputs_and_exact_resume(tmp_path):
     train_utils.assert_trees_close(train_utils.flat_params(resumed),
                                    train_utils.flat_params(straight))
     # Training that is already complete returns at once.
-    again = run_lib.Trainer(config, resumed_dir)
+    again = trainer.Trainer(prepare_config(config), resumed_dir)
     assert int(again.run().step) == 20 and not again.history
 
 
 def test_scan_chunk_equals_per_step_dispatch(tmp_path):
     """The lax.scan chunk (GPU / TPU default) and the per-step loop (CPU) agree."""
-    import datasets
-    import losses
-    import sde_lib
-
-    config = run_lib.resolve_config(_npz_config(tmp_path))
-    mesh = run_lib.get_mesh()
-    model, optimizer, state = run_lib.create_train_state(config, mesh)
+    config = prepare_config(_npz_config(tmp_path))
+    mesh = get_mesh()
+    model, optimizer, state = create_train_state(config, mesh)
     step_fn = losses.get_step_fn(sde_lib.get_sde(config), model, optimizer, train=True,
                                  likelihood_weighting=True, importance_weighting=True)
     batch = next(datasets.get_train_iterator(config))
     results = []
     for use_scan in (True, False):
-        chunk = run_lib.get_train_chunk_fn(step_fn, lambda x: x, mesh, use_scan=use_scan)
+        chunk = trainer.get_train_chunk_fn(step_fn, lambda x: x, mesh, use_scan=use_scan)
         start = jax.tree.map(lambda a: a.copy(), state)  # the chunk donates its input
-        sums = jax.jit(run_lib._new_log_sums)()
-        global_batch = run_lib.to_global(batch, mesh, PartitionSpec(None, 'data'))
+        sums = jax.jit(trainer.new_log_sums)()
+        global_batch = to_global(batch, mesh, PartitionSpec(None, 'data'))
         new_state, sums = chunk(start, sums, global_batch)
         results.append((train_utils.flat_params(new_state), jax.device_get(sums)))
     (scan_state, scan_sums), (loop_state, loop_sums) = results
@@ -131,11 +134,11 @@ def test_cifar10_mock_data(tmp_path):
                                                  'training.eval_freq': 5,
                                                  'training.snapshot_freq': 5})
     with tfds.testing.mock_data(num_examples=32):
-        trainer = run_lib.Trainer(config, str(tmp_path))
-        state = trainer.run()
+        loop = trainer.Trainer(prepare_config(config), str(tmp_path))
+        state = loop.run()
     assert int(state.step) == 5
     assert checkpointing.list_checkpoints(str(tmp_path)) == [1]
-    assert all(np.isfinite(h.get('train/loss', h.get('eval/loss'))) for h in trainer.history)
+    assert all(np.isfinite(h.get('train/loss', h.get('eval/loss'))) for h in loop.history)
     assert state.params and jax.tree.leaves(state.params)[0].dtype == np.float32
 
 
@@ -201,8 +204,7 @@ def test_non_finite_loss_stops_and_names_last_good_checkpoint(tmp_path):
     np.savez(path, train=train, test=test)
     config = train_utils.load_config('npz', {'data.path': path, 'training.n_iters': 60})
     # The first step whose batch holds row 123 (the iterator is a pure function of step).
-    import datasets
-    resolved = run_lib.resolve_config(config)
+    resolved = prepare_config(config)
     shard = datasets.get_shard(resolved, 'train')
     bad = next(s for s in range(60)
                if np.isnan(datasets.train_batch(resolved, shard, s, 16)).any())

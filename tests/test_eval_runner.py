@@ -1,4 +1,4 @@
-"""Tests of the evaluation mode (eval_lib) against closed forms.
+"""Tests of the evaluation mode (eval_runner, eval_store) against closed forms.
 
 An ``ExactScoreEvaluator`` replaces the trained network by the exact score of a Gaussian
 (mixture) through ``mixture.py``, so the whole pipeline — eval iterator, dequantization,
@@ -16,15 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import eval_lib
+import eval_runner
+import eval_store
+import pictures
 import mixture
 import sde_lib
 from configs.base import get_base_config
+from errors import UserError
 
 EPS = 1e-5
 
 
-class ExactScoreEvaluator(eval_lib.Evaluator):
+class ExactScoreEvaluator(eval_runner.Evaluator):
     """The evaluation pipeline with the exact score of ``gm`` instead of a checkpoint."""
 
     gm: mixture.GaussianMixture = None
@@ -194,16 +197,16 @@ def test_changed_settings_are_refused(vector_data, tmp_path):
     config.eval.enable_bpd = False
     _evaluator(config, tmp_path, gm)
     config.eval.rtol = 1e-4
-    with pytest.raises(eval_lib.UserError, match='eval.rtol'):
+    with pytest.raises(UserError, match='eval.rtol'):
         _evaluator(config, tmp_path, gm)
 
 
 def test_image_grid_and_stats():
     images = np.random.RandomState(0).rand(10, 4, 5, 3)
-    grid = eval_lib.image_grid(images, ncol=4, pad=1)
+    grid = pictures.image_grid(images, ncol=4, pad=1)
     assert grid.shape == (3 * 5 + 1, 4 * 6 + 1, 3) and grid.dtype == np.uint8
     np.testing.assert_array_equal(grid[1:5, 1:6], np.round(images[0] * 255).astype(np.uint8))
-    mean, se = eval_lib.mean_and_stderr(np.array([1.0, 2.0, 3.0, 4.0]))
+    mean, se = eval_store.mean_and_stderr(np.array([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5 and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
 
 
@@ -214,7 +217,7 @@ import numpy as np
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import jax
 import mixture
-from test_eval_lib import _evaluator, _vector_config
+from test_eval_runner import _evaluator, _vector_config
 assert jax.local_device_count() == {devices}
 gm = mixture.random_mixture(3, 3, 2)
 config = _vector_config({path!r}, batch_size={batch_size})

@@ -1,0 +1,247 @@
+"""Resumable per-example results of evaluation: files, passes, aggregation, metrics.json.
+
+An evaluation phase is a pass (or ``num_repeats`` passes) over a data split in a fixed
+order. :func:`run_pass` computes one batch at a time and saves its per-example results as
+``<folder>/<tag>_b<batch>_h<host>.npz`` (:class:`ResultStore`); a restarted pass loads
+every batch whose file exists and computes only the rest, so a preempted evaluation ends
+with the same numbers as an uninterrupted one. Hosts exchange their results through
+summary files in the shared work directory (:meth:`ResultStore.gather`).
+
+``<eval_dir>/eval_meta.json`` (:func:`check_fingerprint`) records the settings that the
+per-batch files depend on: a restart with other settings is refused instead of mixing
+results. ``<eval_dir>/metrics.json`` (:func:`update_metrics`) holds one entry per
+checkpoint with the scalars of the CLI contract (README, Usage).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import jax
+import numpy as np
+from absl import logging
+
+from errors import UserError
+from file_io import load_npz, read_json, save_npz, write_json
+
+Batch = Tuple[np.ndarray, np.ndarray, np.ndarray]  # (x, mask [B] bool, index [B] int)
+Results = Dict[str, np.ndarray]
+
+META_FILE = 'eval_meta.json'
+METRICS_FILE = 'metrics.json'
+# Config fields that change the content of a per-batch file: a restart with any of
+# them changed must not mix old and new files (see ``check_fingerprint``).
+FINGERPRINT_FIELDS = ('seed', 'data', 'model', 'training.sde', 'training.continuous',
+                      'training.reduce_mean', 'training.likelihood_weighting',
+                      'training.importance_weighting', 'training.eps', 'sampling',
+                      'eval.batch_size', 'eval.bpd_dataset', 'eval.dsm', 'eval.offset',
+                      'eval.dequantizer', 'eval.rtol', 'eval.atol', 'eval.eps',
+                      'eval.hutchinson_type')
+
+
+# --------------------------------------------------------------------------- files
+class ResultStore:
+    """Per-batch results of one checkpoint: ``<folder>/<tag>_b<batch>_h<host>.npz``."""
+
+    def __init__(self, folder: str, host: int = 0):
+        self.folder = folder
+        self.host = host
+        os.makedirs(folder, exist_ok=True)
+
+    def path(self, tag: str, batch: int, host: Optional[int] = None) -> str:
+        host = self.host if host is None else host
+        return os.path.join(self.folder, f'{tag}_b{batch:05d}_h{host}.npz')
+
+    def summary_path(self, tag: str, host: int) -> str:
+        return os.path.join(self.folder, f'{tag}_h{host}.npz')
+
+    def load(self, tag: str, batch: int) -> Optional[Results]:
+        return load_npz(self.path(tag, batch))
+
+    def save(self, tag: str, batch: int, arrays: Results) -> None:
+        save_npz(self.path(tag, batch), **arrays)
+
+    def gather(self, tag: str, own: Results, num_hosts: int, timeout_s: float) -> Results:
+        """All hosts' results of ``tag``: each host writes its summary; all read them."""
+        save_npz(self.summary_path(tag, self.host), **own)
+        parts = []
+        for host in range(num_hosts):
+            path = self.summary_path(tag, host)
+            deadline = time.time() + timeout_s
+            while (part := load_npz(path)) is None:
+                if time.time() > deadline:
+                    raise UserError(f'Host {host} did not write {path} within {timeout_s:.0f}'
+                                    ' s; check that every host runs the evaluation.')
+                time.sleep(1.0)
+            parts.append(part)
+        return concat_results(parts)
+
+
+def concat_results(parts: List[Results]) -> Results:
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+# --------------------------------------------------------------------------- progress
+class Progress:
+    """A log line every ``every_s`` seconds: examples done, a running mean, the ETA."""
+
+    def __init__(self, what: str, total: int, key: Optional[str] = None,
+                 every_s: float = 30.0):
+        self.what, self.total, self.key, self.every_s = what, total, key, every_s
+        self.start = self.last = time.time()
+        self.done = self.computed = 0
+        self.sum = 0.0
+
+    def update(self, res: Results, computed: bool) -> None:
+        num = len(res['index'])
+        self.done += num
+        self.computed += num if computed else 0
+        if self.key in res:
+            self.sum += float(np.sum(res[self.key], dtype=np.float64))
+        now = time.time()
+        if now - self.last < self.every_s and self.done < self.total:
+            return
+        self.last = now
+        rate = self.computed / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        mean = f', {self.key} {self.sum / max(self.done, 1):.4f}' if self.key else ''
+        logging.info('%s: %d/%d examples (%.0f%%)%s, %.2f ex/s, ETA %.0f s', self.what,
+                     self.done, self.total, 100.0 * self.done / max(self.total, 1), mean,
+                     rate, eta)
+
+
+# --------------------------------------------------------------------------- passes
+BatchFn = Callable[[np.ndarray, np.ndarray], Mapping[str, jax.Array]]
+Hook = Callable[[str, int], None]
+
+
+def run_pass(batch_fn: BatchFn, batches: Iterable[Batch], store: ResultStore, tag: str,
+             progress: Optional[Progress] = None, hook: Optional[Hook] = None) -> Results:
+    """One pass over ``batches``, resuming from the per-batch files of ``store``.
+
+    ``batch_fn(x, index)`` gives per-example arrays; padded rows are dropped with the
+    mask and the example indices are stored beside the results. ``hook(tag, batch)``
+    runs after each newly computed batch was saved (tests use it to interrupt).
+    """
+    parts: List[Results] = []
+    for b, (x, mask, index) in enumerate(batches):
+        res = store.load(tag, b)
+        computed = res is None
+        if computed:
+            out = batch_fn(x, index)
+            mask = np.asarray(mask, bool)
+            res = {k: np.asarray(v)[mask] for k, v in out.items()}
+            res['index'] = np.asarray(index)[mask].astype(np.int64)
+            store.save(tag, b, res)
+            if hook is not None:
+                hook(tag, b)
+        parts.append(res)
+        if progress is not None:
+            progress.update(res, computed)
+    return concat_results(parts)
+
+
+# --------------------------------------------------------------------------- metrics
+def sorted_results(results: Results) -> Results:
+    """Results in (repeat, index) order, so sums do not depend on batching or hosts."""
+    keys = [results['index']]
+    if 'repeat' in results:
+        keys.append(results['repeat'])
+    order = np.lexsort(keys)
+    return {k: v[order] for k, v in results.items()}
+
+
+def mean_and_stderr(values: np.ndarray) -> Tuple[float, float]:
+    """Mean and standard error std/√n (ddof 1) in float64."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return float(np.mean(v)), float('nan')
+    return float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(len(v)))
+
+
+def likelihood_metrics(results: Results) -> Dict[str, float]:
+    """bpd, bpd_stderr, nll, nfe_mean, bound_bpd, bound_stderr, num_examples."""
+    results = sorted_results(results)
+    out: Dict[str, float] = {'num_examples': int(len(results['index']))}
+    if 'bpd' in results:
+        out['bpd'], out['bpd_stderr'] = mean_and_stderr(results['bpd'])
+        out['nll'] = float(np.mean(results['nll'].astype(np.float64)))
+        out['nfe_mean'] = float(np.mean(results['nfe'].astype(np.float64)))
+    if 'bound_bpd' in results:
+        out['bound_bpd'], out['bound_stderr'] = mean_and_stderr(results['bound_bpd'])
+    return out
+
+
+def check_complete(results: Results, num_examples: int, num_repeats: int, what: str) -> None:
+    """Every example evaluated exactly once per repeat, or a clear error."""
+    seen = len(results['index'])
+    unique = len(np.unique(results['index'] + num_examples * results.get('repeat', 0)))
+    if seen != num_examples * num_repeats or unique != seen:
+        raise RuntimeError(f'{what}: evaluated {seen} examples ({unique} distinct), expected '
+                           f'{num_examples} × {num_repeats}')
+
+
+# --------------------------------------------------------------------------- meta
+def config_fingerprint(config) -> Dict[str, Any]:
+    """The config fields that per-batch files depend on, as JSON-comparable values."""
+    flat: Dict[str, Any] = {}
+
+    def walk(prefix, value):
+        if hasattr(value, 'items'):
+            for k, v in value.items():
+                walk(f'{prefix}.{k}' if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk('', config)
+    keep = {k: v for k, v in flat.items()
+            if any(k == f or k.startswith(f + '.') for f in FINGERPRINT_FIELDS)}
+    return json.loads(json.dumps(keep, default=str))
+
+
+def check_fingerprint(eval_dir: str, config, write: bool = True,
+                      extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Loads (or, if ``write``, creates) the meta-checkpoint; a changed setting (of the
+    config, or in ``extra``) raises ``UserError``."""
+    path = os.path.join(eval_dir, META_FILE)
+    fingerprint = dict(config_fingerprint(config), **(extra or {}))
+    meta = read_json(path, None)
+    if meta is None:
+        meta = {'fingerprint': fingerprint, 'position': None}
+        if write:
+            write_json(path, meta)
+        return meta
+    old = meta.get('fingerprint', {})
+    changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if changed:
+        raise UserError(
+            f'{eval_dir} holds results made with other settings ({", ".join(changed[:5])}'
+            f'{" …" if len(changed) > 5 else ""} changed); use another --eval_folder, or '
+            'delete that folder to start over.')
+    return meta
+
+
+def json_scalar(value: Any) -> Any:
+    """JSON-safe scalar: NaN/inf become null (with a warning), numpy → Python."""
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value):
+        logging.warning('A metric is %s; written as null in %s.', value, METRICS_FILE)
+        return None
+    return value
+
+
+def update_metrics(eval_dir: str, ckpt: int, values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Merges ``values`` into the entry of ``ckpt`` of metrics.json (atomic rewrite)."""
+    path = os.path.join(eval_dir, METRICS_FILE)
+    metrics = read_json(path, {})
+    entry = metrics.setdefault(str(ckpt), {})
+    entry.update({k: json_scalar(v) for k, v in values.items()})
+    write_json(path, metrics)
+    return entry
