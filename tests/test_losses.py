@@ -214,11 +214,16 @@ def test_sliced_score_matching_equals_explicit_objective(projection, n_projectio
     assert se < 0.05 * float(jnp.mean(jnp.abs(explicit)))
 
 
-@pytest.mark.parametrize('reduce_mean', (False, True))
-def test_ssm_loss_is_dsm_loss_minus_constant(reduce_mean, key):
-    """E[dsm] − E[ssm] = E[w]·D/2 (half sum) or E[w] (mean); w = 1 for σ² weighting.
+@pytest.mark.parametrize('reduce_mean, weighting, normalizer', [
+    (False, 'sigma2', False), (True, 'sigma2', False), (True, 'importance', False),
+    (False, 'importance', True)])
+def test_ssm_loss_is_dsm_loss_minus_constant(reduce_mean, weighting, normalizer, key):
+    """E[dsm] − E[ssm] = E[w]·D/2 (half sum) or E[w] (mean); w = 1 for σ² weighting and
+    for importance sampling without the normaliser, w = Z with it (Z_VP(1e-5) = 23.8645).
 
-    D = 4: two independent copies of the 2-D Gaussian model side by side.
+    D = 4: two independent copies of the 2-D Gaussian model side by side.  Catches an SSM
+    loss whose time weighting differs from the DSM loss's (e.g. SSM ignoring the
+    importance weight, or not multiplying by σ²).
     """
     sde = vp()
     n = 100_000
@@ -226,14 +231,15 @@ def test_ssm_loss_is_dsm_loss_minus_constant(reduce_mean, key):
     x = jnp.concatenate([gaussian_data(keys[0], n), gaussian_data(keys[1], n)], axis=1)
     half = linear_score_fn(THETA_OFF, sde)
     score_fn = lambda y, t: jnp.concatenate([half(y[:, :2], t), half(y[:, 2:], t)], 1)  # noqa
-    dsm = jax.jit(losses.dsm_loss, static_argnums=(1, 3, 4))(keys[2], score_fn, x, sde,
-                                                             reduce_mean)
-    ssm = jax.jit(losses.ssm_loss, static_argnums=(1, 3, 4))(keys[3], score_fn, x, sde,
-                                                             reduce_mean)
+    options = dict(reduce_mean=reduce_mean, weighting=weighting, eps=EPS,
+                   importance_normalizer=normalizer)
+    dsm = jax.jit(lambda k, y: losses.dsm_loss(k, score_fn, y, sde, **options))(keys[2], x)
+    ssm = jax.jit(lambda k, y: losses.ssm_loss(k, score_fn, y, sde, **options))(keys[3], x)
     (d, d_se), (s, s_se) = mean_and_se(dsm), mean_and_se(ssm)
-    constant = 1.0 if reduce_mean else 4 / 2.0
+    weight = 23.8645 if normalizer else 1.0
+    constant = weight * (1.0 if reduce_mean else 4 / 2.0)
     assert abs((d - s) - constant) < 4.5 * np.hypot(d_se, s_se), (d, s)
-    assert np.hypot(d_se, s_se) < 0.1
+    assert np.hypot(d_se, s_se) < 0.1 * weight
 
 
 def test_ssm_rejects_bad_options(key):
@@ -446,10 +452,22 @@ def test_ssm_importance_step_on_images(key, monkeypatch):
     _, _, _, state, step = _tiny_setup(init_key, (2, 2, 1), likelihood_weighting=True,
                                        importance_weighting=True, objective='ssm')
     assert state.rng.dtype == jnp.uint32 and state.step.dtype == jnp.int32
-    state, _ = jax.jit(step)(state, {'image': _data(data_key, 32, (2, 2, 1))})
-    new_state, metrics = jax.jit(step)(state, {'image': _data(data_key, 32, (2, 2, 1))})
-    assert np.isfinite(metrics['loss']) and int(new_state.step) == 2
+    batch = _data(data_key, 32, (2, 2, 1))
+    state, _ = jax.jit(step)(state, {'image': batch})
+    new_state, metrics = jax.jit(step)(state, {'image': batch})
+    assert int(new_state.step) == 2
     assert not _tree_equal(new_state.ema_params, state.ema_params)
+    # The reported loss is the importance-weighted SSM loss of the batch, computed here
+    # directly (a step that dropped objective='ssm' or the importance weighting differs).
+    loss_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    score_fn = _stand_in_get_score_fn(vp(), TinyNet(), {'params': state.params}, train=True,
+                                      rng=dropout_rng)
+    want = jnp.mean(losses.ssm_loss(loss_rng, score_fn, batch, vp(), reduce_mean=True,
+                                    weighting='importance'))
+    np.testing.assert_allclose(metrics['loss'], want, rtol=1e-5)
+    dsm = jnp.mean(losses.dsm_loss(loss_rng, score_fn, batch, vp(), reduce_mean=True,
+                                   weighting='importance'))
+    assert abs(float(metrics['loss']) - float(dsm)) > 1e-3
 
 
 def test_loss_with_real_model_adapter(key, monkeypatch):
