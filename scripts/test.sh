@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The test suite, exactly as CI runs it:
 #   bash scripts/test.sh [pytest arguments]
-# Uses .venv (made by scripts/quickstart.sh, or made here from requirements.txt).
+# Uses .venv (made by scripts/quickstart.sh, or made here) with requirements-dev.txt (the
+# program's requirements, pytest with xdist and timeout, ruff) installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 export JAX_PLATFORMS=cpu
 exec .venv/bin/python -m pytest -q -n 2 --durations=15 tests "$@"
