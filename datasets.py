@@ -222,7 +222,7 @@ class DataSpec:
     train_dequantized: bool = False
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> 'DataSpec':
+    def from_config(cls, config: ml_collections.ConfigDict) -> DataSpec:
         return cls(shape=data_shape(config), num_bins=num_bins(config),
                    scaler=get_data_scaler(config),
                    train_dequantized=bool(config.data.uniform_dequantization))

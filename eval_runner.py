@@ -5,9 +5,10 @@
 one not yet written) with their EMA parameters and writes, under ``W/<eval_folder>/``:
 
 * ``metrics.json`` — one entry per checkpoint number (a string) with the scalars of
-  the CLI contract (README, Usage): ``loss``, ``bpd``, ``bpd_stderr``, ``nll``, ``nfe_mean``, ``bound_bpd``,
-  ``bound_stderr``, ``num_examples``, ``fid``, ``is``, ``kid``, ``num_samples`` (only what
-  was computed). Written atomically (tmp file + ``os.replace``) after every phase.
+  the CLI contract (README, Usage): ``loss``, ``bpd``, ``bpd_stderr``, ``nll``,
+  ``nfe_mean``, ``bound_bpd``, ``bound_stderr``, ``num_examples``, ``fid``, ``is``,
+  ``kid``, ``num_samples`` (only what was computed). Written atomically (tmp file +
+  ``os.replace``) after every phase.
 * ``ckpt_<n>/*.npz`` — per-batch, per-example results (no pickle) and the samples;
   ``ckpt_<n>/samples.png`` — a grid of the first samples.
 * ``eval_meta.json`` — the evaluation meta-checkpoint: the settings the per-batch files
@@ -18,8 +19,8 @@ one not yet written) with their EMA parameters and writes, under ``W/<eval_folde
 
 Sample quality (FID / IS / KID, or FD_digits on DIGITS) is computed by ``evaluation``.
 
-Bits/dim (docs/MATH.md, Bits per dimension). The eval iterator yields discrete data x̄ ∈ {0,…,K−1}^D (or
-continuous vectors) with a mask and the global example index. Each example is
+Bits/dim (docs/MATH.md, Bits per dimension). The eval iterator yields discrete data
+x̄ ∈ {0,…,K−1}^D (or continuous vectors) with a mask and the global example index. Each example is
 dequantized, x = (x̄ + u)/K with u ~ U[0,1)^D (``eval.dequantizer``: u ~ q(u|x̄) of the
 trained variational dequantizer, whose log q(u|x̄) is added), mapped to the model's space
 y = a·x + b by the data scaler, and
@@ -61,9 +62,22 @@ import sde_lib
 from datasets import DataSpec
 from devices import local_mesh, shard_rows
 from errors import UserError
-from eval_store import (META_FILE, METRICS_FILE, Batch, Hook, Progress, Results, ResultStore,
-                        check_complete, check_fingerprint, concat_results, likelihood_metrics,
-                        run_pass, sorted_results, update_metrics)
+from eval_store import (
+    META_FILE,
+    METRICS_FILE,
+    Batch,
+    Hook,
+    Progress,
+    Results,
+    ResultStore,
+    check_complete,
+    check_fingerprint,
+    concat_results,
+    likelihood_metrics,
+    run_pass,
+    sorted_results,
+    update_metrics,
+)
 from file_io import read_json, write_json
 from models import utils as mutils
 from train_state import create_train_state
@@ -118,7 +132,7 @@ class LikelihoodOptions:
     bound_num_times: int = BOUND_NUM_TIMES
 
     @classmethod
-    def from_config(cls, config) -> 'LikelihoodOptions':
+    def from_config(cls, config) -> LikelihoodOptions:
         e = config.eval
         return cls(ode=bool(e.enable_bpd), bound=bool(e.bound), dsm=bool(e.dsm),
                    offset=bool(e.offset), hutchinson_type=str(e.hutchinson_type),

@@ -1,6 +1,7 @@
 """Sample-quality metrics: Fréchet distance (FID), kernel distance (KID), Inception score.
 
-Metrics (docs/MATH.md, Sample-quality metrics), computed in float64 on features φ(x) of a fixed feature network:
+Metrics (docs/MATH.md, Sample-quality metrics), computed in float64 on features φ(x) of
+a fixed feature network:
 
 * FID  = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^½)   (Heusel et al., 2017), with (μ, Σ) the mean
   and covariance of the features of the samples and of the training split.
@@ -255,7 +256,7 @@ class _MomentAccumulator:
                             features=self.rows, fingerprint=fingerprint)
 
 
-def compute_dataset_stats(net: "FeatureNet", images: ImageSource,
+def compute_dataset_stats(net: FeatureNet, images: ImageSource,
                           num_kid_features: int = 5000, seed: int = 0) -> FeatureStats:
     """Runs ``net`` over ``images`` (an array [N, H, W, C] in [0, 1], or an iterable of such
     batches, e.g. the training split) and returns μ, Σ and ``num_kid_features`` random

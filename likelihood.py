@@ -85,9 +85,10 @@ def get_value_div_fn(hutchinson_type: str = 'Rademacher', ad_mode: str = 'auto'
 
     ``ad_mode``: 'forward' (jvp), 'reverse' (vjp) or 'auto': forward, unless ``fn`` holds
     ``jax.custom_vjp`` layers, which forward mode cannot differentiate (decided once, at
-    the first call, from fn's jaxpr).  Forward mode is the fast one inside the ODE solver's loop: on XLA:CPU,
-    reverse-mode convolutions in a while-loop body get a non-canonical kernel layout and
-    run 4–7× slower than outside a loop (measured), while jvp convolutions do not.
+    the first call, from fn's jaxpr).  Forward mode is the fast one inside the ODE
+    solver's loop: on XLA:CPU, reverse-mode convolutions in a while-loop body get a
+    non-canonical kernel layout and run 4–7× slower than outside a loop (measured), while
+    jvp convolutions do not.
     """
     kind = _canonical_hutchinson_type(hutchinson_type)
     if ad_mode not in AD_MODES:

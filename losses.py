@@ -52,8 +52,12 @@ import sde_lib
 from errors import UserError
 from models import utils as mutils
 from sde_lib import batch_mul
-from train_state import TrainState, apply_gradients, current_learning_rate
-from train_state import get_optimizer  # noqa: F401  (public here too, as in the original)
+from train_state import (
+    TrainState,
+    apply_gradients,
+    current_learning_rate,
+    get_optimizer,  # noqa: F401  (public here too, as in the original)
+)
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -96,8 +100,8 @@ def dsm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
     """Weighted denoising score matching, per example [B].
 
     Returns w(t) · reduce(‖σ s_θ(x_t, t) + z‖²) with t and w from
-    :meth:`sde_lib.SDE.sample_time_and_weight`: for 'sigma2' and 'likelihood' an unbiased estimate of
-    E_{t~U(ε,T)}[λ(t) reduce(‖s_θ + z/σ‖²)]; for 'importance' with the normaliser, of
+    :meth:`sde_lib.SDE.sample_time_and_weight`: for 'sigma2' and 'likelihood' an unbiased
+    estimate of E_{t~U(ε,T)}[λ(t) reduce(‖s_θ + z/σ‖²)]; for 'importance' with the normaliser, of
     ∫_ε^T g² reduce(‖s_θ + z/σ‖²) dt = (T − ε) × the 'likelihood' value.
     """
     t_rng, z_rng = jax.random.split(rng)
@@ -228,7 +232,7 @@ class LossOptions:
                             'importance_weighting=False, or continuous=True.')
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> 'LossOptions':
+    def from_config(cls, config: ml_collections.ConfigDict) -> LossOptions:
         """The objective of ``config.training``."""
         t = config.training
         return cls(reduce_mean=bool(t.reduce_mean), continuous=bool(t.continuous),

@@ -49,8 +49,8 @@ Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
 SAMPLING_METHODS = ('pc', 'ode')  # config.sampling.method
-_PREDICTORS: Dict[str, Type['Predictor']] = {}
-_CORRECTORS: Dict[str, Type['Corrector']] = {}
+_PREDICTORS: Dict[str, Type[Predictor]] = {}
+_CORRECTORS: Dict[str, Type[Corrector]] = {}
 
 
 def register_predictor(name: str):
@@ -77,12 +77,12 @@ def corrector_names() -> Tuple[str, ...]:
     return tuple(sorted(_CORRECTORS))
 
 
-def get_predictor(name: str) -> Type['Predictor']:
+def get_predictor(name: str) -> Type[Predictor]:
     """The predictor class registered as ``name`` (:class:`UserError` if unknown)."""
     return _lookup(_PREDICTORS, name, 'predictor')
 
 
-def get_corrector(name: str) -> Type['Corrector']:
+def get_corrector(name: str) -> Type[Corrector]:
     """The corrector class registered as ``name`` (:class:`UserError` if unknown)."""
     return _lookup(_CORRECTORS, name, 'corrector')
 
@@ -135,9 +135,10 @@ class Predictor(abc.ABC):
         self.score_fn = score_fn
         self.rsde = sde.reverse(score_fn, probability_flow)
 
-    @classmethod
+    @classmethod  # noqa: B027  (a hook: supported unless a predictor overrides it)
     def check_supported(cls, sde: sde_lib.SDE, probability_flow: bool) -> None:
-        """Raises :class:`UserError` if this predictor cannot run with ``sde``."""
+        """Raises :class:`UserError` if this predictor cannot run with ``sde`` (every SDE
+        and both modes are supported unless a predictor overrides this)."""
 
     @abc.abstractmethod
     def update(self, rng: Array, x: Array, t: Array) -> Tuple[Array, Array]:

@@ -36,7 +36,7 @@ Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
 WEIGHTINGS = ('sigma2', 'likelihood', 'importance')
-_SDES: Dict[str, Type['SDE']] = {}
+_SDES: Dict[str, Type[SDE]] = {}
 
 
 def register_sde(name: str):
@@ -55,7 +55,7 @@ def sde_names() -> Tuple[str, ...]:
     return tuple(sorted(_SDES))
 
 
-def get_sde_class(name: str) -> Type['SDE']:
+def get_sde_class(name: str) -> Type[SDE]:
     """The SDE class registered as ``name`` (case-insensitive); UserError if unknown."""
     key = str(name).lower()
     if key not in _SDES:
@@ -100,7 +100,7 @@ class SDE(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, model_config) -> 'SDE':
+    def from_config(cls, model_config) -> SDE:
         """The SDE with the scales of ``config.model`` (σ or β range, ``num_scales``)."""
 
     # --- the four scalar functions a subclass defines -------------------------------
@@ -196,7 +196,7 @@ class SDE(abc.ABC):
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * np.sqrt(dt)
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (or the probability-flow ODE) driven by ``score_fn``."""
         return ReverseSDE(self, score_fn, probability_flow)
 

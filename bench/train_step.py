@@ -31,8 +31,8 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 
 import losses  # noqa: E402
-import train_state  # noqa: E402
 import sde_lib  # noqa: E402
+import train_state  # noqa: E402
 from models import utils as mutils  # noqa: E402
 
 SETUPS = {

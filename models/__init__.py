@@ -7,5 +7,13 @@ Importing the package registers every model: ``ncsnpp`` (NCSN++ / DDPM++), ``ddp
 function.
 """
 from models import ddpm, mlp, ncsnpp, ncsnv2, utils  # noqa: F401  (registers models)
-from models.utils import (ModelConfig, create_model, get_model_fn, get_score_fn,  # noqa: F401
-                          get_sigmas, init_model, param_count, register_model)
+from models.utils import (  # noqa: F401
+                          ModelConfig,
+                          create_model,
+                          get_model_fn,
+                          get_score_fn,
+                          get_sigmas,
+                          init_model,
+                          param_count,
+                          register_model,
+)

@@ -157,7 +157,7 @@ class ModelConfig:
             _fail('fir_kernel', self.fir_kernel, 'needs ≥ 2 taps with a non-zero sum')
 
     @classmethod
-    def from_config(cls, config: Any) -> 'ModelConfig':
+    def from_config(cls, config: Any) -> ModelConfig:
         """Reads the fields from a full ml_collections config (absent fields: defaults).
 
         Fields of ``config.model`` that no model reads are ignored.
@@ -248,7 +248,7 @@ INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
 @functools.lru_cache(maxsize=16)
-def _init_fn(cfg: 'ModelConfig') -> Tuple[nn.Module, Callable[[Array], Dict[str, Any]]]:
+def _init_fn(cfg: ModelConfig) -> Tuple[nn.Module, Callable[[Array], Dict[str, Any]]]:
     """The model and its jitted ``init(key) -> variables`` (cached per config)."""
     model = create_model(cfg)
     shape = input_shape(cfg)

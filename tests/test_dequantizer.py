@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.stats import norm
+from test_eval_runner import _config, _evaluator, _metrics
 
 import dequantizer
 import mixture
 import sde_lib
 from datasets import DataSpec
 from errors import UserError
-from test_eval_runner import _config, _evaluator, _metrics
 
 
 def test_log_q_is_the_change_of_variables():

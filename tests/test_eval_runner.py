@@ -18,8 +18,8 @@ import pytest
 
 import eval_runner
 import eval_store
-import pictures
 import mixture
+import pictures
 import sde_lib
 import train_utils
 from configs.base import get_base_config
@@ -178,7 +178,7 @@ def test_bpd_offset_and_scale(tmp_path, num_bins, centered):
                                      abs=1e-6)
 
 
-class _Interrupt(Exception):
+class _InterruptError(Exception):
     pass
 
 
@@ -190,9 +190,9 @@ def test_resume_after_interruption_gives_same_metrics(vector_data, vector_eval, 
     def interrupt_after_7(tag, batch):
         calls.append((tag, batch))
         if len(calls) == 7:  # 5 loss batches, then 2 of the first bits/dim pass
-            raise _Interrupt
+            raise _InterruptError
 
-    with pytest.raises(_Interrupt):
+    with pytest.raises(_InterruptError):
         _evaluator(config, tmp_path, gm, hook=interrupt_after_7).run()
     meta = json.load(open(tmp_path / 'eval' / 'eval_meta.json', encoding='utf-8'))
     assert meta['position'] == {'ckpt': 1, 'phase': 'bpd_r0', 'batches_done': 2}

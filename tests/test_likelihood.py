@@ -45,7 +45,7 @@ def _mean_and_se(d):
     return d.mean(), d.std(ddof=1) / np.sqrt(d.size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _exact_trace_run(sde_name, shape_name):
     """(mix, x, nll, z, nfe) of the exact-trace ODE likelihood, cached across tests."""
     sde = SDES[sde_name]
@@ -155,7 +155,7 @@ def test_ode_nll_matches_the_exact_density(sde_name, shape_name):
     assert (nfe >= 7).all() and (nfe % 6 == 1).all()  # dopri5: 6 per step + 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hutchinson_nll_fn(kind, method='dopri5'):
     sde = SDES['vp']
     mix, x, _, _, _ = _exact_trace_run('vp', 'image4x4')
@@ -164,7 +164,7 @@ def _hutchinson_nll_fn(kind, method='dopri5'):
     return nll_fn, x, likelihood.per_example_keys(jax.random.PRNGKey(7), x.shape[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hutchinson_run(kind, method='dopri5'):
     """(nll, z, nfe) with Hutchinson probes on the cached VP 4×4×1 batch."""
     nll_fn, x, keys = _hutchinson_nll_fn(kind, method)
@@ -290,7 +290,7 @@ def _bound_setup(**kwargs):
     return _bound_setup_cached(tuple(sorted({**_BOUND_DEFAULTS, **kwargs}.items())))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bound_setup_cached(items):
     cfg = dict(items)
     sde = SDES[cfg['sde_name']]

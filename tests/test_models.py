@@ -3,6 +3,7 @@ counts of the paper configs, FIR resampling against NumPy, blocks start as their
 shortcut, dropout, determinism, config validation and the score adapter conventions."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import flax.linen as nn
@@ -137,7 +138,8 @@ def test_param_counts_of_paper_configs(model_kw, expected):
     # the same, also with model.normalization='VarianceNorm'
     ('ncsnv2_256', 256, dict(nf=128, normalization='VarianceNorm', nonlinearity='elu'),
      94_118_531),
-], ids=['ncsnpp_256', 'ncsnpp_1024', 'ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256', 'ncsnv2_256_variancenorm'])
+], ids=['ncsnpp_256', 'ncsnpp_1024', 'ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256',
+        'ncsnv2_256_variancenorm'])
 def test_param_counts_of_other_paper_configs(name, size, model_kw, expected):
     """The higher-resolution NCSN++ and NCSNv2 networks, at their configs' image sizes."""
     cfg = make_config(name, image_size=size, **model_kw)
@@ -464,7 +466,7 @@ def test_model_config_is_typed_and_frozen():
                                                     progressive='Output_Skip'))
     assert cfg.ch_mult == (1, 2) and cfg.fir_kernel == (1.0, 3.0, 3.0, 1.0)
     assert cfg.progressive == 'output_skip' and cfg.image_size == 8
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.nf = 3
     assert hash(cfg) == hash(utils.ModelConfig.from_config(cfg))
 

@@ -34,7 +34,8 @@ def test_vmap_gives_each_example_its_own_steps():
     assert nfes[1] > nfes[0]
     # the same example solved alone gives the same result and NFE as in the batch
     y_alone, nfe_alone = jax.jit(solve_one)(jnp.float32(0.5))
-    np.testing.assert_allclose(np.asarray(y_alone), np.asarray(ys[0]), rtol=1e-6)  # same steps; XLA may round differently
+    # same steps; XLA may round differently
+    np.testing.assert_allclose(np.asarray(y_alone), np.asarray(ys[0]), rtol=1e-6)
     assert int(nfe_alone) == int(nfes[0])
 
 

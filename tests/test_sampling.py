@@ -19,10 +19,10 @@ per component) + a bias allowance of 0.02 for the discretization (measured |f_k 
 of 0.057-0.064 at n = 2000), even after an affine map restores the mean and covariance
 (``test_component_mass_check_rejects_swapped_weights``).
 """
-import ml_collections
-import numpy as np
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import pytest
 
 import mixture
