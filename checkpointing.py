@@ -16,6 +16,7 @@ folder, is an interrupted save; it is skipped with a warning (writers move it as
 Problems the user must act on (missing, corrupt or incompatible checkpoints) raise
 :class:`errors.UserError` naming the path and what to do.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,6 +59,7 @@ def checkpoint_path(workdir: str, number: int) -> str:
 
 # --- listing ------------------------------------------------------------------------
 
+
 def _scan(directory: str) -> tuple[List[int], List[str]]:
     """Complete step numbers (sorted) and the names of interrupted saves in ``directory``."""
     if not os.path.isdir(directory):
@@ -79,8 +81,10 @@ def _complete_steps(directory: str) -> List[int]:
     """Complete step numbers in ``directory``, warning once per call about partial ones."""
     complete, partial = _scan(directory)
     for name in partial:
-        logging.warning('Skipping incomplete checkpoint %s (an interrupted save).',
-                        os.path.join(directory, name))
+        logging.warning(
+            'Skipping incomplete checkpoint %s (an interrupted save).',
+            os.path.join(directory, name),
+        )
     return complete
 
 
@@ -94,8 +98,7 @@ def list_preemption_checkpoints(workdir: str) -> List[int]:
     return _complete_steps(preemption_dir(workdir))
 
 
-def wait_for_checkpoint(workdir: str, number: int, timeout_s: float,
-                        poll_s: float = 5.0) -> bool:
+def wait_for_checkpoint(workdir: str, number: int, timeout_s: float, poll_s: float = 5.0) -> bool:
     """Waits up to ``timeout_s`` seconds for snapshot ``number`` to be complete."""
     deadline = time.monotonic() + max(float(timeout_s), 0.0)
     while True:
@@ -107,6 +110,7 @@ def wait_for_checkpoint(workdir: str, number: int, timeout_s: float,
 
 
 # --- managers -------------------------------------------------------------------------
+
 
 def _set_aside_partial_steps(directory: str) -> None:
     """Renames step folders without a commit marker so orbax neither lists nor reuses them.
@@ -133,17 +137,20 @@ def _sync(name: str) -> None:
 
 
 @contextlib.contextmanager
-def _manager(directory: str, keep: Optional[int], write: bool
-             ) -> Iterator[ocp.CheckpointManager]:
+def _manager(directory: str, keep: Optional[int], write: bool) -> Iterator[ocp.CheckpointManager]:
     """A synchronous orbax manager over ``directory``; writers first tidy partial saves."""
     if write:
         _set_aside_partial_steps(directory)
         _sync(f'checkpointing:tidy:{directory}')
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=write, cleanup_tmp_directories=write,
-        enable_async_checkpointing=False)
-    mngr = ocp.CheckpointManager(directory, options=options,
-                                 item_handlers=ocp.StandardCheckpointHandler())
+        max_to_keep=keep,
+        create=write,
+        cleanup_tmp_directories=write,
+        enable_async_checkpointing=False,
+    )
+    mngr = ocp.CheckpointManager(
+        directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
     try:
         yield mngr
     finally:
@@ -155,11 +162,15 @@ def _writable(directory: str) -> None:
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
-        raise UserError(f'Cannot create checkpoint folder {directory} ({e.strerror}); '
-                        'choose a writable --workdir.') from e
+        raise UserError(
+            f'Cannot create checkpoint folder {directory} ({e.strerror}); '
+            'choose a writable --workdir.'
+        ) from e
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise UserError(f'Checkpoint folder {directory} is not writable; '
-                        'fix its permissions or choose another --workdir.')
+        raise UserError(
+            f'Checkpoint folder {directory} is not writable; '
+            'fix its permissions or choose another --workdir.'
+        )
 
 
 def _save(directory: str, number: int, state: Any, keep: Optional[int]) -> str:
@@ -192,6 +203,7 @@ def save_preemption(workdir: str, state: Any, keep: int = PREEMPTION_KEEP) -> st
 
 # --- restoring --------------------------------------------------------------------------
 
+
 def _restore(directory: str, number: int, template: Any, hint: str) -> Any:
     """Restores step ``number`` of ``directory`` into the structure of ``template``.
 
@@ -207,8 +219,10 @@ def _restore(directory: str, number: int, template: Any, hint: str) -> Any:
             raise _corrupt(path, e) from e
         difference = _tree_difference(stored, template)
         if difference:
-            raise UserError(f'Checkpoint {path} does not match the model and optimizer of '
-                            f'this config ({difference}). {hint}')
+            raise UserError(
+                f'Checkpoint {path} does not match the model and optimizer of '
+                f'this config ({difference}). {hint}'
+            )
         try:
             return mngr.restore(int(number), args=ocp.args.StandardRestore(template))
         except Exception as e:
@@ -220,8 +234,7 @@ def _tree_difference(stored: Any, template: Any) -> str:
     if stored is None:
         return 'no readable metadata'
     have = ocp.tree.to_flat_dict(stored, sep='.')
-    want = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(template, keep_empty_nodes=True),
-                                 sep='.')
+    want = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(template, keep_empty_nodes=True), sep='.')
 
     def order(names):  # parameters first: the most telling difference
         return sorted(names, key=lambda n: (not n.startswith('params.'), n))
@@ -258,8 +271,10 @@ def _silence_abandoned_reads() -> None:
         return
 
     def hook(unraisable) -> None:
-        if not (isinstance(unraisable.exc_value, RuntimeError)
-                and 'Event loop is closed' in str(unraisable.exc_value)):
+        if not (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and 'Event loop is closed' in str(unraisable.exc_value)
+        ):
             previous(unraisable)
 
     hook.scoreflow_filter = True
@@ -274,13 +289,16 @@ def _first_line(e: BaseException) -> str:
 
 
 def _corrupt(path: str, e: BaseException) -> UserError:
-    return UserError(f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: '
-                     f'{_first_line(e)}); delete that folder to fall back to an earlier '
-                     'checkpoint, or retrain.')
+    return UserError(
+        f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: '
+        f'{_first_line(e)}); delete that folder to fall back to an earlier '
+        'checkpoint, or retrain.'
+    )
 
 
-def restore_checkpoint(workdir: str, number: int, template_state: Any,
-                       timeout_s: float = 0.0) -> Any:
+def restore_checkpoint(
+    workdir: str, number: int, template_state: Any, timeout_s: float = 0.0
+) -> Any:
     """Restores snapshot ``number`` of ``W/checkpoints`` in the structure (and shardings)
     of ``template_state``, waiting up to ``timeout_s`` seconds for it to be written (a
     training still running); UserError if it is missing, incomplete, corrupt or
@@ -288,22 +306,25 @@ def restore_checkpoint(workdir: str, number: int, template_state: Any,
     """
     directory = snapshot_dir(workdir)
     if timeout_s > 0 and not wait_for_checkpoint(workdir, number, 0.0):
-        logging.info('Waiting up to %.0f s for checkpoint %d in %s.', timeout_s, number,
-                     directory)
+        logging.info('Waiting up to %.0f s for checkpoint %d in %s.', timeout_s, number, directory)
         wait_for_checkpoint(workdir, number, timeout_s)
     complete, partial = _scan(directory)
     path = checkpoint_path(workdir, number)
     if int(number) not in complete:
-        state = ('is an incomplete save' if str(int(number)) in partial
-                 else 'does not exist')
+        state = 'is an incomplete save' if str(int(number)) in partial else 'does not exist'
         waited = f' after waiting {timeout_s:g} s (eval.ckpt_timeout)' if timeout_s > 0 else ''
         raise UserError(
             f'Checkpoint {path} {state}{waited}; available checkpoints in {directory}: '
             f'{complete or "none"}. Train longer (--mode train), set '
             '--config.eval.begin_ckpt/end_ckpt to available numbers, or raise '
-            '--config.eval.ckpt_timeout to wait for a running training.')
-    return _restore(directory, number, template_state,
-                    'Evaluate with the config it was trained with (W/config.json).')
+            '--config.eval.ckpt_timeout to wait for a running training.'
+        )
+    return _restore(
+        directory,
+        number,
+        template_state,
+        'Evaluate with the config it was trained with (W/config.json).',
+    )
 
 
 def restore_latest_preemption(workdir: str, template: Any) -> Optional[Any]:
@@ -313,6 +334,10 @@ def restore_latest_preemption(workdir: str, template: Any) -> Optional[Any]:
     if not steps:
         return None
     logging.info('Resuming from %s.', os.path.join(directory, str(steps[-1])))
-    return _restore(directory, steps[-1], template,
-                    'Resume with the config this run started with (W/config.json), '
-                    'or train in a new --workdir.')
+    return _restore(
+        directory,
+        steps[-1],
+        template,
+        'Resume with the config this run started with (W/config.json), '
+        'or train in a new --workdir.',
+    )

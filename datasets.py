@@ -36,6 +36,7 @@ TFDS data must be prepared beforehand (``tfds build cifar10 --data_dir DIR`` on 
 with network) or downloaded on first use with ``--config.data.download=True``; missing
 data fails in seconds with a message saying so.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -86,8 +87,7 @@ TFDS_SOURCES = {
 CELEBA_CROP = 140
 # Every value of config.data.dataset with its number of levels K: the one list of dataset
 # names (validation reads it). None: NPZ images have data.num_bins levels; TOY is continuous.
-DATASET_NUM_BINS = {**{name: 256 for name in TFDS_SOURCES}, 'DIGITS': 17, 'NPZ': None,
-                    'TOY': None}
+DATASET_NUM_BINS = {**{name: 256 for name in TFDS_SOURCES}, 'DIGITS': 17, 'NPZ': None, 'TOY': None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +111,13 @@ class Shard:
 class EvalBatch(NamedTuple):
     """One evaluation batch; padding rows are zeros with mask False and index −1."""
 
-    x: np.ndarray      # [B, ...] uint8 levels or float32 vectors
-    mask: np.ndarray   # [B] bool, True for real examples
+    x: np.ndarray  # [B, ...] uint8 levels or float32 vectors
+    mask: np.ndarray  # [B] bool, True for real examples
     index: np.ndarray  # [B] int32 global example index in the split
 
 
 # --- what the rest of the code needs to know about the data ----------------------------
+
 
 def is_continuous(config: ml_collections.ConfigDict) -> bool:
     """True for vector data (TOY, float NPZ arrays), False for discrete images."""
@@ -148,16 +149,26 @@ def dataset_info(config: ml_collections.ConfigDict) -> dict:
     info = {'dataset': dataset, 'shape': list(data_shape(config)), 'num_bins': num_bins(config)}
     if dataset in TFDS_SOURCES:
         source = TFDS_SOURCES[dataset]
-        info.update(tfds_name=source.name, tfds_version=source.version,
-                    splits={'train': source.train_split, 'test': source.test_split})
+        info.update(
+            tfds_name=source.name,
+            tfds_version=source.version,
+            splits={'train': source.train_split, 'test': source.test_split},
+        )
     elif dataset == 'DIGITS':
-        info.update(source='sklearn.datasets.load_digits', split_seed=DIGITS_SEED,
-                    num_train=DIGITS_NUM_TRAIN)
+        info.update(
+            source='sklearn.datasets.load_digits',
+            split_seed=DIGITS_SEED,
+            num_train=DIGITS_NUM_TRAIN,
+        )
     elif dataset == 'NPZ':
         info.update(source=os.path.abspath(config.data.path))
     else:
-        info.update(source='datasets.toy_distribution', seeds=TOY_SEEDS,
-                    num_train=TOY_NUM_TRAIN, num_test=TOY_NUM_TEST)
+        info.update(
+            source='datasets.toy_distribution',
+            seeds=TOY_SEEDS,
+            num_train=TOY_NUM_TRAIN,
+            num_test=TOY_NUM_TEST,
+        )
     return info
 
 
@@ -167,6 +178,7 @@ def split_size(config: ml_collections.ConfigDict, split: str) -> int:
 
 
 # --- scaling and dequantization -------------------------------------------------------
+
 
 def get_data_scaler(config: ml_collections.ConfigDict) -> Callable:
     """x ∈ [0, 1] → 2x − 1 if ``data.centered`` (images only), else the identity."""
@@ -182,8 +194,9 @@ def get_data_inverse_scaler(config: ml_collections.ConfigDict) -> Callable:
     return lambda y: y
 
 
-def to_unit_interval(levels: np.ndarray, num_levels: int,
-                     u: np.ndarray | None = None) -> np.ndarray:
+def to_unit_interval(
+    levels: np.ndarray, num_levels: int, u: np.ndarray | None = None
+) -> np.ndarray:
     """Discrete levels x̄ ∈ {0, …, K−1} to [0, 1], float32.
 
     Without ``u``: x̄/(K − 1) (the grid the original code trains on). With ``u`` ∈ [0, 1)
@@ -223,9 +236,12 @@ class DataSpec:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> DataSpec:
-        return cls(shape=data_shape(config), num_bins=num_bins(config),
-                   scaler=get_data_scaler(config),
-                   train_dequantized=bool(config.data.uniform_dequantization))
+        return cls(
+            shape=data_shape(config),
+            num_bins=num_bins(config),
+            scaler=get_data_scaler(config),
+            train_dequantized=bool(config.data.uniform_dequantization),
+        )
 
     @property
     def dim(self) -> int:
@@ -235,7 +251,7 @@ class DataSpec:
     def scale(self) -> float:
         """a of the affine scaler y = a·x + b, measured from the scaler itself."""
         with jax.ensure_compile_time_eval():
-            y0, y1, yh = (float(self.scaler(jnp.asarray(v, jnp.float32))) for v in (0., 1., .5))
+            y0, y1, yh = (float(self.scaler(jnp.asarray(v, jnp.float32))) for v in (0.0, 1.0, 0.5))
         if not math.isclose(yh, 0.5 * (y0 + y1), rel_tol=1e-6, abs_tol=1e-6) or y1 <= y0:
             raise ValueError('bits/dim needs an increasing affine data scaler')
         return y1 - y0
@@ -272,22 +288,40 @@ class DataSpec:
 
 # --- host shards ----------------------------------------------------------------------
 
+
 def shard_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
     """[start, stop) of host ``process_index``'s contiguous shard; sizes differ by ≤ 1."""
-    return (num_examples * process_index // process_count,
-            num_examples * (process_index + 1) // process_count)
+    return (
+        num_examples * process_index // process_count,
+        num_examples * (process_index + 1) // process_count,
+    )
 
 
-def get_shard(config: ml_collections.ConfigDict, split: str, *,
-              process_index: int | None = None, process_count: int | None = None) -> Shard:
+def get_shard(
+    config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Shard:
     """This host's shard of ``split`` ('train' or 'test'), loaded once and cached."""
     if split not in SPLITS:
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     process_index, process_count = _hosts(process_index, process_count)
     data = config.data
     mtime = os.path.getmtime(data.path) if data.dataset == 'NPZ' and data.path else None
-    key = (data.dataset, split, data.path, mtime, data.data_dir, data.download,
-           data.image_size, data.num_channels, data.num_bins, data.dim)
+    key = (
+        data.dataset,
+        split,
+        data.path,
+        mtime,
+        data.data_dir,
+        data.download,
+        data.image_size,
+        data.num_channels,
+        data.num_bins,
+        data.dim,
+    )
     return _load_shard(key, process_index, process_count)
 
 
@@ -303,8 +337,15 @@ def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, i
 def _load_shard(key: tuple, process_index: int, process_count: int) -> Shard:
     dataset, split, path, _, data_dir, download, image_size, num_channels, bins, dim = key
     if dataset in TFDS_SOURCES:
-        shard = _load_tfds(TFDS_SOURCES[dataset], split, data_dir, download, image_size,
-                           process_index, process_count)
+        shard = _load_tfds(
+            TFDS_SOURCES[dataset],
+            split,
+            data_dir,
+            download,
+            image_size,
+            process_index,
+            process_count,
+        )
     else:
         if dataset == 'DIGITS':
             array = _load_digits(split)
@@ -313,8 +354,10 @@ def _load_shard(key: tuple, process_index: int, process_count: int) -> Shard:
         elif dataset == 'TOY':
             array = _load_toy(split, dim)
         else:
-            raise UserError(f'config.data.dataset={dataset!r} is not one of '
-                            f'{", ".join(DATASET_NUM_BINS)}; fix --config.data.dataset')
+            raise UserError(
+                f'config.data.dataset={dataset!r} is not one of '
+                f'{", ".join(DATASET_NUM_BINS)}; fix --config.data.dataset'
+            )
         start, stop = shard_bounds(len(array), process_index, process_count)
         shard = Shard(array[start:stop], len(array), start)
     _check_shape(shard.data, dataset, image_size, num_channels, dim)
@@ -322,26 +365,34 @@ def _load_shard(key: tuple, process_index: int, process_count: int) -> Shard:
     return shard
 
 
-def _check_shape(array: np.ndarray, dataset: str, image_size: int, num_channels: int,
-                 dim: int) -> None:
+def _check_shape(
+    array: np.ndarray, dataset: str, image_size: int, num_channels: int, dim: int
+) -> None:
     """The data must agree with data.image_size / num_channels (images) or data.dim."""
     if array.ndim == 2:
         if array.shape[1] != dim:
-            raise UserError(f'{dataset} vectors have dimension {array.shape[1]} but '
-                            f'config.data.dim={dim}; set --config.data.dim={array.shape[1]}')
+            raise UserError(
+                f'{dataset} vectors have dimension {array.shape[1]} but '
+                f'config.data.dim={dim}; set --config.data.dim={array.shape[1]}'
+            )
         return
     height, width, channels = array.shape[1:]
     if height != image_size or width != image_size:
-        raise UserError(f'{dataset} images are {height}×{width} but config.data.image_size='
-                        f'{image_size}; set --config.data.image_size={height}'
-                        + ('' if height == width else ' (only square images are supported)'))
+        raise UserError(
+            f'{dataset} images are {height}×{width} but config.data.image_size='
+            f'{image_size}; set --config.data.image_size={height}'
+            + ('' if height == width else ' (only square images are supported)')
+        )
     if channels != num_channels:
-        raise UserError(f'{dataset} images have {channels} channels but '
-                        f'config.data.num_channels={num_channels}; '
-                        f'set --config.data.num_channels={channels}')
+        raise UserError(
+            f'{dataset} images have {channels} channels but '
+            f'config.data.num_channels={num_channels}; '
+            f'set --config.data.num_channels={channels}'
+        )
 
 
 # --- in-memory sources ----------------------------------------------------------------
+
 
 def _load_digits(split: str) -> np.ndarray:
     images = load_digits().images.astype(np.uint8)[..., None]  # [1797, 8, 8, 1], 0..16
@@ -367,15 +418,21 @@ def _npz_header(path: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f'{name}.npy') as f:
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read_header(f)
     except FileNotFoundError:
-        raise UserError(f'config.data.path={path!r} does not exist; '
-                        f'set --config.data.path to an .npz file') from None
+        raise UserError(
+            f'config.data.path={path!r} does not exist; set --config.data.path to an .npz file'
+        ) from None
     except (KeyError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f'config.data.path={path!r} is not an .npz file with a {name!r} '
-                        f'array ({e}); write it with np.savez(path, train=..., test=...)') from None
+        raise UserError(
+            f'config.data.path={path!r} is not an .npz file with a {name!r} '
+            f'array ({e}); write it with np.savez(path, train=..., test=...)'
+        ) from None
     return shape, dtype
 
 
@@ -387,26 +444,40 @@ def _load_npz(path: str, split: str, bins: int) -> np.ndarray:
         return array.astype(np.float32)
     if array.ndim == 4 and np.issubdtype(array.dtype, np.integer):
         if array.size and (array.min() < 0 or array.max() >= bins):
-            raise UserError(f'{path}: {split!r} levels span [{array.min()}, {array.max()}] '
-                            f'but config.data.num_bins={bins}; set --config.data.num_bins '
-                            f'to the number of levels (values must be 0 … num_bins − 1)')
+            raise UserError(
+                f'{path}: {split!r} levels span [{array.min()}, {array.max()}] '
+                f'but config.data.num_bins={bins}; set --config.data.num_bins '
+                f'to the number of levels (values must be 0 … num_bins − 1)'
+            )
         return array.astype(np.uint8 if bins <= 256 else np.uint16)
-    raise UserError(f'{path}: {split!r} has shape {array.shape} and dtype {array.dtype}; '
-                    f'NPZ data are integer images [N, H, W, C] or float vectors [N, D]')
+    raise UserError(
+        f'{path}: {split!r} has shape {array.shape} and dtype {array.dtype}; '
+        f'NPZ data are integer images [N, H, W, C] or float vectors [N, D]'
+    )
 
 
 # --- TFDS -----------------------------------------------------------------------------
 
-def _load_tfds(source: TfdsSource, split: str, data_dir: str, download: bool, image_size: int,
-               process_index: int, process_count: int) -> Shard:
+
+def _load_tfds(
+    source: TfdsSource,
+    split: str,
+    data_dir: str,
+    download: bool,
+    image_size: int,
+    process_index: int,
+    process_count: int,
+) -> Shard:
     """Read this host's slice ``split[start:stop]`` of a prepared TFDS dataset."""
     import tensorflow as tf  # deferred: TensorFlow costs seconds to import
     import tensorflow_datasets as tfds
+
     try:
         builder = tfds.builder(source.versioned_name, data_dir=data_dir or None)
     except tfds.core.registered.DatasetNotFoundError as e:  # unregistered and not prepared
-        raise UserError(_not_prepared_message(source, data_dir or 'the TFDS default',
-                                              data_dir)) from e
+        raise UserError(
+            _not_prepared_message(source, data_dir or 'the TFDS default', data_dir)
+        ) from e
     if download:
         builder.download_and_prepare()
     tfds_split = source.train_split if split == 'train' else source.test_split
@@ -415,8 +486,10 @@ def _load_tfds(source: TfdsSource, split: str, data_dir: str, download: bool, im
     start, stop = 0, total
     if process_count > 1:
         if total is None:
-            raise UserError(f'TFDS {source.versioned_name} does not record the size of its '
-                            f'{tfds_split!r} split, needed to shard it over hosts')
+            raise UserError(
+                f'TFDS {source.versioned_name} does not record the size of its '
+                f'{tfds_split!r} split, needed to shard it over hosts'
+            )
         start, stop = shard_bounds(total, process_index, process_count)
         tfds_split = f'{tfds_split}[{start}:{stop}]'
     try:
@@ -424,8 +497,9 @@ def _load_tfds(source: TfdsSource, split: str, data_dir: str, download: bool, im
     except AssertionError as e:  # TFDS's "could not find data" when not prepared
         raise UserError(_not_prepared_message(source, builder.data_dir, data_dir)) from e
     preprocess = _tfds_preprocess(source, image_size)
-    ds = ds.map(lambda example: preprocess(example['image']),
-                num_parallel_calls=tf.data.AUTOTUNE).batch(_TFDS_READ_BATCH)
+    ds = ds.map(
+        lambda example: preprocess(example['image']), num_parallel_calls=tf.data.AUTOTUNE
+    ).batch(_TFDS_READ_BATCH)
     images = _collect(tfds.as_numpy(ds), None if total is None else stop - start)
     return Shard(images, total if total is not None else len(images), start)
 
@@ -440,21 +514,25 @@ def _collect(batches: Iterator[np.ndarray], count: int | None) -> np.ndarray:
     for batch in batches:
         if out is None:
             out = np.empty((count,) + batch.shape[1:], batch.dtype)
-        out[filled:filled + len(batch)] = batch
+        out[filled : filled + len(batch)] = batch
         filled += len(batch)
     if filled != count:
-        raise UserError(f'the prepared TFDS data hold {filled} examples where their metadata '
-                        f'promise {count}; prepare the dataset again')
+        raise UserError(
+            f'the prepared TFDS data hold {filled} examples where their metadata '
+            f'promise {count}; prepare the dataset again'
+        )
     return out
 
 
 def _not_prepared_message(source: TfdsSource, where: str, data_dir: str) -> str:
     dir_flag = f' --data_dir {data_dir}' if data_dir else ''
-    return (f'TFDS dataset {source.versioned_name} is not prepared (looked in {where}). '
-            f'Prepare it on a machine with network access: `tfds build '
-            f'{source.versioned_name}{dir_flag}` (then copy the data directory here and set '
-            f'--config.data.data_dir), or pass --config.data.download=True to let TFDS '
-            f'download and prepare it now.')
+    return (
+        f'TFDS dataset {source.versioned_name} is not prepared (looked in {where}). '
+        f'Prepare it on a machine with network access: `tfds build '
+        f'{source.versioned_name}{dir_flag}` (then copy the data directory here and set '
+        f'--config.data.data_dir), or pass --config.data.download=True to let TFDS '
+        f'download and prepare it now.'
+    )
 
 
 def _tfds_preprocess(source: TfdsSource, image_size: int) -> Callable:
@@ -478,11 +556,14 @@ def _tfds_preprocess(source: TfdsSource, image_size: int) -> Callable:
 
 # --- iterators ------------------------------------------------------------------------
 
+
 def host_batch_size(batch_size: int, process_count: int, field: str) -> int:
     """Per-host part of a global batch (validate_config checks the divisibility)."""
     if batch_size % process_count:
-        raise UserError(f'config.{field}={batch_size} is not divisible by the '
-                        f'{process_count} hosts; use a multiple of {process_count}')
+        raise UserError(
+            f'config.{field}={batch_size} is not divisible by the '
+            f'{process_count} hosts; use a multiple of {process_count}'
+        )
     return batch_size // process_count
 
 
@@ -491,17 +572,24 @@ def _epoch_permutation(seed: int, process_index: int, epoch: int, n: int) -> np.
     return np.random.default_rng([seed, process_index, epoch]).permutation(n)
 
 
-def train_batch(config: ml_collections.ConfigDict, shard: Shard, step: int, batch_size: int,
-                process_index: int = 0) -> np.ndarray:
+def train_batch(
+    config: ml_collections.ConfigDict,
+    shard: Shard,
+    step: int,
+    batch_size: int,
+    process_index: int = 0,
+) -> np.ndarray:
     """The host's training batch of ``step``: float32 ``[batch_size, ...]`` in [0, 1]
     (images) or the vectors; a pure function of (config.seed, step, process_index)."""
     n = len(shard)
     if batch_size > n:
-        raise UserError(f'the per-host training batch ({batch_size}) is larger than this '
-                        f"host's {n} training examples; lower --config.training.batch_size")
+        raise UserError(
+            f'the per-host training batch ({batch_size}) is larger than this '
+            f"host's {n} training examples; lower --config.training.batch_size"
+        )
     epoch, index = divmod(step, n // batch_size)
     order = _epoch_permutation(config.seed, process_index, epoch, n)
-    x = shard.data[np.sort(order[index * batch_size:(index + 1) * batch_size])]
+    x = shard.data[np.sort(order[index * batch_size : (index + 1) * batch_size])]
     if x.ndim == 2:
         return x.astype(np.float32, copy=False)
     rng = np.random.default_rng([config.seed, process_index, epoch, index, 1])
@@ -512,9 +600,13 @@ def train_batch(config: ml_collections.ConfigDict, shard: Shard, step: int, batc
     return to_unit_interval(x, config.data.num_bins, u)
 
 
-def get_train_iterator(config: ml_collections.ConfigDict, start_step: int = 0, *,
-                       process_index: int | None = None,
-                       process_count: int | None = None) -> Iterator[np.ndarray]:
+def get_train_iterator(
+    config: ml_collections.ConfigDict,
+    start_step: int = 0,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[np.ndarray]:
     """Endless host-local training batches, ``n_jitted_steps`` steps at a time.
 
     Yields float32 ``[n_jitted_steps, batch_size / process_count, ...]`` for steps
@@ -522,15 +614,17 @@ def get_train_iterator(config: ml_collections.ConfigDict, start_step: int = 0, *
     (config.seed, step, host), so resuming at ``start_step`` reproduces the run.
     """
     process_index, process_count = _hosts(process_index, process_count)
-    shard = get_shard(config, 'train', process_index=process_index,
-                      process_count=process_count)
-    batch_size = host_batch_size(config.training.batch_size, process_count,
-                                 'training.batch_size')
+    shard = get_shard(config, 'train', process_index=process_index, process_count=process_count)
+    batch_size = host_batch_size(config.training.batch_size, process_count, 'training.batch_size')
     jitted = config.training.n_jitted_steps
     step = start_step
     while True:
-        yield np.stack([train_batch(config, shard, s, batch_size, process_index)
-                        for s in range(step, step + jitted)])
+        yield np.stack(
+            [
+                train_batch(config, shard, s, batch_size, process_index)
+                for s in range(step, step + jitted)
+            ]
+        )
         step += jitted
 
 
@@ -540,10 +634,15 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1)
     return -(-largest_shard // (batch_size // process_count))
 
 
-def get_eval_iterator(config: ml_collections.ConfigDict, split: str = 'test',
-                      batch_size: int | None = None, start_batch: int = 0, *,
-                      process_index: int | None = None,
-                      process_count: int | None = None) -> Iterator[EvalBatch]:
+def get_eval_iterator(
+    config: ml_collections.ConfigDict,
+    split: str = 'test',
+    batch_size: int | None = None,
+    start_batch: int = 0,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[EvalBatch]:
     """One pass over ``split`` in a fixed order: host-local ``EvalBatch`` (x, mask, index).
 
     ``x`` holds the raw data (uint8 levels or float32 vectors; map levels to [0, 1] with
@@ -553,13 +652,14 @@ def get_eval_iterator(config: ml_collections.ConfigDict, split: str = 'test',
     """
     process_index, process_count = _hosts(process_index, process_count)
     shard = get_shard(config, split, process_index=process_index, process_count=process_count)
-    batch_size = host_batch_size(batch_size or config.eval.batch_size, process_count,
-                                 'eval.batch_size')
+    batch_size = host_batch_size(
+        batch_size or config.eval.batch_size, process_count, 'eval.batch_size'
+    )
     total = num_eval_batches(shard.num_examples, batch_size * process_count, process_count)
     for b in range(start_batch, total):
-        rows = shard.data[b * batch_size:(b + 1) * batch_size]
+        rows = shard.data[b * batch_size : (b + 1) * batch_size]
         x = np.zeros((batch_size,) + shard.data.shape[1:], shard.data.dtype)
-        x[:len(rows)] = rows
+        x[: len(rows)] = rows
         mask = np.arange(batch_size) < len(rows)
         index = np.where(mask, shard.start + b * batch_size + np.arange(batch_size), -1)
         yield EvalBatch(x, mask, index.astype(np.int32))

@@ -24,6 +24,7 @@ its preemption checkpoints are ``W/deq/checkpoints-meta/<step>`` (orbax, resumab
 log ``W/deq/tensorboard``. Evaluation with ``--config.eval.dequantizer=True`` uses the
 EMA parameters of the newest of those checkpoints with the exact ODE likelihood.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -99,7 +100,7 @@ class Dequantizer(nn.Module):
             log_s = jnp.tanh(st[..., :channels])  # bounded scales keep training stable
             h = h * mask + (1.0 - mask) * (h * jnp.exp(log_s) + st[..., channels:])
             logdet = logdet + _sum(log_s * (1.0 - mask))
-        log_normal = -0.5 * _sum(eps ** 2) - 0.5 * eps[0].size * math.log(2 * math.pi)
+        log_normal = -0.5 * _sum(eps**2) - 0.5 * eps[0].size * math.log(2 * math.pi)
         log_sigmoid_jac = _sum(jax.nn.log_sigmoid(h) + jax.nn.log_sigmoid(-h))
         return jax.nn.sigmoid(h), log_normal - logdet - log_sigmoid_jac
 
@@ -108,8 +109,9 @@ def _sum(a: Array) -> Array:
     return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=-1)
 
 
-def get_dequantizer_fn(model: Dequantizer, num_bins: int
-                       ) -> Callable[[Any, Array, Array], Tuple[Array, Array]]:
+def get_dequantizer_fn(
+    model: Dequantizer, num_bins: int
+) -> Callable[[Any, Array, Array], Tuple[Array, Array]]:
     """``fn(variables, keys [B], x̄) -> (u, log q(u|x̄))`` with ε drawn from each key
     (the ``eval_runner.Dequantizer`` interface)."""
 
@@ -121,13 +123,16 @@ def get_dequantizer_fn(model: Dequantizer, num_bins: int
 
 
 # --------------------------------------------------------------------------- training
-def create_dequantizer(config: ml_collections.ConfigDict, rng: Array
-                       ) -> Tuple[Dequantizer, Dict[str, Any]]:
+def create_dequantizer(
+    config: ml_collections.ConfigDict, rng: Array
+) -> Tuple[Dequantizer, Dict[str, Any]]:
     """The flow for ``config``'s image shape and its initial variables."""
     shape = datasets.data_shape(config)
     if len(shape) != 3 or datasets.num_bins(config) is None:
-        raise UserError('Variational dequantization is for discrete images; '
-                        f'{config.data.dataset} data are continuous vectors.')
+        raise UserError(
+            'Variational dequantization is for discrete images; '
+            f'{config.data.dataset} data are continuous vectors.'
+        )
     model = Dequantizer()
     x = jnp.zeros((1,) + shape, jnp.float32)
     return model, dict(jax.jit(model.init)(rng, x, x))
@@ -141,22 +146,36 @@ def initial_state(config: ml_collections.ConfigDict, mesh) -> Tuple[Dequantizer,
     return model, optimizer, replicated_state(key, variables['params'], optimizer, mesh)
 
 
-def get_deq_loss_fn(sde, score_fn, deq_fn, data: datasets.DataSpec, *, eps: float,
-                    offset: bool, num_times: int = TRAIN_BOUND_TIMES):
+def get_deq_loss_fn(
+    sde,
+    score_fn,
+    deq_fn,
+    data: datasets.DataSpec,
+    *,
+    eps: float,
+    offset: bool,
+    num_times: int = TRAIN_BOUND_TIMES,
+):
     """``loss(params, rng, levels) -> (mean bits/dim, per-example bits/dim)``: the
     variational bits/dim with the ScoreFlow bound (``num_times`` importance-sampled t per
     example) in place of −log p."""
-    bound_fn = likelihood.get_bound_fn(sde, score_fn, dsm=True, importance_weighting=True,
-                                       N=num_times, eps=eps, offset=offset,
-                                       chunk_size=num_times)
+    bound_fn = likelihood.get_bound_fn(
+        sde,
+        score_fn,
+        dsm=True,
+        importance_weighting=True,
+        N=num_times,
+        eps=eps,
+        offset=offset,
+        chunk_size=num_times,
+    )
 
     def loss(params, rng, levels):
         keys = jax.random.split(rng, levels.shape[0])
         deq_keys, bound_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
         u, log_q = deq_fn({'params': params}, deq_keys, levels)
         y = data.scaler(data.dequantize(levels, u))
-        nll = likelihood.nll_in_data_units(bound_fn(bound_keys, y), data.dim,
-                                           data.scale) + log_q
+        nll = likelihood.nll_in_data_units(bound_fn(bound_keys, y), data.dim, data.scale) + log_q
         bpd = likelihood.bpd(nll, data.dim, data.num_bins)
         return jnp.mean(bpd), bpd
 
@@ -181,14 +200,25 @@ class DequantizerTrainer(TrainLoop):
 
     loss_name = 'bits/dim (bound)'
 
-    def __init__(self, config: ml_collections.ConfigDict, folder: str, sde: sde_lib.SDE,
-                 data: datasets.DataSpec, score_fn):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        folder: str,
+        sde: sde_lib.SDE,
+        data: datasets.DataSpec,
+        score_fn,
+    ):
         model, optimizer, state = initial_state(config, get_mesh())
-        loss = get_deq_loss_fn(sde, score_fn, get_dequantizer_fn(model, data.num_bins), data,
-                               eps=float(config.training.eps), offset=bool(config.deq.offset))
+        loss = get_deq_loss_fn(
+            sde,
+            score_fn,
+            get_dequantizer_fn(model, data.num_bins),
+            data,
+            eps=float(config.training.eps),
+            offset=bool(config.deq.offset),
+        )
         step = get_deq_step_fn(loss, optimizer, float(config.deq.ema_rate))
-        super().__init__(config, folder, state, step, lambda levels: levels,
-                         config.deq.n_iters)
+        super().__init__(config, folder, state, step, lambda levels: levels, config.deq.n_iters)
 
     def batches(self, start_step: int) -> Iterator[np.ndarray]:
         """Training batches of levels x̄ [n_jitted_steps, B, H, W, C] (datasets' order)."""
@@ -199,8 +229,13 @@ class DequantizerTrainer(TrainLoop):
             yield np.round(batch * (k - 1)).astype(np.int32)
 
 
-def train_dequantizer(config: ml_collections.ConfigDict, folder: str, sde: sde_lib.SDE,
-                      data: datasets.DataSpec, score_fn) -> Dict[str, float]:
+def train_dequantizer(
+    config: ml_collections.ConfigDict,
+    folder: str,
+    sde: sde_lib.SDE,
+    data: datasets.DataSpec,
+    score_fn,
+) -> Dict[str, float]:
     """Trains the dequantizer of ``config``'s images against a frozen ``score_fn``.
 
     Uses ``config.deq`` (``n_iters``, ``ema_rate``, ``offset``), the optimizer of
@@ -209,8 +244,10 @@ def train_dequantizer(config: ml_collections.ConfigDict, folder: str, sde: sde_l
     Returns {'step', 'train_bpd'} of the last log line ({'step'} if nothing was left).
     """
     if data.num_bins is None:
-        raise UserError('--mode train_deq needs discrete images; '
-                        f'{config.data.dataset} data are continuous vectors.')
+        raise UserError(
+            '--mode train_deq needs discrete images; '
+            f'{config.data.dataset} data are continuous vectors.'
+        )
     trainer = DequantizerTrainer(config, folder, sde, data, score_fn)
     state = trainer.run()
     logged = [h for h in trainer.history if 'train/loss' in h]
@@ -224,16 +261,24 @@ def train_deq(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, floa
     ``eval.end_ckpt`` of ``workdir`` (its EMA parameters, frozen), into ``W/deq/``."""
     sde = sde_lib.get_sde(config)
     model, _, template = create_train_state(config, local_mesh())
-    state = checkpointing.restore_checkpoint(workdir, int(config.eval.end_ckpt), template,
-                                             float(config.eval.ckpt_timeout))
-    score_fn = mutils.get_score_fn(sde, model, {'params': state.ema_params},
-                                   continuous=bool(config.training.continuous))
-    return train_dequantizer(config, os.path.join(workdir, DEQ_FOLDER), sde,
-                             datasets.DataSpec.from_config(config), score_fn)
+    state = checkpointing.restore_checkpoint(
+        workdir, int(config.eval.end_ckpt), template, float(config.eval.ckpt_timeout)
+    )
+    score_fn = mutils.get_score_fn(
+        sde, model, {'params': state.ema_params}, continuous=bool(config.training.continuous)
+    )
+    return train_dequantizer(
+        config,
+        os.path.join(workdir, DEQ_FOLDER),
+        sde,
+        datasets.DataSpec.from_config(config),
+        score_fn,
+    )
 
 
-def load_dequantizer(config: ml_collections.ConfigDict, workdir: str
-                     ) -> Tuple[Callable, Dict[str, Any], str]:
+def load_dequantizer(
+    config: ml_collections.ConfigDict, workdir: str
+) -> Tuple[Callable, Dict[str, Any], str]:
     """(``fn(deq_variables, keys, x̄) -> (u, log q)``, deq_variables, digest) of the trained
     dequantizer: the EMA parameters of ``W/deq``'s newest checkpoint and a digest of them
     (evaluation results made with other parameters are not mixed with these)."""
@@ -241,9 +286,11 @@ def load_dequantizer(config: ml_collections.ConfigDict, workdir: str
     model, _, template = initial_state(config, local_mesh())
     state = checkpointing.restore_latest_preemption(folder, template)
     if state is None:
-        raise UserError(f'{folder} holds no trained dequantizer: train it first with '
-                        '--mode train_deq (same config), or set '
-                        '--config.eval.dequantizer=False for uniform dequantization.')
+        raise UserError(
+            f'{folder} holds no trained dequantizer: train it first with '
+            '--mode train_deq (same config), or set '
+            '--config.eval.dequantizer=False for uniform dequantization.'
+        )
     params = jax.device_get(state.ema_params)
     digest = hashlib.sha1()
     for leaf in jax.tree.leaves(params):

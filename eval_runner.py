@@ -36,6 +36,7 @@ time samples of the bound, loss noise) comes from
 ``fold_in(fold_in(fold_in(fold_in(key(seed), phase), ckpt), repeat), example_index)``, so the
 results do not depend on the batch size, the number of devices or on a restart.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -121,8 +122,8 @@ def _stream(keys: Array, stream: int) -> Array:
 class LikelihoodOptions:
     """What the bits/dim pass computes (from ``config.eval``)."""
 
-    ode: bool = True                # bpd by the probability-flow ODE
-    bound: bool = False             # bound_bpd by the ScoreFlow bound
+    ode: bool = True  # bpd by the probability-flow ODE
+    bound: bool = False  # bound_bpd by the ScoreFlow bound
     dsm: bool = True
     offset: bool = True
     hutchinson_type: str = 'Rademacher'
@@ -134,9 +135,16 @@ class LikelihoodOptions:
     @classmethod
     def from_config(cls, config) -> LikelihoodOptions:
         e = config.eval
-        return cls(ode=bool(e.enable_bpd), bound=bool(e.bound), dsm=bool(e.dsm),
-                   offset=bool(e.offset), hutchinson_type=str(e.hutchinson_type),
-                   rtol=float(e.rtol), atol=float(e.atol), eps=float(e.eps))
+        return cls(
+            ode=bool(e.enable_bpd),
+            bound=bool(e.bound),
+            dsm=bool(e.dsm),
+            offset=bool(e.offset),
+            hutchinson_type=str(e.hutchinson_type),
+            rtol=float(e.rtol),
+            atol=float(e.atol),
+            eps=float(e.eps),
+        )
 
     @property
     def enabled(self) -> bool:
@@ -148,9 +156,13 @@ Dequantizer = Callable[[Any, Array, Array], Tuple[Array, Array]]
 """``dequantizer(deq_variables, keys [B], x̄) -> (u [B, *shape] in [0,1), log q(u|x̄) [B])``."""
 
 
-def get_likelihood_batch_fn(sde, score_builder: ScoreBuilder, data: DataSpec,
-                            opts: LikelihoodOptions,
-                            dequantizer: Optional[Dequantizer] = None):
+def get_likelihood_batch_fn(
+    sde,
+    score_builder: ScoreBuilder,
+    data: DataSpec,
+    opts: LikelihoodOptions,
+    dequantizer: Optional[Dequantizer] = None,
+):
     """Jitted ``fn(variables, deq_variables, rkey, x, index) -> {name: [B]}``.
 
     Returns ``nll``, ``bpd``, ``nfe`` (ODE) and ``bound_nll``, ``bound_bpd`` (bound), as
@@ -158,6 +170,7 @@ def get_likelihood_batch_fn(sde, score_builder: ScoreBuilder, data: DataSpec,
     (including log q(u|x̄) with a variational dequantizer), per-example keys
     ``fold_in(rkey, index)``.
     """
+
     def fn(variables, deq_variables, rkey, x, index):
         keys = example_keys(rkey, index)
         deq_keys = _stream(keys, _DEQ_STREAM)
@@ -169,28 +182,40 @@ def get_likelihood_batch_fn(sde, score_builder: ScoreBuilder, data: DataSpec,
         score_fn = score_builder(variables)
         out = {}
         if opts.ode:
-            nll_fn = likelihood.get_nll_fn(sde, score_fn, hutchinson_type=opts.hutchinson_type,
-                                           rtol=opts.rtol, atol=opts.atol, eps=opts.eps)
+            nll_fn = likelihood.get_nll_fn(
+                sde,
+                score_fn,
+                hutchinson_type=opts.hutchinson_type,
+                rtol=opts.rtol,
+                atol=opts.atol,
+                eps=opts.eps,
+            )
             nll, _, nfe = nll_fn(_stream(keys, _ODE_STREAM), y)
             out['nll'] = likelihood.nll_in_data_units(nll, data.dim, data.scale) + log_q
             out['bpd'] = likelihood.bpd(out['nll'], data.dim, data.num_bins)
             out['nfe'] = jnp.broadcast_to(nfe, nll.shape).astype(jnp.float32)
         if opts.bound:
             bound_fn = likelihood.get_bound_fn(
-                sde, score_fn, dsm=opts.dsm, importance_weighting=True,
-                N=opts.bound_num_times, eps=opts.eps, offset=opts.offset,
-                hutchinson_type=opts.hutchinson_type)
+                sde,
+                score_fn,
+                dsm=opts.dsm,
+                importance_weighting=True,
+                N=opts.bound_num_times,
+                eps=opts.eps,
+                offset=opts.offset,
+                hutchinson_type=opts.hutchinson_type,
+            )
             bound = bound_fn(_stream(keys, _BOUND_STREAM), y)  # per-example keys
-            out['bound_nll'] = likelihood.nll_in_data_units(bound, data.dim,
-                                                            data.scale) + log_q
+            out['bound_nll'] = likelihood.nll_in_data_units(bound, data.dim, data.scale) + log_q
             out['bound_bpd'] = likelihood.bpd(out['bound_nll'], data.dim, data.num_bins)
         return out
 
     return jax.jit(fn)
 
 
-def get_loss_batch_fn(core_loss: Callable[[Array, ScoreFn, Array], Array],
-                      score_builder: ScoreBuilder, data: DataSpec):
+def get_loss_batch_fn(
+    core_loss: Callable[[Array, ScoreFn, Array], Array], score_builder: ScoreBuilder, data: DataSpec
+):
     """Jitted ``fn(variables, rkey, x, index) -> {'loss': [B]}``: the training objective
     ``core_loss(rng, score_fn, batch) -> [B]`` (``losses.get_core_loss_fn``) evaluated one
     example at a time with its own key, on the training data mapping."""
@@ -206,10 +231,20 @@ def get_loss_batch_fn(core_loss: Callable[[Array, ScoreFn, Array], Array],
 
 
 # --------------------------------------------------------------------------- passes
-def evaluate_likelihood(batch_fn, variables, deq_variables, make_batches, *, base_key: Array,
-                        ckpt: int, num_repeats: int, store: ResultStore,
-                        num_examples: int = 0, hook: Optional[Hook] = None,
-                        running_key: str = 'bpd') -> Results:
+def evaluate_likelihood(
+    batch_fn,
+    variables,
+    deq_variables,
+    make_batches,
+    *,
+    base_key: Array,
+    ckpt: int,
+    num_repeats: int,
+    store: ResultStore,
+    num_examples: int = 0,
+    hook: Optional[Hook] = None,
+    running_key: str = 'bpd',
+) -> Results:
     """``num_repeats`` passes of ``get_likelihood_batch_fn``'s function over the split.
 
     ``make_batches()`` returns a fresh iterable of (x, mask, index) in a fixed order;
@@ -223,8 +258,9 @@ def evaluate_likelihood(batch_fn, variables, deq_variables, make_batches, *, bas
         rkey = round_key(base_key, ckpt, repeat)
 
         def fn(x, index, rkey=rkey):
-            return batch_fn(variables, deq_variables, rkey, shard_rows(x, mesh),
-                            shard_rows(index, mesh))
+            return batch_fn(
+                variables, deq_variables, rkey, shard_rows(x, mesh), shard_rows(index, mesh)
+            )
 
         res = run_pass(fn, make_batches(), store, f'bpd_r{repeat}', progress, hook)
         res['repeat'] = np.full(len(res['index']), repeat, np.int64)
@@ -232,9 +268,17 @@ def evaluate_likelihood(batch_fn, variables, deq_variables, make_batches, *, bas
     return concat_results(parts)
 
 
-def evaluate_loss(batch_fn, params, batches: Iterable[Batch], *, base_key: Array, ckpt: int,
-                  store: ResultStore, num_examples: int = 0,
-                  hook: Optional[Hook] = None) -> Results:
+def evaluate_loss(
+    batch_fn,
+    params,
+    batches: Iterable[Batch],
+    *,
+    base_key: Array,
+    ckpt: int,
+    store: ResultStore,
+    num_examples: int = 0,
+    hook: Optional[Hook] = None,
+) -> Results:
     """Per-example training loss over the split (one pass)."""
     mesh = local_mesh()
     rkey = round_key(base_key, ckpt, 0)
@@ -242,8 +286,9 @@ def evaluate_loss(batch_fn, params, batches: Iterable[Batch], *, base_key: Array
     def fn(x, index):
         return batch_fn(params, rkey, shard_rows(x, mesh), shard_rows(index, mesh))
 
-    return run_pass(fn, batches, store, 'loss',
-                    Progress(f'ckpt {ckpt} loss', num_examples, 'loss'), hook)
+    return run_pass(
+        fn, batches, store, 'loss', Progress(f'ckpt {ckpt} loss', num_examples, 'loss'), hook
+    )
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -257,8 +302,13 @@ class Evaluator:
       hook: called as ``hook(tag, batch)`` after each newly saved batch (tests).
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-                 eval_folder: str = 'eval', hook: Optional[Hook] = None):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        eval_folder: str = 'eval',
+        hook: Optional[Hook] = None,
+    ):
         self.config = config
         self.workdir = workdir
         self.hook = hook
@@ -270,8 +320,7 @@ class Evaluator:
         os.makedirs(self.eval_dir, exist_ok=True)
         self._deq_fn, self._deq_variables, deq_digest = self._dequantizer()
         extra = {'dequantizer_sha1': deq_digest} if deq_digest else {}
-        self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0,
-                                      extra=extra)
+        self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0, extra=extra)
         self._model = None
         self._template = None
         self._fns: Dict[str, Any] = {}
@@ -285,16 +334,22 @@ class Evaluator:
 
     # --- model and checkpoints --------------------------------------------------------
     def score_builder(self, variables) -> ScoreFn:
-        return mutils.get_score_fn(self.sde, self._model, variables, train=False,
-                                   continuous=bool(self.config.training.continuous))
+        return mutils.get_score_fn(
+            self.sde,
+            self._model,
+            variables,
+            train=False,
+            continuous=bool(self.config.training.continuous),
+        )
 
     def load_variables(self, ckpt: int) -> Dict[str, Any]:
         """{'params': EMA parameters} of snapshot ``ckpt``, waiting up to
         ``eval.ckpt_timeout`` seconds for it to be written."""
         if self._model is None:  # the network and a template to restore into, built once
             self._model, _, self._template = create_train_state(self.config, local_mesh())
-        state = checkpointing.restore_checkpoint(self.workdir, ckpt, self._template,
-                                                 float(self.config.eval.ckpt_timeout))
+        state = checkpointing.restore_checkpoint(
+            self.workdir, ckpt, self._template, float(self.config.eval.ckpt_timeout)
+        )
         logging.info('Restored checkpoint %d (step %d).', ckpt, int(state.step))
         return {'params': state.ema_params}
 
@@ -302,6 +357,7 @@ class Evaluator:
     def _batches(self, split: str) -> Callable[[], Iterable[Batch]]:
         def make():
             return (tuple(b) for b in datasets.get_eval_iterator(self.config, split))
+
         return make
 
     def _save_meta(self) -> None:
@@ -323,6 +379,7 @@ class Evaluator:
             self._save_meta()
             if self.hook is not None:
                 self.hook(tag, batch)
+
         return hook
 
     # --- phases ----------------------------------------------------------------------
@@ -363,13 +420,23 @@ class Evaluator:
             self._fns['loss'] = get_loss_batch_fn(core, self.score_builder, self.data)
         self._position(ckpt, 'loss')
         start = time.time()
-        own = evaluate_loss(self._fns['loss'], variables, self._batches('test')(),
-                            base_key=phase_key(self.config.seed, PHASE_LOSS), ckpt=ckpt,
-                            store=store, num_examples=datasets.split_size(self.config, 'test'),
-                            hook=self._hook(ckpt))
+        own = evaluate_loss(
+            self._fns['loss'],
+            variables,
+            self._batches('test')(),
+            base_key=phase_key(self.config.seed, PHASE_LOSS),
+            ckpt=ckpt,
+            store=store,
+            num_examples=datasets.split_size(self.config, 'test'),
+            hook=self._hook(ckpt),
+        )
         results = self._gather_and_check(store, 'loss', own, 'test', 1)
-        logging.info('ckpt %d: eval loss over %d test examples in %.1f s.', ckpt,
-                     len(results['index']), time.time() - start)
+        logging.info(
+            'ckpt %d: eval loss over %d test examples in %.1f s.',
+            ckpt,
+            len(results['index']),
+            time.time() - start,
+        )
         loss = float(np.mean(sorted_results(results)['loss'], dtype=np.float64))
         return self._update_metrics(ckpt, {'loss': loss})
 
@@ -377,30 +444,47 @@ class Evaluator:
         e = self.config.eval
         split = str(e.bpd_dataset).lower()
         if 'bpd' not in self._fns:
-            self._fns['bpd'] = get_likelihood_batch_fn(self.sde, self.score_builder, self.data,
-                                                       self.opts, self._deq_fn)
+            self._fns['bpd'] = get_likelihood_batch_fn(
+                self.sde, self.score_builder, self.data, self.opts, self._deq_fn
+            )
         self._position(ckpt, 'bpd')
         start = time.time()
         own = evaluate_likelihood(
-            self._fns['bpd'], variables, self._deq_variables, self._batches(split),
-            base_key=phase_key(self.config.seed, PHASE_BPD), ckpt=ckpt,
-            num_repeats=int(e.num_repeats), store=store,
-            num_examples=datasets.split_size(self.config, split), hook=self._hook(ckpt),
-            running_key='bpd' if self.opts.ode else 'bound_bpd')
+            self._fns['bpd'],
+            variables,
+            self._deq_variables,
+            self._batches(split),
+            base_key=phase_key(self.config.seed, PHASE_BPD),
+            ckpt=ckpt,
+            num_repeats=int(e.num_repeats),
+            store=store,
+            num_examples=datasets.split_size(self.config, split),
+            hook=self._hook(ckpt),
+            running_key='bpd' if self.opts.ode else 'bound_bpd',
+        )
         results = self._gather_and_check(store, 'bpd', own, split, int(e.num_repeats))
         metrics = likelihood_metrics(results)
-        logging.info('ckpt %d: %s bits/dim over %d example evaluations in %.1f s: %s', ckpt,
-                     split, metrics['num_examples'], time.time() - start, metrics)
+        logging.info(
+            'ckpt %d: %s bits/dim over %d example evaluations in %.1f s: %s',
+            ckpt,
+            split,
+            metrics['num_examples'],
+            time.time() - start,
+            metrics,
+        )
         return self._update_metrics(ckpt, metrics)
 
     def _sampling_phase(self, ckpt, variables, store) -> Dict[str, Any]:
         e = self.config.eval
-        host_batch = datasets.host_batch_size(int(e.batch_size), self.num_hosts,
-                                              'eval.batch_size')
+        host_batch = datasets.host_batch_size(int(e.batch_size), self.num_hosts, 'eval.batch_size')
         rounds = -(-int(e.num_samples) // int(e.batch_size))
         if 'sample' not in self._fns:
-            fn = sampling.get_sampling_fn(self.config, self.sde, (host_batch,) + self.data.shape,
-                                          datasets.get_data_inverse_scaler(self.config))
+            fn = sampling.get_sampling_fn(
+                self.config,
+                self.sde,
+                (host_batch,) + self.data.shape,
+                datasets.get_data_inverse_scaler(self.config),
+            )
             self._fns['sample'] = jax.jit(lambda v, rng: fn(rng, self.score_builder(v)))
         self._position(ckpt, 'samples')
         base = phase_key(self.config.seed, PHASE_SAMPLES)
@@ -410,17 +494,28 @@ class Evaluator:
             if res is None:
                 rng = jax.random.fold_in(round_key(base, ckpt, r), self.host)
                 x, nfe = self._fns['sample'](variables, rng)
-                res = {'samples': self.data.quantize(jax.device_get(x)),
-                       'nfe': np.asarray(np.max(jax.device_get(nfe)), np.int64)}
+                res = {
+                    'samples': self.data.quantize(jax.device_get(x)),
+                    'nfe': np.asarray(np.max(jax.device_get(nfe)), np.int64),
+                }
                 store.save('samples', r, res)
                 self._hook(ckpt)('samples', r)
-                logging.info('ckpt %d: sampling round %d/%d, NFE %d, %.1f s elapsed.', ckpt,
-                             r + 1, rounds, int(res['nfe']), time.time() - start)
+                logging.info(
+                    'ckpt %d: sampling round %d/%d, NFE %d, %.1f s elapsed.',
+                    ckpt,
+                    r + 1,
+                    rounds,
+                    int(res['nfe']),
+                    time.time() - start,
+                )
             parts.append(res['samples'])
-        own = {'samples': np.concatenate(parts),
-               'index': np.arange(rounds * host_batch) + self.host * rounds * host_batch}
-        samples = store.gather('samples', own, self.num_hosts,
-                               self._gather_timeout())['samples'][:int(e.num_samples)]
+        own = {
+            'samples': np.concatenate(parts),
+            'index': np.arange(rounds * host_batch) + self.host * rounds * host_batch,
+        }
+        samples = store.gather('samples', own, self.num_hosts, self._gather_timeout())['samples'][
+            : int(e.num_samples)
+        ]
         values: Dict[str, Any] = {'num_samples': len(samples)}
         if self.host == 0:
             self._save_grid(store.folder, samples)
@@ -451,19 +546,28 @@ class Evaluator:
         start = time.time()
         try:
             metrics = evaluation.sample_quality(
-                self.data.levels_to_unit(samples), self.config.data.dataset, self.workdir,
-                self.config)
+                self.data.levels_to_unit(samples),
+                self.config.data.dataset,
+                self.workdir,
+                self.config,
+            )
         except UserError as err:
             logging.warning('Skipping FID/IS/KID: %s', err)
             return {}
         metrics = {k: float(v) for k, v in metrics.items()}
-        logging.info('Sample quality of %d samples in %.1f s: %s', len(samples),
-                     time.time() - start, metrics)
+        logging.info(
+            'Sample quality of %d samples in %.1f s: %s', len(samples), time.time() - start, metrics
+        )
         write_json(path, {'num_samples': len(samples), 'metrics': metrics})
         return metrics
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'eval',
-             hook: Optional[Hook] = None) -> Dict[str, Any]:
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    eval_folder: str = 'eval',
+    hook: Optional[Hook] = None,
+) -> Dict[str, Any]:
     """``--mode eval`` on a prepared config: evaluates checkpoints eval.begin_ckpt …
     eval.end_ckpt of ``workdir``.
 

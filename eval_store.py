@@ -12,6 +12,7 @@ per-batch files depend on: a restart with other settings is refused instead of m
 results. ``<eval_dir>/metrics.json`` (:func:`update_metrics`) holds one entry per
 checkpoint with the scalars of the CLI contract (README, Usage).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,27 @@ META_FILE = 'eval_meta.json'
 METRICS_FILE = 'metrics.json'
 # Config fields that change the content of a per-batch file: a restart with any of
 # them changed must not mix old and new files (see ``check_fingerprint``).
-FINGERPRINT_FIELDS = ('seed', 'data', 'model', 'training.sde', 'training.continuous',
-                      'training.reduce_mean', 'training.likelihood_weighting',
-                      'training.importance_weighting', 'training.eps', 'sampling',
-                      'eval.batch_size', 'eval.bpd_dataset', 'eval.dsm', 'eval.offset',
-                      'eval.dequantizer', 'eval.rtol', 'eval.atol', 'eval.eps',
-                      'eval.hutchinson_type')
+FINGERPRINT_FIELDS = (
+    'seed',
+    'data',
+    'model',
+    'training.sde',
+    'training.continuous',
+    'training.reduce_mean',
+    'training.likelihood_weighting',
+    'training.importance_weighting',
+    'training.eps',
+    'sampling',
+    'eval.batch_size',
+    'eval.bpd_dataset',
+    'eval.dsm',
+    'eval.offset',
+    'eval.dequantizer',
+    'eval.rtol',
+    'eval.atol',
+    'eval.eps',
+    'eval.hutchinson_type',
+)
 
 
 # --------------------------------------------------------------------------- files
@@ -73,8 +89,10 @@ class ResultStore:
             deadline = time.time() + timeout_s
             while (part := load_npz(path)) is None:
                 if time.time() > deadline:
-                    raise UserError(f'Host {host} did not write {path} within {timeout_s:.0f}'
-                                    ' s; check that every host runs the evaluation.')
+                    raise UserError(
+                        f'Host {host} did not write {path} within {timeout_s:.0f}'
+                        ' s; check that every host runs the evaluation.'
+                    )
                 time.sleep(1.0)
             parts.append(part)
         return concat_results(parts)
@@ -90,8 +108,7 @@ def concat_results(parts: List[Results]) -> Results:
 class Progress:
     """A log line every ``every_s`` seconds: examples done, a running mean, the ETA."""
 
-    def __init__(self, what: str, total: int, key: Optional[str] = None,
-                 every_s: float = 30.0):
+    def __init__(self, what: str, total: int, key: Optional[str] = None, every_s: float = 30.0):
         self.what, self.total, self.key, self.every_s = what, total, key, every_s
         self.start = self.last = time.time()
         self.done = self.computed = 0
@@ -110,9 +127,16 @@ class Progress:
         rate = self.computed / max(now - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         mean = f', {self.key} {self.sum / max(self.done, 1):.4f}' if self.key else ''
-        logging.info('%s: %d/%d examples (%.0f%%)%s, %.2f ex/s, ETA %.0f s', self.what,
-                     self.done, self.total, 100.0 * self.done / max(self.total, 1), mean,
-                     rate, eta)
+        logging.info(
+            '%s: %d/%d examples (%.0f%%)%s, %.2f ex/s, ETA %.0f s',
+            self.what,
+            self.done,
+            self.total,
+            100.0 * self.done / max(self.total, 1),
+            mean,
+            rate,
+            eta,
+        )
 
 
 # --------------------------------------------------------------------------- passes
@@ -120,8 +144,14 @@ BatchFn = Callable[[np.ndarray, np.ndarray], Mapping[str, jax.Array]]
 Hook = Callable[[str, int], None]
 
 
-def run_pass(batch_fn: BatchFn, batches: Iterable[Batch], store: ResultStore, tag: str,
-             progress: Optional[Progress] = None, hook: Optional[Hook] = None) -> Results:
+def run_pass(
+    batch_fn: BatchFn,
+    batches: Iterable[Batch],
+    store: ResultStore,
+    tag: str,
+    progress: Optional[Progress] = None,
+    hook: Optional[Hook] = None,
+) -> Results:
     """One pass over ``batches``, resuming from the per-batch files of ``store``.
 
     ``batch_fn(x, index)`` gives per-example arrays; padded rows are dropped with the
@@ -182,8 +212,10 @@ def check_complete(results: Results, num_examples: int, num_repeats: int, what: 
     seen = len(results['index'])
     unique = len(np.unique(results['index'] + num_examples * results.get('repeat', 0)))
     if seen != num_examples * num_repeats or unique != seen:
-        raise RuntimeError(f'{what}: evaluated {seen} examples ({unique} distinct), expected '
-                           f'{num_examples} × {num_repeats}')
+        raise RuntimeError(
+            f'{what}: evaluated {seen} examples ({unique} distinct), expected '
+            f'{num_examples} × {num_repeats}'
+        )
 
 
 # --------------------------------------------------------------------------- meta
@@ -199,13 +231,17 @@ def config_fingerprint(config) -> Dict[str, Any]:
             flat[prefix] = value
 
     walk('', config)
-    keep = {k: v for k, v in flat.items()
-            if any(k == f or k.startswith(f + '.') for f in FINGERPRINT_FIELDS)}
+    keep = {
+        k: v
+        for k, v in flat.items()
+        if any(k == f or k.startswith(f + '.') for f in FINGERPRINT_FIELDS)
+    }
     return json.loads(json.dumps(keep, default=str))
 
 
-def check_fingerprint(eval_dir: str, config, write: bool = True,
-                      extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def check_fingerprint(
+    eval_dir: str, config, write: bool = True, extra: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Any]:
     """Loads (or, if ``write``, creates) the meta-checkpoint; a changed setting (of the
     config, or in ``extra``) raises ``UserError``."""
     path = os.path.join(eval_dir, META_FILE)
@@ -222,7 +258,8 @@ def check_fingerprint(eval_dir: str, config, write: bool = True,
         raise UserError(
             f'{eval_dir} holds results made with other settings ({", ".join(changed[:5])}'
             f'{" …" if len(changed) > 5 else ""} changed); use another --eval_folder, or '
-            'delete that folder to start over.')
+            'delete that folder to start over.'
+        )
     return meta
 
 

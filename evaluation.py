@@ -45,6 +45,7 @@ data's K levels and mapped to x̄/(K−1), like the training images they are com
 random subset of features for KID, and the feature network's fingerprint; a cache
 written with another network is recomputed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,19 +67,19 @@ import datasets
 import file_io
 from errors import UserError
 
-INCEPTION_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/"
-                 "inception_v3/")
-INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
-INCEPTION_TOP = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
+INCEPTION_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/'
+INCEPTION_NOTOP = 'inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5'
+INCEPTION_TOP = 'inception_v3_weights_tf_dim_ordering_tf_kernels.h5'
 INCEPTION_SIZE = 299
-DIGITS_CLASSIFIER_VERSION = "digits_mlp_v1(64-128-64-10,gelu,adamw3e-3,300 steps)"
+DIGITS_CLASSIFIER_VERSION = 'digits_mlp_v1(64-128-64-10,gelu,adamw3e-3,300 steps)'
 
 ImageSource = Union[np.ndarray, Iterable[np.ndarray]]
 
 
 # --------------------------------------------------------------------------- metrics
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
     """Fréchet distance ‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) between two Gaussians.
 
     Σ₁Σ₂ has the eigenvalues of the symmetric PSD matrix M = √Σ₁ Σ₂ √Σ₁, so
@@ -89,12 +90,16 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1 = _symmetric(np.asarray(sigma1, np.float64))
     sigma2 = _symmetric(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (
-            mu1.shape[0],) * 2:
+    if (
+        mu1.shape != mu2.shape
+        or sigma1.shape != sigma2.shape
+        or sigma1.shape != (mu1.shape[0],) * 2
+    ):
         raise UserError(
-            f"Fréchet distance needs statistics of one feature size; got means "
-            f"{mu1.shape} and {mu2.shape}, covariances {sigma1.shape} and {sigma2.shape}. "
-            "Delete stale statistics under <workdir>/stats/ so they are recomputed.")
+            f'Fréchet distance needs statistics of one feature size; got means '
+            f'{mu1.shape} and {mu2.shape}, covariances {sigma1.shape} and {sigma2.shape}. '
+            'Delete stale statistics under <workdir>/stats/ so they are recomputed.'
+        )
     evals, evecs = np.linalg.eigh(sigma1)
     sqrt_sigma1 = (evecs * _sqrt_psd_eigenvalues(evals)) @ evecs.T
     m = _symmetric(sqrt_sigma1 @ sigma2 @ sqrt_sigma1)
@@ -123,12 +128,16 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     m, n, d = x.shape[0], y.shape[0], x.shape[1]
     if m < 2 or n < 2:
-        raise UserError(f"KID needs at least 2 examples on each side; got {m} and {n}. "
-                        "Raise config.eval.num_samples.")
+        raise UserError(
+            f'KID needs at least 2 examples on each side; got {m} and {n}. '
+            'Raise config.eval.num_samples.'
+        )
     k_xx, k_yy, k_xy = (_cubic_kernel(a, b, d) for a, b in ((x, x), (y, y), (x, y)))
-    return float((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
-                 + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
-                 - 2.0 * k_xy.mean())
+    return float(
+        (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+        + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+        - 2.0 * k_xy.mean()
+    )
 
 
 def _cubic_kernel(a: np.ndarray, b: np.ndarray, d: int) -> np.ndarray:
@@ -136,9 +145,13 @@ def _cubic_kernel(a: np.ndarray, b: np.ndarray, d: int) -> np.ndarray:
     return k * k * k  # 4× faster than k ** 3
 
 
-def kernel_inception_distance(feats1: np.ndarray, feats2: np.ndarray,
-                              num_subsets: int = 100, subset_size: int = 1000,
-                              seed: int = 0) -> float:
+def kernel_inception_distance(
+    feats1: np.ndarray,
+    feats2: np.ndarray,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> float:
     """KID: the mean of :func:`mmd2_unbiased` over random subsets (Bińkowski et al.).
 
     Each of ``num_subsets`` rounds draws ``min(subset_size, n₁, n₂)`` examples without
@@ -150,14 +163,19 @@ def kernel_inception_distance(feats1: np.ndarray, feats2: np.ndarray,
     if m == feats1.shape[0] and m == feats2.shape[0]:
         return mmd2_unbiased(feats1, feats2)
     rng = np.random.default_rng(seed)
-    values = [mmd2_unbiased(feats1[rng.choice(feats1.shape[0], m, replace=False)],
-                            feats2[rng.choice(feats2.shape[0], m, replace=False)])
-              for _ in range(num_subsets)]
+    values = [
+        mmd2_unbiased(
+            feats1[rng.choice(feats1.shape[0], m, replace=False)],
+            feats2[rng.choice(feats2.shape[0], m, replace=False)],
+        )
+        for _ in range(num_subsets)
+    ]
     return float(np.mean(values))
 
 
-def inception_score(logits_or_probs: np.ndarray, from_logits: bool = True,
-                    num_splits: int = 1) -> float:
+def inception_score(
+    logits_or_probs: np.ndarray, from_logits: bool = True, num_splits: int = 1
+) -> float:
     """IS = exp(E_x KL(p(y|x) ‖ p(y))), p(y) = E_x p(y|x), from logits [N, K] (or probs).
 
     Computed in log space: log p(y|x) = ℓ − logsumexp(ℓ), log p(y) = logsumexp_x log p(y|x)
@@ -169,7 +187,7 @@ def inception_score(logits_or_probs: np.ndarray, from_logits: bool = True,
     if from_logits:
         log_p = a - logsumexp(a, axis=1, keepdims=True)
     else:
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide='ignore'):
             log_p = np.log(a / a.sum(axis=1, keepdims=True))
     scores = []
     for part in np.array_split(log_p, num_splits):
@@ -191,6 +209,7 @@ class FeatureStats:
       features: [k, d] a uniformly random subset of the features, for KID.
       fingerprint: identifies the feature network (weights) that produced them.
     """
+
     mu: np.ndarray
     sigma: np.ndarray
     features: np.ndarray
@@ -205,20 +224,26 @@ def feature_stats(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 def stats_path(workdir: str, dataset: str, split: str, featurenet: str) -> str:
     """``<workdir>/stats/<dataset>_<split>_<featurenet>.npz`` (lower-case dataset)."""
-    return os.path.join(workdir, "stats", f"{dataset.lower()}_{split}_{featurenet}.npz")
+    return os.path.join(workdir, 'stats', f'{dataset.lower()}_{split}_{featurenet}.npz')
 
 
 def save_stats(path: str, stats: FeatureStats) -> None:
     """Writes ``stats`` to ``path`` (.npz, no pickle) atomically: tmp file, then rename."""
-    file_io.save_npz(path, mu=stats.mu, sigma=stats.sigma, features=stats.features,
-              fingerprint=np.array(stats.fingerprint))
+    file_io.save_npz(
+        path,
+        mu=stats.mu,
+        sigma=stats.sigma,
+        features=stats.features,
+        fingerprint=np.array(stats.fingerprint),
+    )
 
 
 def load_stats(path: str) -> FeatureStats:
     """Reads statistics written by :func:`save_stats` (``allow_pickle=False``)."""
     with np.load(path, allow_pickle=False) as f:
-        return FeatureStats(mu=f["mu"], sigma=f["sigma"], features=f["features"],
-                            fingerprint=str(f["fingerprint"]))
+        return FeatureStats(
+            mu=f['mu'], sigma=f['sigma'], features=f['features'], fingerprint=str(f['fingerprint'])
+        )
 
 
 class _MomentAccumulator:
@@ -244,20 +269,25 @@ class _MomentAccumulator:
         self.s2 += c.T @ c
         keys = np.concatenate([self.keys, self.rng.random(f64.shape[0])])
         rows = np.concatenate([self.rows, np.asarray(f, np.float32)])
-        best = np.argsort(keys, kind="stable")[:self.keep]
+        best = np.argsort(keys, kind='stable')[: self.keep]
         self.keys, self.rows = keys[best], rows[best]
 
     def result(self, fingerprint: str) -> FeatureStats:
         if self.n < 2:
-            raise UserError("Feature statistics need at least 2 training examples.")
+            raise UserError('Feature statistics need at least 2 training examples.')
         mean_c = self.s1 / self.n
         sigma = (self.s2 - self.n * np.outer(mean_c, mean_c)) / (self.n - 1)
-        return FeatureStats(mu=self.shift + mean_c, sigma=_symmetric(sigma),
-                            features=self.rows, fingerprint=fingerprint)
+        return FeatureStats(
+            mu=self.shift + mean_c,
+            sigma=_symmetric(sigma),
+            features=self.rows,
+            fingerprint=fingerprint,
+        )
 
 
-def compute_dataset_stats(net: FeatureNet, images: ImageSource,
-                          num_kid_features: int = 5000, seed: int = 0) -> FeatureStats:
+def compute_dataset_stats(
+    net: FeatureNet, images: ImageSource, num_kid_features: int = 5000, seed: int = 0
+) -> FeatureStats:
     """Runs ``net`` over ``images`` (an array [N, H, W, C] in [0, 1], or an iterable of such
     batches, e.g. the training split) and returns μ, Σ and ``num_kid_features`` random
     feature rows for KID. Memory is O(d² + num_kid_features·d), not O(N·d)."""
@@ -276,6 +306,7 @@ class FeatureNet:
     ``batch_size`` and implement :meth:`_apply` on one batch of exactly ``batch_size``
     images; :meth:`__call__` pads the last batch so that every call has one shape.
     """
+
     name: str
     fingerprint: str
     batch_size: int
@@ -288,14 +319,14 @@ class FeatureNet:
         images = np.asarray(images, np.float32)
         n, feats, logits = images.shape[0], [], []
         for start in range(0, n, self.batch_size):
-            batch = images[start:start + self.batch_size]
+            batch = images[start : start + self.batch_size]
             pad = self.batch_size - batch.shape[0]
             if pad:
                 batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
             f, lg = self._apply(batch)
-            feats.append(np.asarray(f, np.float32)[:self.batch_size - pad])
+            feats.append(np.asarray(f, np.float32)[: self.batch_size - pad])
             if lg is not None:
-                logits.append(np.asarray(lg, np.float32)[:self.batch_size - pad])
+                logits.append(np.asarray(lg, np.float32)[: self.batch_size - pad])
         features = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
         return features, (np.concatenate(logits) if logits else None)
 
@@ -307,24 +338,28 @@ class InceptionFeatureNet(FeatureNet):
     def __init__(self, path: str, batch_size: int = 50):
         self.has_top = _has_predictions_layer(path)
         import tensorflow as tf  # pylint: disable=g-import-not-at-top (4-7 s import)
+
         _allow_tf_gpu_memory_growth(tf)
-        self.name = "inception_v3" + ("" if self.has_top else "_notop")
+        self.name = 'inception_v3' + ('' if self.has_top else '_notop')
         self.fingerprint = _file_digest(path)
         self.batch_size = batch_size
         try:
             base = tf.keras.applications.InceptionV3(
-                include_top=self.has_top, weights=path, pooling="avg",
-                classifier_activation=None)
+                include_top=self.has_top, weights=path, pooling='avg', classifier_activation=None
+            )
         except (ValueError, OSError) as e:
             raise UserError(
-                f"Could not load Inception-v3 weights from {path!r} ({e}). Expected the "
-                f"Keras file {INCEPTION_NOTOP} or {INCEPTION_TOP}; set "
-                "config.eval.inception_path to it.") from e
-        outputs = ([base.get_layer("avg_pool").output, base.output] if self.has_top
-                   else [base.output])
+                f'Could not load Inception-v3 weights from {path!r} ({e}). Expected the '
+                f'Keras file {INCEPTION_NOTOP} or {INCEPTION_TOP}; set '
+                'config.eval.inception_path to it.'
+            ) from e
+        outputs = (
+            [base.get_layer('avg_pool').output, base.output] if self.has_top else [base.output]
+        )
         images = tf.keras.Input((None, None, 3))
-        x = tf.keras.layers.Resizing(INCEPTION_SIZE, INCEPTION_SIZE,
-                                     interpolation="bilinear")(images)
+        x = tf.keras.layers.Resizing(INCEPTION_SIZE, INCEPTION_SIZE, interpolation='bilinear')(
+            images
+        )
         x = tf.keras.layers.Rescaling(2.0, offset=-1.0)(x)
         features_model = tf.keras.Model(base.inputs, outputs)
         self.model = tf.keras.Model(images, features_model(x))
@@ -340,33 +375,36 @@ class InceptionFeatureNet(FeatureNet):
 def load_inception(path: str, batch_size: int = 50) -> InceptionFeatureNet:
     """Inception-v3 from a local Keras weights file; :class:`UserError` if it is missing."""
     if not path or not os.path.isfile(path):
-        what = "is empty" if not path else f"is {path!r}, which does not exist"
+        what = 'is empty' if not path else f'is {path!r}, which does not exist'
         raise UserError(
-            f"FID/KID/IS need Inception-v3 weights, but config.eval.inception_path {what}. "
-            f"On a machine with network access download {INCEPTION_URL}{INCEPTION_NOTOP} "
-            f"(FID, KID) or {INCEPTION_URL}{INCEPTION_TOP} (also IS), copy it here and "
-            "pass --config.eval.inception_path=/path/to/that/file.h5.")
+            f'FID/KID/IS need Inception-v3 weights, but config.eval.inception_path {what}. '
+            f'On a machine with network access download {INCEPTION_URL}{INCEPTION_NOTOP} '
+            f'(FID, KID) or {INCEPTION_URL}{INCEPTION_TOP} (also IS), copy it here and '
+            'pass --config.eval.inception_path=/path/to/that/file.h5.'
+        )
     return InceptionFeatureNet(path, batch_size)
 
 
 def _has_predictions_layer(path: str) -> bool:
     """True when the HDF5 weights file holds the classification top ('predictions')."""
     import h5py  # pylint: disable=g-import-not-at-top
+
     names = []
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, 'r') as f:
             f.visit(names.append)
     except OSError as e:
         raise UserError(
-            f"config.eval.inception_path={path!r} is not an HDF5 weights file ({e}). "
-            f"Expected {INCEPTION_NOTOP} or {INCEPTION_TOP}.") from e
-    return any(part == "predictions" for name in names for part in name.split("/"))
+            f'config.eval.inception_path={path!r} is not an HDF5 weights file ({e}). '
+            f'Expected {INCEPTION_NOTOP} or {INCEPTION_TOP}.'
+        ) from e
+    return any(part == 'predictions' for name in names for part in name.split('/'))
 
 
 def _file_digest(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 22), b''):
             h.update(chunk)
     return h.hexdigest()[:16]
 
@@ -374,7 +412,7 @@ def _file_digest(path: str) -> str:
 def _allow_tf_gpu_memory_growth(tf: Any) -> None:
     """Keeps TensorFlow from reserving the whole GPU that JAX already uses."""
     try:
-        for gpu in tf.config.list_physical_devices("GPU"):
+        for gpu in tf.config.list_physical_devices('GPU'):
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:  # GPUs already initialised: too late, keep TF's setting.
         pass
@@ -399,12 +437,13 @@ def digits_split() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]
     perm = np.random.default_rng(datasets.DIGITS_SEED).permutation(images.shape[0])
-    train, test = perm[:datasets.DIGITS_NUM_TRAIN], perm[datasets.DIGITS_NUM_TRAIN:]
+    train, test = perm[: datasets.DIGITS_NUM_TRAIN], perm[datasets.DIGITS_NUM_TRAIN :]
     return images[train], digits.target[train], images[test], digits.target[test]
 
 
-def train_digits_classifier(images: np.ndarray, labels: np.ndarray, seed: int = 0,
-                            num_steps: int = 300, lr: float = 3e-3) -> dict:
+def train_digits_classifier(
+    images: np.ndarray, labels: np.ndarray, seed: int = 0, num_steps: int = 300, lr: float = 3e-3
+) -> dict:
     """Trains :class:`DigitsMLP` full-batch with AdamW (deterministic given ``seed``).
 
     Inputs get uniform noise of one grey level, x + (u − ½)/16 clipped to [0, 1], so the
@@ -413,11 +452,11 @@ def train_digits_classifier(images: np.ndarray, labels: np.ndarray, seed: int = 
     model = DigitsMLP()
     x, y = jnp.asarray(images, jnp.float32), jnp.asarray(labels)
     init_key, noise_key = jax.random.split(jax.random.PRNGKey(seed))
-    params = model.init(init_key, x[:1])["params"]
+    params = model.init(init_key, x[:1])['params']
     opt = optax.adamw(lr, weight_decay=1e-3)
 
     def loss(p, xb):
-        logits = model.apply({"params": p}, xb)[1]
+        logits = model.apply({'params': p}, xb)[1]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def step(carry, key):
@@ -428,8 +467,7 @@ def train_digits_classifier(images: np.ndarray, labels: np.ndarray, seed: int = 
 
     @jax.jit
     def train(p):
-        carry, _ = jax.lax.scan(step, (p, opt.init(p)),
-                                jax.random.split(noise_key, num_steps))
+        carry, _ = jax.lax.scan(step, (p, opt.init(p)), jax.random.split(noise_key, num_steps))
         return carry[0]
 
     return jax.tree.map(np.asarray, train(params))
@@ -437,22 +475,25 @@ def train_digits_classifier(images: np.ndarray, labels: np.ndarray, seed: int = 
 
 class DigitsFeatureNet(FeatureNet):
     """Penultimate features (64-d) and logits (10) of a trained :class:`DigitsMLP`."""
-    name = "digits_mlp"
+
+    name = 'digits_mlp'
 
     def __init__(self, params: dict, batch_size: int = 500):
         self.params, self.batch_size = params, batch_size
-        flat = traverse_util.flatten_dict(params, sep="/")
+        flat = traverse_util.flatten_dict(params, sep='/')
         h = hashlib.sha256(DIGITS_CLASSIFIER_VERSION.encode())
         for key in sorted(flat):
             h.update(key.encode())
             h.update(np.ascontiguousarray(flat[key], np.float32).tobytes())
         self.fingerprint = h.hexdigest()[:16]
-        self._fn = jax.jit(lambda p, x: DigitsMLP().apply({"params": p}, x))
+        self._fn = jax.jit(lambda p, x: DigitsMLP().apply({'params': p}, x))
 
     def _apply(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         if images.shape[1:] != (8, 8, 1):
-            raise UserError(f"The digits classifier reads [N, 8, 8, 1] images; got "
-                            f"{images.shape}. Use it only with config.data.dataset=DIGITS.")
+            raise UserError(
+                f'The digits classifier reads [N, 8, 8, 1] images; got '
+                f'{images.shape}. Use it only with config.data.dataset=DIGITS.'
+            )
         features, logits = self._fn(self.params, jnp.asarray(images))
         return np.asarray(features), np.asarray(logits)
 
@@ -460,17 +501,20 @@ class DigitsFeatureNet(FeatureNet):
 def get_digits_classifier(workdir: str, seed: int = 0) -> DigitsFeatureNet:
     """Loads ``<workdir>/stats/digits_classifier.npz`` or trains the classifier and saves it
     there (parameters flattened with '/' keys, plus a version string; no pickle)."""
-    path = os.path.join(workdir, "stats", "digits_classifier.npz")
+    path = os.path.join(workdir, 'stats', 'digits_classifier.npz')
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as f:
-            if str(f["version"]) == DIGITS_CLASSIFIER_VERSION:
-                flat = {k: f[k] for k in f.files if k != "version"}
-                return DigitsFeatureNet(traverse_util.unflatten_dict(flat, sep="/"))
+            if str(f['version']) == DIGITS_CLASSIFIER_VERSION:
+                flat = {k: f[k] for k in f.files if k != 'version'}
+                return DigitsFeatureNet(traverse_util.unflatten_dict(flat, sep='/'))
     images, labels, _, _ = digits_split()
     params = train_digits_classifier(images, labels, seed)
-    file_io.save_npz(path, version=np.array(DIGITS_CLASSIFIER_VERSION),
-              **traverse_util.flatten_dict(params, sep="/"))
-    logging.info("Trained the digits classifier for FD/KID/IS; saved %s", path)
+    file_io.save_npz(
+        path,
+        version=np.array(DIGITS_CLASSIFIER_VERSION),
+        **traverse_util.flatten_dict(params, sep='/'),
+    )
+    logging.info('Trained the digits classifier for FD/KID/IS; saved %s', path)
     return DigitsFeatureNet(params)
 
 
@@ -481,31 +525,37 @@ def quantize(samples: np.ndarray, num_bins: int, dequantized: bool) -> np.ndarra
     ``datasets.to_levels`` inverts the training map; metrics compare quantized samples
     with the levels of the training split, as the original code compared uint8 images.
     """
-    return datasets.to_unit_interval(datasets.to_levels(samples, num_bins, dequantized),
-                                     num_bins)
+    return datasets.to_unit_interval(datasets.to_levels(samples, num_bins, dequantized), num_bins)
 
 
-def training_images(config: Any, split: str = "train",
-                    batch_size: int = 1000) -> Iterator[np.ndarray]:
+def training_images(
+    config: Any, split: str = 'train', batch_size: int = 1000
+) -> Iterator[np.ndarray]:
     """The whole ``split`` (every host's part: statistics must not depend on the host) in
     batches of images x̄/(K−1) in [0, 1], from :mod:`datasets`."""
     levels = datasets.get_shard(config, split, process_index=0, process_count=1).data
     for start in range(0, levels.shape[0], batch_size):
-        yield datasets.to_unit_interval(levels[start:start + batch_size],
-                                        int(config.data.num_bins))
+        yield datasets.to_unit_interval(
+            levels[start : start + batch_size], int(config.data.num_bins)
+        )
 
 
 def get_feature_net(dataset_name: str, workdir: str, config: Any) -> FeatureNet:
     """The digits classifier for DIGITS, Inception-v3 from config.eval.inception_path
     otherwise (:class:`UserError` when that file is missing)."""
-    if dataset_name.upper() == "DIGITS":
+    if dataset_name.upper() == 'DIGITS':
         return get_digits_classifier(workdir, seed=0)
-    return load_inception(config.eval.get("inception_path", ""))
+    return load_inception(config.eval.get('inception_path', ''))
 
 
-def reference_stats(net: FeatureNet, dataset_name: str, workdir: str, config: Any,
-                    reference_images: Optional[ImageSource] = None,
-                    split: str = "train") -> FeatureStats:
+def reference_stats(
+    net: FeatureNet,
+    dataset_name: str,
+    workdir: str,
+    config: Any,
+    reference_images: Optional[ImageSource] = None,
+    split: str = 'train',
+) -> FeatureStats:
     """Cached ``split`` statistics of ``net``; computed from ``reference_images`` (default:
     :func:`training_images`) and saved when missing or made by another network."""
     path = stats_path(workdir, dataset_name, split, net.name)
@@ -513,19 +563,22 @@ def reference_stats(net: FeatureNet, dataset_name: str, workdir: str, config: An
         stats = load_stats(path)
         if stats.fingerprint == net.fingerprint:
             return stats
-        logging.info("%s was computed with another feature network; recomputing.", path)
+        logging.info('%s was computed with another feature network; recomputing.', path)
     if reference_images is None:
         reference_images = training_images(config, split)
     stats = compute_dataset_stats(net, reference_images)
     save_stats(path, stats)
-    logging.info("Saved %s statistics of %s (%s) to %s", net.name, dataset_name, split,
-                 path)
+    logging.info('Saved %s statistics of %s (%s) to %s', net.name, dataset_name, split, path)
     return stats
 
 
-def sample_quality(samples_in_unit_interval: np.ndarray, dataset_name: str, workdir: str,
-                   config: Any, reference_images: Optional[ImageSource] = None
-                   ) -> dict:
+def sample_quality(
+    samples_in_unit_interval: np.ndarray,
+    dataset_name: str,
+    workdir: str,
+    config: Any,
+    reference_images: Optional[ImageSource] = None,
+) -> dict:
     """FID, KID and IS of image samples [N, H, W, C] in [0, 1] against the training split.
 
     Samples are first quantized to the data's ``config.data.num_bins`` levels
@@ -540,16 +593,18 @@ def sample_quality(samples_in_unit_interval: np.ndarray, dataset_name: str, work
     samples = np.asarray(samples_in_unit_interval)
     if samples.ndim != 4 or samples.shape[-1] not in (1, 3):
         raise UserError(
-            f"FID/KID/IS apply to images [N, H, W, 1 or 3]; got samples of shape "
-            f"{samples.shape} for {dataset_name}. Set --config.eval.enable_sampling=False.")
+            f'FID/KID/IS apply to images [N, H, W, 1 or 3]; got samples of shape '
+            f'{samples.shape} for {dataset_name}. Set --config.eval.enable_sampling=False.'
+        )
     net = get_feature_net(dataset_name, workdir, config)
     ref = reference_stats(net, dataset_name, workdir, config, reference_images)
-    images = quantize(samples, int(config.data.num_bins),
-                      bool(config.data.uniform_dequantization))
+    images = quantize(samples, int(config.data.num_bins), bool(config.data.uniform_dequantization))
     features, logits = net(images)
     mu, sigma = feature_stats(features)
-    result = {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
-              "kid": kernel_inception_distance(features, ref.features)}
+    result = {
+        'fid': frechet_distance(mu, sigma, ref.mu, ref.sigma),
+        'kid': kernel_inception_distance(features, ref.features),
+    }
     if logits is not None:
-        result["is"] = inception_score(logits)
+        result['is'] = inception_score(logits)
     return result

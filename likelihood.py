@@ -19,6 +19,7 @@ Randomness is per example: ``rng`` is one key, folded in with the example's inde
 [B] array of keys (evaluation passes ``fold_in(key, example_index)``), so an example's
 estimate does not depend on the batch it is in, on padding or on the device count.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Tuple
@@ -50,12 +51,15 @@ def _canonical_hutchinson_type(hutchinson_type: str) -> str:
     for known in HUTCHINSON_TYPES:
         if name == known.lower():
             return known
-    raise UserError(f'hutchinson_type={hutchinson_type!r} is not known; use one of '
-                    f"'Rademacher', 'Gaussian' or 'exact' (alias 'none').")
+    raise UserError(
+        f'hutchinson_type={hutchinson_type!r} is not known; use one of '
+        f"'Rademacher', 'Gaussian' or 'exact' (alias 'none')."
+    )
 
 
-def sample_probe(rng: Array, shape, hutchinson_type: str = 'Rademacher',
-                 dtype=jnp.float32) -> Array:
+def sample_probe(
+    rng: Array, shape, hutchinson_type: str = 'Rademacher', dtype=jnp.float32
+) -> Array:
     """A probe v with E[v vᵀ] = I: Rademacher (±1) or standard Gaussian entries.
 
     For ``'exact'`` no probe is needed; zeros are returned so that shapes stay uniform.
@@ -68,8 +72,7 @@ def sample_probe(rng: Array, shape, hutchinson_type: str = 'Rademacher',
     return jnp.zeros(shape, dtype)
 
 
-def get_value_div_fn(hutchinson_type: str = 'Rademacher', ad_mode: str = 'auto'
-                     ) -> ValueDivFn:
+def get_value_div_fn(hutchinson_type: str = 'Rademacher', ad_mode: str = 'auto') -> ValueDivFn:
     """Fused value and divergence of a batched vector field.
 
     Returns ``value_div(fn, x, v) -> (fn(x), div)`` for ``fn: [B, ...] -> [B, ...]`` whose
@@ -131,6 +134,7 @@ def _has_custom_vjp(fn: Callable[[Array], Array], x: Array) -> bool:
     Under ``jit`` a jvp of such a function fails only when lowered, so it is looked for in
     the jaxpr, nested jaxprs (jit, scan, cond, ...) included.
     """
+
     def contains(jaxpr) -> bool:
         for eqn in jaxpr.eqns:
             if 'custom_vjp' in eqn.primitive.name:
@@ -167,23 +171,35 @@ def per_example_keys(rng: Array, batch_size: int) -> Array:
         return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch_size))
     if rng.ndim == single_ndim + 1 and rng.shape[0] == batch_size:
         return rng
-    raise UserError(f'rng has shape {rng.shape}; pass one PRNG key or one key per example '
-                    f'({batch_size} keys, e.g. fold_in(key, example_index)).')
+    raise UserError(
+        f'rng has shape {rng.shape}; pass one PRNG key or one key per example '
+        f'({batch_size} keys, e.g. fold_in(key, example_index)).'
+    )
 
 
 # --- exact likelihood by the probability-flow ODE -----------------------------------------
 def _probability_flow_drift(sde: SDE, score_fn: ScoreFn, t: Array) -> Callable[[Array], Array]:
     """x ↦ f̃(x, t) = f(t) x − ½ g(t)² s(x, t) on a batch [B, ...], t of shape [B]."""
+
     def drift(x: Array) -> Array:
-        return (batch_mul(sde.drift_coeff(t), x)
-                - batch_mul(0.5 * sde.diffusion(t) ** 2, score_fn(x, t)))
+        return batch_mul(sde.drift_coeff(t), x) - batch_mul(
+            0.5 * sde.diffusion(t) ** 2, score_fn(x, t)
+        )
+
     return drift
 
 
-def get_nll_fn(sde: SDE, score_fn: ScoreFn, hutchinson_type: str = 'Rademacher',
-               rtol: float = 1e-5, atol: float = 1e-5, method: str = 'dopri5',
-               eps: float = 1e-5, max_steps: int = 8192, ad_mode: str = 'auto'
-               ) -> Callable[[Array, Array], Tuple[Array, Array, Array]]:
+def get_nll_fn(
+    sde: SDE,
+    score_fn: ScoreFn,
+    hutchinson_type: str = 'Rademacher',
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = 'dopri5',
+    eps: float = 1e-5,
+    max_steps: int = 8192,
+    ad_mode: str = 'auto',
+) -> Callable[[Array, Array], Tuple[Array, Array, Array]]:
     """The exact negative log-likelihood −log p_ε(x) by the probability-flow ODE.
 
     Integrates, from t = ε to T, the joint system
@@ -235,27 +251,37 @@ def get_nll_fn(sde: SDE, score_fn: ScoreFn, hutchinson_type: str = 'Rademacher',
         jit_probes = jax.jit(probes)
 
         def nll_fn_scipy(rng: Array, x: Array) -> Tuple[Array, Array, Array]:
-            z, delta_logp, nfev = _solve_ivp_rk45(batched, x, jit_probes(rng, x),
-                                                  eps, sde.T, rtol, atol)
+            z, delta_logp, nfev = _solve_ivp_rk45(
+                batched, x, jit_probes(rng, x), eps, sde.T, rtol, atol
+            )
             nll = nll_from_solution(z, delta_logp)
             return nll, z, jnp.full((x.shape[0],), nfev, jnp.int32)
 
         return nll_fn_scipy
 
     if method not in ode_solver.SOLVERS:
-        raise UserError(f'likelihood ODE method {method!r} is not known; use one of '
-                        f'{", ".join(ode_solver.solver_names())} or scipy_rk45.')
+        raise UserError(
+            f'likelihood ODE method {method!r} is not known; use one of '
+            f'{", ".join(ode_solver.solver_names())} or scipy_rk45.'
+        )
 
     def solve_one(x: Array, v: Array) -> Tuple[Array, Array, Array]:
         """One example x [...]: its own adaptive solve of (x, ℓ) from ε to T."""
+
         def field(t, state):
-            value, div = value_and_divergence(state[0][None], jnp.full((1,), t, x.dtype),
-                                              v[None])
+            value, div = value_and_divergence(state[0][None], jnp.full((1,), t, x.dtype), v[None])
             return value[0], div[0]
 
         (z, delta_logp), nfe = ode_solver.solve(
-            field, (x, jnp.zeros((), x.dtype)), eps, sde.T, rtol=rtol, atol=atol,
-            method=method, max_steps=max_steps)
+            field,
+            (x, jnp.zeros((), x.dtype)),
+            eps,
+            sde.T,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            max_steps=max_steps,
+        )
         return z, delta_logp, nfe
 
     @jax.jit
@@ -266,8 +292,9 @@ def get_nll_fn(sde: SDE, score_fn: ScoreFn, hutchinson_type: str = 'Rademacher',
     return nll_fn
 
 
-def _solve_ivp_rk45(value_and_divergence, x: Array, v: Array, t0: float, t1: float,
-                    rtol: float, atol: float) -> Tuple[Array, Array, int]:
+def _solve_ivp_rk45(
+    value_and_divergence, x: Array, v: Array, t0: float, t1: float, rtol: float, atol: float
+) -> Tuple[Array, Array, int]:
     """SciPy RK45 on the host over the flattened batch [x; ℓ] (the original code's loop)."""
     shape, batch = x.shape, x.shape[0]
     size = int(np.prod(shape))
@@ -275,8 +302,7 @@ def _solve_ivp_rk45(value_and_divergence, x: Array, v: Array, t0: float, t1: flo
     def ode_func(t: float, y: np.ndarray) -> np.ndarray:
         xs = jnp.asarray(y[:size].reshape(shape), x.dtype)
         value, div = value_and_divergence(xs, jnp.full((batch,), t, x.dtype), v)
-        return np.concatenate([np.asarray(value, np.float64).ravel(),
-                               np.asarray(div, np.float64)])
+        return np.concatenate([np.asarray(value, np.float64).ravel(), np.asarray(div, np.float64)])
 
     init = np.concatenate([np.asarray(x, np.float64).ravel(), np.zeros(batch)])
     sol = integrate.solve_ivp(ode_func, (t0, t1), init, rtol=rtol, atol=atol, method='RK45')
@@ -296,13 +322,15 @@ def expected_prior_nll(sde: SDE, x: Array) -> Array:
     t = jnp.full((x.shape[0],), sde.T, x.dtype)
     alpha, sigma = jnp.exp(sde.log_mean_coeff(t)), sde.std(t)
     sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
-    var_prior = sde.prior_std ** 2
-    return (0.5 * dim * np.log(2 * np.pi * var_prior)
-            + (alpha ** 2 * sq + dim * sigma ** 2) / (2 * var_prior))
+    var_prior = sde.prior_std**2
+    return 0.5 * dim * np.log(2 * np.pi * var_prior) + (alpha**2 * sq + dim * sigma**2) / (
+        2 * var_prior
+    )
 
 
-def get_offset_fn(sde: SDE, score_fn: ScoreFn, eps: float = 1e-5
-                  ) -> Callable[[Array, Array], Array]:
+def get_offset_fn(
+    sde: SDE, score_fn: ScoreFn, eps: float = 1e-5
+) -> Callable[[Array, Array], Array]:
     """The ε-offset of the bound: a Gaussian decoder from x_ε back to x (ScoreFlow §5).
 
     With α, σ at ε, x_ε = α x + σ z ~ p_0ε(·|x) and the Tweedie decoder
@@ -320,6 +348,7 @@ def get_offset_fn(sde: SDE, score_fn: ScoreFn, eps: float = 1e-5
 
     Returns ``offset_fn(rng, x) -> [B]`` nats; ``rng`` one key or [B] keys.
     """
+
     def offset_fn(rng: Array, x: Array) -> Array:
         keys = per_example_keys(rng, x.shape[0])
         z = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
@@ -328,17 +357,25 @@ def get_offset_fn(sde: SDE, score_fn: ScoreFn, eps: float = 1e-5
         x_eps = batch_mul(jnp.exp(log_alpha), x) + batch_mul(sigma, z)
         score = score_fn(x_eps, t)
         dim = int(np.prod(x.shape[1:]))
-        return (-dim * log_alpha + sigma * _flat_sum(score * z)
-                + 0.5 * sigma ** 2 * _flat_sum(score ** 2))
+        return (
+            -dim * log_alpha + sigma * _flat_sum(score * z) + 0.5 * sigma**2 * _flat_sum(score**2)
+        )
 
     return offset_fn
 
 
-def get_bound_fn(sde: SDE, score_fn: ScoreFn, dsm: bool = True,
-                 importance_weighting: bool = True, N: int = 1000, eps: float = 1e-5,
-                 offset: bool = True, hutchinson_type: str = 'Rademacher',
-                 chunk_size: int = 10, ad_mode: str = 'auto'
-                 ) -> Callable[[Array, Array], Array]:
+def get_bound_fn(
+    sde: SDE,
+    score_fn: ScoreFn,
+    dsm: bool = True,
+    importance_weighting: bool = True,
+    N: int = 1000,
+    eps: float = 1e-5,
+    offset: bool = True,
+    hutchinson_type: str = 'Rademacher',
+    chunk_size: int = 10,
+    ad_mode: str = 'auto',
+) -> Callable[[Array, Array], Array]:
     """The ScoreFlow upper bound on −log p_θ(x) (Thm 3), in nats per example.
 
     Per data point x, with x_t = α(t) x + σ(t) z ~ p_0t(·|x) and ∇log p_0t(x_t|x) = −z/σ:
@@ -381,50 +418,53 @@ def get_bound_fn(sde: SDE, score_fn: ScoreFn, dsm: bool = True,
 
     def times_and_weights(rng: Array, dtype) -> Tuple[Array, Array]:
         """N times of one example (padded to a multiple of chunk_size) and their weights."""
-        t, weight = sde.sample_time_and_weight(rng, (padded,), weighting, eps,
-                                               importance_normalizer=True, dtype=dtype)
+        t, weight = sde.sample_time_and_weight(
+            rng, (padded,), weighting, eps, importance_normalizer=True, dtype=dtype
+        )
         weight = jnp.where(jnp.arange(padded) < N, weight * integral_scale, 0.0)
         return t, weight.astype(dtype)
 
     def integrand(x: Array, t: Array, keys: Array) -> Array:
         """σ²/g² · [g²(‖s‖² + 2c) − 2∇·f] on a flat batch (x [M, ...], t [M], keys [M]): the
         bound's integrand in units of the weight λ/σ² = g²/σ²."""
-        z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), x.shape[1:],
-                                                 x.dtype))(keys)
+        z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), x.shape[1:], x.dtype))(
+            keys
+        )
         sigma = sde.std(t)
         x_t = batch_mul(jnp.exp(sde.log_mean_coeff(t)), x) + batch_mul(sigma, z)
         if dsm:
             score = score_fn(x_t, t)
             cross = _flat_sum(score * z) / sigma
         else:
-            v = jax.vmap(lambda k: sample_probe(jax.random.fold_in(k, 1), x.shape[1:], kind,
-                                                x.dtype))(keys)
+            v = jax.vmap(
+                lambda k: sample_probe(jax.random.fold_in(k, 1), x.shape[1:], kind, x.dtype)
+            )(keys)
             score, cross = value_div(lambda y: score_fn(y, t), x_t, v)
         dim = int(np.prod(x.shape[1:]))
         drift_div = sde.drift_coeff(t) * dim  # ∇·f(x, t) = f(t) D
-        return sigma ** 2 * (_flat_sum(score ** 2) + 2 * cross
-                             - 2 * drift_div / sde.diffusion(t) ** 2)
+        return sigma**2 * (_flat_sum(score**2) + 2 * cross - 2 * drift_div / sde.diffusion(t) ** 2)
 
     @jax.jit
     def bound_fn(rng: Array, x: Array) -> Array:
         batch = x.shape[0]
         keys = per_example_keys(rng, batch)
         time_keys, noise_keys, offset_keys = (
-            jax.vmap(lambda k: jax.random.fold_in(k, i))(keys) for i in range(3))
+            jax.vmap(lambda k: jax.random.fold_in(k, i))(keys) for i in range(3)
+        )
         t_all, w_all = jax.vmap(lambda k: times_and_weights(k, x.dtype))(time_keys)
         t_all = t_all.reshape(batch, num_chunks, chunk_size)
         w_all = w_all.reshape(batch, num_chunks, chunk_size)
 
         def chunk(total: Array, j: Array) -> Tuple[Array, None]:
             t = t_all[:, j].reshape(-1)
-            step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, j),
-                                                            chunk_size))(noise_keys)
+            step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, j), chunk_size))(
+                noise_keys
+            )
             x_rep = jnp.repeat(x, chunk_size, axis=0)
             values = integrand(x_rep, t, step_keys.reshape((-1,) + step_keys.shape[2:]))
             return total + jnp.sum(w_all[:, j] * values.reshape(batch, chunk_size), 1), None
 
-        integral, _ = jax.lax.scan(chunk, jnp.zeros((batch,), x.dtype),
-                                   jnp.arange(num_chunks))
+        integral, _ = jax.lax.scan(chunk, jnp.zeros((batch,), x.dtype), jnp.arange(num_chunks))
         bound = expected_prior_nll(sde, x) + 0.5 * integral / N
         if offset:
             bound = bound + offset_fn(offset_keys, x)

@@ -37,6 +37,7 @@ losses ``[B]``; the batch loss is their mean.  With ``α = α(t)``, ``σ = σ(t)
 The objective's flags travel as one frozen :class:`LossOptions`; model-bound wrappers and
 the jit-friendly ``get_step_fn`` (on the ``train_state`` optimizer and EMA) follow.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -85,8 +86,15 @@ def _perturb(rng: Array, x: Array, mean_coeff: Array, std: Array) -> Tuple[Array
     return batch_mul(mean_coeff, x) + batch_mul(std, z), z
 
 
-def _denoising_loss(rng: Array, score_fn: ScoreFn, x: Array, t: Array, mean_coeff: Array,
-                    std: Array, reduce_mean: bool) -> Array:
+def _denoising_loss(
+    rng: Array,
+    score_fn: ScoreFn,
+    x: Array,
+    t: Array,
+    mean_coeff: Array,
+    std: Array,
+    reduce_mean: bool,
+) -> Array:
     """Per-example reduce(‖σ s(α x + σ z, t) + z‖²): the shared core of every DSM loss."""
     x_t, z = _perturb(rng, x, mean_coeff, std)
     residual = batch_mul(std, score_fn(x_t, t)) + z
@@ -94,9 +102,16 @@ def _denoising_loss(rng: Array, score_fn: ScoreFn, x: Array, t: Array, mean_coef
 
 
 # --- continuous objectives --------------------------------------------------------
-def dsm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
-             reduce_mean: bool = True, weighting: str = 'sigma2', eps: float = 1e-5,
-             importance_normalizer: bool = False) -> Array:
+def dsm_loss(
+    rng: Array,
+    score_fn: ScoreFn,
+    x: Array,
+    sde: sde_lib.SDE,
+    reduce_mean: bool = True,
+    weighting: str = 'sigma2',
+    eps: float = 1e-5,
+    importance_normalizer: bool = False,
+) -> Array:
     """Weighted denoising score matching, per example [B].
 
     Returns w(t) · reduce(‖σ s_θ(x_t, t) + z‖²) with t and w from
@@ -105,14 +120,19 @@ def dsm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
     ∫_ε^T g² reduce(‖s_θ + z/σ‖²) dt = (T − ε) × the 'likelihood' value.
     """
     t_rng, z_rng = jax.random.split(rng)
-    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps,
-                                      importance_normalizer)
+    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps, importance_normalizer)
     mean_coeff = jnp.exp(sde.log_mean_coeff(t))
     return w * _denoising_loss(z_rng, score_fn, x, t, mean_coeff, sde.std(t), reduce_mean)
 
 
-def sliced_score_matching(rng: Array, score_fn: ScoreFn, x: Array, t: Array,
-                          n_projections: int = 1, projection: str = 'rademacher') -> Array:
+def sliced_score_matching(
+    rng: Array,
+    score_fn: ScoreFn,
+    x: Array,
+    t: Array,
+    n_projections: int = 1,
+    projection: str = 'rademacher',
+) -> Array:
     """Per-example E_v[vᵀ ∇_x s(x, t) v + ½ (vᵀ s(x, t))²] over ``n_projections`` draws.
 
     One linearisation of ``score_fn`` at x and one JVP per projection v (Rademacher or
@@ -132,31 +152,39 @@ def sliced_score_matching(rng: Array, score_fn: ScoreFn, x: Array, t: Array,
     flat = lambda a: jnp.reshape(a, a.shape[:2] + (-1,))  # noqa: E731  [P, B, D]
     v_jv = jnp.sum(flat(v) * flat(jv), axis=-1)
     v_s = jnp.sum(flat(v) * jnp.reshape(s, (1, s.shape[0], -1)), axis=-1)
-    return jnp.mean(v_jv + 0.5 * v_s ** 2, axis=0)
+    return jnp.mean(v_jv + 0.5 * v_s**2, axis=0)
 
 
-def ssm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
-             reduce_mean: bool = True, weighting: str = 'sigma2', eps: float = 1e-5,
-             importance_normalizer: bool = False, n_projections: int = 1,
-             projection: str = 'rademacher') -> Array:
+def ssm_loss(
+    rng: Array,
+    score_fn: ScoreFn,
+    x: Array,
+    sde: sde_lib.SDE,
+    reduce_mean: bool = True,
+    weighting: str = 'sigma2',
+    eps: float = 1e-5,
+    importance_normalizer: bool = False,
+    n_projections: int = 1,
+    projection: str = 'rademacher',
+) -> Array:
     """Sliced score matching on x_t ~ p_t with the DSM time weighting, per example [B].
 
     Returns w(t) σ² · SSM(x_t, t) (so λ(t) · SSM), scaled by 2/D when ``reduce_mean``:
     in expectation this is :func:`dsm_loss` minus the θ-free w·reduce(‖z‖²).
     """
     t_rng, z_rng, v_rng = jax.random.split(rng, 3)
-    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps,
-                                      importance_normalizer)
+    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps, importance_normalizer)
     std = sde.std(t)
     x_t, _ = _perturb(z_rng, x, jnp.exp(sde.log_mean_coeff(t)), std)
     ssm = sliced_score_matching(v_rng, score_fn, x_t, t, n_projections, projection)
     scale = 2.0 / np.prod(x.shape[1:]) if reduce_mean else 1.0
-    return w * std ** 2 * ssm * scale
+    return w * std**2 * ssm * scale
 
 
 # --- discrete objectives (SMLD / DDPM) -------------------------------------------
-def discrete_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE,
-                  reduce_mean: bool = True) -> Array:
+def discrete_loss(
+    rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.SDE, reduce_mean: bool = True
+) -> Array:
     """The discrete model's loss per example: reduce(‖b_i s(a_i x + b_i z, t_i) + z‖²) with
     i ~ U{0..N−1}, t_i = T i/(N−1) and (a_i, b_i) = ``sde.discrete_kernel()`` — SMLD on
     a VE SDE (a_i = 1, b_i = σ_i: σ_i² ‖s + z/σ_i‖²), DDPM on a VP SDE (a_i = √ᾱ_i,
@@ -175,19 +203,23 @@ def _require_discrete(sde: sde_lib.SDE, objective: str) -> None:
     if sde.discrete_objective != objective:
         name = sde_lib.discrete_sde_name(objective)
         wanted = sde_lib.get_sde_class(name).__name__
-        raise UserError(f'{objective} training needs a {wanted}, got {type(sde).__name__}; '
-                        f'set config.training.sde={name} or config.training.continuous=True.')
+        raise UserError(
+            f'{objective} training needs a {wanted}, got {type(sde).__name__}; '
+            f'set config.training.sde={name} or config.training.continuous=True.'
+        )
 
 
-def smld_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.VESDE,
-              reduce_mean: bool = False) -> Array:
+def smld_loss(
+    rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.VESDE, reduce_mean: bool = False
+) -> Array:
     """SMLD/NCSN loss per example: σ_i² ‖s(x + σ_i z, t_i) + z/σ_i‖² = ‖σ_i s + z‖²."""
     _require_discrete(sde, 'SMLD')
     return discrete_loss(rng, score_fn, x, sde, reduce_mean)
 
 
-def ddpm_loss(rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.VPSDE,
-              reduce_mean: bool = True) -> Array:
+def ddpm_loss(
+    rng: Array, score_fn: ScoreFn, x: Array, sde: sde_lib.VPSDE, reduce_mean: bool = True
+) -> Array:
     """DDPM ε-prediction loss per example: ‖ε̂ − z‖² with ε̂ = −√(1−ᾱ_i) s(x̃, t_i)."""
     _require_discrete(sde, 'DDPM')
     return discrete_loss(rng, score_fn, x, sde, reduce_mean)
@@ -223,21 +255,29 @@ class LossOptions:
         _check_choice('objective', self.objective, OBJECTIVES)
         _check_choice('projection', self.projection, PROJECTIONS)
         if self.importance_weighting and not self.likelihood_weighting:
-            raise UserError('config.training.importance_weighting=True needs '
-                            'config.training.likelihood_weighting=True (it importance-samples '
-                            'the likelihood weighting); set both, or neither.')
+            raise UserError(
+                'config.training.importance_weighting=True needs '
+                'config.training.likelihood_weighting=True (it importance-samples '
+                'the likelihood weighting); set both, or neither.'
+            )
         if not self.continuous and (self.likelihood_weighting or self.objective != 'dsm'):
-            raise UserError('Discrete (continuous=False) SMLD/DDPM training supports only the '
-                            'plain DSM loss; set config.training.likelihood_weighting=False, '
-                            'importance_weighting=False, or continuous=True.')
+            raise UserError(
+                'Discrete (continuous=False) SMLD/DDPM training supports only the '
+                'plain DSM loss; set config.training.likelihood_weighting=False, '
+                'importance_weighting=False, or continuous=True.'
+            )
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> LossOptions:
         """The objective of ``config.training``."""
         t = config.training
-        return cls(reduce_mean=bool(t.reduce_mean), continuous=bool(t.continuous),
-                   likelihood_weighting=bool(t.likelihood_weighting),
-                   importance_weighting=bool(t.importance_weighting), eps=float(t.eps))
+        return cls(
+            reduce_mean=bool(t.reduce_mean),
+            continuous=bool(t.continuous),
+            likelihood_weighting=bool(t.likelihood_weighting),
+            importance_weighting=bool(t.importance_weighting),
+            eps=float(t.eps),
+        )
 
     @property
     def weighting(self) -> str:
@@ -259,8 +299,9 @@ def get_weighting(likelihood_weighting: bool, importance_weighting: bool) -> str
     return 'sigma2'
 
 
-def get_core_loss_fn(sde: sde_lib.SDE, options: Optional[LossOptions] = None,
-                     **fields) -> CoreLossFn:
+def get_core_loss_fn(
+    sde: sde_lib.SDE, options: Optional[LossOptions] = None, **fields
+) -> CoreLossFn:
     """The per-example loss ``loss(rng, score_fn, x) -> [B]`` of ``options`` (or of the
     :class:`LossOptions` fields given as keywords).
 
@@ -270,8 +311,12 @@ def get_core_loss_fn(sde: sde_lib.SDE, options: Optional[LossOptions] = None,
     if not opts.continuous:
         sde.discrete_kernel()  # a UserError now for an SDE without a discrete form
         return lambda rng, score_fn, x: discrete_loss(rng, score_fn, x, sde, opts.reduce_mean)
-    kwargs = dict(reduce_mean=opts.reduce_mean, weighting=opts.weighting, eps=opts.eps,
-                  importance_normalizer=opts.importance_normalizer)
+    kwargs = dict(
+        reduce_mean=opts.reduce_mean,
+        weighting=opts.weighting,
+        eps=opts.eps,
+        importance_normalizer=opts.importance_normalizer,
+    )
     if opts.objective == 'ssm':
         kwargs.update(n_projections=opts.n_projections, projection=opts.projection)
         return lambda rng, score_fn, x: ssm_loss(rng, score_fn, x, sde, **kwargs)
@@ -284,9 +329,9 @@ def _batch_data(batch: Any) -> Array:
     return batch['image'] if isinstance(batch, Mapping) else batch
 
 
-def get_sde_loss_fn(sde: sde_lib.SDE, model: Any, train: bool,
-                    options: Optional[LossOptions] = None,
-                    **fields) -> Callable[[Array, Any, Any], Array]:
+def get_sde_loss_fn(
+    sde: sde_lib.SDE, model: Any, train: bool, options: Optional[LossOptions] = None, **fields
+) -> Callable[[Array, Any, Any], Array]:
     """``loss_fn(rng, params, batch) -> scalar``: the batch mean of the chosen loss.
 
     The objective is ``options`` or the :class:`LossOptions` fields as keywords
@@ -300,9 +345,14 @@ def get_sde_loss_fn(sde: sde_lib.SDE, model: Any, train: bool,
 
     def loss_fn(rng: Array, params: Any, batch: Any) -> Array:
         loss_rng, dropout_rng = jax.random.split(rng)
-        score_fn = mutils.get_score_fn(sde, model, {'params': params}, train=train,
-                                       continuous=opts.continuous,
-                                       rng=dropout_rng if train else None)
+        score_fn = mutils.get_score_fn(
+            sde,
+            model,
+            {'params': params},
+            train=train,
+            continuous=opts.continuous,
+            rng=dropout_rng if train else None,
+        )
         return jnp.mean(core(loss_rng, score_fn, _batch_data(batch)))
 
     return loss_fn
@@ -318,24 +368,39 @@ def keep_if(ok: Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
-def guarded_update(state: TrainState, loss: Array, grads: Any,
-                   optimizer: optax.GradientTransformation, ema_rate: float
-                   ) -> Tuple[TrainState, Dict[str, Array]]:
+def guarded_update(
+    state: TrainState,
+    loss: Array,
+    grads: Any,
+    optimizer: optax.GradientTransformation,
+    ema_rate: float,
+) -> Tuple[TrainState, Dict[str, Array]]:
     """One optimizer and EMA update, skipped (step counter still advanced) when the loss or
     the gradient is not finite; metrics {'loss', 'grad_norm' (before clipping), 'lr'}."""
     grad_norm = optax.global_norm(grads)
     new = apply_gradients(state, grads, optimizer, ema_rate)
     ok = _all_finite(loss, grad_norm)
-    new_state = new.replace(params=keep_if(ok, new.params, state.params),
-                            ema_params=keep_if(ok, new.ema_params, state.ema_params),
-                            opt_state=keep_if(ok, new.opt_state, state.opt_state))
-    return new_state, {'loss': loss, 'grad_norm': grad_norm,
-                       'lr': current_learning_rate(new.opt_state)}
+    new_state = new.replace(
+        params=keep_if(ok, new.params, state.params),
+        ema_params=keep_if(ok, new.ema_params, state.ema_params),
+        opt_state=keep_if(ok, new.opt_state, state.opt_state),
+    )
+    return new_state, {
+        'loss': loss,
+        'grad_norm': grad_norm,
+        'lr': current_learning_rate(new.opt_state),
+    }
 
 
-def get_step_fn(sde: sde_lib.SDE, model: Any, optimizer: optax.GradientTransformation,
-                train: bool, options: Optional[LossOptions] = None, ema_rate: float = 0.999,
-                **fields) -> Callable[..., Tuple[TrainState, Dict[str, Array]]]:
+def get_step_fn(
+    sde: sde_lib.SDE,
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    train: bool,
+    options: Optional[LossOptions] = None,
+    ema_rate: float = 0.999,
+    **fields,
+) -> Callable[..., Tuple[TrainState, Dict[str, Array]]]:
     """``step_fn(state, batch, rng=None) -> (new_state, metrics)``, one step on a global batch.
 
     Train: one optimizer update of ``params`` and the EMA (:func:`guarded_update`: a

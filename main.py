@@ -14,6 +14,7 @@ Multi-host (GPU clusters, TPU pods): start the same command on every host with
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=i``, or with
 ``--multihost`` where JAX finds the cluster itself (TPU pods, SLURM, Open MPI).
 """
+
 from __future__ import annotations
 
 import logging as py_logging
@@ -31,19 +32,23 @@ from errors import UserError
 FLAGS = flags.FLAGS
 MODES = ('train', 'eval', 'train_deq')
 
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
-                                lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, logs, samples, results.')
 flags.DEFINE_enum('mode', None, list(MODES), 'Running mode: train, eval or train_deq.')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder of W for evaluation results.')
-flags.DEFINE_string('coordinator_address', None,
-                    'Multi-host: HOST:PORT of process 0 for jax.distributed.initialize.')
+flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'Multi-host: HOST:PORT of process 0 for jax.distributed.initialize.',
+)
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
-flags.DEFINE_boolean('multihost', False,
-                     'Multi-host with cluster auto-detection (TPU pods, SLURM, Open MPI).')
-flags.DEFINE_integer('distributed_timeout', 300,
-                     'Seconds to wait for all processes to join (multi-host).')
+flags.DEFINE_boolean(
+    'multihost', False, 'Multi-host with cluster auto-detection (TPU pods, SLURM, Open MPI).'
+)
+flags.DEFINE_integer(
+    'distributed_timeout', 300, 'Seconds to wait for all processes to join (multi-host).'
+)
 flags.mark_flags_as_required(['config', 'workdir', 'mode'])
 
 
@@ -61,7 +66,7 @@ def _bad_override(argv) -> str:
         if not arg.startswith('--config.'):
             continue
         node = schema
-        for name in arg[len('--config.'):].split('=')[0].split('.'):
+        for name in arg[len('--config.') :].split('=')[0].split('.'):
             if not hasattr(node, 'keys') or name not in node:
                 return arg
             node = node[name]
@@ -73,8 +78,11 @@ def _without_traceback(message: str) -> str:
     if 'Traceback (most recent call last)' not in message:
         return message
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    where = [ln for ln in lines if ln.startswith('File "') and 'site-packages' not in ln
-             and '<frozen' not in ln]
+    where = [
+        ln
+        for ln in lines
+        if ln.startswith('File "') and 'site-packages' not in ln and '<frozen' not in ln
+    ]
     at = f' ({where[-1]})' if where else ''
     return f'{lines[0]} {lines[-1]}{at}'
 
@@ -89,8 +97,10 @@ def parse_flags(argv):
         message = f'{type(e).__name__}: {e}'
     bad = _bad_override(argv)
     if bad:
-        message = (f'{bad.split("=")[0]} is not a config field; correct its name (every '
-                   f'field is listed in configs/base.py)')
+        message = (
+            f'{bad.split("=")[0]} is not a config field; correct its name (every '
+            f'field is listed in configs/base.py)'
+        )
     print(f'Error: {message}\nPass --helpshort to see the flags.', file=sys.stderr)
     sys.exit(1)
 
@@ -105,8 +115,10 @@ def _load_config():
         path = config_flags.get_config_filename(FLAGS['config'])
         cause = e.__cause__ or e
         detail = str(cause).strip().splitlines()[-1].strip()
-        raise UserError(f'--config={path} could not be loaded ({detail}); pass a config '
-                        'file such as configs/vp/digits_lw_is.py.') from None
+        raise UserError(
+            f'--config={path} could not be loaded ({detail}); pass a config '
+            'file such as configs/vp/digits_lw_is.py.'
+        ) from None
 
 
 def _initialize_distributed() -> None:
@@ -116,10 +128,15 @@ def _initialize_distributed() -> None:
     kwargs = {'initialization_timeout': FLAGS.distributed_timeout}
     if FLAGS.coordinator_address:
         if FLAGS.num_processes is None or FLAGS.process_id is None:
-            raise UserError('--coordinator_address needs --num_processes and --process_id '
-                            '(the same command on every host, process_id 0 … N−1).')
-        kwargs.update(coordinator_address=FLAGS.coordinator_address,
-                      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+            raise UserError(
+                '--coordinator_address needs --num_processes and --process_id '
+                '(the same command on every host, process_id 0 … N−1).'
+            )
+        kwargs.update(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
     jax.distributed.initialize(**kwargs)
 
 
@@ -132,8 +149,10 @@ def _prepare_workdir(workdir: str) -> None:
             f.write('ok')
         os.remove(probe)
     except OSError as e:
-        raise UserError(f'--workdir={workdir} is not a writable directory ({e.strerror}); '
-                        'choose another --workdir.') from None
+        raise UserError(
+            f'--workdir={workdir} is not a writable directory ({e.strerror}); '
+            'choose another --workdir.'
+        ) from None
 
 
 _ERRORS = py_logging.getLogger('scoreflow.user_errors')  # to stdout.txt only
@@ -144,8 +163,9 @@ _ERRORS.addHandler(py_logging.NullHandler())  # no console fallback: main prints
 def _log_to_file(path: str) -> None:
     """Appends every log record to ``path`` (``W/stdout.txt``) besides the console."""
     handler = py_logging.FileHandler(path, mode='a')
-    handler.setFormatter(py_logging.Formatter(
-        '%(levelname)s %(asctime)s %(filename)s:%(lineno)d] %(message)s'))
+    handler.setFormatter(
+        py_logging.Formatter('%(levelname)s %(asctime)s %(filename)s:%(lineno)d] %(message)s')
+    )
     root = py_logging.getLogger()
     root.addHandler(handler)
     _ERRORS.addHandler(handler)
@@ -163,9 +183,14 @@ def run(argv) -> None:
     if jax.process_index() == 0:
         _prepare_workdir(workdir)
         _log_to_file(os.path.join(workdir, 'stdout.txt'))
-    logging.info('scoreflow %s: config %s, workdir %s, %d devices on %d hosts.', mode,
-                 config_flags.get_config_filename(FLAGS['config']), workdir,
-                 jax.device_count(), jax.process_count())
+    logging.info(
+        'scoreflow %s: config %s, workdir %s, %d devices on %d hosts.',
+        mode,
+        config_flags.get_config_filename(FLAGS['config']),
+        workdir,
+        jax.device_count(),
+        jax.process_count(),
+    )
     config = _load_config()
     if mode == 'train':
         run_lib.train(config, workdir)

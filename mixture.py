@@ -6,6 +6,7 @@ exact, which makes the mixture the reference against which every SDE, loss, samp
 likelihood and bound in this project is tested; it also supplies the TOY dataset and
 exact-score "models".
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,10 @@ class GaussianMixture:
             object.__setattr__(self, name, np.asarray(getattr(self, name), np.float64))
         k, d = self.means.shape
         if self.weights.shape != (k,) or self.covs.shape != (k, d, d):
-            raise ValueError(f'inconsistent shapes: weights {self.weights.shape}, '
-                             f'means {self.means.shape}, covs {self.covs.shape}')
+            raise ValueError(
+                f'inconsistent shapes: weights {self.weights.shape}, '
+                f'means {self.means.shape}, covs {self.covs.shape}'
+            )
         if not np.isclose(self.weights.sum(), 1.0):
             raise ValueError('mixture weights must sum to one')
 
@@ -55,8 +58,9 @@ class GaussianMixture:
     @property
     def cov(self) -> np.ndarray:
         """Cov[x] = Σ w_k (Σ_k + μ_k μ_kᵀ) − E[x] E[x]ᵀ."""
-        second = np.einsum('k,kij->ij', self.weights, self.covs
-                           + np.einsum('ki,kj->kij', self.means, self.means))
+        second = np.einsum(
+            'k,kij->ij', self.weights, self.covs + np.einsum('ki,kj->kij', self.means, self.means)
+        )
         return second - np.outer(self.mean, self.mean)
 
     def sample(self, rng: Array, n: int) -> Array:
@@ -74,8 +78,9 @@ class GaussianMixture:
         alpha = jnp.exp(sde.log_mean_coeff(t))[:, None, None]
         sigma = sde.std(t)[:, None, None, None]
         means = alpha * jnp.asarray(self.means, jnp.float32)[None]
-        covs = (alpha[..., None] ** 2 * jnp.asarray(self.covs, jnp.float32)[None]
-                + sigma ** 2 * jnp.eye(self.dim))
+        covs = alpha[..., None] ** 2 * jnp.asarray(self.covs, jnp.float32)[
+            None
+        ] + sigma**2 * jnp.eye(self.dim)
         return means, covs
 
     def _component_terms(self, sde, x: Array, t: Array):
@@ -106,13 +111,14 @@ class GaussianMixture:
         return lambda x, t: self.score(sde, x, t)
 
 
-def ring_mixture(num_components: int = 8, radius: float = 4.0, std: float = 0.5,
-                 dim: int = 2) -> GaussianMixture:
+def ring_mixture(
+    num_components: int = 8, radius: float = 4.0, std: float = 0.5, dim: int = 2
+) -> GaussianMixture:
     """Equal-weight isotropic components on a circle in the first two coordinates."""
     angles = 2 * np.pi * np.arange(num_components) / num_components
     means = np.zeros((num_components, dim))
     means[:, 0], means[:, 1] = radius * np.cos(angles), radius * np.sin(angles)
-    covs = np.tile(std ** 2 * np.eye(dim), (num_components, 1, 1))
+    covs = np.tile(std**2 * np.eye(dim), (num_components, 1, 1))
     return GaussianMixture(np.full(num_components, 1.0 / num_components), means, covs)
 
 
@@ -122,5 +128,5 @@ def random_mixture(seed: int, num_components: int, dim: int, scale: float = 1.0)
     weights = rs.dirichlet(np.full(num_components, 3.0))
     means = scale * rs.randn(num_components, dim)
     a = rs.randn(num_components, dim, dim) / np.sqrt(dim)
-    covs = 0.3 * scale ** 2 * (np.einsum('kij,klj->kil', a, a) + 0.2 * np.eye(dim))
+    covs = 0.3 * scale**2 * (np.einsum('kij,klj->kil', a, a) + 0.2 * np.eye(dim))
     return GaussianMixture(weights, means, covs)

@@ -4,6 +4,7 @@ Used by the probability-flow ODE sampler (``sampling.py``) and the exact likelih
 (``likelihood.py``).  The whole solve is one XLA computation: no host round trip per step,
 so it can be jitted, vmapped (one adaptive step size per example) and sharded.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Tuple
@@ -27,9 +28,17 @@ def solver_names() -> Tuple[str, ...]:
     return tuple(SOLVERS)
 
 
-def solve(fn: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1: float, *,
-          rtol: float = 1e-5, atol: float = 1e-5, method: str = 'dopri5',
-          max_steps: int = 8192) -> Tuple[Any, jax.Array]:
+def solve(
+    fn: Callable[[jax.Array, Any], Any],
+    y0: Any,
+    t0: float,
+    t1: float,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = 'dopri5',
+    max_steps: int = 8192,
+) -> Tuple[Any, jax.Array]:
     """Integrates dy/dt = fn(t, y) from t0 to t1 with an adaptive embedded Runge–Kutta pair.
 
     Args:
@@ -47,9 +56,17 @@ def solve(fn: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1: float, *,
         raise ValueError(f'unknown ODE method {method!r}; use one of {", ".join(SOLVERS)}')
     solver_cls, stages = SOLVERS[method]
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, args: fn(t, y)), solver_cls(), t0=t0, t1=t1,
-        dt0=None, y0=y0, stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, throw=False, saveat=diffrax.SaveAt(t1=True))
+        diffrax.ODETerm(lambda t, y, args: fn(t, y)),
+        solver_cls(),
+        t0=t0,
+        t1=t1,
+        dt0=None,
+        y0=y0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+        throw=False,
+        saveat=diffrax.SaveAt(t1=True),
+    )
     y1 = jax.tree.map(lambda y: y[-1], sol.ys)
     failed = sol.result != diffrax.RESULTS.successful
     y1 = jax.tree.map(lambda y: jnp.where(failed, jnp.nan, y), y1)

@@ -28,7 +28,7 @@ def image_grid(images: np.ndarray, ncol: Optional[int] = None, pad: int = 1) -> 
     for i, img in enumerate(np.clip(images, 0.0, 1.0)):
         r, q = divmod(i, ncol)
         top, left = pad + r * (h + pad), pad + q * (w + pad)
-        grid[top:top + h, left:left + w] = img
+        grid[top : top + h, left : left + w] = img
     return np.round(grid * 255).astype(np.uint8)
 
 
@@ -37,8 +37,9 @@ def scatter_image(points: np.ndarray, size: int = 256) -> np.ndarray:
     lo, hi = np.percentile(points, [0.5, 99.5], axis=0)
     span = np.maximum(hi - lo, 1e-6)
     lo, hi = lo - 0.1 * span, hi + 0.1 * span
-    hist, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=size,
-                                range=[[lo[1], hi[1]], [lo[0], hi[0]]])
+    hist, _, _ = np.histogram2d(
+        points[:, 1], points[:, 0], bins=size, range=[[lo[1], hi[1]], [lo[0], hi[0]]]
+    )
     img = 1.0 - np.sqrt(hist / max(hist.max(), 1.0))
     return np.round(img[::-1, :, None] * 255).astype(np.uint8)
 

@@ -42,8 +42,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     return Trainer(config, workdir).run()
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str,
-             eval_folder: str = 'eval') -> Dict[str, Any]:
+def evaluate(
+    config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'eval'
+) -> Dict[str, Any]:
     """``--mode eval``: evaluates snapshots eval.begin_ckpt … eval.end_ckpt of ``workdir``;
     writes ``W/<eval_folder>/config.json`` and ``metrics.json``, returns the latter's
     content. A restarted evaluation continues where it stopped."""

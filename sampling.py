@@ -30,6 +30,7 @@ ancestral step read the same β_i / σ_i.  Since t_i (N−1) = N−1−i + i ε 
 truncation visits the indices N−1, …, 0 exactly once each (rounding, by contrast, would
 visit one index twice and never index 0 once ε (N−1) ≥ ½).
 """
+
 from __future__ import annotations
 
 import abc
@@ -55,17 +56,21 @@ _CORRECTORS: Dict[str, Type[Corrector]] = {}
 
 def register_predictor(name: str):
     """Class decorator: makes a :class:`Predictor` available under ``name``."""
+
     def register(cls):
         _PREDICTORS[name] = cls
         return cls
+
     return register
 
 
 def register_corrector(name: str):
     """Class decorator: makes a :class:`Corrector` available under ``name``."""
+
     def register(cls):
         _CORRECTORS[name] = cls
         return cls
+
     return register
 
 
@@ -89,8 +94,7 @@ def get_corrector(name: str) -> Type[Corrector]:
 
 def _lookup(registry: Dict[str, type], name: str, field: str):
     if name not in registry:
-        raise UserError(f'{field}={name!r} is not known; use one of '
-                        f'{", ".join(sorted(registry))}.')
+        raise UserError(f'{field}={name!r} is not known; use one of {", ".join(sorted(registry))}.')
     return registry[name]
 
 
@@ -188,12 +192,16 @@ class AncestralSamplingPredictor(Predictor):
     @classmethod
     def check_supported(cls, sde, probability_flow):
         if sde.discrete_objective is None:
-            raise UserError(f"predictor='ancestral_sampling' is defined for the SDEs of the "
-                            f"discrete models (SMLD, DDPM) only, not {type(sde).__name__}; use "
-                            f"'reverse_diffusion' or 'euler_maruyama'.")
+            raise UserError(
+                f"predictor='ancestral_sampling' is defined for the SDEs of the "
+                f'discrete models (SMLD, DDPM) only, not {type(sde).__name__}; use '
+                f"'reverse_diffusion' or 'euler_maruyama'."
+            )
         if probability_flow:
-            raise UserError("predictor='ancestral_sampling' has no probability-flow form; "
-                            "set probability_flow=False or use 'reverse_diffusion'.")
+            raise UserError(
+                "predictor='ancestral_sampling' has no probability-flow form; "
+                "set probability_flow=False or use 'reverse_diffusion'."
+            )
 
     def update(self, rng, x, t):
         x_mean, std = self.sde.ancestral_step(x, t, self.score_fn(x, t))
@@ -253,7 +261,7 @@ class LangevinCorrector(Corrector):
 
     def step_size(self, score, noise, t):
         ratio = self.snr * _batch_mean_norm(noise) / _batch_mean_norm(score)
-        return 2.0 * ratio ** 2 * jnp.ones_like(t)
+        return 2.0 * ratio**2 * jnp.ones_like(t)
 
 
 @register_corrector('ald')
@@ -281,9 +289,15 @@ class NoneCorrector(Corrector):
 Constraint = Callable[[Array, Array, Array, Array], Tuple[Array, Array]]
 
 
-def _pc_loop(rng: Array, x: Array, sde: sde_lib.SDE, eps: float, predictor: Predictor,
-             corrector: Corrector, constrain: Optional[Constraint] = None
-             ) -> Tuple[Array, Array]:
+def _pc_loop(
+    rng: Array,
+    x: Array,
+    sde: sde_lib.SDE,
+    eps: float,
+    predictor: Predictor,
+    corrector: Corrector,
+    constrain: Optional[Constraint] = None,
+) -> Tuple[Array, Array]:
     """N corrector-then-predictor steps at t_i = linspace(T, ε, N) in one ``fori_loop``.
 
     ``constrain(rng, x, x_mean, t)`` (conditional generation) is applied after the
@@ -324,9 +338,17 @@ def _pc_nfe(sde, pred_cls, corr_cls, n_steps) -> int:
     return sde.N * int(pred_cls.uses_score) + sde.N * int(n_steps) * int(corr_cls.uses_score)
 
 
-def get_pc_sampler(sde: sde_lib.SDE, shape, predictor: str, corrector: str, snr: float,
-                   n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
-                   eps: float = 1e-3):
+def get_pc_sampler(
+    sde: sde_lib.SDE,
+    shape,
+    predictor: str,
+    corrector: str,
+    snr: float,
+    n_steps: int = 1,
+    probability_flow: bool = False,
+    denoise: bool = True,
+    eps: float = 1e-3,
+):
     """Predictor–corrector sampler (Score SDE Alg. 1; see the module doc for the step order).
 
     Args:
@@ -355,9 +377,14 @@ def get_pc_sampler(sde: sde_lib.SDE, shape, predictor: str, corrector: str, snr:
     def sample(rng, score_fn):
         prior_rng, loop_rng = jax.random.split(rng)
         x = sde.prior_sampling(prior_rng, shape)
-        x, x_mean = _pc_loop(loop_rng, x, sde, eps,
-                             pred_cls(sde, score_fn, probability_flow),
-                             corr_cls(sde, score_fn, snr, n_steps))
+        x, x_mean = _pc_loop(
+            loop_rng,
+            x,
+            sde,
+            eps,
+            pred_cls(sde, score_fn, probability_flow),
+            corr_cls(sde, score_fn, snr, n_steps),
+        )
         return x_mean if denoise else x
 
     jitted = _JitPerScoreFn(sample)
@@ -369,8 +396,16 @@ def get_pc_sampler(sde: sde_lib.SDE, shape, predictor: str, corrector: str, snr:
 
 
 # --- probability-flow ODE ----------------------------------------------------------------
-def _flow_solve(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t0: float, t1: float,
-                rtol: float, atol: float, method: str) -> Tuple[Array, Array]:
+def _flow_solve(
+    sde: sde_lib.SDE,
+    score_fn: ScoreFn,
+    x: Array,
+    t0: float,
+    t1: float,
+    rtol: float,
+    atol: float,
+    method: str,
+) -> Tuple[Array, Array]:
     """Integrates dx/dt = f(x, t) − ½ g(t)² s(x, t) from t0 to t1, one adaptive solve per
     example (vmapped, so an example's steps do not depend on the rest of the batch; only
     a batch of one, which XLA compiles differently, can differ by rounding, within the
@@ -387,8 +422,15 @@ def _flow_solve(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t0: float, t1: fl
     return x, jnp.max(nfe)
 
 
-def get_ode_sampler(sde: sde_lib.SDE, shape, rtol: float = 1e-5, atol: float = 1e-5,
-                    method: str = 'dopri5', eps: float = 1e-3, denoise: bool = False):
+def get_ode_sampler(
+    sde: sde_lib.SDE,
+    shape,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = 'dopri5',
+    eps: float = 1e-3,
+    denoise: bool = False,
+):
     """Sampler that decodes z ~ π with the probability-flow ODE from T to ε.
 
     With ``denoise`` the result is the Tweedie estimate E[x_0 | x_ε] =
@@ -419,8 +461,13 @@ def get_ode_sampler(sde: sde_lib.SDE, shape, rtol: float = 1e-5, atol: float = 1
     return sampler
 
 
-def get_ode_encoder(sde: sde_lib.SDE, rtol: float = 1e-5, atol: float = 1e-5,
-                    method: str = 'dopri5', eps: float = 1e-3):
+def get_ode_encoder(
+    sde: sde_lib.SDE,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = 'dopri5',
+    eps: float = 1e-3,
+):
     """``encode(score_fn, x) -> (z, nfe)``: the probability-flow ODE from ε to T, the
     inverse of :func:`get_ode_sampler` without denoising (nfe: max over the batch)."""
     _check_ode_method(method)
@@ -438,13 +485,20 @@ def get_ode_encoder(sde: sde_lib.SDE, rtol: float = 1e-5, atol: float = 1e-5,
 
 def _check_ode_method(method: str, field: str = 'method') -> None:
     if method not in ode_solver.SOLVERS:
-        raise UserError(f'{field}={method!r} is not a known ODE solver; use one of '
-                        f'{", ".join(ode_solver.solver_names())}.')
+        raise UserError(
+            f'{field}={method!r} is not a known ODE solver; use one of '
+            f'{", ".join(ode_solver.solver_names())}.'
+        )
 
 
 # --- the pipeline entry point ------------------------------------------------------------
-def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable[[Array], Array],
-                    eps: Optional[float] = None):
+def get_sampling_fn(
+    config,
+    sde: sde_lib.SDE,
+    shape,
+    inverse_scaler: Callable[[Array], Array],
+    eps: Optional[float] = None,
+):
     """``sampling_fn(rng, score_fn) -> (samples, nfe)`` from ``config.sampling``.
 
     Fields: ``method`` ('pc' | 'ode'), ``predictor``, ``corrector``, ``snr``,
@@ -457,17 +511,34 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable[[A
     method = str(cfg.method).lower()
     if method == 'pc':
         _pc_parts(sde, cfg.predictor, cfg.corrector, cfg.probability_flow, 'config.sampling.')
-        sampler = get_pc_sampler(sde, shape, cfg.predictor, cfg.corrector, cfg.snr,
-                                 cfg.n_steps_each, cfg.probability_flow, cfg.noise_removal,
-                                 eps)
+        sampler = get_pc_sampler(
+            sde,
+            shape,
+            cfg.predictor,
+            cfg.corrector,
+            cfg.snr,
+            cfg.n_steps_each,
+            cfg.probability_flow,
+            cfg.noise_removal,
+            eps,
+        )
     elif method == 'ode':
         ode_method = cfg.get('ode_method', 'dopri5')
         _check_ode_method(ode_method, 'config.sampling.ode_method')
-        sampler = get_ode_sampler(sde, shape, cfg.get('rtol', 1e-5), cfg.get('atol', 1e-5),
-                                  ode_method, eps, cfg.noise_removal)
+        sampler = get_ode_sampler(
+            sde,
+            shape,
+            cfg.get('rtol', 1e-5),
+            cfg.get('atol', 1e-5),
+            ode_method,
+            eps,
+            cfg.noise_removal,
+        )
     else:
-        raise UserError(f'config.sampling.method={cfg.method!r} is not known; use one of '
-                        f'{", ".join(SAMPLING_METHODS)}.')
+        raise UserError(
+            f'config.sampling.method={cfg.method!r} is not known; use one of '
+            f'{", ".join(SAMPLING_METHODS)}.'
+        )
 
     def sampling_fn(rng: Array, score_fn: ScoreFn):
         x, nfe = sampler(rng, score_fn)
@@ -498,14 +569,23 @@ def _get_pc_projector(sde, predictor, corrector, snr, n_steps, eps, to_basis, fr
             mean, std = sde.marginal_prob(y_data, t)
             known = mean + batch_mul(std, jax.random.normal(key, y_data.shape))
             keep = 1.0 - mask
-            return (from_basis(to_basis(x) * keep + known * mask),
-                    from_basis(to_basis(x_mean) * keep + mean * mask))
+            return (
+                from_basis(to_basis(x) * keep + known * mask),
+                from_basis(to_basis(x_mean) * keep + mean * mask),
+            )
 
         prior_rng, init_rng, loop_rng = jax.random.split(rng, 3)
         x = sde.prior_sampling(prior_rng, data.shape)
         x, _ = constrain(init_rng, x, x, jnp.full((data.shape[0],), sde.T))
-        _, x_mean = _pc_loop(loop_rng, x, sde, eps, pred_cls(sde, score_fn),
-                             corr_cls(sde, score_fn, snr, n_steps), constrain)
+        _, x_mean = _pc_loop(
+            loop_rng,
+            x,
+            sde,
+            eps,
+            pred_cls(sde, score_fn),
+            corr_cls(sde, score_fn, snr, n_steps),
+            constrain,
+        )
         return x_mean
 
     jitted = _JitPerScoreFn(run)
@@ -516,24 +596,40 @@ def _get_pc_projector(sde, predictor, corrector, snr, n_steps, eps, to_basis, fr
     return projector
 
 
-def get_pc_inpainter(sde: sde_lib.SDE, predictor: str, corrector: str, snr: float,
-                     n_steps: int = 1, eps: float = 1e-3):
+def get_pc_inpainter(
+    sde: sde_lib.SDE,
+    predictor: str,
+    corrector: str,
+    snr: float,
+    n_steps: int = 1,
+    eps: float = 1e-3,
+):
     """``inpaint(rng, score_fn, data, mask) -> x``: PC sampling of the unknown region
     (mask = 0) given the known one (mask = 1, broadcastable to data), which the result
     keeps exactly.  See :func:`_get_pc_projector` for the replacement rule."""
-    return _get_pc_projector(sde, predictor, corrector, snr, n_steps, eps,
-                             lambda x: x, lambda y: y)
+    return _get_pc_projector(sde, predictor, corrector, snr, n_steps, eps, lambda x: x, lambda y: y)
 
 
 # Orthonormal colour basis: the first column is the grey direction (1, 1, 1)/√3, the other
 # two span chroma (the original code's matrix M, exact).
-COLOR_BASIS = np.stack([np.ones(3) / np.sqrt(3.0),
-                        np.array([-2.0, 1.0, 1.0]) / np.sqrt(6.0),
-                        np.array([0.0, 1.0, -1.0]) / np.sqrt(2.0)], axis=1).astype(np.float32)
+COLOR_BASIS = np.stack(
+    [
+        np.ones(3) / np.sqrt(3.0),
+        np.array([-2.0, 1.0, 1.0]) / np.sqrt(6.0),
+        np.array([0.0, 1.0, -1.0]) / np.sqrt(2.0),
+    ],
+    axis=1,
+).astype(np.float32)
 
 
-def get_pc_colorizer(sde: sde_lib.SDE, predictor: str, corrector: str, snr: float,
-                     n_steps: int = 1, eps: float = 1e-3):
+def get_pc_colorizer(
+    sde: sde_lib.SDE,
+    predictor: str,
+    corrector: str,
+    snr: float,
+    n_steps: int = 1,
+    eps: float = 1e-3,
+):
     """``colorize(rng, score_fn, gray) -> x`` for images [..., 3]: keeps the grey
     component y₀ = ⟨x, (1,1,1)⟩/√3 of ``gray`` (a grey image repeated over the three
     channels, or any colour image whose grey level is kept) and samples the chroma.
@@ -542,8 +638,9 @@ def get_pc_colorizer(sde: sde_lib.SDE, predictor: str, corrector: str, snr: floa
     level is one coordinate; M is orthogonal, so the noise stays isotropic in y.
     """
     m = jnp.asarray(COLOR_BASIS)
-    project = _get_pc_projector(sde, predictor, corrector, snr, n_steps, eps,
-                                lambda x: x @ m, lambda y: y @ m.T)
+    project = _get_pc_projector(
+        sde, predictor, corrector, snr, n_steps, eps, lambda x: x @ m, lambda y: y @ m.T
+    )
     grey_mask = jnp.asarray([1.0, 0.0, 0.0])
 
     def colorize(rng: Array, score_fn: ScoreFn, gray: Array) -> Array:
@@ -552,13 +649,18 @@ def get_pc_colorizer(sde: sde_lib.SDE, predictor: str, corrector: str, snr: floa
     return colorize
 
 
-def conditional_score_fn(score_fn: ScoreFn,
-                         classifier_logp_grad_fn: Callable[[Array, Array, Array], Array],
-                         y: Array, scale: float = 1.0) -> ScoreFn:
+def conditional_score_fn(
+    score_fn: ScoreFn,
+    classifier_logp_grad_fn: Callable[[Array, Array, Array], Array],
+    y: Array,
+    scale: float = 1.0,
+) -> ScoreFn:
     """∇log p_t(x | y) = ∇log p_t(x) + scale · ∇log p_t(y | x) (Score SDE §5, class-
     conditional sampling with a time-dependent classifier; scale > 1 is classifier
     guidance).  ``classifier_logp_grad_fn(x, t, y)`` returns ∇_x log p_t(y | x), e.g.
     ``jax.grad(lambda x: jnp.sum(log_softmax(logits(x, t))[arange(B), y]))``."""
+
     def conditional(x: Array, t: Array) -> Array:
         return score_fn(x, t) + scale * classifier_logp_grad_fn(x, t, y)
+
     return conditional

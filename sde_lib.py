@@ -21,6 +21,7 @@ with β(t) = β₀ + t(β₁−β₀) and B(t) = ∫₀ᵗ β = β₀t + ½(β�
 sub-VP forms use ``expm1`` so that σ stays accurate in float32 (1 − exp(−B) is 6 % off at
 t = 1e-5).
 """
+
 from __future__ import annotations
 
 import abc
@@ -41,12 +42,14 @@ _SDES: Dict[str, Type[SDE]] = {}
 
 def register_sde(name: str):
     """Class decorator: makes an :class:`SDE` available as ``config.training.sde=name``."""
+
     def register(cls):
         if name in _SDES:
             raise ValueError(f'An SDE named {name!r} is already registered.')
         cls.name = name
         _SDES[name] = cls
         return cls
+
     return register
 
 
@@ -59,8 +62,9 @@ def get_sde_class(name: str) -> Type[SDE]:
     """The SDE class registered as ``name`` (case-insensitive); UserError if unknown."""
     key = str(name).lower()
     if key not in _SDES:
-        raise UserError(f'config.training.sde={name!r} is not a known SDE; use one of '
-                        f'{", ".join(sde_names())}.')
+        raise UserError(
+            f'config.training.sde={name!r} is not a known SDE; use one of {", ".join(sde_names())}.'
+        )
     return _SDES[key]
 
 
@@ -150,12 +154,17 @@ class SDE(abc.ABC):
         return self.discrete_network_inputs(t)
 
     def _no_discrete_form(self) -> UserError:
-        known = ', '.join(f'{c.__name__} ({c.discrete_objective})'
-                          for _, c in sorted(_SDES.items()) if c.discrete_objective)
-        return UserError(f'{type(self).__name__} has no discrete form: discrete '
-                         f'(continuous=False) training and sampling are defined for {known} '
-                         'only; set config.training.continuous=True or choose one of those '
-                         'with config.training.sde.')
+        known = ', '.join(
+            f'{c.__name__} ({c.discrete_objective})'
+            for _, c in sorted(_SDES.items())
+            if c.discrete_objective
+        )
+        return UserError(
+            f'{type(self).__name__} has no discrete form: discrete '
+            f'(continuous=False) training and sampling are defined for {known} '
+            'only; set config.training.continuous=True or choose one of those '
+            'with config.training.sde.'
+        )
 
     # --- shared implementation ---------------------------------------------------
     def sde(self, x: Array, t: Array) -> Tuple[Array, Array]:
@@ -174,8 +183,7 @@ class SDE(abc.ABC):
         """log π(z) per example ([B]), π = N(0, prior_std² I)."""
         dim = np.prod(z.shape[1:])
         sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)) ** 2, axis=-1)
-        return (-0.5 * dim * np.log(2 * np.pi * self.prior_std ** 2)
-                - 0.5 * sq / self.prior_std ** 2)
+        return -0.5 * dim * np.log(2 * np.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
 
     def timestep_index(self, t: Array) -> Array:
         """Discrete index i of time t on the grid t_i = T i/(N−1): ⌊t(N−1)/T + 10⁻⁴⌋.
@@ -235,7 +243,7 @@ class SDE(abc.ABC):
         return self.diffusion(t) ** 2 / self.std(t) ** 2 / z
 
     def sample_importance_weighted_time_for_likelihood(
-            self, rng: Array, shape, eps: float = 1e-5, quantile: Array | None = None
+        self, rng: Array, shape, eps: float = 1e-5, quantile: Array | None = None
     ) -> Array:
         """Samples t ~ p(t) ∝ g(t)²/σ(t)² on [ε, T] by inverting its CDF.
 
@@ -250,9 +258,15 @@ class SDE(abc.ABC):
         t = self.inverse_log_inverse_snr(c_eps + quantile * z)
         return jnp.clip(t, eps, self.T)
 
-    def sample_time_and_weight(self, rng: Array, shape, weighting: str = 'sigma2',
-                               eps: float = 1e-5, importance_normalizer: bool = False,
-                               dtype=jnp.float32) -> Tuple[Array, Array]:
+    def sample_time_and_weight(
+        self,
+        rng: Array,
+        shape,
+        weighting: str = 'sigma2',
+        eps: float = 1e-5,
+        importance_normalizer: bool = False,
+        dtype=jnp.float32,
+    ) -> Tuple[Array, Array]:
         """Times t on [ε, T] and weights w(t) for a time integral weighted by λ(t).
 
         For any integrand h, ``E[w(t) h(t)] = c ∫_ε^T λ(t)/σ(t)² h(t) dt`` with
@@ -268,8 +282,9 @@ class SDE(abc.ABC):
         1/(T − ε) (uniform t).
         """
         if weighting not in WEIGHTINGS:
-            raise UserError(f'weighting={weighting!r} is not supported; use one of '
-                            f'{", ".join(WEIGHTINGS)}.')
+            raise UserError(
+                f'weighting={weighting!r} is not supported; use one of {", ".join(WEIGHTINGS)}.'
+            )
         if weighting == 'importance':
             t = self.sample_importance_weighted_time_for_likelihood(rng, shape, eps=eps)
             t = t.astype(dtype)
@@ -295,7 +310,7 @@ class ReverseSDE:
     def _combine(self, f: Array, g: Array, x: Array, t: Array) -> Tuple[Array, Array]:
         """Turns forward (f, G) into reverse ones: f − G² s (½ G² s for the ODE)."""
         factor = 0.5 if self.probability_flow else 1.0
-        drift = f - batch_mul(factor * g ** 2, self.score_fn(x, t))
+        drift = f - batch_mul(factor * g**2, self.score_fn(x, t))
         return drift, jnp.zeros_like(g) if self.probability_flow else g
 
     def sde(self, x: Array, t: Array) -> Tuple[Array, Array]:
@@ -333,7 +348,7 @@ class _VPFamily(SDE):
 
     def integrated_beta(self, t: Array) -> Array:
         """B(t) = β₀ t + ½ (β₁−β₀) t²."""
-        return self.beta_0 * t + 0.5 * (self.beta_1 - self.beta_0) * t ** 2
+        return self.beta_0 * t + 0.5 * (self.beta_1 - self.beta_0) * t**2
 
     def log_mean_coeff(self, t: Array) -> Array:
         return -0.5 * self.integrated_beta(t)
@@ -347,7 +362,7 @@ class _VPFamily(SDE):
 
     def time_of_integrated_beta(self, b: Array) -> Array:
         """Solves B(t) = b without cancellation: t = 2b / (β₀ + √(β₀² + 2(β₁−β₀) b))."""
-        root = jnp.sqrt(self.beta_0 ** 2 + 2 * (self.beta_1 - self.beta_0) * b)
+        root = jnp.sqrt(self.beta_0**2 + 2 * (self.beta_1 - self.beta_0) * b)
         return 2 * b / (self.beta_0 + root)
 
     def corrector_alpha(self, t: Array) -> Array:
@@ -482,7 +497,7 @@ class VESDE(_VEFamily):
     def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
         """SMLD: x_{i+1} = x_i + √(σ_{i+1}² − σ_i²) z_i with σ_{−1} = 0."""
         sigma, prev = self._sigma_and_previous(t)
-        return jnp.zeros_like(x), jnp.sqrt(sigma ** 2 - prev ** 2)
+        return jnp.zeros_like(x), jnp.sqrt(sigma**2 - prev**2)
 
     def discrete_network_inputs(self, t: Array) -> Tuple[Array, Array]:
         """SMLD: labels round((T − t)(N−1)) index the descending σ table; score = output."""
@@ -496,8 +511,8 @@ class VESDE(_VEFamily):
     def ancestral_step(self, x: Array, t: Array, score: Array) -> Tuple[Array, Array]:
         """SMLD: x_mean = x + (σ_i² − σ_{i−1}²) s, std √(σ_{i−1}² (σ_i² − σ_{i−1}²)/σ_i²)."""
         sigma, prev = self._sigma_and_previous(t)
-        x_mean = x + batch_mul(sigma ** 2 - prev ** 2, score)
-        return x_mean, jnp.sqrt(prev ** 2 * (sigma ** 2 - prev ** 2) / sigma ** 2)
+        x_mean = x + batch_mul(sigma**2 - prev**2, score)
+        return x_mean, jnp.sqrt(prev**2 * (sigma**2 - prev**2) / sigma**2)
 
 
 @register_sde('vesde_linear')

@@ -46,14 +46,19 @@ class TrainState:
     rng: Array
 
 
-def init_train_state(rng: Array, params: Any, optimizer: optax.GradientTransformation
-                     ) -> TrainState:
+def init_train_state(
+    rng: Array, params: Any, optimizer: optax.GradientTransformation
+) -> TrainState:
     """A fresh state at step 0 with EMA = params (typed keys are stored as raw key data)."""
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.key_data(rng)
-    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.array, params),
-                      opt_state=optimizer.init(params), rng=rng)
+    return TrainState(
+        step=jnp.asarray(0, jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.array, params),
+        opt_state=optimizer.init(params),
+        rng=rng,
+    )
 
 
 def get_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -69,14 +74,19 @@ def get_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransforma
     """
     optim = config.optim
     if optim.optimizer not in OPTIMIZERS:
-        raise UserError(f'config.optim.optimizer={optim.optimizer!r} is not supported; '
-                        f'use one of {", ".join(OPTIMIZERS)}.')
+        raise UserError(
+            f'config.optim.optimizer={optim.optimizer!r} is not supported; '
+            f'use one of {", ".join(OPTIMIZERS)}.'
+        )
     lr, warmup = float(optim.lr), int(optim.warmup)
-    schedule = (optax.linear_schedule(0.0, lr, warmup) if warmup > 0
-                else optax.constant_schedule(lr))
+    schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else optax.constant_schedule(lr)
     adam = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=schedule, b1=float(optim.beta1), b2=float(optim.beta2),
-        eps=float(optim.eps), weight_decay=float(optim.weight_decay))
+        learning_rate=schedule,
+        b1=float(optim.beta1),
+        b2=float(optim.beta2),
+        eps=float(optim.eps),
+        weight_decay=float(optim.weight_decay),
+    )
     if float(optim.grad_clip) >= 0:
         return optax.chain(optax.clip_by_global_norm(float(optim.grad_clip)), adam)
     return adam
@@ -108,18 +118,19 @@ def ema_update(ema_params: Any, params: Any, step: Array, rate: float) -> Any:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
-def apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTransformation,
-                    ema_rate: float) -> TrainState:
+def apply_gradients(
+    state: TrainState, grads: Any, optimizer: optax.GradientTransformation, ema_rate: float
+) -> TrainState:
     """One optimizer update of ``params`` and the EMA, the step counter advanced."""
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = ema_update(state.ema_params, params, state.step, ema_rate)
-    return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                         opt_state=opt_state)
+    return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
 
 
-def replicated_state(rng: Array, params: Any, optimizer: optax.GradientTransformation,
-                     mesh: Mesh) -> TrainState:
+def replicated_state(
+    rng: Array, params: Any, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
     """``init_train_state`` placed replicated over ``mesh`` (host params in, no copies)."""
     # Host copies: every process holds the same values, which jit treats as replicated.
     params = jax.device_get(params)
@@ -127,13 +138,15 @@ def replicated_state(rng: Array, params: Any, optimizer: optax.GradientTransform
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(params)
 
 
-def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh
-                       ) -> Tuple[Any, optax.GradientTransformation, TrainState]:
+def create_train_state(
+    config: ml_collections.ConfigDict, mesh: Mesh
+) -> Tuple[Any, optax.GradientTransformation, TrainState]:
     """(model, optimizer, state at step 0) of the score model of a prepared ``config``,
     the state initialised replicated over ``mesh``."""
     optimizer = get_optimizer(config)
     seed_key = jax.random.PRNGKey(config.seed)
     model, variables = mutils.init_model(jax.random.fold_in(seed_key, STREAM_INIT), config)
-    state = replicated_state(jax.random.fold_in(seed_key, STREAM_TRAIN), variables['params'],
-                             optimizer, mesh)
+    state = replicated_state(
+        jax.random.fold_in(seed_key, STREAM_TRAIN), variables['params'], optimizer, mesh
+    )
     return model, optimizer, state

@@ -62,26 +62,39 @@ def _stream_key(seed: int, stream: int) -> jax.Array:
 
 # --- jitted pieces --------------------------------------------------------------------------
 
+
 def new_log_sums() -> Dict[str, jax.Array]:
     """Running sums between two log lines; ``first_bad`` is the first non-finite step."""
-    return {'loss': jnp.zeros((), jnp.float32), 'grad_norm': jnp.zeros((), jnp.float32),
-            'count': jnp.zeros((), jnp.int32), 'lr': jnp.full((), jnp.nan, jnp.float32),
-            'first_bad': jnp.full((), -1, jnp.int32)}
+    return {
+        'loss': jnp.zeros((), jnp.float32),
+        'grad_norm': jnp.zeros((), jnp.float32),
+        'count': jnp.zeros((), jnp.int32),
+        'lr': jnp.full((), jnp.nan, jnp.float32),
+        'first_bad': jnp.full((), -1, jnp.int32),
+    }
 
 
-def _add_step(sums: Dict[str, jax.Array], step: jax.Array, metrics: Dict[str, jax.Array]
-              ) -> Dict[str, jax.Array]:
+def _add_step(
+    sums: Dict[str, jax.Array], step: jax.Array, metrics: Dict[str, jax.Array]
+) -> Dict[str, jax.Array]:
     """``sums`` after the step that started at ``step`` and reported ``metrics``."""
     finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
     first_bad = jnp.where((sums['first_bad'] < 0) & ~finite, step, sums['first_bad'])
-    return {'loss': sums['loss'] + jnp.where(finite, metrics['loss'], 0.0),
-            'grad_norm': sums['grad_norm'] + jnp.where(finite, metrics['grad_norm'], 0.0),
-            'count': sums['count'] + 1, 'lr': metrics['lr'].astype(jnp.float32),
-            'first_bad': first_bad.astype(jnp.int32)}
+    return {
+        'loss': sums['loss'] + jnp.where(finite, metrics['loss'], 0.0),
+        'grad_norm': sums['grad_norm'] + jnp.where(finite, metrics['grad_norm'], 0.0),
+        'count': sums['count'] + 1,
+        'lr': metrics['lr'].astype(jnp.float32),
+        'first_bad': first_bad.astype(jnp.int32),
+    }
 
 
-def get_train_chunk_fn(step_fn: StepFn, prepare: Callable[[jax.Array], Any], mesh: Mesh,
-                       use_scan: Optional[bool] = None):
+def get_train_chunk_fn(
+    step_fn: StepFn,
+    prepare: Callable[[jax.Array], Any],
+    mesh: Mesh,
+    use_scan: Optional[bool] = None,
+):
     """``chunk(state, sums, batch) -> (state, sums)``: ``len(batch)`` training steps.
 
     ``batch`` is ``[k, B, ...]`` host data sharded ``P(None, 'data')``; ``prepare`` maps
@@ -105,16 +118,24 @@ def get_train_chunk_fn(step_fn: StepFn, prepare: Callable[[jax.Array], Any], mes
         return new_state, _add_step(sums, state.step, metrics)
 
     if use_scan:
+
         def scan_chunk(state, sums, batch):
             carry, _ = jax.lax.scan(lambda c, x: (one_step(*c, x), None), (state, sums), batch)
             return carry
 
-        return jax.jit(scan_chunk, in_shardings=(replicated, replicated, batch_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=(0, 1))
+        return jax.jit(
+            scan_chunk,
+            in_shardings=(replicated, replicated, batch_sharding),
+            out_shardings=(replicated, replicated),
+            donate_argnums=(0, 1),
+        )
 
-    indexed_step = jax.jit(lambda state, sums, batch, i: one_step(state, sums, batch[i]),
-                           in_shardings=(replicated, replicated, batch_sharding, replicated),
-                           out_shardings=(replicated, replicated), donate_argnums=(0, 1))
+    indexed_step = jax.jit(
+        lambda state, sums, batch, i: one_step(state, sums, batch[i]),
+        in_shardings=(replicated, replicated, batch_sharding, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0, 1),
+    )
 
     def loop_chunk(state, sums, batch):
         for i in range(batch.shape[0]):
@@ -131,6 +152,7 @@ def _due(step: int, freq: int) -> bool:
 
 # --- the loop -------------------------------------------------------------------------------
 
+
 class TrainLoop:
     """A resumable, logged, checkpointed loop of ``step_fn`` up to ``n_iters`` steps.
 
@@ -140,8 +162,15 @@ class TrainLoop:
 
     loss_name = 'loss'  # what the step's 'loss' metric is, for the log line
 
-    def __init__(self, config: ml_collections.ConfigDict, folder: str, state: TrainState,
-                 step_fn: StepFn, prepare: Callable[[jax.Array], Any], n_iters: int):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        folder: str,
+        state: TrainState,
+        step_fn: StepFn,
+        prepare: Callable[[jax.Array], Any],
+        n_iters: int,
+    ):
         self.config = config
         self.folder = folder
         self.n_iters = int(n_iters)
@@ -150,8 +179,7 @@ class TrainLoop:
         self.chunk_fn = get_train_chunk_fn(step_fn, prepare, self.mesh)
         self.new_sums = jax.jit(new_log_sums, out_shardings=NamedSharding(self.mesh, P()))
         self.is_main = jax.process_index() == 0
-        self.writer = (SummaryWriter(os.path.join(folder, 'tensorboard')) if self.is_main
-                       else None)
+        self.writer = SummaryWriter(os.path.join(folder, 'tensorboard')) if self.is_main else None
         self.history: list = []  # one dict per log line (step, train/loss, ...)
 
     def batches(self, start_step: int) -> Iterator[np.ndarray]:
@@ -207,11 +235,23 @@ class TrainLoop:
         count = max(int(sums['count']), 1)
         loss, grad_norm = float(sums['loss']) / count, float(sums['grad_norm']) / count
         eta = datetime.timedelta(seconds=int((self.n_iters - step) / rate))
-        logging.info('step %d/%d  %s %.5g  grad_norm %.3g  lr %.3g  %.2f steps/s  ETA %s',
-                     step, self.n_iters, self.loss_name, loss, grad_norm, float(sums['lr']),
-                     rate, eta)
-        values = {'train/loss': loss, 'train/grad_norm': grad_norm,
-                  'train/lr': float(sums['lr']), 'train/steps_per_sec': rate}
+        logging.info(
+            'step %d/%d  %s %.5g  grad_norm %.3g  lr %.3g  %.2f steps/s  ETA %s',
+            step,
+            self.n_iters,
+            self.loss_name,
+            loss,
+            grad_norm,
+            float(sums['lr']),
+            rate,
+            eta,
+        )
+        values = {
+            'train/loss': loss,
+            'train/grad_norm': grad_norm,
+            'train/lr': float(sums['lr']),
+            'train/steps_per_sec': rate,
+        }
         self.history.append({'step': step, **values})
         self._scalars(step, values)
 
@@ -232,15 +272,19 @@ class TrainLoop:
         if first_bad < 0:
             return
         saved = checkpointing.list_preemption_checkpoints(self.folder)
-        where = (f'the last good checkpoint is '
-                 f'{os.path.join(checkpointing.preemption_dir(self.folder), str(saved[-1]))} '
-                 f'(step {saved[-1]}), from which the same command resumes'
-                 if saved else 'no checkpoint was saved yet')
+        where = (
+            f'the last good checkpoint is '
+            f'{os.path.join(checkpointing.preemption_dir(self.folder), str(saved[-1]))} '
+            f'(step {saved[-1]}), from which the same command resumes'
+            if saved
+            else 'no checkpoint was saved yet'
+        )
         raise UserError(
             f'Training stopped: the loss or its gradient became non-finite at step '
             f'{first_bad} (that update was not applied). Nothing after it was saved; {where}. '
             f'Lower --config.optim.lr, enable gradient clipping (--config.optim.grad_clip=1) '
-            f'or check the data before resuming.')
+            f'or check the data before resuming.'
+        )
 
 
 class Trainer(TrainLoop):
@@ -252,13 +296,10 @@ class Trainer(TrainLoop):
         self.model, optimizer, state = create_train_state(config, get_mesh())
         options = losses.LossOptions.from_config(config)
         ema_rate = config.model.ema_rate
-        train_step = losses.get_step_fn(self.sde, self.model, optimizer, True, options,
-                                        ema_rate)
-        super().__init__(config, workdir, state, train_step, self.scaler,
-                         config.training.n_iters)
+        train_step = losses.get_step_fn(self.sde, self.model, optimizer, True, options, ema_rate)
+        super().__init__(config, workdir, state, train_step, self.scaler, config.training.n_iters)
         self.workdir = workdir
-        eval_step = losses.get_step_fn(self.sde, self.model, optimizer, False, options,
-                                       ema_rate)
+        eval_step = losses.get_step_fn(self.sde, self.model, optimizer, False, options, ema_rate)
         self.eval_fn = self._eval_loss_fn(eval_step)
         self._sample_fn = None
         self._eval_rows: Optional[int] = None
@@ -268,11 +309,13 @@ class Trainer(TrainLoop):
 
     def describe(self, step: int) -> str:
         t = self.config.training
-        return (f'{self.config.model.name} on {self.config.data.dataset} '
-                f'({datasets.data_shape(self.config)}, '
-                f'{mutils.param_count(self.state.params)} parameters): {t.sde} SDE, global '
-                f'batch {t.batch_size} over {jax.device_count()} devices on '
-                f'{jax.process_count()} hosts, steps {step} -> {self.n_iters}')
+        return (
+            f'{self.config.model.name} on {self.config.data.dataset} '
+            f'({datasets.data_shape(self.config)}, '
+            f'{mutils.param_count(self.state.params)} parameters): {t.sde} SDE, global '
+            f'batch {t.batch_size} over {jax.device_count()} devices on '
+            f'{jax.process_count()} hosts, steps {step} -> {self.n_iters}'
+        )
 
     def _periodic_work(self, step: int, sums: Dict[str, jax.Array]) -> bool:
         """Eval loss, checkpoints and samples due at ``step``; True if any ran."""
@@ -289,8 +332,11 @@ class Trainer(TrainLoop):
         return eval_due or saved or snapshot_due
 
     def _close(self) -> None:
-        logging.info('Snapshots in %s: %s.', checkpointing.snapshot_dir(self.workdir),
-                     checkpointing.list_checkpoints(self.workdir))
+        logging.info(
+            'Snapshots in %s: %s.',
+            checkpointing.snapshot_dir(self.workdir),
+            checkpointing.list_checkpoints(self.workdir),
+        )
         super()._close()
 
     # --- evaluation and samples -------------------------------------------------------------
@@ -309,10 +355,10 @@ class Trainer(TrainLoop):
         if not rows:
             return
         shard = datasets.get_shard(self.config, 'test')
-        x = datasets.train_batch(self.config, shard, step // self.config.training.eval_freq,
-                                 rows, jax.process_index())
-        loss = float(self.eval_fn(self.state, to_global(x, self.mesh, P('data')),
-                                  np.int32(step)))
+        x = datasets.train_batch(
+            self.config, shard, step // self.config.training.eval_freq, rows, jax.process_index()
+        )
+        loss = float(self.eval_fn(self.state, to_global(x, self.mesh, P('data')), np.int32(step)))
         logging.info('step %d  eval_loss %.5g (EMA, test split)', step, loss)
         self.history.append({'step': step, 'eval/loss': loss})
         self._scalars(step, {'eval/loss': loss})
@@ -326,8 +372,9 @@ class Trainer(TrainLoop):
             local = jax.local_device_count()
             self._eval_rows = min(per_host, available) // local * local
             if not self._eval_rows:
-                logging.warning('The test split is too small for an eval-loss batch; '
-                                'no eval loss is logged.')
+                logging.warning(
+                    'The test split is too small for an eval-loss batch; no eval loss is logged.'
+                )
         return self._eval_rows
 
     def _sample(self, step: int) -> None:
@@ -343,21 +390,28 @@ class Trainer(TrainLoop):
         if self.is_main:
             folder = os.path.join(self.workdir, 'samples', f'iter_{step}')
             pictures.save_samples(folder, samples)
-            logging.info('step %d  saved %d samples (NFE %d) to %s', step, len(samples),
-                         int(np.max(jax.device_get(nfe))), folder)
+            logging.info(
+                'step %d  saved %d samples (NFE %d) to %s',
+                step,
+                len(samples),
+                int(np.max(jax.device_get(nfe))),
+                folder,
+            )
 
     def _sampler(self):
         if self._sample_fn is None:
             n = min(self.config.training.batch_size, MAX_SNAPSHOT_SAMPLES)
             shape = (n,) + datasets.data_shape(self.config)
             sampling_fn = sampling.get_sampling_fn(
-                self.config, self.sde, shape, datasets.get_data_inverse_scaler(self.config))
+                self.config, self.sde, shape, datasets.get_data_inverse_scaler(self.config)
+            )
             key = _stream_key(self.config.seed, STREAM_SAMPLE)
             continuous = self.config.training.continuous
 
             def sample(params, step):
-                score_fn = mutils.get_score_fn(self.sde, self.model, {'params': params},
-                                               train=False, continuous=continuous)
+                score_fn = mutils.get_score_fn(
+                    self.sde, self.model, {'params': params}, train=False, continuous=continuous
+                )
                 return sampling_fn(jax.random.fold_in(key, step), score_fn)
 
             self._sample_fn = jax.jit(sample, out_shardings=NamedSharding(self.mesh, P()))

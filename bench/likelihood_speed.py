@@ -19,6 +19,7 @@ is taken in forward mode (one jvp per evaluation, no custom_vjp layer in the mod
 With the paper's ``init_scale=0`` an untrained DDPM++ outputs ≈ 0.
 Timings on a shared machine vary 10–25 %.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,10 @@ def small_score_fn(init_scale: float, seed: int = 0) -> Tuple[Callable, Any]:
     sde = sde_lib.get_sde(config)
     model, variables = mutils.init_model(jax.random.PRNGKey(seed), config)
     score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=True)
-    print(f'small DDPM++: {mutils.param_count(variables) / 1e6:.2f}M parameters, '
-          f'init_scale={init_scale}')
+    print(
+        f'small DDPM++: {mutils.param_count(variables) / 1e6:.2f}M parameters, '
+        f'init_scale={init_scale}'
+    )
     return sde, score_fn
 
 
@@ -75,14 +78,19 @@ def main() -> None:
     reverse = likelihood._has_custom_vjp(lambda y: score_fn(y, jnp.full((1,), 0.5)), x[:1])
     print('divergence by', 'reverse mode (vjp)' if reverse else 'forward mode (jvp)')
     methods = ('dopri5', 'scipy_rk45')
-    fns = {m: likelihood.get_nll_fn(sde, score_fn, rtol=args.rtol, atol=args.rtol, eps=1e-5,
-                                    method=m) for m in methods}
+    fns = {
+        m: likelihood.get_nll_fn(sde, score_fn, rtol=args.rtol, atol=args.rtol, eps=1e-5, method=m)
+        for m in methods
+    }
     outputs, times = {}, {m: [] for m in methods}
     for m in methods:  # warm-up: compiles
         start = time.perf_counter()
         outputs[m] = jax.block_until_ready(fns[m](keys, x))
-        print(f'{m:>10}: first call (compile + run) {time.perf_counter() - start:6.1f} s, '
-              f'NFE {np.asarray(outputs[m][2]).tolist()}', flush=True)
+        print(
+            f'{m:>10}: first call (compile + run) {time.perf_counter() - start:6.1f} s, '
+            f'NFE {np.asarray(outputs[m][2]).tolist()}',
+            flush=True,
+        )
     for _ in range(args.runs):  # alternated, so machine load affects both alike
         for m in methods:
             start = time.perf_counter()
@@ -90,13 +98,17 @@ def main() -> None:
             times[m].append(time.perf_counter() - start)
     for m in methods:
         nll, _, nfe = (np.asarray(a) for a in outputs[m])
-        print(f'{m:>10}: {statistics.median(times[m]):7.2f} s median of {args.runs} '
-              f'{[round(t, 2) for t in times[m]]}, NFE mean {nfe.mean():.1f} max {nfe.max()}, '
-              f'bpd {likelihood.bpd(nll, dim, scale=2.0).mean():.4f}')
+        print(
+            f'{m:>10}: {statistics.median(times[m]):7.2f} s median of {args.runs} '
+            f'{[round(t, 2) for t in times[m]]}, NFE mean {nfe.mean():.1f} max {nfe.max()}, '
+            f'bpd {likelihood.bpd(nll, dim, scale=2.0).mean():.4f}'
+        )
     speedup = statistics.median(times['scipy_rk45']) / statistics.median(times['dopri5'])
     diff = np.abs(np.asarray(outputs['dopri5'][0]) - np.asarray(outputs['scipy_rk45'][0]))
-    print(f'speed-up device / host: {speedup:.2f}x; max |delta bpd| between solvers '
-          f'{diff.max() / (dim * np.log(2)):.2e}')
+    print(
+        f'speed-up device / host: {speedup:.2f}x; max |delta bpd| between solvers '
+        f'{diff.max() / (dim * np.log(2)):.2e}'
+    )
 
 
 if __name__ == '__main__':

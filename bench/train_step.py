@@ -15,6 +15,7 @@ with likelihood weighting (``losses.get_step_fn``), on random 32×32×3 images. 
 ``paper``: vp/cifar10_ddpmpp_continuous's network (61.8M parameters), batch 8.
 Timings on a shared machine vary 10–25 %: compare medians of alternated runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,18 +45,39 @@ SETUPS = {
 def make_config(**model: Any) -> ml_collections.ConfigDict:
     """DDPM++ cont. (VP) config with the given network overrides."""
     cfg = ml_collections.ConfigDict()
-    cfg.data = ml_collections.ConfigDict({'image_size': 32, 'num_channels': 3,
-                                          'centered': True})
+    cfg.data = ml_collections.ConfigDict({'image_size': 32, 'num_channels': 3, 'centered': True})
     cfg.training = ml_collections.ConfigDict({'continuous': True})
-    cfg.model = ml_collections.ConfigDict(dict(
-        name='ncsnpp', resblock_type='biggan', fir=False, progressive='none',
-        progressive_input='none', embedding_type='positional', skip_rescale=True,
-        conditional=True, dropout=0.1, init_scale=0.0, scale_by_sigma=False,
-        beta_min=0.1, beta_max=20.0, num_scales=1000))
+    cfg.model = ml_collections.ConfigDict(
+        dict(
+            name='ncsnpp',
+            resblock_type='biggan',
+            fir=False,
+            progressive='none',
+            progressive_input='none',
+            embedding_type='positional',
+            skip_rescale=True,
+            conditional=True,
+            dropout=0.1,
+            init_scale=0.0,
+            scale_by_sigma=False,
+            beta_min=0.1,
+            beta_max=20.0,
+            num_scales=1000,
+        )
+    )
     cfg.model.update(model)
-    cfg.optim = ml_collections.ConfigDict(dict(optimizer='Adam', lr=2e-4, beta1=0.9, beta2=0.999,
-                                               eps=1e-8, weight_decay=0.0, warmup=5000,
-                                               grad_clip=1.0))
+    cfg.optim = ml_collections.ConfigDict(
+        dict(
+            optimizer='Adam',
+            lr=2e-4,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            warmup=5000,
+            grad_clip=1.0,
+        )
+    )
     return cfg
 
 
@@ -72,7 +94,7 @@ def matmul_probe(n: int = 2048) -> Callable[[], float]:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     mm = jax.jit(lambda a: a @ a)
     jax.block_until_ready(mm(a))
-    return lambda: 2 * n ** 3 / statistics.median(seconds(lambda: mm(a)) for _ in range(3)) / 1e9
+    return lambda: 2 * n**3 / statistics.median(seconds(lambda: mm(a)) for _ in range(3)) / 1e9
 
 
 def flops(compiled: Any) -> float:
@@ -89,19 +111,29 @@ def bench(which: str, iters: int, probe: Callable[[], float]) -> Dict[str, float
     model, variables = mutils.init_model(jax.random.PRNGKey(0), config)
     optimizer = train_state.get_optimizer(config)
     state = train_state.init_train_state(jax.random.PRNGKey(1), variables['params'], optimizer)
-    step_fn = losses.get_step_fn(sde_lib.VPSDE(), model, optimizer, train=True,
-                                 reduce_mean=True, continuous=True,
-                                 likelihood_weighting=True, ema_rate=0.9999)
+    step_fn = losses.get_step_fn(
+        sde_lib.VPSDE(),
+        model,
+        optimizer,
+        train=True,
+        reduce_mean=True,
+        continuous=True,
+        likelihood_weighting=True,
+        ema_rate=0.9999,
+    )
     batch = jax.random.uniform(jax.random.PRNGKey(2), (batch_size, 32, 32, 3)) * 2 - 1
     labels = jnp.full((batch_size,), 500.0)
 
     start = time.perf_counter()
     step = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    forward = jax.jit(lambda v, x, y: model.apply(v, x, y, train=False)).lower(
-        variables, batch, labels).compile()
+    forward = (
+        jax.jit(lambda v, x, y: model.apply(v, x, y, train=False))
+        .lower(variables, batch, labels)
+        .compile()
+    )
 
-    holder = {'state': step(state, batch)[0]}          # warm-up step
+    holder = {'state': step(state, batch)[0]}  # warm-up step
 
     def one_step():
         holder['state'], metrics = step(holder['state'], batch)
@@ -109,16 +141,22 @@ def bench(which: str, iters: int, probe: Callable[[], float]) -> Dict[str, float
 
     step_gflop = flops(step) / 1e9
     times, rates, fractions = [], [], []
-    for _ in range(iters):                              # alternate matmul and step
+    for _ in range(iters):  # alternate matmul and step
         rates.append(probe())
         times.append(seconds(one_step))
         fractions.append(step_gflop / times[-1] / rates[-1])
     step_s = statistics.median(times)
-    return {'params': mutils.param_count(variables), 'batch': batch_size,
-            'compile_s': compile_s, 'step_s': step_s, 'img_per_s': batch_size / step_s,
-            'fwd_gflop_per_img': flops(forward) / batch_size / 1e9,
-            'step_gflop': step_gflop, 'matmul_gflops': statistics.median(rates),
-            'fraction': statistics.median(fractions)}
+    return {
+        'params': mutils.param_count(variables),
+        'batch': batch_size,
+        'compile_s': compile_s,
+        'step_s': step_s,
+        'img_per_s': batch_size / step_s,
+        'fwd_gflop_per_img': flops(forward) / batch_size / 1e9,
+        'step_gflop': step_gflop,
+        'matmul_gflops': statistics.median(rates),
+        'fraction': statistics.median(fractions),
+    }
 
 
 def main() -> None:
@@ -130,13 +168,15 @@ def main() -> None:
     print(f'device: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs', flush=True)
     for which in args.which.split(','):
         r = bench(which, args.iters, probe)
-        print(f"{which}: {r['params']:,} params, batch {r['batch']}: "
-              f"{r['img_per_s']:.2f} img/s ({r['step_s'] * 1e3:.0f} ms/step, "
-              f"compile {r['compile_s']:.0f} s); forward {r['fwd_gflop_per_img']:.2f} "
-              f"GFLOP/img, step {r['step_gflop']:.1f} GFLOP → "
-              f"{r['step_gflop'] / r['step_s']:.0f} GFLOP/s; f32 matmul (2048²) "
-              f"{r['matmul_gflops']:.0f} GFLOP/s; step/matmul rate {r['fraction']:.0%}",
-              flush=True)
+        print(
+            f'{which}: {r["params"]:,} params, batch {r["batch"]}: '
+            f'{r["img_per_s"]:.2f} img/s ({r["step_s"] * 1e3:.0f} ms/step, '
+            f'compile {r["compile_s"]:.0f} s); forward {r["fwd_gflop_per_img"]:.2f} '
+            f'GFLOP/img, step {r["step_gflop"]:.1f} GFLOP → '
+            f'{r["step_gflop"] / r["step_s"]:.0f} GFLOP/s; f32 matmul (2048²) '
+            f'{r["matmul_gflops"]:.0f} GFLOP/s; step/matmul rate {r["fraction"]:.0%}',
+            flush=True,
+        )
 
 
 if __name__ == '__main__':

@@ -6,145 +6,157 @@ Field names follow yang-song/score_sde and yang-song/score_flow, so their comman
 override fields defined here; ``configs.validation`` rejects any other field as a typo.
 The defaults below are the CIFAR-10 settings of the papers.
 """
+
 from __future__ import annotations
 
 import ml_collections
 
 
 def _training() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        'sde': 'vpsde',                 # 'vpsde' | 'subvpsde' | 'vesde'
-        'continuous': True,             # continuous t ~ U(eps, 1); False: the discrete
-                                        # SMLD / DDPM objectives with model.num_scales levels
-        'n_iters': 1300001,
-        'batch_size': 128,              # global batch over all devices and hosts
-        'likelihood_weighting': False,  # λ(t) = g(t)² (ScoreFlow), else λ = σ(t)²
-        'importance_weighting': False,  # t ~ p(t) ∝ g²/σ² (needs likelihood_weighting)
-        'reduce_mean': False,           # mean (True) or sum (False) over data dimensions
-        'n_jitted_steps': 5,            # training steps per jitted call (lax.scan)
-        'snapshot_freq': 50000,         # checkpoint number = step // snapshot_freq
-        'snapshot_freq_for_preemption': 10000,
-        'snapshot_sampling': True,      # draw samples at each snapshot
-        'eval_freq': 100,               # eval-split loss every eval_freq steps
-        'log_freq': 100,
-        'eps': 1e-5,                    # smallest training time t
-    })
+    return ml_collections.ConfigDict(
+        {
+            'sde': 'vpsde',  # a registered SDE: sde_lib.sde_names()
+            'continuous': True,  # t ~ U(eps, 1); False: discrete SMLD / DDPM (num_scales)
+            'n_iters': 1300001,
+            'batch_size': 128,  # global batch over all devices and hosts
+            'likelihood_weighting': False,  # λ(t) = g(t)² (ScoreFlow), else λ = σ(t)²
+            'importance_weighting': False,  # t ~ p(t) ∝ g²/σ² (needs likelihood_weighting)
+            'reduce_mean': False,  # mean (True) or sum (False) over data dimensions
+            'n_jitted_steps': 5,  # training steps per jitted call (lax.scan)
+            'snapshot_freq': 50000,  # checkpoint number = step // snapshot_freq
+            'snapshot_freq_for_preemption': 10000,
+            'snapshot_sampling': True,  # draw samples at each snapshot
+            'eval_freq': 100,  # eval-split loss every eval_freq steps
+            'log_freq': 100,
+            'eps': 1e-5,  # smallest training time t
+        }
+    )
 
 
 def _sampling() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        'method': 'pc',                 # 'pc' | 'ode'
-        'predictor': 'euler_maruyama',  # 'euler_maruyama' | 'reverse_diffusion' |
-                                        # 'ancestral_sampling' | 'none'
-        'corrector': 'none',            # 'langevin' | 'ald' | 'none'
-        'snr': 0.16,                    # corrector signal-to-noise ratio
-        'n_steps_each': 1,              # corrector steps per predictor step
-        'noise_removal': True,          # final denoising step (Tweedie)
-        'probability_flow': False,      # PC with the probability-flow ODE predictor
-        'rtol': 1e-5,                   # ODE sampler tolerances
-        'atol': 1e-5,
-        'ode_method': 'dopri5',         # 'dopri5' | 'tsit5' | 'bosh3' | 'dopri8'
-        'eps': 1e-3,                    # smallest sampling time t
-    })
+    return ml_collections.ConfigDict(
+        {
+            'method': 'pc',  # 'pc' | 'ode'
+            'predictor': 'euler_maruyama',  # sampling.predictor_names()
+            'corrector': 'none',  # sampling.corrector_names()
+            'snr': 0.16,  # corrector signal-to-noise ratio
+            'n_steps_each': 1,  # corrector steps per predictor step
+            'noise_removal': True,  # final denoising step (Tweedie)
+            'probability_flow': False,  # PC with the probability-flow ODE predictor
+            'rtol': 1e-5,  # ODE sampler tolerances
+            'atol': 1e-5,
+            'ode_method': 'dopri5',  # ode_solver.solver_names()
+            'eps': 1e-3,  # smallest sampling time t
+        }
+    )
 
 
 def _eval() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        'begin_ckpt': 26,               # checkpoint numbers to evaluate, inclusive
-        'end_ckpt': 26,
-        'batch_size': 1024,             # global evaluation batch
-        'enable_loss': False,
-        'enable_bpd': True,
-        'bpd_dataset': 'test',          # 'train' | 'test'
-        'num_repeats': 5,               # passes over the split (dequantization noise)
-        'bound': False,                 # ScoreFlow variational bound alongside the ODE
-        'dsm': True,                    # bound in DSM form (else sliced score matching)
-        'offset': True,                 # ε-offset decoder term of the bound
-        'dequantizer': False,           # variational (Flow++) instead of uniform deq.
-        'enable_sampling': False,
-        'num_samples': 50000,
-        'inception_path': '',           # local Inception weights for FID/IS/KID
-        'rtol': 1e-5,                   # likelihood ODE tolerances
-        'atol': 1e-5,
-        'eps': 1e-5,                    # smallest time of the likelihood ODE / bound
-        'hutchinson_type': 'Rademacher',  # 'Rademacher' | 'Gaussian' | 'exact' (small D)
-        'ckpt_timeout': 0.0,            # seconds to wait for a checkpoint not yet
-                                        # written; 0 fails at once
-    })
+    return ml_collections.ConfigDict(
+        {
+            'begin_ckpt': 26,  # checkpoint numbers to evaluate, inclusive
+            'end_ckpt': 26,
+            'batch_size': 1024,  # global evaluation batch
+            'enable_loss': False,
+            'enable_bpd': True,
+            'bpd_dataset': 'test',  # 'train' | 'test'
+            'num_repeats': 5,  # passes over the split (dequantization noise)
+            'bound': False,  # ScoreFlow variational bound alongside the ODE
+            'dsm': True,  # bound in DSM form (else sliced score matching)
+            'offset': True,  # ε-offset decoder term of the bound
+            'dequantizer': False,  # variational (Flow++) instead of uniform deq.
+            'enable_sampling': False,
+            'num_samples': 50000,
+            'inception_path': '',  # local Inception weights for FID/IS/KID
+            'rtol': 1e-5,  # likelihood ODE tolerances
+            'atol': 1e-5,
+            'eps': 1e-5,  # smallest time of the likelihood ODE / bound
+            'hutchinson_type': 'Rademacher',  # likelihood.HUTCHINSON_TYPES ('exact': small D)
+            'ckpt_timeout': 0.0,  # s to wait for a checkpoint not yet written (0: fail)
+        }
+    )
 
 
 def _data() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        'dataset': 'CIFAR10',  # CIFAR10 | SVHN | IMAGENET32 | CELEBA | DIGITS | NPZ | TOY
-        'image_size': 32,
-        'num_channels': 3,
-        'centered': False,              # scale [0, 1] data to [-1, 1]
-        'random_flip': True,            # random horizontal flips in training
-        'uniform_dequantization': False,  # train on (x̄ + u) / K instead of x̄ / (K − 1)
-        'num_bins': 256,                # levels K of discrete data
-        'path': '',                     # NPZ file with 'train' and 'test' arrays
-        'data_dir': '',                 # TFDS data directory; '' = TFDS default
-        'download': False,              # let TFDS download and prepare missing data
-        'dim': 2,                       # dimension D of vector data (TOY, NPZ vectors)
-    })
+    return ml_collections.ConfigDict(
+        {
+            'dataset': 'CIFAR10',  # datasets.DATASET_NUM_BINS: TFDS names, DIGITS, NPZ, TOY
+            'image_size': 32,
+            'num_channels': 3,
+            'centered': False,  # scale [0, 1] data to [-1, 1]
+            'random_flip': True,  # random horizontal flips in training
+            'uniform_dequantization': False,  # train on (x̄ + u) / K instead of x̄ / (K − 1)
+            'num_bins': 256,  # levels K of discrete data
+            'path': '',  # NPZ file with 'train' and 'test' arrays
+            'data_dir': '',  # TFDS data directory; '' = TFDS default
+            'download': False,  # let TFDS download and prepare missing data
+            'dim': 2,  # dimension D of vector data (TOY, NPZ vectors)
+        }
+    )
 
 
 def _model() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        'name': 'ncsnpp',  # 'ncsnpp' | 'ddpm' | 'ncsnv2_64' | 'ncsnv2_128' | 'ncsnv2_256' | 'mlp'
-        'sigma_min': 0.01,
-        'sigma_max': 50.0,
-        'num_scales': 1000,
-        'beta_min': 0.1,
-        'beta_max': 20.0,
-        'dropout': 0.1,
-        'embedding_type': 'fourier',    # 'fourier' | 'positional'
-        'fourier_scale': 16.0,
-        'trainable_embedding': False,   # train the Fourier features W (score_flow)
-        'nf': 128,
-        'ch_mult': (1, 2, 2, 2),
-        'num_res_blocks': 4,
-        'attn_resolutions': (16,),
-        'resamp_with_conv': True,
-        'conditional': True,
-        'fir': False,
-        'fir_kernel': [1, 3, 3, 1],
-        'skip_rescale': True,
-        'resblock_type': 'biggan',      # 'ddpm' | 'biggan'
-        'progressive': 'none',          # 'none' | 'output_skip' | 'residual'
-        'progressive_input': 'none',    # 'none' | 'input_skip' | 'residual'
-        'progressive_combine': 'sum',   # 'sum' | 'cat'
-        'attention_type': 'ddpm',
-        'init_scale': 0.0,
-        'scale_by_sigma': False,
-        'normalization': 'GroupNorm',
-        'nonlinearity': 'swish',
-        'conv_size': 3,
-        'ema_rate': 0.9999,
-    })
+    return ml_collections.ConfigDict(
+        {
+            'name': 'ncsnpp',  # a registered model: models.utils.registered_models()
+            'sigma_min': 0.01,
+            'sigma_max': 50.0,
+            'num_scales': 1000,
+            'beta_min': 0.1,
+            'beta_max': 20.0,
+            'dropout': 0.1,
+            'embedding_type': 'fourier',  # 'fourier' | 'positional'
+            'fourier_scale': 16.0,
+            'trainable_embedding': False,  # train the Fourier features W (score_flow)
+            'nf': 128,
+            'ch_mult': (1, 2, 2, 2),
+            'num_res_blocks': 4,
+            'attn_resolutions': (16,),
+            'resamp_with_conv': True,
+            'conditional': True,
+            'fir': False,
+            'fir_kernel': [1, 3, 3, 1],
+            'skip_rescale': True,
+            'resblock_type': 'biggan',  # 'ddpm' | 'biggan'
+            'progressive': 'none',  # 'none' | 'output_skip' | 'residual'
+            'progressive_input': 'none',  # 'none' | 'input_skip' | 'residual'
+            'progressive_combine': 'sum',  # 'sum' | 'cat'
+            'attention_type': 'ddpm',
+            'init_scale': 0.0,
+            'scale_by_sigma': False,
+            'normalization': 'GroupNorm',
+            'nonlinearity': 'swish',
+            'conv_size': 3,
+            'ema_rate': 0.9999,
+        }
+    )
 
 
 def _optim() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        'optimizer': 'Adam',
-        'lr': 2e-4,
-        'beta1': 0.9,
-        'beta2': 0.999,
-        'eps': 1e-8,
-        'weight_decay': 0.0,
-        'warmup': 5000,                 # linear learning-rate warm-up steps
-        'grad_clip': 1.0,               # global-norm clipping; negative disables
-    })
+    return ml_collections.ConfigDict(
+        {
+            'optimizer': 'Adam',
+            'lr': 2e-4,
+            'beta1': 0.9,
+            'beta2': 0.999,
+            'eps': 1e-8,
+            'weight_decay': 0.0,
+            'warmup': 5000,  # linear learning-rate warm-up steps
+            'grad_clip': 1.0,  # global-norm clipping; negative disables
+        }
+    )
 
 
 def _deq() -> ml_collections.ConfigDict:
     """Flow++ variational dequantizer trained by ``--mode train_deq`` (score_flow)."""
-    return ml_collections.ConfigDict({
-        'n_iters': 300001,
-        'ema_rate': 0.99,
-        'dropout': 0.0,
-        'offset': True,
-    })
+    return ml_collections.ConfigDict(
+        {
+            'n_iters': 300001,
+            'ema_rate': 0.99,
+            'dropout': 0.0,
+            'offset': True,
+        }
+    )
 
 
 def get_base_config() -> ml_collections.ConfigDict:

@@ -1,4 +1,5 @@
 """CelebA 64×64 defaults (TFDS ``celeb_a``: centre crop 140, resize, as Score SDE)."""
+
 import ml_collections
 
 from configs.base import get_base_config

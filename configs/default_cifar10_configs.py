@@ -1,4 +1,5 @@
 """CIFAR-10 defaults (TFDS ``cifar10``): the schema's defaults are the papers' settings."""
+
 import ml_collections
 
 from configs.base import get_base_config

@@ -8,6 +8,7 @@ Training uses uniform dequantization: with only K = 17 levels, x̄/(K − 1) and
 evaluation points (x̄ + u)/K differ by up to half a bin, so a model trained on the former
 would be evaluated off its support.
 """
+
 import ml_collections
 
 from configs import presets
@@ -46,8 +47,16 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.uniform_dequantization = True
 
     presets.ddpmpp_style(config)
-    config.model.update({'nf': 32, 'ch_mult': (1, 2), 'num_res_blocks': 1,
-                         'attn_resolutions': (), 'dropout': 0.1, 'ema_rate': 0.999})
+    config.model.update(
+        {
+            'nf': 32,
+            'ch_mult': (1, 2),
+            'num_res_blocks': 1,
+            'attn_resolutions': (),
+            'dropout': 0.1,
+            'ema_rate': 0.999,
+        }
+    )
     config.optim.lr = 1e-3
     config.optim.warmup = 200
     return config

@@ -1,5 +1,6 @@
 """ImageNet 32×32 defaults (the "old" ImageNet32 of the flow literature and ScoreFlow,
 TFDS ``downsampled_imagenet/32x32``; see ``datasets.py``)."""
+
 import ml_collections
 
 from configs.base import get_base_config

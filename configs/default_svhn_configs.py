@@ -1,4 +1,5 @@
 """SVHN defaults (TFDS ``svhn_cropped``, 32×32; no flips: digits are not mirror-symmetric)."""
+
 import ml_collections
 
 from configs.base import get_base_config

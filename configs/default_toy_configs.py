@@ -1,6 +1,7 @@
 """TOY: 2-D mixture of 8 Gaussians on a circle (``datasets.toy_distribution``), vector
 data [N, 2] with an exact density, and a time-conditioned residual MLP. Vector data use
 ``data.dim``; ``data.image_size`` and ``num_channels`` are ignored."""
+
 import ml_collections
 
 from configs.base import get_base_config

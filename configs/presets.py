@@ -4,6 +4,7 @@
 NCSN++ (VE) from Score SDE (Song et al., 2021, Table 3 / configs); ``paper_size`` sets the
 CIFAR-10 network size; ``set_weighting`` the ScoreFlow training objective.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -25,10 +26,22 @@ _COMMON_STYLE = {
     'fourier_scale': 16.0,
     'conv_size': 3,
 }
-_DDPMPP_STYLE = {**_COMMON_STYLE, 'scale_by_sigma': False, 'ema_rate': 0.9999, 'fir': False,
-                 'progressive_input': 'none', 'embedding_type': 'positional'}
-_NCSNPP_STYLE = {**_COMMON_STYLE, 'scale_by_sigma': True, 'ema_rate': 0.999, 'fir': True,
-                 'progressive_input': 'residual', 'embedding_type': 'fourier'}
+_DDPMPP_STYLE = {
+    **_COMMON_STYLE,
+    'scale_by_sigma': False,
+    'ema_rate': 0.9999,
+    'fir': False,
+    'progressive_input': 'none',
+    'embedding_type': 'positional',
+}
+_NCSNPP_STYLE = {
+    **_COMMON_STYLE,
+    'scale_by_sigma': True,
+    'ema_rate': 0.999,
+    'fir': True,
+    'progressive_input': 'residual',
+    'embedding_type': 'fourier',
+}
 
 # Smallest time ε of sub-VP in yang-song/score_flow (training, sampling and likelihoods):
 # near t = 0 sub-VP's σ(t) ≈ β₀t is far below VP's √(β₀t) (1e-6 vs 1e-3 at t = 1e-5).
@@ -37,8 +50,8 @@ SUBVP_EPS = 1e-2
 # ScoreFlow's three training objectives: (likelihood_weighting, importance_weighting).
 WEIGHTINGS = {
     'baseline': (False, False),  # Score SDE: λ(t) = σ(t)²
-    'lw': (True, False),         # likelihood weighting λ(t) = g(t)², t ~ U(ε, 1)
-    'lw_is': (True, True),       # likelihood weighting, t ~ p(t) ∝ g(t)²/σ(t)²
+    'lw': (True, False),  # likelihood weighting λ(t) = g(t)², t ~ U(ε, 1)
+    'lw_is': (True, True),  # likelihood weighting, t ~ p(t) ∝ g(t)²/σ(t)²
 }
 
 
@@ -54,8 +67,14 @@ def ncsnpp_style(config: ml_collections.ConfigDict) -> None:
 
 def paper_size(config: ml_collections.ConfigDict, deep: bool) -> None:
     """The CIFAR-10 networks: nf 128, ch_mult (1,2,2,2), 4 (deep: 8) res blocks, attn 16."""
-    config.model.update({'nf': 128, 'ch_mult': (1, 2, 2, 2),
-                         'num_res_blocks': 8 if deep else 4, 'attn_resolutions': (16,)})
+    config.model.update(
+        {
+            'nf': 128,
+            'ch_mult': (1, 2, 2, 2),
+            'num_res_blocks': 8 if deep else 4,
+            'attn_resolutions': (16,),
+        }
+    )
     if deep:
         config.training.n_iters = 950001
         config.eval.begin_ckpt = config.eval.end_ckpt = 19

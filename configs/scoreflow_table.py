@@ -7,6 +7,7 @@ ImageNet32 with likelihood weighting + importance sampling, ε = 5e-5 (score_flo
 imagenet32 configs meant this but tested the flags before the command line set them, so
 there it only took effect when the file was edited).
 """
+
 import importlib
 
 import ml_collections

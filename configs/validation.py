@@ -5,6 +5,7 @@ The lists of known names come from the registries of the modules that implement 
 (SDEs, models, datasets, predictors, correctors, ODE solvers, Hutchinson probes), so a name
 registered there is valid here, and only there.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -41,14 +42,25 @@ def choices() -> tuple:
     )
 
 
-_POSITIVE = ('training.n_iters', 'training.batch_size', 'training.n_jitted_steps',
-             'eval.batch_size', 'eval.num_repeats', 'optim.lr')
-_MULTIPLES_OF_JITTED_STEPS = ('training.log_freq', 'training.eval_freq',
-                              'training.snapshot_freq', 'training.snapshot_freq_for_preemption')
+_POSITIVE = (
+    'training.n_iters',
+    'training.batch_size',
+    'training.n_jitted_steps',
+    'eval.batch_size',
+    'eval.num_repeats',
+    'optim.lr',
+)
+_MULTIPLES_OF_JITTED_STEPS = (
+    'training.log_freq',
+    'training.eval_freq',
+    'training.snapshot_freq',
+    'training.snapshot_freq_for_preemption',
+)
 
 
-def prepare_config(config: ml_collections.ConfigDict, num_devices: int | None = None
-                   ) -> ml_collections.ConfigDict:
+def prepare_config(
+    config: ml_collections.ConfigDict, num_devices: int | None = None
+) -> ml_collections.ConfigDict:
     """The config every run works with: ``config`` validated (:func:`validate_config`) and
     resolved — a copy with references resolved and ``data.dim = 0`` (vector data: "take
     it from the data") replaced by the dimension of the NPZ / TOY vectors."""
@@ -87,9 +99,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     _check_batch_sizes(config, num_devices)
     for field in _MULTIPLES_OF_JITTED_STEPS:
         if _get(config, field) % config.training.n_jitted_steps:
-            _fail(field, _get(config, field),
-                  f'must be a multiple of training.n_jitted_steps='
-                  f'{config.training.n_jitted_steps} (steps run in jitted groups)')
+            _fail(
+                field,
+                _get(config, field),
+                f'must be a multiple of training.n_jitted_steps='
+                f'{config.training.n_jitted_steps} (steps run in jitted groups)',
+            )
 
 
 def _get(config: Any, field: str) -> Any:
@@ -99,8 +114,9 @@ def _get(config: Any, field: str) -> Any:
 
 
 def _fail(field: str, value: Any, problem: str) -> None:
-    raise UserError(f'config.{field}={value!r} {problem}; '
-                    f'fix the config file or pass --config.{field}=...')
+    raise UserError(
+        f'config.{field}={value!r} {problem}; fix the config file or pass --config.{field}=...'
+    )
 
 
 def _is_section(value: Any) -> bool:
@@ -114,9 +130,11 @@ def _check_schema(config: Any, schema: ml_collections.ConfigDict, prefix: str = 
         if key not in schema:
             hint = difflib.get_close_matches(key, list(schema.keys()), n=1)
             did_you_mean = f' (did you mean {prefix}{hint[0]}?)' if hint else ''
-            raise UserError(f'config.{field} is not a known field{did_you_mean}; '
-                            f'remove it or correct its name (known fields are those of '
-                            f'configs/base.py)')
+            raise UserError(
+                f'config.{field} is not a known field{did_you_mean}; '
+                f'remove it or correct its name (known fields are those of '
+                f'configs/base.py)'
+            )
         if _is_section(schema[key]) != _is_section(config[key]):
             kind = 'a section' if _is_section(schema[key]) else 'a value'
             raise UserError(f'config.{field} must be {kind}, as in configs/base.py')
@@ -124,8 +142,10 @@ def _check_schema(config: Any, schema: ml_collections.ConfigDict, prefix: str = 
             _check_schema(config[key], schema[key], field + '.')
     for key in schema.keys():
         if key not in config:
-            raise UserError(f'config.{prefix + key} is missing; build configs on '
-                            f'configs.base.get_base_config(), which gives every field a default')
+            raise UserError(
+                f'config.{prefix + key} is missing; build configs on '
+                f'configs.base.get_base_config(), which gives every field a default'
+            )
 
 
 def _check_choice(config: Any, field: str, choices: Iterable[str]) -> None:
@@ -140,32 +160,50 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
     if not training.continuous:
         for flag in ('likelihood_weighting', 'importance_weighting'):
             if training[flag]:
-                _fail(f'training.{flag}', True, 'needs the continuous-time objective; '
-                      'set --config.training.continuous=True')
+                _fail(
+                    f'training.{flag}',
+                    True,
+                    'needs the continuous-time objective; set --config.training.continuous=True',
+                )
         if sde_lib.get_sde_class(training.sde).discrete_objective is None:
-            _fail('training.continuous', False, f'is not available for training.sde='
-                  f'{training.sde!r}, which has no discrete (SMLD / DDPM) counterpart; set '
-                  'it to True')
+            _fail(
+                'training.continuous',
+                False,
+                f'is not available for training.sde='
+                f'{training.sde!r}, which has no discrete (SMLD / DDPM) counterpart; set '
+                'it to True',
+            )
     if training.importance_weighting and not training.likelihood_weighting:
-        _fail('training.importance_weighting', True, 'samples t for the likelihood weighting '
-              'g(t)²; also set --config.training.likelihood_weighting=True')
+        _fail(
+            'training.importance_weighting',
+            True,
+            'samples t for the likelihood weighting '
+            'g(t)²; also set --config.training.likelihood_weighting=True',
+        )
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
     data = config.data
     if data.dataset == 'NPZ':
         if not data.path:
-            _fail('data.path', data.path, "is empty but data.dataset='NPZ' reads its 'train' "
-                  "and 'test' arrays from it; set --config.data.path=/path/to/file.npz")
+            _fail(
+                'data.path',
+                data.path,
+                "is empty but data.dataset='NPZ' reads its 'train' "
+                "and 'test' arrays from it; set --config.data.path=/path/to/file.npz",
+            )
         if not os.path.isfile(data.path):
             _fail('data.path', data.path, 'is not an existing file')
     if data.dataset == 'TOY' and data.dim < 1:
         _fail('data.dim', data.dim, 'must be at least 1 for the TOY vector data')
     expected_bins = datasets.DATASET_NUM_BINS[data.dataset]
     if expected_bins is not None and data.num_bins != expected_bins:
-        _fail('data.num_bins', data.num_bins,
-              f'does not match {data.dataset}, which has {expected_bins} levels; '
-              f'set it to {expected_bins}')
+        _fail(
+            'data.num_bins',
+            data.num_bins,
+            f'does not match {data.dataset}, which has {expected_bins} levels; '
+            f'set it to {expected_bins}',
+        )
     if data.dataset == 'NPZ' and not 2 <= data.num_bins <= 65536:
         _fail('data.num_bins', data.num_bins, 'must be between 2 and 65536')
 
@@ -175,6 +213,9 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int | Non
         num_devices = jax.device_count()
     for field in ('training.batch_size', 'eval.batch_size'):
         if _get(config, field) % num_devices:
-            _fail(field, _get(config, field),
-                  f'is not divisible by the {num_devices} devices (over all hosts); '
-                  f'use a multiple of {num_devices}')
+            _fail(
+                field,
+                _get(config, field),
+                f'is not divisible by the {num_devices} devices (over all hosts); '
+                f'use a multiple of {num_devices}',
+            )

@@ -6,14 +6,15 @@ Importing the package registers every model: ``ncsnpp`` (NCSN++ / DDPM++), ``ddp
 ``models.utils.get_score_fn(sde, model, variables, ...)`` to turn it into a score
 function.
 """
+
 from models import ddpm, mlp, ncsnpp, ncsnv2, utils  # noqa: F401  (registers models)
 from models.utils import (  # noqa: F401
-                          ModelConfig,
-                          create_model,
-                          get_model_fn,
-                          get_score_fn,
-                          get_sigmas,
-                          init_model,
-                          param_count,
-                          register_model,
+    ModelConfig,
+    create_model,
+    get_model_fn,
+    get_score_fn,
+    get_sigmas,
+    init_model,
+    param_count,
+    register_model,
 )

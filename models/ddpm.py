@@ -8,6 +8,7 @@ GroupNorm(32) → act → conv3x3 (zero-initialised).  With ``scale_by_sigma`` t
 is divided by σ_label (NCSN-style training).  CIFAR-10 (nf 128, ch_mult (1,2,2,2),
 2 blocks, attention at 16): 35.7M parameters.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,6 +29,7 @@ Array = jax.Array
 @register_model('ddpm')
 class DDPM(nn.Module):
     """DDPM score / noise-prediction network: ``apply(variables, x, labels [B])``."""
+
     config: ModelConfig
 
     check_config = staticmethod(check_unet_config)
@@ -38,8 +40,9 @@ class DDPM(nn.Module):
         act = get_act(cfg.nonlinearity)
         normalize = get_normalization(cfg.normalization)
         attn = functools.partial(layers.AttnBlock, normalize=normalize)
-        resnet = functools.partial(layers.ResnetBlockDDPM, act=act, normalize=normalize,
-                                   dropout=cfg.dropout)
+        resnet = functools.partial(
+            layers.ResnetBlockDDPM, act=act, normalize=normalize, dropout=cfg.dropout
+        )
         if cfg.conditional:
             temb = layers.get_timestep_embedding(labels, cfg.nf)
             temb = nn.Dense(cfg.nf * 4, kernel_init=default_init())(temb)
@@ -65,7 +68,8 @@ class DDPM(nn.Module):
         for i_level in reversed(range(cfg.num_resolutions)):
             for _ in range(cfg.num_res_blocks + 1):
                 h = resnet(out_ch=cfg.nf * cfg.ch_mult[i_level])(
-                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train
+                )
                 if h.shape[1] in cfg.attn_resolutions:
                     h = attn()(h)
             if i_level != 0:

@@ -11,6 +11,7 @@ Conventions (as in the Score SDE code base):
   ``variance_scaling(1/3, 'fan_in', 'uniform')``.
 - A norm factory (see ``normalization.py``) maps a channel count to a norm module.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,37 +43,62 @@ def get_act(name: str) -> Activation:
 
 def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
     """DDPM's initialiser: variance_scaling(scale, 'fan_avg', 'uniform'); 0 → 1e-10."""
-    return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale,
-                                            'fan_avg', 'uniform')
+    return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, 'fan_avg', 'uniform')
 
 
 def ncsn_init(scale: float = 1.0) -> nn.initializers.Initializer:
     """PyTorch's default conv initialiser, as NCSNv2: U(±√(scale/fan_in))."""
-    return nn.initializers.variance_scaling((1e-10 if scale == 0 else scale) / 3.0,
-                                            'fan_in', 'uniform')
+    return nn.initializers.variance_scaling(
+        (1e-10 if scale == 0 else scale) / 3.0, 'fan_in', 'uniform'
+    )
 
 
-def conv3x3(x: Array, out_ch: int, stride: int = 1, bias: bool = True, dilation: int = 1,
-            init_scale: float = 1.0) -> Array:
+def conv3x3(
+    x: Array,
+    out_ch: int,
+    stride: int = 1,
+    bias: bool = True,
+    dilation: int = 1,
+    init_scale: float = 1.0,
+) -> Array:
     """3×3 'SAME' convolution with DDPM's initialiser (stride 2 pads (0, 1) as TF)."""
-    return nn.Conv(out_ch, (3, 3), strides=(stride, stride), padding='SAME',
-                   kernel_dilation=(dilation, dilation), use_bias=bias,
-                   kernel_init=default_init(init_scale))(x)
+    return nn.Conv(
+        out_ch,
+        (3, 3),
+        strides=(stride, stride),
+        padding='SAME',
+        kernel_dilation=(dilation, dilation),
+        use_bias=bias,
+        kernel_init=default_init(init_scale),
+    )(x)
 
 
-def conv1x1(x: Array, out_ch: int, stride: int = 1, bias: bool = True,
-            init_scale: float = 1.0) -> Array:
+def conv1x1(
+    x: Array, out_ch: int, stride: int = 1, bias: bool = True, init_scale: float = 1.0
+) -> Array:
     """1×1 convolution with DDPM's initialiser."""
-    return nn.Conv(out_ch, (1, 1), strides=(stride, stride), padding='SAME', use_bias=bias,
-                   kernel_init=default_init(init_scale))(x)
+    return nn.Conv(
+        out_ch,
+        (1, 1),
+        strides=(stride, stride),
+        padding='SAME',
+        use_bias=bias,
+        kernel_init=default_init(init_scale),
+    )(x)
 
 
-def ncsn_conv(x: Array, out_ch: int, kernel: int = 3, bias: bool = True,
-              dilation: int = 1) -> Array:
+def ncsn_conv(
+    x: Array, out_ch: int, kernel: int = 3, bias: bool = True, dilation: int = 1
+) -> Array:
     """NCSNv2 'SAME' convolution (k×k, optionally dilated) with PyTorch's initialiser."""
-    return nn.Conv(out_ch, (kernel, kernel), padding='SAME',
-                   kernel_dilation=(dilation, dilation), use_bias=bias,
-                   kernel_init=ncsn_init())(x)
+    return nn.Conv(
+        out_ch,
+        (kernel, kernel),
+        padding='SAME',
+        kernel_dilation=(dilation, dilation),
+        use_bias=bias,
+        kernel_init=ncsn_init(),
+    )(x)
 
 
 def NIN(num_units: int, init_scale: float = 0.1) -> nn.Dense:  # noqa: N802 (paper name)
@@ -80,8 +106,9 @@ def NIN(num_units: int, init_scale: float = 0.1) -> nn.Dense:  # noqa: N802 (pap
     return nn.Dense(num_units, kernel_init=default_init(init_scale))
 
 
-def get_timestep_embedding(timesteps: Array, embedding_dim: int,
-                           max_positions: int = 10000) -> Array:
+def get_timestep_embedding(
+    timesteps: Array, embedding_dim: int, max_positions: int = 10000
+) -> Array:
     """Transformer sinusoidal embedding of a [B] vector: [sin(t ω_k), cos(t ω_k)], with
     ω_k = max_positions^(−k/(d/2 − 1)), k = 0 … d/2 − 1 (zero-padded when d is odd)."""
     half = embedding_dim // 2
@@ -108,7 +135,7 @@ def self_attention_2d(q: Array, k: Array, v: Array) -> Array:
     """
     b, h, w, c = q.shape
     q, k, v = (a.reshape(b, h * w, c) for a in (q, k, v))
-    logits = jnp.einsum('bic,bjc->bij', q, k) * np.float32(c ** -0.5)
+    logits = jnp.einsum('bic,bjc->bij', q, k) * np.float32(c**-0.5)
     e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
     out = jnp.einsum('bij,bjc->bic', e, v) / jnp.sum(e, axis=-1)[..., None]
     return out.reshape(b, h, w, c)
@@ -144,19 +171,21 @@ class Dropout(nn.Module):
     """Inverted dropout (as ``flax.linen.Dropout``) with masks from :func:`hash_bits`:
     each element is zeroed with probability ``rate`` (to 2⁻³²), survivors scaled by
     1/(1 − rate).  Draws from the ``'dropout'`` RNG stream."""
+
     rate: float
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:
         if deterministic or self.rate == 0.0:
             return x
-        threshold = np.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
+        threshold = np.uint32(min(round(self.rate * 2.0**32), 2**32 - 1))
         keep = hash_bits(self.make_rng('dropout'), x.shape) >= threshold
         return jnp.where(keep, x * np.float32(1.0 / (1.0 - self.rate)), 0.0)
 
 
 class AttnBlock(nn.Module):
     """Self-attention block: x + NIN(attn(NIN_q(n(x)), NIN_k(n(x)), NIN_v(n(x))))."""
+
     normalize: NormFactory
     skip_rescale: bool = False
     init_scale: float = 0.0
@@ -170,8 +199,9 @@ class AttnBlock(nn.Module):
         return skip_sum(x, h, self.skip_rescale)
 
 
-def residual_branch(block: nn.Module, h: Array, temb: Optional[Array], train: bool,
-                    out_ch: int) -> Array:
+def residual_branch(
+    block: nn.Module, h: Array, temb: Optional[Array], train: bool, out_ch: int
+) -> Array:
     """The shared tail of DDPM-style residual branches, after the first norm + act:
     conv3x3 → + Dense(act(temb)) → norm → act → dropout → conv3x3 (init_scale).
 
@@ -191,6 +221,7 @@ class ResnetBlockDDPM(nn.Module):
     The shortcut is the identity when channels match, else a NIN (or a 3×3 conv with
     ``conv_shortcut``).
     """
+
     act: Activation
     normalize: NormFactory
     out_ch: Optional[int] = None
@@ -215,6 +246,7 @@ class ResnetBlockDDPM(nn.Module):
 # ------------------------------------------------------------------------------------
 class ConvMeanPool(nn.Module):
     """k×k convolution followed by 2×2 average pooling."""
+
     out_ch: int
     kernel: int = 3
 
@@ -232,6 +264,7 @@ class ResidualBlock(nn.Module):
     ``dilation > 1`` where (as in the original NCSNv2 code) it keeps the resolution and
     only changes the channels.
     """
+
     out_ch: int
     normalize: NormFactory
     act: Activation = nn.elu
@@ -260,6 +293,7 @@ class ResidualBlock(nn.Module):
 
 class RCUBlock(nn.Module):
     """Residual conv unit: ``n_blocks`` × (x + (act → conv3x3)^n_stages (x)), no biases."""
+
     features: int
     n_blocks: int
     n_stages: int
@@ -277,6 +311,7 @@ class RCUBlock(nn.Module):
 
 class CRPBlock(nn.Module):
     """Chained residual pooling: x ← act(x); path ← conv(maxpool₅ₓ₅(path)); x += path."""
+
     features: int
     n_stages: int
     act: Activation = nn.relu
@@ -294,6 +329,7 @@ class CRPBlock(nn.Module):
 
 class MSFBlock(nn.Module):
     """Multi-resolution fusion: Σ_i resize(conv3x3(x_i), shape)."""
+
     shape: Tuple[int, int]
     features: int
     interpolation: str = 'bilinear'
@@ -312,6 +348,7 @@ class MSFBlock(nn.Module):
 
 class RefineBlock(nn.Module):
     """RefineNet block: RCU per input → multi-resolution fusion → CRP → output RCU."""
+
     output_shape: Tuple[int, int]
     features: int
     act: Activation = nn.relu
@@ -327,5 +364,4 @@ class RefineBlock(nn.Module):
         else:
             h = MSFBlock(self.output_shape, self.features, self.interpolation)(hs)
         h = CRPBlock(self.features, n_stages=2, act=self.act)(h)
-        return RCUBlock(self.features, n_blocks=3 if self.end else 1, n_stages=2,
-                        act=self.act)(h)
+        return RCUBlock(self.features, n_blocks=3 if self.end else 1, n_stages=2, act=self.act)(h)

@@ -5,6 +5,7 @@ DDPM++ blocks differ from DDPM's only in GroupNorm(min(C/4, 32) groups),
 ``skip_rescale`` (residual sums divided by √2) and a configurable ``init_scale`` of
 each block's last layer; they are the DDPM classes of ``layers.py`` with those options.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,6 +33,7 @@ class GaussianFourierProjection(nn.Module):
     W is a parameter (so checkpoints carry it) behind a stop-gradient unless
     ``trainable``.
     """
+
     embedding_size: int = 256
     scale: float = 1.0
     trainable: bool = False
@@ -48,6 +50,7 @@ class GaussianFourierProjection(nn.Module):
 class Combine(nn.Module):
     """Merges an input-pyramid level ``x`` into features ``y``: conv1x1(x) then
     concatenation (``'cat'``) or sum (``'sum'``)."""
+
     method: str = 'cat'
 
     @nn.compact
@@ -61,6 +64,7 @@ class Combine(nn.Module):
 class _Resample(nn.Module):
     """Fields shared by :class:`Upsample` and :class:`Downsample`: output channels
     (default: the input's), a learned convolution or not, FIR filtering or not."""
+
     out_ch: Optional[int] = None
     with_conv: bool = False
     fir: bool = False
@@ -78,8 +82,9 @@ class Upsample(_Resample):
             return conv3x3(h, out_ch) if self.with_conv else h
         if not self.with_conv:
             return uds.upsample_2d(x, self.fir_kernel, factor=2)
-        return uds.Conv2d(out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel,
-                          kernel_init=default_init())(x)
+        return uds.Conv2d(
+            out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel, kernel_init=default_init()
+        )(x)
 
 
 class Downsample(_Resample):
@@ -94,8 +99,9 @@ class Downsample(_Resample):
             return uds.naive_downsample_2d(x, 2)
         if not self.with_conv:
             return uds.downsample_2d(x, self.fir_kernel, factor=2)
-        return uds.Conv2d(out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel,
-                          kernel_init=default_init())(x)
+        return uds.Conv2d(
+            out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel, kernel_init=default_init()
+        )(x)
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -105,6 +111,7 @@ class ResnetBlockBigGANpp(nn.Module):
     shortcut = conv1x1(resample(x)) when channels or resolution change;
     output (shortcut + h)/√2 with ``skip_rescale``.
     """
+
     act: Activation
     up: bool = False
     down: bool = False
@@ -120,8 +127,7 @@ class ResnetBlockBigGANpp(nn.Module):
         if self.up:
             return uds.upsample_2d(x, self.fir_kernel) if self.fir else uds.naive_upsample_2d(x)
         if self.down:
-            return (uds.downsample_2d(x, self.fir_kernel) if self.fir
-                    else uds.naive_downsample_2d(x))
+            return uds.downsample_2d(x, self.fir_kernel) if self.fir else uds.naive_downsample_2d(x)
         return x
 
     @nn.compact
@@ -136,8 +142,9 @@ class ResnetBlockBigGANpp(nn.Module):
         return skip_sum(x, h, self.skip_rescale)
 
 
-def noise_conditioning(cfg, labels: Array, act: Activation,
-                       sigmas: np.ndarray) -> Tuple[Optional[Array], Array]:
+def noise_conditioning(
+    cfg, labels: Array, act: Activation, sigmas: np.ndarray
+) -> Tuple[Optional[Array], Array]:
     """Time / noise-level embedding shared by NCSN++ and the MLP.
 
     ``embedding_type='fourier'``: ``labels`` are noise scales σ (VE, continuous); the
@@ -149,8 +156,9 @@ def noise_conditioning(cfg, labels: Array, act: Activation,
     """
     if cfg.embedding_type == 'fourier':
         used_sigmas = labels
-        temb = GaussianFourierProjection(cfg.nf, cfg.fourier_scale,
-                                         cfg.trainable_embedding)(jnp.log(labels))
+        temb = GaussianFourierProjection(cfg.nf, cfg.fourier_scale, cfg.trainable_embedding)(
+            jnp.log(labels)
+        )
     else:
         used_sigmas = jnp.asarray(sigmas, jnp.float32)[labels.astype(jnp.int32)]
         temb = layers.get_timestep_embedding(labels, cfg.nf)

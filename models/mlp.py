@@ -11,6 +11,7 @@ NCSN++ (``embedding_type`` fourier: labels are σ, log σ is embedded; positiona
 labels are timesteps, e.g. 999·t), ``skip_rescale``, ``init_scale`` and
 ``scale_by_sigma``.  Vector data is used as given (``config.data.centered`` is ignored).
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Optional
@@ -27,6 +28,7 @@ Array = jax.Array
 
 class ResidualDenseBlock(nn.Module):
     """x + Dense(dropout(act(Dense(act(x)) + Dense(act(temb))))), last layer init_scale."""
+
     act: Activation
     dropout: float = 0.0
     skip_rescale: bool = True
@@ -46,6 +48,7 @@ class ResidualDenseBlock(nn.Module):
 @register_model('mlp')
 class MLP(nn.Module):
     """Residual MLP score network: ``apply(variables, x [B, D], labels [B])``."""
+
     config: ModelConfig
 
     vector_input: ClassVar[bool] = True
@@ -58,7 +61,8 @@ class MLP(nn.Module):
         h = nn.Dense(cfg.nf, kernel_init=default_init())(x)
         for _ in range(cfg.num_res_blocks):
             h = ResidualDenseBlock(act, cfg.dropout, cfg.skip_rescale, cfg.init_scale)(
-                h, temb, train)
+                h, temb, train
+            )
         h = nn.Dense(x.shape[-1], kernel_init=default_init(cfg.init_scale))(act(h))
         if cfg.scale_by_sigma:
             h = layerspp.divide_by_sigma(h, used_sigmas)

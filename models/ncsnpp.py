@@ -18,6 +18,7 @@ on [h, skip] concatenations, attention, then with ``progressive`` an output pyra
 input pyramid) and up-sampling.  The output is conv3x3(act(GN(h))) (or the pyramid),
 divided by σ with ``scale_by_sigma``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,42 +40,57 @@ def check_unet_config(cfg: ModelConfig) -> None:
     """Image size must halve cleanly ``len(ch_mult) − 1`` times."""
     factor = 2 ** (cfg.num_resolutions - 1)
     if cfg.image_size % factor:
-        raise UserError(f'config.data.image_size={cfg.image_size} is not divisible by '
-                        f'2^(len(config.model.ch_mult) − 1) = {factor}; change one of them.')
+        raise UserError(
+            f'config.data.image_size={cfg.image_size} is not divisible by '
+            f'2^(len(config.model.ch_mult) − 1) = {factor}; change one of them.'
+        )
 
 
 @register_model('ncsnpp')
 class NCSNpp(nn.Module):
     """NCSN++ / DDPM++ score network: ``apply(variables, x [B,H,W,C], labels [B])``."""
+
     config: ModelConfig
 
     @staticmethod
     def check_config(cfg: ModelConfig) -> None:
         check_unet_config(cfg)
         if cfg.embedding_type == 'fourier' and not cfg.continuous:
-            raise UserError("config.model.embedding_type='fourier' embeds a continuous "
-                            "noise scale; with config.training.continuous=False use "
-                            "'positional'.")
+            raise UserError(
+                "config.model.embedding_type='fourier' embeds a continuous "
+                'noise scale; with config.training.continuous=False use '
+                "'positional'."
+            )
 
     def _blocks(self, act):
         """Partially applied block constructors for this config."""
         cfg = self.config
-        attn = functools.partial(layerspp.AttnBlockpp, init_scale=cfg.init_scale,
-                                 skip_rescale=cfg.skip_rescale)
+        attn = functools.partial(
+            layerspp.AttnBlockpp, init_scale=cfg.init_scale, skip_rescale=cfg.skip_rescale
+        )
         if cfg.resblock_type == 'ddpm':
-            resnet = functools.partial(layerspp.ResnetBlockDDPMpp, act=act, dropout=cfg.dropout,
-                                       init_scale=cfg.init_scale, skip_rescale=cfg.skip_rescale)
+            resnet = functools.partial(
+                layerspp.ResnetBlockDDPMpp,
+                act=act,
+                dropout=cfg.dropout,
+                init_scale=cfg.init_scale,
+                skip_rescale=cfg.skip_rescale,
+            )
         else:
-            resnet = functools.partial(layerspp.ResnetBlockBigGANpp, act=act,
-                                       dropout=cfg.dropout, fir=cfg.fir,
-                                       fir_kernel=cfg.fir_kernel, init_scale=cfg.init_scale,
-                                       skip_rescale=cfg.skip_rescale)
+            resnet = functools.partial(
+                layerspp.ResnetBlockBigGANpp,
+                act=act,
+                dropout=cfg.dropout,
+                fir=cfg.fir,
+                fir_kernel=cfg.fir_kernel,
+                init_scale=cfg.init_scale,
+                skip_rescale=cfg.skip_rescale,
+            )
         return attn, resnet
 
     def _resample(self, kind, with_conv):
         cfg = self.config
-        return functools.partial(kind, with_conv=with_conv, fir=cfg.fir,
-                                 fir_kernel=cfg.fir_kernel)
+        return functools.partial(kind, with_conv=with_conv, fir=cfg.fir, fir_kernel=cfg.fir_kernel)
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
@@ -86,8 +102,7 @@ class NCSNpp(nn.Module):
             x = 2 * x - 1.0
 
         # ---- down path ----
-        pyramid_down = self._resample(layerspp.Downsample,
-                                      cfg.progressive_input == 'residual')
+        pyramid_down = self._resample(layerspp.Downsample, cfg.progressive_input == 'residual')
         input_pyramid = x if cfg.progressive_input != 'none' else None
         hs = [conv3x3(x, cfg.nf)]
         for i_level, mult in enumerate(cfg.ch_mult):
@@ -121,7 +136,8 @@ class NCSNpp(nn.Module):
         for i_level in reversed(range(cfg.num_resolutions)):
             for _ in range(cfg.num_res_blocks + 1):
                 h = resnet(out_ch=cfg.nf * cfg.ch_mult[i_level])(
-                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train
+                )
             if h.shape[1] in cfg.attn_resolutions:
                 h = attn()(h)
             if cfg.progressive != 'none':
@@ -146,8 +162,9 @@ class NCSNpp(nn.Module):
         """One level of the progressive output: returns the new (h, pyramid)."""
         cfg = self.config
         if cfg.progressive == 'output_skip':
-            level = conv3x3(act(group_norm_pp(h.shape[-1])(h)), out_channels,
-                            init_scale=cfg.init_scale)
+            level = conv3x3(
+                act(group_norm_pp(h.shape[-1])(h)), out_channels, init_scale=cfg.init_scale
+            )
             pyramid = level if pyramid is None else pyramid_up()(pyramid) + level
             return h, pyramid
         # 'residual'

@@ -14,6 +14,7 @@ and the RefineBlock widths from the deepest level up:
 - ``ncsnv2_128`` (LSUN 96–128):         (1,1) (2,1) (2,1) (4,2) (4,4); refine 4,2,2,1,1
 - ``ncsnv2_256`` (LSUN 256):            (1,1) (2,1) (2,1) (2,1) (4,2) (4,4); refine 4,2,2,2,1,1
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Tuple
@@ -33,6 +34,7 @@ Array = jax.Array
 
 class NCSNv2(nn.Module):
     """Base RefineNet; subclasses give ``LEVELS`` and ``REFINE`` (see module docstring)."""
+
     config: ModelConfig
 
     LEVELS: ClassVar[Tuple[Tuple[int, int], ...]] = ((1, 1), (2, 1), (2, 2), (2, 4))
@@ -43,8 +45,10 @@ class NCSNv2(nn.Module):
         """The undilated levels after the first halve the resolution."""
         factor = 2 ** sum(1 for i, (_, d) in enumerate(cls.LEVELS) if i > 0 and d == 1)
         if cfg.image_size % factor:
-            raise UserError(f'config.data.image_size={cfg.image_size} must be divisible by '
-                            f'{factor} for config.model.name={cfg.name!r}.')
+            raise UserError(
+                f'config.data.image_size={cfg.image_size} must be divisible by '
+                f'{factor} for config.model.name={cfg.name!r}.'
+            )
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
@@ -65,9 +69,14 @@ class NCSNv2(nn.Module):
         ref = None
         for j, (skip, mult) in enumerate(zip(reversed(skips), self.REFINE)):
             inputs = [skip] if ref is None else [skip, ref]
-            ref = RefineBlock(skip.shape[1:3], mult * cfg.nf, act=act,
-                              interpolation=cfg.interpolation, start=ref is None,
-                              end=j == len(skips) - 1)(inputs)
+            ref = RefineBlock(
+                skip.shape[1:3],
+                mult * cfg.nf,
+                act=act,
+                interpolation=cfg.interpolation,
+                start=ref is None,
+                end=j == len(skips) - 1,
+            )(inputs)
 
         h = ncsn_conv(act(normalize(ref.shape[-1])(ref)), x.shape[-1])
         if cfg.scale_by_sigma:
@@ -87,6 +96,7 @@ class NCSNv2_64(NCSNv2):  # noqa: N801 (registry name)
 @register_model('ncsnv2_128')
 class NCSNv2_128(NCSNv2):  # noqa: N801
     """NCSNv2 for 96–128 px images (NCSNv2Deeper)."""
+
     LEVELS: ClassVar[Tuple[Tuple[int, int], ...]] = ((1, 1), (2, 1), (2, 1), (4, 2), (4, 4))
     REFINE: ClassVar[Tuple[int, ...]] = (4, 2, 2, 1, 1)
 
@@ -94,6 +104,6 @@ class NCSNv2_128(NCSNv2):  # noqa: N801
 @register_model('ncsnv2_256')
 class NCSNv2_256(NCSNv2):  # noqa: N801
     """NCSNv2 for 256 px images (NCSNv2Deepest)."""
-    LEVELS: ClassVar[Tuple[Tuple[int, int], ...]] = (
-        (1, 1), (2, 1), (2, 1), (2, 1), (4, 2), (4, 4))
+
+    LEVELS: ClassVar[Tuple[Tuple[int, int], ...]] = ((1, 1), (2, 1), (2, 1), (2, 1), (4, 2), (4, 4))
     REFINE: ClassVar[Tuple[int, ...]] = (4, 2, 2, 2, 1, 1)

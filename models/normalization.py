@@ -11,6 +11,7 @@ NCSNv2 (InstanceNorm++).
   ``h + α_c · (μ_c − mean_c(μ)) / √(var_c(μ) + ε)``, then ``γ h + β``.
 - VarianceNorm: ``x / √(σ_c² + ε) · γ`` (no centring).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -41,6 +42,7 @@ class GroupNorm(nn.Module):
     first (channels stay the minor axis), then over the channels of a group on the small
     [B, C] arrays, which makes forward and backward 3–4× faster than flax's on CPU.
     """
+
     num_groups: int = 32
     epsilon: float = 1e-6
 
@@ -48,8 +50,9 @@ class GroupNorm(nn.Module):
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
         if c % self.num_groups:
-            raise ValueError(f'GroupNorm: {c} channels are not divisible into '
-                             f'{self.num_groups} groups.')
+            raise ValueError(
+                f'GroupNorm: {c} channels are not divisible into {self.num_groups} groups.'
+            )
         scale = self.param('scale', nn.initializers.ones, (c,))
         bias = self.param('bias', nn.initializers.zeros, (c,))
         spatial = tuple(range(1, x.ndim - 1))
@@ -58,10 +61,10 @@ class GroupNorm(nn.Module):
 
         def group_mean(per_channel_sum: Array) -> Array:
             sums = per_channel_sum.reshape(x.shape[0], self.num_groups, per_group).sum(-1)
-            return jnp.repeat(sums / count, per_group, axis=-1)            # [B, C]
+            return jnp.repeat(sums / count, per_group, axis=-1)  # [B, C]
 
         mean = group_mean(jnp.sum(x, axis=spatial))
-        var = jnp.maximum(group_mean(jnp.sum(x * x, axis=spatial)) - mean ** 2, 0.0)
+        var = jnp.maximum(group_mean(jnp.sum(x * x, axis=spatial)) - mean**2, 0.0)
         a = jax.lax.rsqrt(var + self.epsilon) * scale
         b = bias - mean * a
         expand = (slice(None),) + (None,) * len(spatial) + (slice(None),)
@@ -81,6 +84,7 @@ def group_norm_pp(num_channels: int) -> nn.Module:
 
 class _ChannelNorm(nn.Module):
     """Base of the per-channel (instance / variance) norms: statistics over H, W."""
+
     bias: bool = True
 
     def _affine(self, h: Array) -> Array:
@@ -104,6 +108,7 @@ class InstanceNorm2d(_ChannelNorm):
 
 class VarianceNorm2d(_ChannelNorm):
     """Divides by the per-channel standard deviation (no centring), then scales."""
+
     bias: bool = False
 
     @nn.compact
@@ -117,7 +122,7 @@ class InstanceNorm2dPlus(_ChannelNorm):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        means = jnp.mean(x, axis=(1, 2))                        # [B, C]
+        means = jnp.mean(x, axis=(1, 2))  # [B, C]
         m = jnp.mean(means, axis=-1, keepdims=True)
         v = jnp.var(means, axis=-1, keepdims=True)
         means_plus = (means - m) * jax.lax.rsqrt(v + _EPS)

@@ -14,6 +14,7 @@ multiplies it by ``factor²`` so that a constant image stays constant.  The fuse
 ``upsample_conv_2d`` / ``conv_downsample_2d`` equal "upsample then 3×3 conv" /
 "3×3 conv then downsample" at the cost of one convolution (tested).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence, Tuple
@@ -38,8 +39,9 @@ def setup_kernel(k: Sequence[float] | np.ndarray) -> np.ndarray:
     return k / np.sum(k)
 
 
-def upfirdn_2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1,
-               pad: Tuple[int, int] = (0, 0)) -> Array:
+def upfirdn_2d(
+    x: Array, k: np.ndarray, up: int = 1, down: int = 1, pad: Tuple[int, int] = (0, 0)
+) -> Array:
     """Upsample by ``up``, pad by ``pad``, convolve each channel with ``k``, keep every
     ``down``-th sample.  ``x`` is NHWC; ``k`` a square 2-D array used as given.
 
@@ -53,50 +55,65 @@ def upfirdn_2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1,
     x = lax.pad(x, jnp.array(0, x.dtype), [(0, 0, 0), spatial, spatial, (0, 0, 0)])
     w = np.broadcast_to(k[::-1, ::-1, None, None], (kh, kh, 1, c))
     return lax.conv_general_dilated(
-        x, jnp.asarray(w, x.dtype), window_strides=(down, down), padding='VALID',
-        dimension_numbers=_NHWC, feature_group_count=c)
+        x,
+        jnp.asarray(w, x.dtype),
+        window_strides=(down, down),
+        padding='VALID',
+        dimension_numbers=_NHWC,
+        feature_group_count=c,
+    )
 
 
-def upsample_2d(x: Array, k: Sequence[float] | None = None, factor: int = 2,
-                gain: float = 1.0) -> Array:
+def upsample_2d(
+    x: Array, k: Sequence[float] | None = None, factor: int = 2, gain: float = 1.0
+) -> Array:
     """FIR upsampling: [B, H, W, C] → [B, H·factor, W·factor, C]."""
-    kernel = setup_kernel(k if k is not None else [1] * factor) * (gain * factor ** 2)
+    kernel = setup_kernel(k if k is not None else [1] * factor) * (gain * factor**2)
     p = kernel.shape[0] - factor
     return upfirdn_2d(x, kernel, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
 
 
-def downsample_2d(x: Array, k: Sequence[float] | None = None, factor: int = 2,
-                  gain: float = 1.0) -> Array:
+def downsample_2d(
+    x: Array, k: Sequence[float] | None = None, factor: int = 2, gain: float = 1.0
+) -> Array:
     """FIR downsampling: [B, H, W, C] → [B, H/factor, W/factor, C]."""
     kernel = setup_kernel(k if k is not None else [1] * factor) * gain
     p = kernel.shape[0] - factor
     return upfirdn_2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
 
 
-def upsample_conv_2d(x: Array, w: Array, k: Sequence[float] | None = None,
-                     factor: int = 2, gain: float = 1.0) -> Array:
+def upsample_conv_2d(
+    x: Array, w: Array, k: Sequence[float] | None = None, factor: int = 2, gain: float = 1.0
+) -> Array:
     """Fused ``conv2d(upsample_2d(x, k), w)``: a stride-``factor`` transposed convolution
     followed by the FIR filter.  ``w`` is HWIO [kh, kw, C_in, C_out], kh = kw odd."""
     conv_k = w.shape[0]
-    kernel = setup_kernel(k if k is not None else [1] * factor) * (gain * factor ** 2)
+    kernel = setup_kernel(k if k is not None else [1] * factor) * (gain * factor**2)
     p = (kernel.shape[0] - factor) - (conv_k - 1)
     # Transposed convolution: zero insertion (lhs dilation) + full padding.
     x = lax.conv_general_dilated(
-        x, w, window_strides=(1, 1), padding=[(conv_k - 1, conv_k - 1)] * 2,
-        lhs_dilation=(factor, factor), dimension_numbers=_NHWC)
+        x,
+        w,
+        window_strides=(1, 1),
+        padding=[(conv_k - 1, conv_k - 1)] * 2,
+        lhs_dilation=(factor, factor),
+        dimension_numbers=_NHWC,
+    )
     return upfirdn_2d(x, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
 
 
-def conv_downsample_2d(x: Array, w: Array, k: Sequence[float] | None = None,
-                       factor: int = 2, gain: float = 1.0) -> Array:
+def conv_downsample_2d(
+    x: Array, w: Array, k: Sequence[float] | None = None, factor: int = 2, gain: float = 1.0
+) -> Array:
     """Fused ``downsample_2d(conv2d(x, w), k)``: the FIR filter, then a stride-``factor``
     VALID convolution with ``w`` (HWIO)."""
     conv_k = w.shape[0]
     kernel = setup_kernel(k if k is not None else [1] * factor) * gain
     p = (kernel.shape[0] - factor) + (conv_k - 1)
     x = upfirdn_2d(x, kernel, pad=((p + 1) // 2, p // 2))
-    return lax.conv_general_dilated(x, w, window_strides=(factor, factor), padding='VALID',
-                                    dimension_numbers=_NHWC)
+    return lax.conv_general_dilated(
+        x, w, window_strides=(factor, factor), padding='VALID', dimension_numbers=_NHWC
+    )
 
 
 def naive_upsample_2d(x: Array, factor: int = 2) -> Array:
@@ -126,6 +143,7 @@ class Conv2d(nn.Module):
 
     Parameters ``weight`` [k, k, C_in, C_out] (HWIO) and ``bias`` [C_out].
     """
+
     fmaps: int
     kernel: int
     up: bool = False
@@ -140,8 +158,9 @@ class Conv2d(nn.Module):
             raise ValueError('Conv2d cannot both upsample and downsample.')
         if self.kernel < 1 or self.kernel % 2 != 1:
             raise ValueError(f'Conv2d kernel size must be odd, got {self.kernel}.')
-        w = self.param('weight', self.kernel_init,
-                       (self.kernel, self.kernel, x.shape[-1], self.fmaps))
+        w = self.param(
+            'weight', self.kernel_init, (self.kernel, self.kernel, x.shape[-1], self.fmaps)
+        )
         if self.up:
             x = upsample_conv_2d(x, w, k=self.resample_kernel)
         elif self.down:

@@ -16,6 +16,7 @@ conventions, stated by each SDE class (``sde_lib.SDE.network_inputs``):
 | VE, continuous | σ(t)                          | out                           |
 | VE, discrete   | round((T − t)(N−1)) (int32)   | out (σ table index, descending) |
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,19 +43,23 @@ _MODELS: Dict[str, Type[nn.Module]] = {}
 # ------------------------------------------------------------------------------------
 def register_model(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
     """Class decorator: registers a model class under ``config.model.name``."""
+
     def decorator(cls: Type[nn.Module]) -> Type[nn.Module]:
         if name in _MODELS:
             raise ValueError(f'A model named {name!r} is already registered.')
         _MODELS[name] = cls
         return cls
+
     return decorator
 
 
 def get_model(name: str) -> Type[nn.Module]:
     """The model class registered under ``name``."""
     if name not in _MODELS:
-        raise UserError(f'config.model.name={name!r} is not a known model; use one of '
-                        f'{", ".join(sorted(_MODELS))}.')
+        raise UserError(
+            f'config.model.name={name!r} is not a known model; use one of '
+            f'{", ".join(sorted(_MODELS))}.'
+        )
     return _MODELS[name]
 
 
@@ -78,8 +83,13 @@ _CHOICES = {
     'interpolation': ('bilinear', 'nearest_neighbor'),
 }
 # Fields read from other config sections than config.model.
-_SECTION = {'image_size': 'data', 'num_channels': 'data', 'centered': 'data', 'dim': 'data',
-            'continuous': 'training'}
+_SECTION = {
+    'image_size': 'data',
+    'num_channels': 'data',
+    'centered': 'data',
+    'dim': 'data',
+    'continuous': 'training',
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +102,7 @@ class ModelConfig:
     Fourier-feature frequencies W train (the original keeps them fixed).
     String options are stored lower-case.
     """
+
     name: str = 'ncsnpp'
     nf: int = 128
     ch_mult: Tuple[int, ...] = (1, 2, 2, 2)
@@ -131,13 +142,22 @@ class ModelConfig:
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            object.__setattr__(self, field.name,
-                               _coerce(field.name, field.type, getattr(self, field.name)))
+            object.__setattr__(
+                self, field.name, _coerce(field.name, field.type, getattr(self, field.name))
+            )
         self._check_ranges()
 
     def _check_ranges(self) -> None:
-        positive = ('nf', 'num_scales', 'image_size', 'num_channels', 'dim', 'sigma_min',
-                    'sigma_max', 'fourier_scale')
+        positive = (
+            'nf',
+            'num_scales',
+            'image_size',
+            'num_channels',
+            'dim',
+            'sigma_min',
+            'sigma_max',
+            'fourier_scale',
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), 'must be positive')
@@ -271,8 +291,12 @@ def init_shapes(config: Any) -> Dict[str, Any]:
     model = create_model(config)
     x = jax.ShapeDtypeStruct(input_shape(model.config), jnp.float32)
     labels = jax.ShapeDtypeStruct((1,), jnp.float32)
-    return jax.eval_shape(lambda key, x, y: model.init({'params': key}, x, y, train=False),
-                          jax.random.PRNGKey(0), x, labels)
+    return jax.eval_shape(
+        lambda key, x, y: model.init({'params': key}, x, y, train=False),
+        jax.random.PRNGKey(0),
+        x,
+        labels,
+    )
 
 
 def param_count(variables: Any) -> int:
@@ -285,15 +309,17 @@ def param_count(variables: Any) -> int:
 def get_sigmas(config: Any) -> np.ndarray:
     """VE noise scales exp(linspace(log σ_max, log σ_min, num_scales)), descending."""
     cfg = ModelConfig.from_config(config)
-    return np.exp(np.linspace(np.log(cfg.sigma_max), np.log(cfg.sigma_min),
-                              cfg.num_scales)).astype(np.float32)
+    return np.exp(np.linspace(np.log(cfg.sigma_max), np.log(cfg.sigma_min), cfg.num_scales)).astype(
+        np.float32
+    )
 
 
 # ------------------------------------------------------------------------------------
 # Adapters: model → model_fn(x, labels) → score_fn(x, t)
 # ------------------------------------------------------------------------------------
-def get_model_fn(model: nn.Module, variables: Dict[str, Any], train: bool = False,
-                 rng: Optional[Array] = None) -> ModelFn:
+def get_model_fn(
+    model: nn.Module, variables: Dict[str, Any], train: bool = False, rng: Optional[Array] = None
+) -> ModelFn:
     """``model_fn(x, labels)`` = the network output; with ``train`` dropout is active and
     draws from ``rng``."""
     rngs = {'dropout': rng} if rng is not None else {}
@@ -304,9 +330,14 @@ def get_model_fn(model: nn.Module, variables: Dict[str, Any], train: bool = Fals
     return model_fn
 
 
-def get_score_fn(sde: sde_lib.SDE, model: nn.Module, variables: Dict[str, Any],
-                 train: bool = False, continuous: bool = True,
-                 rng: Optional[Array] = None) -> ScoreFn:
+def get_score_fn(
+    sde: sde_lib.SDE,
+    model: nn.Module,
+    variables: Dict[str, Any],
+    train: bool = False,
+    continuous: bool = True,
+    rng: Optional[Array] = None,
+) -> ScoreFn:
     """The score ``s_θ(x, t) = scale(t) · net(x, labels(t))`` of a network trained with the
     paper's conventions, which the SDE states (``sde.network_inputs``; module docstring)."""
     model_fn = get_model_fn(model, variables, train=train, rng=rng)

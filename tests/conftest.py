@@ -4,6 +4,7 @@ JAX runs on the CPU unless ``JAX_PLATFORMS`` is already set (tests are small and
 machine's accelerator, if any, is for benchmarks), in float32 (JAX's default; tests that
 need float64 references use NumPy).  Add shared fixtures here.
 """
+
 import os
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')

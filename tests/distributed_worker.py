@@ -8,6 +8,7 @@ Writes ``result.npz`` with the final parameters (``param/<path>``), the logged t
 losses (``loss``, one per log line), their steps (``steps``), and this process's index
 and device count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,18 +45,25 @@ def main() -> None:
     from configs.validation import prepare_config
 
     if args.coordinator:
-        jax.distributed.initialize(coordinator_address=args.coordinator,
-                                   num_processes=args.num_processes,
-                                   process_id=args.process_id,
-                                   initialization_timeout=args.timeout)
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+            initialization_timeout=args.timeout,
+        )
     config = train_utils.load_config(args.kind, json.loads(args.overrides))
     loop = trainer.Trainer(prepare_config(config), args.workdir)
     state = loop.run()
     logged = [h for h in loop.history if 'train/loss' in h]
     params = {f'param/{k}': v for k, v in train_utils.flat_params(state.params).items()}
-    np.savez(args.out, loss=np.array([h['train/loss'] for h in logged]),
-             steps=np.array([h['step'] for h in logged]),
-             process_index=jax.process_index(), device_count=jax.device_count(), **params)
+    np.savez(
+        args.out,
+        loss=np.array([h['train/loss'] for h in logged]),
+        steps=np.array([h['step'] for h in logged]),
+        process_index=jax.process_index(),
+        device_count=jax.device_count(),
+        **params,
+    )
 
 
 if __name__ == '__main__':

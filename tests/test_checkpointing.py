@@ -1,4 +1,5 @@
 """checkpointing: full-state round trips, retention, interrupted saves, clear errors."""
+
 from __future__ import annotations
 
 import logging
@@ -20,16 +21,24 @@ from errors import UserError
 def _state(seed: int = 0, width: int = 4) -> train_state.TrainState:
     """A small but complete TrainState (Adam with clipping, like training uses)."""
     rng = jax.random.PRNGKey(seed)
-    params = {'dense': {'kernel': jax.random.normal(rng, (3, width)),
-                        'bias': jnp.arange(width, dtype=jnp.float32)}}
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0),
-                            optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3))
+    params = {
+        'dense': {
+            'kernel': jax.random.normal(rng, (3, width)),
+            'bias': jnp.arange(width, dtype=jnp.float32),
+        }
+    }
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)
+    )
     state = train_state.init_train_state(jax.random.PRNGKey(seed + 1), params, optimizer)
     # One real update so that the moments and counts are not trivial.
     grads = jax.tree.map(jnp.ones_like, params)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
-    return state.replace(step=jnp.asarray(7 + seed, jnp.int32),
-                         params=optax.apply_updates(params, updates), opt_state=opt_state)
+    return state.replace(
+        step=jnp.asarray(7 + seed, jnp.int32),
+        params=optax.apply_updates(params, updates),
+        opt_state=opt_state,
+    )
 
 
 def _assert_same(a, b) -> None:

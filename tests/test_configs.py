@@ -1,5 +1,6 @@
 """Configs: every leaf loads, has exactly the schema's fields and validates; the paper
 settings are the original ones; every validation error names its field."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,12 +39,26 @@ def flat_keys(config, prefix=''):
 
 def test_leaf_count():
     names = {str(p.relative_to(ROOT / 'configs')) for p in LEAVES}
-    table = {f'{f}/{d}_{deep}{w}.py' for f in ('vp', 'subvp') for d in ('cifar10', 'imagenet32')
-             for deep in ('', 'deep_') for w in ('baseline', 'lw', 'lw_is')}
-    paper = {'ve/cifar10_ncsnpp_continuous.py', 've/cifar10_ncsnpp_deep_continuous.py',
-             'vp/cifar10_ddpmpp_continuous.py', 'subvp/cifar10_ddpmpp_continuous.py'}
-    digits = {'vp/digits_baseline.py', 'vp/digits_lw.py', 'vp/digits_lw_is.py',
-              'subvp/digits_lw_is.py', 've/digits_ncsnpp.py'}
+    table = {
+        f'{f}/{d}_{deep}{w}.py'
+        for f in ('vp', 'subvp')
+        for d in ('cifar10', 'imagenet32')
+        for deep in ('', 'deep_')
+        for w in ('baseline', 'lw', 'lw_is')
+    }
+    paper = {
+        've/cifar10_ncsnpp_continuous.py',
+        've/cifar10_ncsnpp_deep_continuous.py',
+        'vp/cifar10_ddpmpp_continuous.py',
+        'subvp/cifar10_ddpmpp_continuous.py',
+    }
+    digits = {
+        'vp/digits_baseline.py',
+        'vp/digits_lw.py',
+        'vp/digits_lw_is.py',
+        'subvp/digits_lw_is.py',
+        've/digits_ncsnpp.py',
+    }
     assert len(table) == 24
     assert table | paper | digits <= names
     assert any(n.startswith('vp/toy_') for n in names)
@@ -64,8 +79,12 @@ def test_default_uses_jax_device_count():
 
 
 def test_command_line_overrides_a_leaf(monkeypatch):
-    argv = ['prog', f'--config={ROOT}/configs/vp/digits_lw_is.py',
-            '--config.training.batch_size=64', '--config.model.ch_mult=(1,2,2)']
+    argv = [
+        'prog',
+        f'--config={ROOT}/configs/vp/digits_lw_is.py',
+        '--config.training.batch_size=64',
+        '--config.model.ch_mult=(1,2,2)',
+    ]
     monkeypatch.setattr('sys.argv', argv)  # config_flags reads the overrides from sys.argv
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file('config', flag_values=flag_values)
@@ -79,16 +98,43 @@ def test_command_line_overrides_a_leaf(monkeypatch):
 # --- the papers' settings -------------------------------------------------------------
 
 DDPMPP_CIFAR10 = {  # score_sde configs/vp/cifar10_ddpmpp_continuous.py, model section
-    'name': 'ncsnpp', 'scale_by_sigma': False, 'ema_rate': 0.9999, 'normalization': 'GroupNorm',
-    'nonlinearity': 'swish', 'nf': 128, 'ch_mult': (1, 2, 2, 2), 'num_res_blocks': 4,
-    'attn_resolutions': (16,), 'resamp_with_conv': True, 'conditional': True, 'fir': False,
-    'fir_kernel': [1, 3, 3, 1], 'skip_rescale': True, 'resblock_type': 'biggan',
-    'progressive': 'none', 'progressive_input': 'none', 'progressive_combine': 'sum',
-    'attention_type': 'ddpm', 'init_scale': 0.0, 'embedding_type': 'positional',
-    'fourier_scale': 16, 'conv_size': 3, 'dropout': 0.1, 'beta_min': 0.1, 'beta_max': 20.0}
-NCSNPP_CIFAR10 = {**DDPMPP_CIFAR10, 'scale_by_sigma': True, 'ema_rate': 0.999, 'fir': True,
-                  'progressive_input': 'residual', 'embedding_type': 'fourier',
-                  'sigma_min': 0.01, 'sigma_max': 50}
+    'name': 'ncsnpp',
+    'scale_by_sigma': False,
+    'ema_rate': 0.9999,
+    'normalization': 'GroupNorm',
+    'nonlinearity': 'swish',
+    'nf': 128,
+    'ch_mult': (1, 2, 2, 2),
+    'num_res_blocks': 4,
+    'attn_resolutions': (16,),
+    'resamp_with_conv': True,
+    'conditional': True,
+    'fir': False,
+    'fir_kernel': [1, 3, 3, 1],
+    'skip_rescale': True,
+    'resblock_type': 'biggan',
+    'progressive': 'none',
+    'progressive_input': 'none',
+    'progressive_combine': 'sum',
+    'attention_type': 'ddpm',
+    'init_scale': 0.0,
+    'embedding_type': 'positional',
+    'fourier_scale': 16,
+    'conv_size': 3,
+    'dropout': 0.1,
+    'beta_min': 0.1,
+    'beta_max': 20.0,
+}
+NCSNPP_CIFAR10 = {
+    **DDPMPP_CIFAR10,
+    'scale_by_sigma': True,
+    'ema_rate': 0.999,
+    'fir': True,
+    'progressive_input': 'residual',
+    'embedding_type': 'fourier',
+    'sigma_min': 0.01,
+    'sigma_max': 50,
+}
 del NCSNPP_CIFAR10['beta_min'], NCSNPP_CIFAR10['beta_max']
 
 
@@ -103,7 +149,10 @@ def test_score_sde_cifar10_configs():
     training = vp.training
     assert (training.sde, training.continuous, training.reduce_mean) == ('vpsde', True, True)
     assert (vp.sampling.predictor, vp.sampling.corrector, vp.data.centered) == (
-        'euler_maruyama', 'none', True)
+        'euler_maruyama',
+        'none',
+        True,
+    )
     assert load_leaf(ROOT / 'configs/subvp/cifar10_ddpmpp_continuous.py').training.sde == 'subvpsde'
     ve = load_leaf(ROOT / 'configs/ve/cifar10_ncsnpp_continuous.py')
     assert_model(ve, NCSNPP_CIFAR10)
@@ -124,112 +173,253 @@ def test_score_sde_cifar10_configs():
 # {baseline,lw,lw_is}.py must equal that, up to SF_RENAMED, SF_ABSENT and SF_DELIBERATE.
 
 SF_DEFAULT_CIFAR10 = {  # yang-song/score_flow configs/default_cifar10_configs.py
-    'training.batch_size': 128, 'training.n_iters': 1300001, 'training.snapshot_freq': 50000,
-    'training.log_freq': 100, 'training.eval_freq': 100,
-    'training.snapshot_freq_for_preemption': 10000, 'training.snapshot_sampling': True,
-    'training.likelihood_weighting': False, 'training.importance_weighting': False,
-    'training.continuous': True, 'training.n_jitted_steps': 5, 'training.reduce_mean': False,
+    'training.batch_size': 128,
+    'training.n_iters': 1300001,
+    'training.snapshot_freq': 50000,
+    'training.log_freq': 100,
+    'training.eval_freq': 100,
+    'training.snapshot_freq_for_preemption': 10000,
+    'training.snapshot_sampling': True,
+    'training.likelihood_weighting': False,
+    'training.importance_weighting': False,
+    'training.continuous': True,
+    'training.n_jitted_steps': 5,
+    'training.reduce_mean': False,
     'training.smallest_time': 1e-5,
-    'deq.n_iters': 300001, 'deq.ema_rate': 0.99, 'deq.dropout': 0.0, 'deq.offset': True,
-    'sampling.n_steps_each': 1, 'sampling.noise_removal': True,
-    'sampling.probability_flow': False, 'sampling.snr': 0.16, 'sampling.smallest_time': 1e-3,
-    'eval.begin_ckpt': 26, 'eval.end_ckpt': 26, 'eval.ckpt_id': 26, 'eval.batch_size': 1024,
-    'eval.enable_sampling': False, 'eval.num_samples': 50000, 'eval.enable_loss': False,
-    'eval.enable_bpd': True, 'eval.bpd_dataset': 'test', 'eval.num_repeats': 5,
-    'eval.bound': False, 'eval.dsm': True, 'eval.dequantizer': False, 'eval.offset': True,
-    'data.dataset': 'CIFAR10', 'data.image_size': 32, 'data.random_flip': True,
-    'data.centered': False, 'data.uniform_dequantization': False, 'data.num_channels': 3,
-    'model.sigma_min': 0.01, 'model.sigma_max': 50, 'model.num_scales': 1000,
-    'model.beta_min': 0.1, 'model.beta_max': 20.0, 'model.dropout': 0.1,
-    'model.embedding_type': 'fourier', 'model.data_init': False,
+    'deq.n_iters': 300001,
+    'deq.ema_rate': 0.99,
+    'deq.dropout': 0.0,
+    'deq.offset': True,
+    'sampling.n_steps_each': 1,
+    'sampling.noise_removal': True,
+    'sampling.probability_flow': False,
+    'sampling.snr': 0.16,
+    'sampling.smallest_time': 1e-3,
+    'eval.begin_ckpt': 26,
+    'eval.end_ckpt': 26,
+    'eval.ckpt_id': 26,
+    'eval.batch_size': 1024,
+    'eval.enable_sampling': False,
+    'eval.num_samples': 50000,
+    'eval.enable_loss': False,
+    'eval.enable_bpd': True,
+    'eval.bpd_dataset': 'test',
+    'eval.num_repeats': 5,
+    'eval.bound': False,
+    'eval.dsm': True,
+    'eval.dequantizer': False,
+    'eval.offset': True,
+    'data.dataset': 'CIFAR10',
+    'data.image_size': 32,
+    'data.random_flip': True,
+    'data.centered': False,
+    'data.uniform_dequantization': False,
+    'data.num_channels': 3,
+    'model.sigma_min': 0.01,
+    'model.sigma_max': 50,
+    'model.num_scales': 1000,
+    'model.beta_min': 0.1,
+    'model.beta_max': 20.0,
+    'model.dropout': 0.1,
+    'model.embedding_type': 'fourier',
+    'model.data_init': False,
     'model.trainable_embedding': False,
-    'optim.weight_decay': 0, 'optim.optimizer': 'Adam', 'optim.lr': 2e-4, 'optim.beta1': 0.9,
-    'optim.eps': 1e-8, 'optim.warmup': 5000, 'optim.grad_clip': 1.0,
+    'optim.weight_decay': 0,
+    'optim.optimizer': 'Adam',
+    'optim.lr': 2e-4,
+    'optim.beta1': 0.9,
+    'optim.eps': 1e-8,
+    'optim.warmup': 5000,
+    'optim.grad_clip': 1.0,
     'seed': 42,
 }
 SF_DEFAULT_IMAGENET32 = {  # yang-song/score_flow configs/default_imagenet32_configs.py
-    'training.batch_size': 128, 'training.n_iters': 1300001, 'training.snapshot_freq': 50000,
-    'training.log_freq': 100, 'training.eval_freq': 100,
-    'training.snapshot_freq_for_preemption': 10000, 'training.snapshot_sampling': True,
-    'training.likelihood_weighting': False, 'training.importance_weighting': False,
-    'training.continuous': True, 'training.n_jitted_steps': 5, 'training.reduce_mean': False,
+    'training.batch_size': 128,
+    'training.n_iters': 1300001,
+    'training.snapshot_freq': 50000,
+    'training.log_freq': 100,
+    'training.eval_freq': 100,
+    'training.snapshot_freq_for_preemption': 10000,
+    'training.snapshot_sampling': True,
+    'training.likelihood_weighting': False,
+    'training.importance_weighting': False,
+    'training.continuous': True,
+    'training.n_jitted_steps': 5,
+    'training.reduce_mean': False,
     'training.smallest_time': 1e-5,
-    'sampling.n_steps_each': 1, 'sampling.noise_removal': True,
-    'sampling.probability_flow': False, 'sampling.snr': 0.16,  # no smallest_time here
-    'eval.begin_ckpt': 26, 'eval.end_ckpt': 26, 'eval.ckpt_id': 26, 'eval.batch_size': 1024,
-    'eval.enable_sampling': False, 'eval.num_samples': 50000, 'eval.enable_loss': False,
-    'eval.enable_bpd': True, 'eval.bpd_dataset': 'test', 'eval.num_repeats': 1,
-    'eval.bound': False, 'eval.dsm': True, 'eval.dequantizer': False, 'eval.offset': True,
-    'deq.n_iters': 300001, 'deq.ema_rate': 0.99, 'deq.dropout': 0.0, 'deq.offset': True,
-    'data.dataset': 'ImageNet', 'data.image_size': 32, 'data.random_flip': False,
-    'data.centered': False, 'data.uniform_dequantization': False, 'data.num_channels': 3,
-    'model.sigma_min': 0.01, 'model.sigma_max': 50, 'model.num_scales': 1000,
-    'model.beta_min': 0.1, 'model.beta_max': 20.0, 'model.dropout': 0.0,
-    'model.embedding_type': 'fourier', 'model.data_init': False,
+    'sampling.n_steps_each': 1,
+    'sampling.noise_removal': True,
+    'sampling.probability_flow': False,
+    'sampling.snr': 0.16,  # no smallest_time here
+    'eval.begin_ckpt': 26,
+    'eval.end_ckpt': 26,
+    'eval.ckpt_id': 26,
+    'eval.batch_size': 1024,
+    'eval.enable_sampling': False,
+    'eval.num_samples': 50000,
+    'eval.enable_loss': False,
+    'eval.enable_bpd': True,
+    'eval.bpd_dataset': 'test',
+    'eval.num_repeats': 1,
+    'eval.bound': False,
+    'eval.dsm': True,
+    'eval.dequantizer': False,
+    'eval.offset': True,
+    'deq.n_iters': 300001,
+    'deq.ema_rate': 0.99,
+    'deq.dropout': 0.0,
+    'deq.offset': True,
+    'data.dataset': 'ImageNet',
+    'data.image_size': 32,
+    'data.random_flip': False,
+    'data.centered': False,
+    'data.uniform_dequantization': False,
+    'data.num_channels': 3,
+    'model.sigma_min': 0.01,
+    'model.sigma_max': 50,
+    'model.num_scales': 1000,
+    'model.beta_min': 0.1,
+    'model.beta_max': 20.0,
+    'model.dropout': 0.0,
+    'model.embedding_type': 'fourier',
+    'model.data_init': False,
     'model.trainable_embedding': False,
-    'optim.weight_decay': 0, 'optim.optimizer': 'Adam', 'optim.lr': 2e-4, 'optim.beta1': 0.9,
-    'optim.eps': 1e-8, 'optim.warmup': 5000, 'optim.grad_clip': 1.0,
+    'optim.weight_decay': 0,
+    'optim.optimizer': 'Adam',
+    'optim.lr': 2e-4,
+    'optim.beta1': 0.9,
+    'optim.eps': 1e-8,
+    'optim.warmup': 5000,
+    'optim.grad_clip': 1.0,
     'seed': 42,
 }
 # The model section, written out identically in all eight leaf files below except
 # num_res_blocks (4; 8 in the *_ddpmpp_deep_continuous.py files).
 SF_DDPMPP_MODEL = {
-    'model.name': 'ncsnpp', 'model.scale_by_sigma': False, 'model.ema_rate': 0.9999,
-    'model.normalization': 'GroupNorm', 'model.nonlinearity': 'swish', 'model.nf': 128,
-    'model.ch_mult': (1, 2, 2, 2), 'model.attn_resolutions': (16,),
-    'model.resamp_with_conv': True, 'model.conditional': True, 'model.fir': False,
-    'model.fir_kernel': [1, 3, 3, 1], 'model.skip_rescale': True,
-    'model.resblock_type': 'biggan', 'model.progressive': 'none',
-    'model.progressive_input': 'none', 'model.progressive_combine': 'sum',
-    'model.attention_type': 'ddpm', 'model.init_scale': 0.0,
-    'model.embedding_type': 'positional', 'model.fourier_scale': 16, 'model.conv_size': 3,
+    'model.name': 'ncsnpp',
+    'model.scale_by_sigma': False,
+    'model.ema_rate': 0.9999,
+    'model.normalization': 'GroupNorm',
+    'model.nonlinearity': 'swish',
+    'model.nf': 128,
+    'model.ch_mult': (1, 2, 2, 2),
+    'model.attn_resolutions': (16,),
+    'model.resamp_with_conv': True,
+    'model.conditional': True,
+    'model.fir': False,
+    'model.fir_kernel': [1, 3, 3, 1],
+    'model.skip_rescale': True,
+    'model.resblock_type': 'biggan',
+    'model.progressive': 'none',
+    'model.progressive_input': 'none',
+    'model.progressive_combine': 'sum',
+    'model.attention_type': 'ddpm',
+    'model.init_scale': 0.0,
+    'model.embedding_type': 'positional',
+    'model.fourier_scale': 16,
+    'model.conv_size': 3,
 }
 # The eval section of the four *_ddpmpp_deep_continuous.py files.
 SF_DEEP_EVAL = {'eval.begin_ckpt': 19, 'eval.end_ckpt': 19, 'eval.ckpt_id': 19}
 
 SF_VP_CIFAR10 = {  # yang-song/score_flow configs/vp/cifar10_ddpmpp_continuous.py
-    'training.sde': 'vpsde', 'training.continuous': True, 'training.reduce_mean': True,
-    'sampling.method': 'ode', 'sampling.smallest_time': 1e-3, 'data.centered': True,
-    **SF_DDPMPP_MODEL, 'model.num_res_blocks': 4}
+    'training.sde': 'vpsde',
+    'training.continuous': True,
+    'training.reduce_mean': True,
+    'sampling.method': 'ode',
+    'sampling.smallest_time': 1e-3,
+    'data.centered': True,
+    **SF_DDPMPP_MODEL,
+    'model.num_res_blocks': 4,
+}
 SF_VP_CIFAR10_DEEP = {  # yang-song/score_flow configs/vp/cifar10_ddpmpp_deep_continuous.py
-    'training.sde': 'vpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.sde': 'vpsde',
+    'training.continuous': True,
+    'training.reduce_mean': True,
     'training.n_iters': 950001,
-    'sampling.method': 'ode', 'sampling.smallest_time': 1e-3, **SF_DEEP_EVAL,
-    'data.centered': True, **SF_DDPMPP_MODEL, 'model.num_res_blocks': 8}
+    'sampling.method': 'ode',
+    'sampling.smallest_time': 1e-3,
+    **SF_DEEP_EVAL,
+    'data.centered': True,
+    **SF_DDPMPP_MODEL,
+    'model.num_res_blocks': 8,
+}
 # Both VP ImageNet32 files read `training.smallest_time = 5e-5 if
 # training.likelihood_weighting and training.importance_weighting else 1e-5`, evaluated in
 # get_config() while both flags still hold the defaults' False (ml_collections applies the
 # command line afterwards), so every run of the file got 1e-5; see SF_DELIBERATE.
 SF_VP_IMAGENET32 = {  # yang-song/score_flow configs/vp/imagenet32_ddpmpp_continuous.py
-    'training.sde': 'vpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.sde': 'vpsde',
+    'training.continuous': True,
+    'training.reduce_mean': True,
     'training.smallest_time': 1e-5,
-    'sampling.method': 'ode', 'sampling.smallest_time': 1e-3, 'data.centered': True,
-    **SF_DDPMPP_MODEL, 'model.num_res_blocks': 4}
+    'sampling.method': 'ode',
+    'sampling.smallest_time': 1e-3,
+    'data.centered': True,
+    **SF_DDPMPP_MODEL,
+    'model.num_res_blocks': 4,
+}
 SF_VP_IMAGENET32_DEEP = {  # yang-song/score_flow configs/vp/imagenet32_ddpmpp_deep_continuous.py
-    'training.sde': 'vpsde', 'training.continuous': True, 'training.reduce_mean': True,
-    'training.n_iters': 950001, 'training.smallest_time': 1e-5,
-    'sampling.method': 'ode', 'sampling.smallest_time': 1e-3, **SF_DEEP_EVAL,
-    'data.centered': True, **SF_DDPMPP_MODEL, 'model.num_res_blocks': 8}
+    'training.sde': 'vpsde',
+    'training.continuous': True,
+    'training.reduce_mean': True,
+    'training.n_iters': 950001,
+    'training.smallest_time': 1e-5,
+    'sampling.method': 'ode',
+    'sampling.smallest_time': 1e-3,
+    **SF_DEEP_EVAL,
+    'data.centered': True,
+    **SF_DDPMPP_MODEL,
+    'model.num_res_blocks': 8,
+}
 SF_SUBVP_CIFAR10 = {  # yang-song/score_flow configs/subvp/cifar10_ddpmpp_continuous.py
-    'training.sde': 'subvpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.sde': 'subvpsde',
+    'training.continuous': True,
+    'training.reduce_mean': True,
     'training.smallest_time': 1e-2,
-    'sampling.method': 'ode', 'sampling.smallest_time': 1e-2, 'data.centered': True,
-    **SF_DDPMPP_MODEL, 'model.num_res_blocks': 4}
+    'sampling.method': 'ode',
+    'sampling.smallest_time': 1e-2,
+    'data.centered': True,
+    **SF_DDPMPP_MODEL,
+    'model.num_res_blocks': 4,
+}
 SF_SUBVP_CIFAR10_DEEP = {  # yang-song/score_flow configs/subvp/cifar10_ddpmpp_deep_continuous.py
-    'training.sde': 'subvpsde', 'training.continuous': True, 'training.reduce_mean': True,
-    'training.n_iters': 950001, 'training.smallest_time': 1e-2,
-    'sampling.method': 'ode', 'sampling.smallest_time': 1e-2, **SF_DEEP_EVAL,
-    'data.centered': True, **SF_DDPMPP_MODEL, 'model.num_res_blocks': 8}
-SF_SUBVP_IMAGENET32 = {  # yang-song/score_flow configs/subvp/imagenet32_ddpmpp_continuous.py
-    'training.sde': 'subvpsde', 'training.continuous': True, 'training.reduce_mean': True,
+    'training.sde': 'subvpsde',
+    'training.continuous': True,
+    'training.reduce_mean': True,
+    'training.n_iters': 950001,
     'training.smallest_time': 1e-2,
-    'sampling.method': 'ode', 'sampling.smallest_time': 1e-2, 'data.centered': True,
-    **SF_DDPMPP_MODEL, 'model.num_res_blocks': 4}
+    'sampling.method': 'ode',
+    'sampling.smallest_time': 1e-2,
+    **SF_DEEP_EVAL,
+    'data.centered': True,
+    **SF_DDPMPP_MODEL,
+    'model.num_res_blocks': 8,
+}
+SF_SUBVP_IMAGENET32 = {  # yang-song/score_flow configs/subvp/imagenet32_ddpmpp_continuous.py
+    'training.sde': 'subvpsde',
+    'training.continuous': True,
+    'training.reduce_mean': True,
+    'training.smallest_time': 1e-2,
+    'sampling.method': 'ode',
+    'sampling.smallest_time': 1e-2,
+    'data.centered': True,
+    **SF_DDPMPP_MODEL,
+    'model.num_res_blocks': 4,
+}
 SF_SUBVP_IMAGENET32_DEEP = {  # score_flow configs/subvp/imagenet32_ddpmpp_deep_continuous.py
-    'training.sde': 'subvpsde', 'training.continuous': True, 'training.reduce_mean': True,
-    'training.n_iters': 950001, 'training.smallest_time': 1e-2,
-    'sampling.method': 'ode', 'sampling.smallest_time': 1e-2, **SF_DEEP_EVAL,
-    'data.centered': True, **SF_DDPMPP_MODEL, 'model.num_res_blocks': 8}
+    'training.sde': 'subvpsde',
+    'training.continuous': True,
+    'training.reduce_mean': True,
+    'training.n_iters': 950001,
+    'training.smallest_time': 1e-2,
+    'sampling.method': 'ode',
+    'sampling.smallest_time': 1e-2,
+    **SF_DEEP_EVAL,
+    'data.centered': True,
+    **SF_DDPMPP_MODEL,
+    'model.num_res_blocks': 8,
+}
 
 SF_FILES = {  # (our folder, dataset, deep) -> (score_flow defaults file, leaf file)
     ('vp', 'cifar10', False): (SF_DEFAULT_CIFAR10, SF_VP_CIFAR10),
@@ -252,9 +442,12 @@ SF_WEIGHTINGS = {
 # Settings that score_flow fixes in code and that are config fields here.
 SF_CODE_DEFAULTS = {
     # likelihood.py get_likelihood_fn(hutchinson_type='Rademacher', rtol=1e-5, atol=1e-5)
-    'eval.hutchinson_type': 'Rademacher', 'eval.rtol': 1e-5, 'eval.atol': 1e-5,
+    'eval.hutchinson_type': 'Rademacher',
+    'eval.rtol': 1e-5,
+    'eval.atol': 1e-5,
     # sampling.py get_ode_sampler(rtol=1e-5, atol=1e-5), as called by get_sampling_fn
-    'sampling.rtol': 1e-5, 'sampling.atol': 1e-5,
+    'sampling.rtol': 1e-5,
+    'sampling.atol': 1e-5,
     # Deliberate: score_flow solves with SciPy's method='RK45'; here diffrax's 'dopri5', the
     # same Dormand-Prince pair on device (README, "diffrax"; likelihood.py).
     'sampling.ode_method': 'dopri5',
@@ -284,8 +477,11 @@ SF_DELIBERATE = {  # (our folder, dataset, weighting) -> our values
     ('vp', 'imagenet32', 'lw_is'): {'training.eps': 5e-5, 'eval.eps': 5e-5},
 }
 
-SCOREFLOW_LEAVES = [(folder, dataset, deep, weighting) for folder, dataset, deep in SF_FILES
-                    for weighting in SF_WEIGHTINGS]
+SCOREFLOW_LEAVES = [
+    (folder, dataset, deep, weighting)
+    for folder, dataset, deep in SF_FILES
+    for weighting in SF_WEIGHTINGS
+]
 
 
 def scoreflow_expected(folder, dataset, deep, weighting):
@@ -330,9 +526,14 @@ def scoreflow_leaf_path(folder, dataset, deep, weighting):
     return ROOT / 'configs' / folder / f'{dataset}_{"deep_" if deep else ""}{weighting}.py'
 
 
-@pytest.mark.parametrize('folder,dataset,deep,weighting', SCOREFLOW_LEAVES,
-                         ids=[scoreflow_leaf_path(*leaf).relative_to(ROOT / 'configs').as_posix()
-                              for leaf in SCOREFLOW_LEAVES])
+@pytest.mark.parametrize(
+    'folder,dataset,deep,weighting',
+    SCOREFLOW_LEAVES,
+    ids=[
+        scoreflow_leaf_path(*leaf).relative_to(ROOT / 'configs').as_posix()
+        for leaf in SCOREFLOW_LEAVES
+    ],
+)
 def test_scoreflow_leaf_matches_score_flow(folder, dataset, deep, weighting):
     config = load_leaf(scoreflow_leaf_path(folder, dataset, deep, weighting))
     wrong = scoreflow_mismatches(config, folder, dataset, deep, weighting)
@@ -340,6 +541,7 @@ def test_scoreflow_leaf_matches_score_flow(folder, dataset, deep, weighting):
 
 
 # --- validation errors ----------------------------------------------------------------
+
 
 def digits():
     return load_leaf(ROOT / 'configs/vp/digits_lw_is.py')
@@ -352,6 +554,7 @@ def setter(field, value):
         for section in sections:
             node = node[section]
         node[name] = value
+
     return mutate
 
 
@@ -359,6 +562,7 @@ def both(*mutations):
     def mutate(config):
         for m in mutations:
             m(config)
+
     return mutate
 
 
@@ -374,15 +578,22 @@ CASES = [
     (setter('training.batch_size', 100), 'training.batch_size'),
     (setter('eval.batch_size', 1020), 'eval.batch_size'),
     (setter('training.continuous', False), 'training.likelihood_weighting'),
-    (both(setter('training.continuous', False), setter('training.likelihood_weighting', False)),
-     'training.importance_weighting'),
+    (
+        both(setter('training.continuous', False), setter('training.likelihood_weighting', False)),
+        'training.importance_weighting',
+    ),
     (setter('training.likelihood_weighting', False), 'training.importance_weighting'),
-    (both(setter('training.sde', 'subvpsde'), setter('training.continuous', False),
-          setter('training.likelihood_weighting', False),
-          setter('training.importance_weighting', False)), 'training.continuous'),
+    (
+        both(
+            setter('training.sde', 'subvpsde'),
+            setter('training.continuous', False),
+            setter('training.likelihood_weighting', False),
+            setter('training.importance_weighting', False),
+        ),
+        'training.continuous',
+    ),
     (setter('data.dataset', 'NPZ'), 'data.path'),
-    (both(setter('data.dataset', 'NPZ'), setter('data.path', '/nonexistent/x.npz')),
-     'data.path'),
+    (both(setter('data.dataset', 'NPZ'), setter('data.path', '/nonexistent/x.npz')), 'data.path'),
     (setter('training.n_iters', 0), 'training.n_iters'),
     (setter('training.batch_size', -8), 'training.batch_size'),
     (setter('eval.batch_size', 0), 'eval.batch_size'),

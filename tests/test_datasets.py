@@ -1,4 +1,5 @@
 """Datasets: sources, host shards, resumable training order, exact-once evaluation, scalers."""
+
 from __future__ import annotations
 
 import time
@@ -13,11 +14,20 @@ from configs.default_toy_configs import get_default_configs as toy_config
 from errors import UserError
 
 
-def npz_config(path, *, image_size=0, num_channels=0, num_bins=256, dim=1, batch_size=8,
-               n_jitted_steps=2):
+def npz_config(
+    path, *, image_size=0, num_channels=0, num_bins=256, dim=1, batch_size=8, n_jitted_steps=2
+):
     config = digits_config()
-    config.data.update({'dataset': 'NPZ', 'path': str(path), 'image_size': image_size,
-                        'num_channels': num_channels, 'num_bins': num_bins, 'dim': dim})
+    config.data.update(
+        {
+            'dataset': 'NPZ',
+            'path': str(path),
+            'image_size': image_size,
+            'num_channels': num_channels,
+            'num_bins': num_bins,
+            'dim': dim,
+        }
+    )
     config.training.batch_size = batch_size
     config.training.n_jitted_steps = n_jitted_steps
     return config
@@ -27,8 +37,11 @@ def npz_config(path, *, image_size=0, num_channels=0, num_bins=256, dim=1, batch
 def id_vectors(tmp_path):
     """NPZ vector data whose single coordinate is the example's index: 40 train, 13 test."""
     path = tmp_path / 'ids.npz'
-    np.savez(path, train=np.arange(40, dtype=np.float32)[:, None],
-             test=np.arange(13, dtype=np.float32)[:, None])
+    np.savez(
+        path,
+        train=np.arange(40, dtype=np.float32)[:, None],
+        test=np.arange(13, dtype=np.float32)[:, None],
+    )
     return path
 
 
@@ -45,8 +58,10 @@ def small_images(tmp_path):
 
 # --- sources --------------------------------------------------------------------------
 
+
 def test_digits_split():
     from sklearn.datasets import load_digits
+
     config = digits_config()
     train = datasets.get_shard(config, 'train', process_index=0, process_count=1)
     test = datasets.get_shard(config, 'test', process_index=0, process_count=1)
@@ -72,8 +87,9 @@ def test_npz_images_round_trip(small_images):
     np.testing.assert_array_equal(shard.data, train)
     assert not datasets.is_continuous(config) and datasets.num_bins(config) == 16
     assert datasets.data_shape(config) == (4, 4, 3)
-    batches = list(datasets.get_eval_iterator(config, 'test', batch_size=4, process_index=0,
-                                              process_count=1))
+    batches = list(
+        datasets.get_eval_iterator(config, 'test', batch_size=4, process_index=0, process_count=1)
+    )
     x = np.concatenate([b.x[b.mask] for b in batches])
     np.testing.assert_array_equal(x, test)
     assert x.dtype == np.uint8
@@ -96,14 +112,17 @@ def test_npz_vectors_round_trip(tmp_path):
     assert all(any(np.array_equal(row, t) for t in shard.data) for row in batch.reshape(-1, 3))
 
 
-@pytest.mark.parametrize('problem,arrays,overrides,field', [
-    ('levels too high', {'train': np.full((2, 4, 4, 3), 16, np.uint8)}, {}, 'num_bins'),
-    ('wrong size', {'train': np.zeros((2, 5, 5, 3), np.uint8)}, {}, 'data.image_size'),
-    ('wrong channels', {'train': np.zeros((2, 4, 4, 1), np.uint8)}, {}, 'data.num_channels'),
-    ('wrong dim', {'train': np.zeros((2, 3), np.float32)}, {'dim': 4}, 'data.dim'),
-    ('bad rank', {'train': np.zeros((2, 4, 4), np.uint8)}, {}, '[N, H, W, C]'),
-    ('no test array', {'train': np.zeros((2, 4, 4, 3), np.uint8)}, {}, "'test'"),
-])
+@pytest.mark.parametrize(
+    'problem,arrays,overrides,field',
+    [
+        ('levels too high', {'train': np.full((2, 4, 4, 3), 16, np.uint8)}, {}, 'num_bins'),
+        ('wrong size', {'train': np.zeros((2, 5, 5, 3), np.uint8)}, {}, 'data.image_size'),
+        ('wrong channels', {'train': np.zeros((2, 4, 4, 1), np.uint8)}, {}, 'data.num_channels'),
+        ('wrong dim', {'train': np.zeros((2, 3), np.float32)}, {'dim': 4}, 'data.dim'),
+        ('bad rank', {'train': np.zeros((2, 4, 4), np.uint8)}, {}, '[N, H, W, C]'),
+        ('no test array', {'train': np.zeros((2, 4, 4, 3), np.uint8)}, {}, "'test'"),
+    ],
+)
 def test_npz_errors(tmp_path, problem, arrays, overrides, field):
     path = tmp_path / 'bad.npz'
     np.savez(path, **arrays)
@@ -135,6 +154,7 @@ def test_toy_mixture_data():
 
 def test_cifar10_through_tfds_mock():
     import tensorflow_datasets as tfds
+
     config = cifar10_config()
     config.training.batch_size, config.training.n_jitted_steps = 8, 3
     with tfds.testing.mock_data(num_examples=20):
@@ -165,8 +185,12 @@ def test_missing_tfds_data_fails_fast(tmp_path):
 def test_tfds_shards_and_resize(tmp_path, monkeypatch):
     """A real prepared TFDS dataset (tfds.testing's dummy_mnist, generated offline)."""
     from tensorflow_datasets import testing
-    monkeypatch.setitem(datasets.TFDS_SOURCES, 'CIFAR10',
-                        datasets.TfdsSource('dummy_mnist', '3.0.1', 'train', 'test'))
+
+    monkeypatch.setitem(
+        datasets.TFDS_SOURCES,
+        'CIFAR10',
+        datasets.TfdsSource('dummy_mnist', '3.0.1', 'train', 'test'),
+    )
     config = cifar10_config()
     config.data.update({'data_dir': str(tmp_path), 'image_size': 28, 'num_channels': 1})
     with pytest.raises(UserError, match='tfds build dummy_mnist:3.0.1 --data_dir'):
@@ -174,10 +198,14 @@ def test_tfds_shards_and_resize(tmp_path, monkeypatch):
     testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare()
     full = datasets.get_shard(config, 'train', process_index=0, process_count=1)
     assert full.data.shape == (20, 28, 28, 1) and full.num_examples == 20
-    shards = [datasets.get_shard(config, 'train', process_index=h, process_count=3)
-              for h in range(3)]
-    assert [(len(s), s.start, s.num_examples) for s in shards] == [(6, 0, 20), (7, 6, 20),
-                                                                  (7, 13, 20)]
+    shards = [
+        datasets.get_shard(config, 'train', process_index=h, process_count=3) for h in range(3)
+    ]
+    assert [(len(s), s.start, s.num_examples) for s in shards] == [
+        (6, 0, 20),
+        (7, 6, 20),
+        (7, 13, 20),
+    ]
     np.testing.assert_array_equal(np.concatenate([s.data for s in shards]), full.data)
     config.data.image_size = 14
     small = datasets.get_shard(config, 'train', process_index=0, process_count=1).data
@@ -187,6 +215,7 @@ def test_tfds_shards_and_resize(tmp_path, monkeypatch):
 
 
 # --- training order -------------------------------------------------------------------
+
 
 def flat_steps(iterator, blocks):
     """Concatenate ``blocks`` yields of [J, B, ...] into per-step batches."""
@@ -198,11 +227,13 @@ def test_train_resume_is_exact(start):
     config = digits_config()
     config.training.n_jitted_steps = 3
     config.data.random_flip = True  # exercise every random part
-    from_zero = flat_steps(datasets.get_train_iterator(config, process_index=0,
-                                                       process_count=1), 12)
-    resumed = flat_steps(datasets.get_train_iterator(config, start, process_index=0,
-                                                     process_count=1), 3)
-    np.testing.assert_array_equal(resumed, from_zero[start:start + 9])
+    from_zero = flat_steps(
+        datasets.get_train_iterator(config, process_index=0, process_count=1), 12
+    )
+    resumed = flat_steps(
+        datasets.get_train_iterator(config, start, process_index=0, process_count=1), 3
+    )
+    np.testing.assert_array_equal(resumed, from_zero[start : start + 9])
     assert not np.array_equal(from_zero[0], from_zero[1])
 
 
@@ -217,8 +248,10 @@ def test_train_epochs_visit_each_example_once(id_vectors):
 
 def test_train_hosts_read_disjoint_shards(id_vectors):
     config = npz_config(id_vectors, batch_size=8, n_jitted_steps=5)
-    seen = [next(datasets.get_train_iterator(config, process_index=h, process_count=2))
-            for h in range(2)]
+    seen = [
+        next(datasets.get_train_iterator(config, process_index=h, process_count=2))
+        for h in range(2)
+    ]
     assert seen[0].shape == (5, 4, 1)
     hosts = [set(s.ravel().astype(int)) for s in seen]
     assert hosts[0] == set(range(20)) and hosts[1] == set(range(20, 40))
@@ -232,8 +265,10 @@ def test_flip_and_dequantization(small_images):
     x = datasets.train_batch(config, shard, 0, 30)
     levels = np.floor(x * 16).astype(np.uint8)
     assert x.min() >= 0 and x.max() < 1
-    flipped = [any(np.array_equal(lv, t[:, ::-1]) and not np.array_equal(lv, t)
-                   for t in train) for lv in levels]
+    flipped = [
+        any(np.array_equal(lv, t[:, ::-1]) and not np.array_equal(lv, t) for t in train)
+        for lv in levels
+    ]
     same = [any(np.array_equal(lv, t) for t in train) for lv in levels]
     assert all(f or s for f, s in zip(flipped, same))
     assert 5 <= sum(flipped) <= 25
@@ -244,12 +279,18 @@ def test_flip_and_dequantization(small_images):
 
 # --- evaluation order -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize('process_count,batch_size', [(1, 5), (2, 4), (3, 6), (4, 4)])
 def test_eval_visits_every_example_once(id_vectors, process_count, batch_size):
     config = npz_config(id_vectors)
-    per_host = [list(datasets.get_eval_iterator(config, 'test', batch_size, process_index=h,
-                                                process_count=process_count))
-                for h in range(process_count)]
+    per_host = [
+        list(
+            datasets.get_eval_iterator(
+                config, 'test', batch_size, process_index=h, process_count=process_count
+            )
+        )
+        for h in range(process_count)
+    ]
     expected = datasets.num_eval_batches(13, batch_size, process_count)
     assert all(len(batches) == expected for batches in per_host)
     index = np.concatenate([b.index[b.mask] for batches in per_host for b in batches])
@@ -265,16 +306,19 @@ def test_eval_visits_every_example_once(id_vectors, process_count, batch_size):
 
 def test_eval_resume_from_a_batch(id_vectors):
     config = npz_config(id_vectors)
-    full = list(datasets.get_eval_iterator(config, 'train', 6, process_index=0,
-                                           process_count=1))
-    tail = list(datasets.get_eval_iterator(config, 'train', 6, start_batch=4,
-                                           process_index=0, process_count=1))
+    full = list(datasets.get_eval_iterator(config, 'train', 6, process_index=0, process_count=1))
+    tail = list(
+        datasets.get_eval_iterator(
+            config, 'train', 6, start_batch=4, process_index=0, process_count=1
+        )
+    )
     assert len(full) == 7 and len(tail) == 3
     for a, b in zip(full[4:], tail):
         np.testing.assert_array_equal(a.index, b.index)
 
 
 # --- scaling --------------------------------------------------------------------------
+
 
 def test_scalers():
     config = digits_config()
@@ -291,5 +335,6 @@ def test_to_unit_interval():
     levels = np.array([0, 8, 16], np.uint8)
     np.testing.assert_allclose(datasets.to_unit_interval(levels, 17), [0.0, 0.5, 1.0])
     u = np.array([0.0, 0.5, 0.999], np.float32)
-    np.testing.assert_allclose(datasets.to_unit_interval(levels, 17, u),
-                               [0.0, 8.5 / 17, 16.999 / 17], rtol=1e-6)
+    np.testing.assert_allclose(
+        datasets.to_unit_interval(levels, 17, u), [0.0, 8.5 / 17, 16.999 / 17], rtol=1e-6
+    )

@@ -4,6 +4,7 @@ The flow's log q(u|x̄) is checked against the change of variables with an autod
 Jacobian; training against the exact score of a Gaussian closes most of the gap between
 uniform dequantization and the exact discrete likelihood, which is closed form here.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,9 @@ def test_log_q_is_the_change_of_variables():
     # Random weights everywhere (the output layers start at zero: identity couplings).
     leaves, treedef = jax.tree.flatten(variables)
     keys = jax.random.split(jax.random.key(2), len(leaves))
-    variables = jax.tree.unflatten(treedef, [
-        0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    variables = jax.tree.unflatten(
+        treedef, [0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+    )
     eps = jax.random.normal(jax.random.key(3), shape)
     u, log_q = jax.jit(model.apply)(variables, eps, x_cond)
     assert u.shape == shape and bool(jnp.all((u > 0) & (u < 1)))
@@ -69,15 +71,21 @@ def test_untrained_dequantizer_is_a_user_error_and_training_resumes_exactly(tmp_
 
     def train(folder, n_iters):
         config = _tiny_deq_config(path, n_iters)
-        return dequantizer.train_dequantizer(config, str(tmp_path / folder / 'deq'), sde,
-                                             DataSpec.from_config(config), gm.score_fn(sde))
+        return dequantizer.train_dequantizer(
+            config,
+            str(tmp_path / folder / 'deq'),
+            sde,
+            DataSpec.from_config(config),
+            gm.score_fn(sde),
+        )
 
     assert train('straight', 10)['step'] == 10
     assert train('resumed', 5)['step'] == 5
     assert train('resumed', 10)['step'] == 10
-    straight, resumed = (dequantizer.load_dequantizer(_tiny_deq_config(path, 10),
-                                                      str(tmp_path / folder))
-                         for folder in ('straight', 'resumed'))
+    straight, resumed = (
+        dequantizer.load_dequantizer(_tiny_deq_config(path, 10), str(tmp_path / folder))
+        for folder in ('straight', 'resumed')
+    )
     assert straight[2] == resumed[2]  # the digest of the EMA parameters
     for a, b in zip(jax.tree.leaves(straight[1]), jax.tree.leaves(resumed[1])):
         np.testing.assert_array_equal(a, b)
@@ -87,7 +95,7 @@ def _exact_discrete_bpd(levels, num_bins, sde, std):
     """−log₂ P(x̄)/D with P the mass of each bin of y = 2x − 1 under p_ε = N(0, s²)."""
     t = jnp.full((1,), 1e-5)
     alpha = float(jnp.exp(sde.log_mean_coeff(t))[0])
-    s = math.sqrt(alpha ** 2 * std ** 2 + float(sde.std(t)[0]) ** 2)
+    s = math.sqrt(alpha**2 * std**2 + float(sde.std(t)[0]) ** 2)
     lo = 2.0 * levels / num_bins - 1.0
     hi = 2.0 * (levels + 1) / num_bins - 1.0
     mass = norm.cdf(hi / s) - norm.cdf(lo / s)
@@ -112,11 +120,12 @@ def test_trained_dequantizer_beats_uniform(tmp_path):
     t.batch_size, t.n_jitted_steps, t.log_freq, t.snapshot_freq_for_preemption = 64, 10, 100, 100
     config.deq.n_iters = 400
     config.optim.lr, config.optim.warmup = 3e-3, 0
-    gm = mixture.GaussianMixture(np.ones(1), np.zeros((1, 4)), std ** 2 * np.eye(4)[None])
+    gm = mixture.GaussianMixture(np.ones(1), np.zeros((1, 4)), std**2 * np.eye(4)[None])
     evaluator = _evaluator(config, tmp_path, gm, folder='uniform')
     evaluator.run()
-    result = dequantizer.train_dequantizer(config, str(tmp_path / 'deq'), evaluator.sde,
-                                           evaluator.data, gm.score_fn(evaluator.sde))
+    result = dequantizer.train_dequantizer(
+        config, str(tmp_path / 'deq'), evaluator.sde, evaluator.data, gm.score_fn(evaluator.sde)
+    )
     assert result['step'] == 400
     config.eval.dequantizer = True
     _evaluator(config, tmp_path, gm, folder='variational').run()
@@ -129,8 +138,10 @@ def test_trained_dequantizer_beats_uniform(tmp_path):
     assert variational['bpd'] > exact - 4 * variational['bpd_stderr']
     # ... and the learned q closes most of uniform dequantization's gap.
     gap = uniform['bpd'] - exact
-    print(f"bits/dim: exact {exact:.4f}, uniform {uniform['bpd']:.4f} ± "
-          f"{uniform['bpd_stderr']:.4f}, variational {variational['bpd']:.4f} ± "
-          f"{variational['bpd_stderr']:.4f} (training bound {result['train_bpd']:.4f})")
+    print(
+        f'bits/dim: exact {exact:.4f}, uniform {uniform["bpd"]:.4f} ± '
+        f'{uniform["bpd_stderr"]:.4f}, variational {variational["bpd"]:.4f} ± '
+        f'{variational["bpd_stderr"]:.4f} (training bound {result["train_bpd"]:.4f})'
+    )
     assert gap > 0.1
     assert variational['bpd'] - exact < 0.3 * gap

@@ -6,6 +6,7 @@
   (each feeding its half of the global batch) and end with identical parameters.
 Every subprocess is bounded by a timeout (a process whose peer never starts would hang).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,14 @@ from train_state import create_train_state
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'distributed_worker.py')
 # Two steps per jitted call, a log line per call: a 10-point loss trajectory.
-OVERRIDES = {'training.n_jitted_steps': 2, 'training.log_freq': 2,
-             'training.eval_freq': 10, 'training.snapshot_freq': 20,
-             'training.snapshot_freq_for_preemption': 10, 'training.batch_size': 32}
+OVERRIDES = {
+    'training.n_jitted_steps': 2,
+    'training.log_freq': 2,
+    'training.eval_freq': 10,
+    'training.snapshot_freq': 20,
+    'training.snapshot_freq_for_preemption': 10,
+    'training.batch_size': 32,
+}
 TIMEOUT_S = 240
 
 
@@ -39,18 +45,48 @@ def _overrides(tmp_path) -> dict:
     return {**OVERRIDES, 'data.path': path}
 
 
-def _worker(tmp_path, name: str, devices: int = 1, coordinator: str | None = None,
-            num_processes: int = 1, process_id: int = 0) -> tuple[subprocess.Popen, str]:
+def _worker(
+    tmp_path,
+    name: str,
+    devices: int = 1,
+    coordinator: str | None = None,
+    num_processes: int = 1,
+    process_id: int = 0,
+) -> tuple[subprocess.Popen, str]:
     """Starts a worker training in ``tmp_path/work``; its result goes to ``name.npz``."""
     out = str(tmp_path / f'{name}.npz')
-    cmd = [sys.executable, WORKER, '--kind', 'npz', '--workdir', str(tmp_path / 'work'),
-           '--out', out, '--overrides', json.dumps(_overrides(tmp_path)),
-           '--devices', str(devices)]
+    cmd = [
+        sys.executable,
+        WORKER,
+        '--kind',
+        'npz',
+        '--workdir',
+        str(tmp_path / 'work'),
+        '--out',
+        out,
+        '--overrides',
+        json.dumps(_overrides(tmp_path)),
+        '--devices',
+        str(devices),
+    ]
     if coordinator:
-        cmd += ['--coordinator', coordinator, '--num_processes', str(num_processes),
-                '--process_id', str(process_id), '--timeout', '60']
-    proc = subprocess.Popen(cmd, env=train_utils.subprocess_env(devices),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cmd += [
+            '--coordinator',
+            coordinator,
+            '--num_processes',
+            str(num_processes),
+            '--process_id',
+            str(process_id),
+            '--timeout',
+            '60',
+        ]
+    proc = subprocess.Popen(
+        cmd,
+        env=train_utils.subprocess_env(devices),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return proc, out
 
 
@@ -93,8 +129,12 @@ def _free_port() -> int:
 def test_two_processes_end_with_identical_parameters(tmp_path):
     coordinator = f'127.0.0.1:{_free_port()}'
     # Both share one work directory, as the hosts of a pod share a bucket.
-    workers = [_worker(tmp_path, f'p{i}', devices=1, coordinator=coordinator,
-                       num_processes=2, process_id=i) for i in range(2)]
+    workers = [
+        _worker(
+            tmp_path, f'p{i}', devices=1, coordinator=coordinator, num_processes=2, process_id=i
+        )
+        for i in range(2)
+    ]
     results = [_finish(*w) for w in workers]
     assert [int(r['process_index']) for r in results] == [0, 1]
     assert all(int(r['device_count']) == 2 for r in results)
@@ -104,6 +144,8 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
     # The run trained: parameters moved away from their initialisation.
     config = train_utils.load_config('npz', _overrides(tmp_path))
     _, _, init = create_train_state(prepare_config(config), get_mesh())
-    moved = [np.max(np.abs(results[0][f'param/{k}'] - v))
-             for k, v in train_utils.flat_params(init.params).items()]
+    moved = [
+        np.max(np.abs(results[0][f'param/{k}'] - v))
+        for k, v in train_utils.flat_params(init.params).items()
+    ]
     assert max(moved) > 1e-3

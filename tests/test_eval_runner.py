@@ -5,6 +5,7 @@ An ``ExactScoreEvaluator`` replaces the trained network by the exact score of a 
 scaler, bits/dim offset, per-example keys, per-batch files, resume, metrics.json — is
 checked against analytic log-densities without training anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,16 @@ def _evaluator(config, workdir, gm, folder='eval', hook=None):
     return cls(config, str(workdir), folder, hook)
 
 
-def _config(path, *, batch_size=8, repeats=1, num_bins=256, centered=False,
-            hutchinson='Rademacher', tol=1e-5):
+def _config(
+    path,
+    *,
+    batch_size=8,
+    repeats=1,
+    num_bins=256,
+    centered=False,
+    hutchinson='Rademacher',
+    tol=1e-5,
+):
     config = get_base_config()
     config.data.dataset = 'NPZ'
     config.data.path = str(path)
@@ -76,8 +85,11 @@ def vector_data(tmp_path_factory):
     """37 test vectors (not a multiple of the batch sizes used) from a 2-D mixture."""
     gm = mixture.random_mixture(3, 3, 2)
     path = tmp_path_factory.mktemp('vec') / 'vectors.npz'
-    np.savez(path, train=np.asarray(gm.sample(jax.random.key(0), 64)),
-             test=np.asarray(gm.sample(jax.random.key(1), 37)))
+    np.savez(
+        path,
+        train=np.asarray(gm.sample(jax.random.key(0), 64)),
+        test=np.asarray(gm.sample(jax.random.key(1), 37)),
+    )
     return gm, path
 
 
@@ -122,8 +134,11 @@ def test_bpd_of_exact_score_equals_analytic_density(vector_data, vector_eval):
 def _per_image(workdir, key, folder='eval'):
     """Per-example values ``key`` of the bits/dim passes, averaged over repeats, by index."""
     ckpt = os.path.join(workdir, folder, 'ckpt_1')
-    parts = [np.load(os.path.join(ckpt, f), allow_pickle=False) for f in sorted(os.listdir(ckpt))
-             if f.startswith('bpd_r')]
+    parts = [
+        np.load(os.path.join(ckpt, f), allow_pickle=False)
+        for f in sorted(os.listdir(ckpt))
+        if f.startswith('bpd_r')
+    ]
     index = np.concatenate([p['index'] for p in parts])
     values = np.concatenate([p[key] for p in parts]).astype(np.float64)
     return np.bincount(index, values) / np.bincount(index)
@@ -135,9 +150,11 @@ def test_every_example_once_per_repeat(vector_data, vector_eval):
     folder = os.path.join(workdir, 'eval', 'ckpt_1')
     n = len(np.load(path)['test'])
     for repeat in range(2):
-        parts = [np.load(os.path.join(folder, f), allow_pickle=False)['index']
-                 for f in sorted(os.listdir(folder))
-                 if f.startswith(f'bpd_r{repeat}_b')]
+        parts = [
+            np.load(os.path.join(folder, f), allow_pickle=False)['index']
+            for f in sorted(os.listdir(folder))
+            if f.startswith(f'bpd_r{repeat}_b')
+        ]
         assert len(parts) == math.ceil(n / config.eval.batch_size)  # 5 batches, last padded
         assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(n))
 
@@ -149,23 +166,24 @@ def _bpd_gaussian_images(tmp_path, num_bins, centered, shape=(3, 3, 1), n=29, re
     test = rs.randint(0, num_bins, size=(n,) + shape).astype(np.uint8)
     path = tmp_path / 'images.npz'
     np.savez(path, train=test, test=test)
-    config = _config(path, batch_size=8, repeats=repeats, num_bins=num_bins,
-                     centered=centered)
+    config = _config(path, batch_size=8, repeats=repeats, num_bins=num_bins, centered=centered)
     config.data.image_size, config.data.num_channels = shape[0], shape[2]
-    gm = mixture.GaussianMixture(np.ones(1), np.zeros((1, test[0].size)),
-                                 np.eye(test[0].size)[None])
+    gm = mixture.GaussianMixture(
+        np.ones(1), np.zeros((1, test[0].size)), np.eye(test[0].size)[None]
+    )
     _evaluator(config, tmp_path / 'w', gm).run()
     m = _metrics(tmp_path / 'w')['1']
     # y = a (x̄ + u)/K + b with u ~ U[0, 1): E[y] and Var[y] = (a/K)²/12 per pixel.
     a, b = (2.0, -1.0) if centered else (1.0, 0.0)
     dim = test[0].size
     mean_y = a * (test.reshape(n, -1) + 0.5) / num_bins + b
-    e_nll_y = 0.5 * np.sum(mean_y ** 2 + (a / num_bins) ** 2 / 12, 1) + 0.5 * dim * math.log(
-        2 * math.pi)
+    e_nll_y = 0.5 * np.sum(mean_y**2 + (a / num_bins) ** 2 / 12, 1) + 0.5 * dim * math.log(
+        2 * math.pi
+    )
     expected = (e_nll_y - dim * math.log(a)) / (dim * math.log(2)) + math.log2(num_bins)
     # Monte Carlo error of u: Var[½y²] ≈ y² Var[y]; bits/dim of the mean over n × repeats.
-    sd = np.sqrt(np.sum(mean_y ** 2, 1) * (a / num_bins) ** 2 / 12) / (dim * math.log(2))
-    tol = 5 * np.sqrt(np.mean(sd ** 2) / (n * repeats)) + 2e-4
+    sd = np.sqrt(np.sum(mean_y**2, 1) * (a / num_bins) ** 2 / 12) / (dim * math.log(2))
+    tol = 5 * np.sqrt(np.mean(sd**2) / (n * repeats)) + 2e-4
     return m, expected.mean(), tol
 
 
@@ -174,8 +192,7 @@ def test_bpd_offset_and_scale(tmp_path, num_bins, centered):
     m, expected, tol = _bpd_gaussian_images(tmp_path, num_bins, centered)
     assert m['bpd'] == pytest.approx(expected, abs=tol)
     # nll is in the data's own units [0, 1]^D: bpd = nll / (D ln 2) + log₂ K.
-    assert m['bpd'] == pytest.approx(m['nll'] / (9 * math.log(2)) + math.log2(num_bins),
-                                     abs=1e-6)
+    assert m['bpd'] == pytest.approx(m['nll'] / (9 * math.log(2)) + math.log2(num_bins), abs=1e-6)
 
 
 class _InterruptError(Exception):
@@ -225,7 +242,7 @@ def test_image_grid_and_stats():
 
 
 # --------------------------------------------------------------------------- devices
-_DEVICE_SCRIPT = r'''
+_DEVICE_SCRIPT = r"""
 import json, sys
 import numpy as np
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
@@ -236,7 +253,7 @@ assert jax.local_device_count() == {devices}
 gm = mixture.random_mixture(3, 3, 2)
 config = _vector_config({path!r}, batch_size={batch_size})
 print(json.dumps(_evaluator(config, {workdir!r}, gm).run()))
-'''
+"""
 
 
 def test_metrics_independent_of_devices_and_batch_size(vector_data, vector_eval, tmp_path):
@@ -247,12 +264,20 @@ def test_metrics_independent_of_devices_and_batch_size(vector_data, vector_eval,
 
     _, path = vector_data
     tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS='--xla_force_host_platform_device_count=4')
-    script = _DEVICE_SCRIPT.format(repo=os.path.dirname(tests), tests=tests, devices=4,
-                                   batch_size=12, path=str(path), workdir=str(tmp_path))
-    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                         text=True, timeout=300)
+    env = dict(
+        os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=4'
+    )
+    script = _DEVICE_SCRIPT.format(
+        repo=os.path.dirname(tests),
+        tests=tests,
+        devices=4,
+        batch_size=12,
+        path=str(path),
+        workdir=str(tmp_path),
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     four = json.loads(out.stdout.strip().splitlines()[-1])['1']
     one = _metrics(vector_eval[1])['1']
@@ -266,29 +291,51 @@ def _digits_npz(path, num_train=96, num_test=11):
     from sklearn.datasets import load_digits
 
     images = load_digits().images.astype(np.uint8)[..., None]
-    np.savez(path, train=images[:num_train], test=images[num_train:num_train + num_test])
+    np.savez(path, train=images[:num_train], test=images[num_train : num_train + num_test])
     return path
 
 
-_E2E = {'data.dataset': 'NPZ', 'data.num_bins': 17, 'data.image_size': 8,
-        'data.num_channels': 1, 'model.nf': 8, 'model.ch_mult': (1,),
-        'model.num_res_blocks': 1, 'model.dropout': 0.0,
-        'training.n_iters': 10, 'training.n_jitted_steps': 5, 'training.log_freq': 5,
-        'training.eval_freq': 5, 'training.snapshot_freq': 10,
-        'training.snapshot_freq_for_preemption': 10, 'training.snapshot_sampling': False,
-        'training.batch_size': 16, 'optim.warmup': 0, 'optim.lr': 1e-12,
-        'eval.begin_ckpt': 1, 'eval.end_ckpt': 1, 'eval.batch_size': 4,
-        'eval.num_repeats': 2, 'eval.enable_loss': True, 'eval.bound': False,
-        'eval.enable_sampling': True, 'eval.num_samples': 6, 'eval.rtol': 1e-3,
-        'eval.atol': 1e-3, 'sampling.rtol': 1e-3, 'sampling.atol': 1e-3,
-        'deq.n_iters': 10, 'eval.dequantizer': True}
+_E2E = {
+    'data.dataset': 'NPZ',
+    'data.num_bins': 17,
+    'data.image_size': 8,
+    'data.num_channels': 1,
+    'model.nf': 8,
+    'model.ch_mult': (1,),
+    'model.num_res_blocks': 1,
+    'model.dropout': 0.0,
+    'training.n_iters': 10,
+    'training.n_jitted_steps': 5,
+    'training.log_freq': 5,
+    'training.eval_freq': 5,
+    'training.snapshot_freq': 10,
+    'training.snapshot_freq_for_preemption': 10,
+    'training.snapshot_sampling': False,
+    'training.batch_size': 16,
+    'optim.warmup': 0,
+    'optim.lr': 1e-12,
+    'eval.begin_ckpt': 1,
+    'eval.end_ckpt': 1,
+    'eval.batch_size': 4,
+    'eval.num_repeats': 2,
+    'eval.enable_loss': True,
+    'eval.bound': False,
+    'eval.enable_sampling': True,
+    'eval.num_samples': 6,
+    'eval.rtol': 1e-3,
+    'eval.atol': 1e-3,
+    'sampling.rtol': 1e-3,
+    'sampling.atol': 1e-3,
+    'deq.n_iters': 10,
+    'eval.dequantizer': True,
+}
 
 
 def _logistic_normal_entropy_bits() -> float:
     """−E[log₂ q(u)] per dimension of u = sigmoid(ε), ε ~ N(0, 1) (the dequantizer's
     identity-coupling initialisation): log q(u) = log φ(ε) − log σ(ε) − log σ(−ε)."""
     eps = np.linspace(-12.0, 12.0, 200_001)
-    phi = np.exp(-0.5 * eps ** 2) / math.sqrt(2 * math.pi)
+    phi = np.exp(-0.5 * eps**2) / math.sqrt(2 * math.pi)
     log_q = np.log(phi) + np.logaddexp(0, -eps) + np.logaddexp(0, eps)
     return float(-np.trapezoid(phi * log_q, eps) / math.log(2))
 
@@ -323,9 +370,13 @@ def test_end_to_end_eval_killed_and_resumed(tmp_path):
     deq = run_lib.train_deq(config, str(workdir))
     assert deq['step'] == 10 and math.isfinite(deq['train_bpd'])
 
-    cmd = [sys.executable, os.path.join(repo, 'main.py'), '--mode=eval',
-           f'--config={os.path.join(repo, "configs/vp/digits_lw_is.py")}',
-           f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
+    cmd = [
+        sys.executable,
+        os.path.join(repo, 'main.py'),
+        '--mode=eval',
+        f'--config={os.path.join(repo, "configs/vp/digits_lw_is.py")}',
+        f'--workdir={workdir}',
+    ] + [f'--config.{k}={v}' for k, v in overrides.items()]
     env = dict(os.environ, JAX_PLATFORMS='cpu')
     marker = workdir / 'eval' / 'ckpt_1' / 'bpd_r0_b00001_h0.npz'
     log = open(tmp_path / 'killed.log', 'wb')  # a file: a full pipe would block the run
@@ -342,8 +393,15 @@ def test_end_to_end_eval_killed_and_resumed(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'Skipping FID/IS/KID' in done.stderr  # NPZ images need Inception weights
     resumed = _metrics(workdir)['1']
-    assert resumed.keys() == {'loss', 'bpd', 'bpd_stderr', 'nll', 'nfe_mean',
-                              'num_examples', 'num_samples'}
+    assert resumed.keys() == {
+        'loss',
+        'bpd',
+        'bpd_stderr',
+        'nll',
+        'nfe_mean',
+        'num_examples',
+        'num_samples',
+    }
     assert resumed['num_examples'] == 2 * 11 and resumed['num_samples'] == 6
     levels = np.load(tmp_path / 'digits.npz')['test']
     expected = train_utils.zero_score_bpd(config, levels) - _logistic_normal_entropy_bits()

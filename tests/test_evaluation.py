@@ -1,4 +1,5 @@
 """evaluation.py: FID / KID / IS against closed forms, stats cache, feature networks."""
+
 import os
 
 import h5py
@@ -35,7 +36,8 @@ def test_frechet_closed_forms_including_singular():
     s = _random_spd(rng, d, rank=3)  # singular, as with fewer samples than features
     assert evaluation.frechet_distance(mu1, s, mu1, s) == pytest.approx(0.0, abs=1e-10)
     assert evaluation.frechet_distance(mu1, s, mu2, s) == pytest.approx(
-        np.sum((mu1 - mu2) ** 2), rel=1e-9)
+        np.sum((mu1 - mu2) ** 2), rel=1e-9
+    )
     # Commuting (diagonal) covariances, some variances zero: Σᵢ (√aᵢ − √bᵢ)².
     a, b = np.array([0.0, 1.0, 4.0, 2.0]), np.array([1.0, 0.0, 9.0, 2.0])
     expected = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
@@ -53,8 +55,12 @@ def _population_mmd2_unit_gaussians(mu: np.ndarray) -> float:
     d = mu.shape[0]
     eye = np.eye(d)
     m2 = np.outer(mu, mu)
-    m3 = (np.einsum("i,j,k->ijk", mu, mu, mu) + np.einsum("i,jk->ijk", mu, eye)
-          + np.einsum("j,ik->ijk", mu, eye) + np.einsum("k,ij->ijk", mu, eye))
+    m3 = (
+        np.einsum('i,j,k->ijk', mu, mu, mu)
+        + np.einsum('i,jk->ijk', mu, eye)
+        + np.einsum('j,ik->ijk', mu, eye)
+        + np.einsum('k,ij->ijk', mu, eye)
+    )
     return 3 / d * mu @ mu + 3 / d**2 * np.sum(m2**2) + 1 / d**3 * np.sum(m3**2)
 
 
@@ -68,18 +74,25 @@ def test_mmd2_unbiased_matches_double_loop():
     assert evaluation.mmd2_unbiased(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
 
 
-@pytest.mark.parametrize("shift", [0.0, 0.5])
+@pytest.mark.parametrize('shift', [0.0, 0.5])
 def test_kid_matches_population_mmd2(shift):
     """KID is unbiased: over independent draws its mean is the population MMD² (0 for one
     distribution, where single values may be negative) within a few standard errors."""
     rng = np.random.default_rng(3)
     d, n, reps = 4, 200, 40
     mu = np.full(d, shift)
-    values = np.array([
-        evaluation.kernel_inception_distance(rng.normal(size=(n, d)) + mu,
-                                             rng.normal(size=(n + 50, d)),
-                                             num_subsets=10, subset_size=150, seed=i)
-        for i in range(reps)])
+    values = np.array(
+        [
+            evaluation.kernel_inception_distance(
+                rng.normal(size=(n, d)) + mu,
+                rng.normal(size=(n + 50, d)),
+                num_subsets=10,
+                subset_size=150,
+                seed=i,
+            )
+            for i in range(reps)
+        ]
+    )
     stderr = values.std(ddof=1) / np.sqrt(reps)
     expected = _population_mmd2_unit_gaussians(mu)
     assert abs(values.mean() - expected) < 4 * stderr
@@ -100,15 +113,15 @@ def test_inception_score_closed_forms():
     # Half confident and balanced, half uniform: p(y) uniform, KL = log K or 0, IS = √K.
     probs = np.concatenate([np.eye(k)[np.arange(k)], np.full((k, k), 1.0 / k)])
     assert evaluation.inception_score(probs, from_logits=False) == pytest.approx(
-        np.sqrt(k), rel=1e-12)
-    with np.errstate(divide="ignore"):
-        assert evaluation.inception_score(np.log(probs)) == pytest.approx(np.sqrt(k),
-                                                                          rel=1e-12)
+        np.sqrt(k), rel=1e-12
+    )
+    with np.errstate(divide='ignore'):
+        assert evaluation.inception_score(np.log(probs)) == pytest.approx(np.sqrt(k), rel=1e-12)
 
 
 # ------------------------------------------------------------------ statistics and cache
 class _LinearNet(evaluation.FeatureNet):
-    name, fingerprint, batch_size = "linear", "lin0", 7
+    name, fingerprint, batch_size = 'linear', 'lin0', 7
 
     def _apply(self, images):
         assert images.shape[0] == self.batch_size
@@ -122,7 +135,7 @@ def test_dataset_stats_streaming_and_cache_round_trip(tmp_path):
     net = _LinearNet()
     features, logits = net(images)
     assert features.shape == (53, 3) and logits is None
-    batches = (images[i:i + 10] for i in range(0, 53, 10))
+    batches = (images[i : i + 10] for i in range(0, 53, 10))
     stats = evaluation.compute_dataset_stats(net, batches, num_kid_features=20, seed=0)
     mu, sigma = evaluation.feature_stats(features)
     np.testing.assert_allclose(stats.mu, mu, rtol=1e-6)
@@ -132,52 +145,57 @@ def test_dataset_stats_streaming_and_cache_round_trip(tmp_path):
     assert len({tuple(r) for r in stats.features}) == 20  # without replacement
     assert all(np.any(np.all(features == r, axis=1)) for r in stats.features)
 
-    path = evaluation.stats_path(str(tmp_path), "CIFAR10", "train", net.name)
-    assert path == os.path.join(str(tmp_path), "stats", "cifar10_train_linear.npz")
+    path = evaluation.stats_path(str(tmp_path), 'CIFAR10', 'train', net.name)
+    assert path == os.path.join(str(tmp_path), 'stats', 'cifar10_train_linear.npz')
     evaluation.save_stats(path, stats)
     with np.load(path, allow_pickle=False) as f:  # no object arrays inside
-        assert sorted(f.files) == ["features", "fingerprint", "mu", "sigma"]
+        assert sorted(f.files) == ['features', 'fingerprint', 'mu', 'sigma']
     loaded = evaluation.load_stats(path)
-    assert loaded.fingerprint == "lin0"
-    for name in ("mu", "sigma", "features"):
+    assert loaded.fingerprint == 'lin0'
+    for name in ('mu', 'sigma', 'features'):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(stats, name))
-    assert os.listdir(os.path.dirname(path)) == ["cifar10_train_linear.npz"]
+    assert os.listdir(os.path.dirname(path)) == ['cifar10_train_linear.npz']
 
 
 def test_reference_stats_cached_and_recomputed_for_another_net(tmp_path):
     workdir, images = str(tmp_path), np.random.default_rng(7).uniform(size=(30, 2, 2, 1))
     net = _LinearNet()
-    first = evaluation.reference_stats(net, "CIFAR10", workdir, None, images)
-    cached = evaluation.reference_stats(net, "CIFAR10", workdir, None)  # no data needed
+    first = evaluation.reference_stats(net, 'CIFAR10', workdir, None, images)
+    cached = evaluation.reference_stats(net, 'CIFAR10', workdir, None)  # no data needed
     np.testing.assert_array_equal(cached.sigma, first.sigma)
     other = _LinearNet()
-    other.fingerprint = "lin1"
-    again = evaluation.reference_stats(other, "CIFAR10", workdir, None, images[:10])
-    assert again.fingerprint == "lin1"
-    assert evaluation.load_stats(evaluation.stats_path(
-        workdir, "CIFAR10", "train", "linear")).fingerprint == "lin1"
+    other.fingerprint = 'lin1'
+    again = evaluation.reference_stats(other, 'CIFAR10', workdir, None, images[:10])
+    assert again.fingerprint == 'lin1'
+    assert (
+        evaluation.load_stats(
+            evaluation.stats_path(workdir, 'CIFAR10', 'train', 'linear')
+        ).fingerprint
+        == 'lin1'
+    )
 
 
-@pytest.mark.parametrize("dequantized", [False, True])
+@pytest.mark.parametrize('dequantized', [False, True])
 def test_quantize_inverts_the_training_map(dequantized):
     k = 17
     levels = np.random.default_rng(8).integers(0, k, size=(50, 8, 8, 1))
     u = np.random.default_rng(9).uniform(size=levels.shape) if dequantized else None
     x = datasets.to_unit_interval(levels, k, u)
-    np.testing.assert_array_equal(evaluation.quantize(x, k, dequantized),
-                                  (levels / (k - 1)).astype(np.float32))
+    np.testing.assert_array_equal(
+        evaluation.quantize(x, k, dequantized), (levels / (k - 1)).astype(np.float32)
+    )
 
 
 # --------------------------------------------------------------------- digits classifier
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def digits_workdir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("digits_work"))
+    return str(tmp_path_factory.mktemp('digits_work'))
 
 
 def test_digits_split_is_the_datasets_split():
     train_x, train_y, test_x, test_y = evaluation.digits_split()
     config = default_digits_configs.get_default_configs()
-    for split, x in (("train", train_x), ("test", test_x)):
+    for split, x in (('train', train_x), ('test', test_x)):
         shard = datasets.get_shard(config, split, process_index=0, process_count=1)
         np.testing.assert_array_equal(x, shard.data / np.float32(16))
     assert train_x.shape[0] == 1600 and test_y.shape == (197,)
@@ -205,63 +223,64 @@ def test_digits_sample_quality_separates_real_from_noise(digits_workdir):
     rng = np.random.default_rng(5)
     real_samples = (test_x * 16 + rng.uniform(size=test_x.shape)) / 17
     noise = rng.uniform(size=test_x.shape).astype(np.float32)
-    real = evaluation.sample_quality(real_samples, "DIGITS", digits_workdir, config)
-    fake = evaluation.sample_quality(noise, "DIGITS", digits_workdir, config)
-    assert os.path.exists(evaluation.stats_path(digits_workdir, "DIGITS", "train",
-                                                "digits_mlp"))
-    assert set(real) == {"fid", "kid", "is"}
-    assert real["fid"] < 0.05 * fake["fid"]  # measured 4.3 vs 315
-    assert real["kid"] < 0.01 * fake["kid"]
-    assert real["is"] > 8.0 > fake["is"]
+    real = evaluation.sample_quality(real_samples, 'DIGITS', digits_workdir, config)
+    fake = evaluation.sample_quality(noise, 'DIGITS', digits_workdir, config)
+    assert os.path.exists(evaluation.stats_path(digits_workdir, 'DIGITS', 'train', 'digits_mlp'))
+    assert set(real) == {'fid', 'kid', 'is'}
+    assert real['fid'] < 0.05 * fake['fid']  # measured 4.3 vs 315
+    assert real['kid'] < 0.01 * fake['kid']
+    assert real['is'] > 8.0 > fake['is']
 
 
 # ------------------------------------------------------------------------- Inception
-@pytest.mark.parametrize("path", ["", "/nonexistent/inception.h5", "not_hdf5.h5"])
+@pytest.mark.parametrize('path', ['', '/nonexistent/inception.h5', 'not_hdf5.h5'])
 def test_missing_inception_weights_raise_user_error(tmp_path, path):
-    if path == "not_hdf5.h5":
+    if path == 'not_hdf5.h5':
         path = str(tmp_path / path)
-        with open(path, "wb") as f:
-            f.write(b"<html>404</html>")  # e.g. a failed download
+        with open(path, 'wb') as f:
+            f.write(b'<html>404</html>')  # e.g. a failed download
     config = default_cifar10_configs.get_default_configs()
     config.eval.inception_path = path
     samples = np.zeros((4, 32, 32, 3), np.float32)
-    with pytest.raises(UserError, match=r"eval\.inception_path"):
-        evaluation.sample_quality(samples, "CIFAR10", str(tmp_path), config)
+    with pytest.raises(UserError, match=r'eval\.inception_path'):
+        evaluation.sample_quality(samples, 'CIFAR10', str(tmp_path), config)
 
 
 def test_image_pipeline_with_a_feature_net_without_logits(tmp_path, monkeypatch):
     """The CIFAR-10 path (Inception replaced by a linear net): samples quantized to 256
     levels, reference statistics cached, no 'is' without logits."""
-    monkeypatch.setattr(evaluation, "load_inception", lambda path: _LinearNet())
+    monkeypatch.setattr(evaluation, 'load_inception', lambda path: _LinearNet())
     config = default_cifar10_configs.get_default_configs()
     assert not config.data.uniform_dequantization
     rng = np.random.default_rng(10)
     reference = np.round(rng.uniform(size=(40, 2, 2, 3)) * 255) / 255
     jitter = rng.uniform(-0.4, 0.4, size=reference.shape) / 255  # rounds back
-    same = evaluation.sample_quality(reference + jitter, "CIFAR10", str(tmp_path), config,
-                                     reference)
-    other = evaluation.sample_quality(reference[:, ::-1] ** 2, "CIFAR10", str(tmp_path),
-                                      config)  # statistics from the cache
-    assert set(same) == {"fid", "kid"}
-    assert abs(same["fid"]) < 1e-9 * other["fid"] and same["kid"] < 0 < other["kid"]
+    same = evaluation.sample_quality(
+        reference + jitter, 'CIFAR10', str(tmp_path), config, reference
+    )
+    other = evaluation.sample_quality(
+        reference[:, ::-1] ** 2, 'CIFAR10', str(tmp_path), config
+    )  # statistics from the cache
+    assert set(same) == {'fid', 'kid'}
+    assert abs(same['fid']) < 1e-9 * other['fid'] and same['kid'] < 0 < other['kid']
 
 
 def test_vector_samples_raise_user_error(tmp_path):
     config = default_cifar10_configs.get_default_configs()
-    with pytest.raises(UserError, match="images"):
-        evaluation.sample_quality(np.zeros((4, 2)), "TOY", str(tmp_path), config)
+    with pytest.raises(UserError, match='images'):
+        evaluation.sample_quality(np.zeros((4, 2)), 'TOY', str(tmp_path), config)
 
 
 def _save_legacy_h5(model, path: str, skip: tuple = ()) -> None:
     """Writes weights in the legacy Keras HDF5 layout of the published weight files."""
-    with h5py.File(path, "w") as f:
+    with h5py.File(path, 'w') as f:
         layers = [layer for layer in model.layers if layer.name not in skip]
-        f.attrs["layer_names"] = [layer.name.encode() for layer in layers]
+        f.attrs['layer_names'] = [layer.name.encode() for layer in layers]
         for layer in layers:
             group = f.create_group(layer.name)
             weights = layer.trainable_weights + layer.non_trainable_weights
-            names = [f"{layer.name}/w{i}" for i in range(len(weights))]
-            group.attrs["weight_names"] = [n.encode() for n in names]
+            names = [f'{layer.name}/w{i}' for i in range(len(weights))]
+            group.attrs['weight_names'] = [n.encode() for n in names]
             for n, w in zip(names, weights):
                 group.create_dataset(n, data=np.asarray(w))
 
@@ -270,12 +289,16 @@ def test_inception_loads_notop_and_top_weight_files(tmp_path):
     """One random-weights Inception-v3 saved as the two Keras files: the 'notop' file gives
     2048-d pool features, the full file the same features plus 1000 logits."""
     import tensorflow as tf
-    model = tf.keras.applications.InceptionV3(weights=None, include_top=True,
-                                              classifier_activation=None)
-    top, notop = str(tmp_path / evaluation.INCEPTION_TOP), str(tmp_path /
-                                                              evaluation.INCEPTION_NOTOP)
+
+    model = tf.keras.applications.InceptionV3(
+        weights=None, include_top=True, classifier_activation=None
+    )
+    top, notop = (
+        str(tmp_path / evaluation.INCEPTION_TOP),
+        str(tmp_path / evaluation.INCEPTION_NOTOP),
+    )
     _save_legacy_h5(model, top)
-    _save_legacy_h5(model, notop, skip=("avg_pool", "predictions"))
+    _save_legacy_h5(model, notop, skip=('avg_pool', 'predictions'))
     images = np.random.default_rng(6).uniform(size=(3, 16, 16, 1)).astype(np.float32)
     net_notop = evaluation.load_inception(notop, batch_size=2)
     net_top = evaluation.load_inception(top, batch_size=2)
@@ -286,9 +309,9 @@ def test_inception_loads_notop_and_top_weight_files(tmp_path):
     features_top, logits_top = net_top(images)
     assert logits_top.shape == (3, 1000)
     np.testing.assert_allclose(features_top, features, rtol=1e-4, atol=1e-5)
-    kernel, bias = model.get_layer("predictions").get_weights()
+    kernel, bias = model.get_layer('predictions').get_weights()
     np.testing.assert_allclose(logits_top, features @ kernel + bias, rtol=1e-3, atol=1e-4)
     resized = tf.image.resize(np.repeat(images, 3, -1), (299, 299)).numpy() * 2 - 1
-    direct = model.get_layer("avg_pool").output  # the pool features of the original model
+    direct = model.get_layer('avg_pool').output  # the pool features of the original model
     pool = tf.keras.Model(model.inputs, direct).predict_on_batch(resized)
     np.testing.assert_allclose(features, pool, rtol=1e-4, atol=1e-5)

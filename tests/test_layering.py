@@ -24,8 +24,10 @@ LAZY_OK = {'tensorflow', 'tensorflow_datasets', 'h5py'}
 def project_modules() -> dict[str, pathlib.Path]:
     """Dotted name → path of every project module (leaf configs excluded)."""
     paths = [*ROOT.glob('*.py'), *ROOT.glob('models/*.py'), *ROOT.glob('configs/*.py')]
-    return {'.'.join(p.relative_to(ROOT).with_suffix('').parts).removesuffix('.__init__'): p
-            for p in paths}
+    return {
+        '.'.join(p.relative_to(ROOT).with_suffix('').parts).removesuffix('.__init__'): p
+        for p in paths
+    }
 
 
 def _imported(node: ast.AST) -> list[str]:
@@ -51,8 +53,7 @@ def import_graph() -> tuple[dict[str, set[str]], dict[str, list[str]]]:
     for name, path in modules.items():
         tree = ast.parse(path.read_text(encoding='utf-8'))
         top = [n for stmt in tree.body for n in _imported(stmt)]
-        inner = [n for node in ast.walk(tree) for n in _imported(node)
-                 if node not in tree.body]
+        inner = [n for node in ast.walk(tree) for n in _imported(node) if node not in tree.body]
         graph[name] = _project(top, modules) - {name}
         nested[name] = sorted(n for n in inner if n in modules or n.split('.')[0] in modules)
     return graph, nested
@@ -66,10 +67,17 @@ def test_project_imports_are_at_the_top_of_files():
 def test_third_party_imports_inside_functions_are_the_optional_heavy_ones():
     for name, path in project_modules().items():
         tree = ast.parse(path.read_text(encoding='utf-8'))
-        inner = {n for node in ast.walk(tree) for n in _imported(node)
-                 if node not in tree.body and not isinstance(node, ast.ImportFrom)}
-        inner |= {node.module for node in ast.walk(tree)
-                  if isinstance(node, ast.ImportFrom) and node not in tree.body}
+        inner = {
+            n
+            for node in ast.walk(tree)
+            for n in _imported(node)
+            if node not in tree.body and not isinstance(node, ast.ImportFrom)
+        }
+        inner |= {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node not in tree.body
+        }
         assert inner <= LAZY_OK, (name, inner - LAZY_OK)
 
 
@@ -84,11 +92,18 @@ def test_import_graph_is_acyclic():
 def test_every_module_imports_in_dependency_order_in_a_fresh_interpreter():
     graph, _ = import_graph()
     order = [m for m in TopologicalSorter(graph).static_order() if m != 'main']
-    script = ('import importlib, sys\n'
-              f'for name in {order!r}:\n'
-              '    before = set(sys.modules)\n'
-              '    importlib.import_module(name)\n')
-    result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300,
-                            env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
+    script = (
+        'import importlib, sys\n'
+        f'for name in {order!r}:\n'
+        '    before = set(sys.modules)\n'
+        '    importlib.import_module(name)\n'
+    )
+    result = subprocess.run(
+        [sys.executable, '-c', script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'},
+    )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,6 +4,7 @@ References are closed forms: Gaussian mixtures diffused by each SDE (``mixture.p
 the exact density p_t and score ∇log p_t.  Stochastic estimates (Hutchinson, the bound's
 Monte Carlo) are compared within k standard errors (k = 4) of a fixed-seed batch.
 """
+
 import functools
 
 import jax
@@ -63,7 +64,8 @@ def _nonlinear_field(dim, seed=0):
 
     def fn(x):
         flat = x.reshape(x.shape[0], -1)
-        return (jnp.tanh(flat @ w1) @ w2 + flat ** 2).reshape(x.shape)
+        return (jnp.tanh(flat @ w1) @ w2 + flat**2).reshape(x.shape)
+
     return fn
 
 
@@ -84,10 +86,10 @@ def test_exact_divergence_is_the_jacobian_trace(shape, ad_mode):
 
 @jax.custom_vjp
 def _cube(x):
-    return x ** 3
+    return x**3
 
 
-_cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
+_cube.defvjp(lambda x: (x**3, x), lambda x, g: (3 * x**2 * g,))
 
 
 @pytest.mark.parametrize('kind', ['exact', 'Rademacher', 'Gaussian'])
@@ -100,8 +102,8 @@ def test_auto_mode_goes_through_custom_vjp_layers(kind):
         jax.jit(lambda x, v: likelihood.get_value_div_fn(kind, 'forward')(_cube, x, v))(x, v)
     value_div = likelihood.get_value_div_fn(kind)
     value, div = jax.jit(lambda x, v: value_div(_cube, x, v))(x, v)
-    np.testing.assert_allclose(value, x ** 3, rtol=1e-6)
-    expected = jnp.sum(3 * x ** 2 * (1.0 if kind == 'exact' else v ** 2), axis=1)
+    np.testing.assert_allclose(value, x**3, rtol=1e-6)
+    expected = jnp.sum(3 * x**2 * (1.0 if kind == 'exact' else v**2), axis=1)
     np.testing.assert_allclose(div, expected, rtol=1e-5)
     np.testing.assert_allclose(value_div(_cube, x, v)[1], expected, rtol=1e-5)  # settled
     assert likelihood._has_custom_vjp(jax.jit(lambda y: jnp.sin(_cube(y))), x)  # nested
@@ -159,8 +161,9 @@ def test_ode_nll_matches_the_exact_density(sde_name, shape_name):
 def _hutchinson_nll_fn(kind, method='dopri5'):
     sde = SDES['vp']
     mix, x, _, _, _ = _exact_trace_run('vp', 'image4x4')
-    nll_fn = likelihood.get_nll_fn(sde, mix.score_fn(sde), hutchinson_type=kind, eps=EPS,
-                                   method=method)
+    nll_fn = likelihood.get_nll_fn(
+        sde, mix.score_fn(sde), hutchinson_type=kind, eps=EPS, method=method
+    )
     return nll_fn, x, likelihood.per_example_keys(jax.random.PRNGKey(7), x.shape[0])
 
 
@@ -196,8 +199,7 @@ def _reshuffled_batch(x, keys):
     x_new, keys_new = x[rows], keys[rows]
     far = 3.0 + x[:8]  # these need 3-5× more solver steps
     other = likelihood.per_example_keys(jax.random.PRNGKey(99), 8)
-    return (jnp.concatenate([far, x_new[8:]]), jnp.concatenate([other, keys_new[8:]]),
-            rows)
+    return (jnp.concatenate([far, x_new[8:]]), jnp.concatenate([other, keys_new[8:]]), rows)
 
 
 def test_an_example_does_not_depend_on_its_batch():
@@ -225,8 +227,9 @@ def test_float64_solve_is_exact_to_high_precision():
     with jax.enable_x64(True):
         mix, x = _mixture_and_data((2,), 4)
         x = x.astype(jnp.float64)
-        nll_fn = likelihood.get_nll_fn(sde, mix.score_fn(sde), hutchinson_type='exact',
-                                       rtol=1e-9, atol=1e-9, eps=EPS)
+        nll_fn = likelihood.get_nll_fn(
+            sde, mix.score_fn(sde), hutchinson_type='exact', rtol=1e-9, atol=1e-9, eps=EPS
+        )
         nll, z, _ = nll_fn(jax.random.PRNGKey(0), x)
         assert nll.dtype == z.dtype == jnp.float64
         ode_only = nll + sde.prior_logp(z) - _log_p(mix, sde, z, sde.T)
@@ -271,17 +274,29 @@ def test_offset_matches_its_closed_form_for_gaussian_data():
     est = offset_fn(jax.random.PRNGKey(0), jnp.tile(jnp.asarray(x0, jnp.float32), (n, 1)))
     alpha = float(np.exp(sde.log_mean_coeff(jnp.float32(eps))))
     sigma = float(sde.std(jnp.float32(eps)))
-    v = alpha ** 2 * c + sigma ** 2
-    closed = (-dim * np.log(alpha) - dim / 2
-              + 0.5 * (dim * (alpha ** 2 * c / v) ** 2
-                       + sigma ** 2 * alpha ** 2 * np.sum((x0 - mu) ** 2) / v ** 2))
+    v = alpha**2 * c + sigma**2
+    closed = (
+        -dim * np.log(alpha)
+        - dim / 2
+        + 0.5
+        * (dim * (alpha**2 * c / v) ** 2 + sigma**2 * alpha**2 * np.sum((x0 - mu) ** 2) / v**2)
+    )
     mean, se = _mean_and_se(est)
     assert abs(mean - closed) < K_SE * se
     assert abs(closed + dim * np.log(alpha)) > 20 * se  # resolves the terms beyond log α
 
 
-_BOUND_DEFAULTS = dict(sde_name='vp', shape=(2,), batch=96, offset=True, perturb=None,
-                       dsm=True, importance_weighting=True, N=1000, chunk_size=64)
+_BOUND_DEFAULTS = dict(
+    sde_name='vp',
+    shape=(2,),
+    batch=96,
+    offset=True,
+    perturb=None,
+    dsm=True,
+    importance_weighting=True,
+    N=1000,
+    chunk_size=64,
+)
 
 
 def _bound_setup(**kwargs):
@@ -300,8 +315,15 @@ def _bound_setup_cached(items):
         exact_score, delta = score, cfg['perturb']
         score = lambda y, t: exact_score(y, t) + delta  # noqa: E731
     bound_fn = likelihood.get_bound_fn(
-        sde, score, dsm=cfg['dsm'], importance_weighting=cfg['importance_weighting'],
-        N=cfg['N'], eps=EPS, offset=cfg['offset'], chunk_size=cfg['chunk_size'])
+        sde,
+        score,
+        dsm=cfg['dsm'],
+        importance_weighting=cfg['importance_weighting'],
+        N=cfg['N'],
+        eps=EPS,
+        offset=cfg['offset'],
+        chunk_size=cfg['chunk_size'],
+    )
     keys = likelihood.per_example_keys(jax.random.PRNGKey(0), cfg['batch'])
     return bound_fn, mix, x, keys
 
@@ -333,8 +355,7 @@ def test_bound_without_offset_is_tight_for_the_density_at_eps():
 
 @pytest.mark.parametrize('sde_name', ['ve', 'subvp'])
 def test_bound_is_tight_for_other_sdes_on_images(sde_name):
-    mean, se = _mean_and_se(_bound_minus_nll(sde_name=sde_name, shape=(2, 2, 1),
-                                             batch=64, N=500))
+    mean, se = _mean_and_se(_bound_minus_nll(sde_name=sde_name, shape=(2, 2, 1), batch=64, N=500))
     assert se < 0.2
     assert abs(mean) < K_SE * se
 
@@ -346,7 +367,7 @@ def test_a_perturbed_score_gives_a_looser_bound(dsm):
     delta = 0.3
     gap = _bound_minus_nll(perturb=delta, dsm=dsm) - _bound_minus_nll(dsm=dsm)
     sde = SDES['vp']
-    expected = 0.5 * 2 * delta ** 2 * float(sde.integrated_beta(1.0) - sde.integrated_beta(EPS))
+    expected = 0.5 * 2 * delta**2 * float(sde.integrated_beta(1.0) - sde.integrated_beta(EPS))
     mean, se = _mean_and_se(gap)
     assert mean > 5 * se
     assert abs(mean - expected) < K_SE * se
@@ -360,27 +381,30 @@ def test_bound_time_integral_ignores_padding_exactly():
     score = lambda y, t: c[None] / sde.std(t)[:, None]  # noqa: E731
     x = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
     z_norm = float(sde.likelihood_importance_cum_weight(jnp.float32(sde.T), EPS))
-    expected = likelihood.expected_prior_nll(sde, x) + 0.5 * z_norm * float(jnp.sum(c ** 2))
-    bound = likelihood.get_bound_fn(sde, score, dsm=False, N=25, chunk_size=10, offset=False,
-                                    eps=EPS)(jax.random.PRNGKey(1), x)  # 5 padded times
+    expected = likelihood.expected_prior_nll(sde, x) + 0.5 * z_norm * float(jnp.sum(c**2))
+    bound = likelihood.get_bound_fn(
+        sde, score, dsm=False, N=25, chunk_size=10, offset=False, eps=EPS
+    )(jax.random.PRNGKey(1), x)  # 5 padded times
     np.testing.assert_allclose(bound, expected, rtol=1e-5)
 
 
 def test_bound_of_an_example_does_not_depend_on_its_batch():
     bound_fn, _, x, keys = _bound_setup()
     x_new, keys_new, rows = _reshuffled_batch(x, keys)
-    np.testing.assert_allclose(bound_fn(keys_new, x_new)[8:], bound_fn(keys, x)[rows[8:]],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        bound_fn(keys_new, x_new)[8:], bound_fn(keys, x)[rows[8:]], rtol=1e-5, atol=1e-5
+    )
 
 
 # --- bits per dimension -------------------------------------------------------------------
 def test_bpd_by_hand():
     d = 32 * 32 * 3
     nll = 2.5 * d * np.log(2)  # 2.5 bits per dimension of the model-space data
-    assert likelihood.bpd(nll, d) == pytest.approx(2.5 + 8)           # [0, 1] data
+    assert likelihood.bpd(nll, d) == pytest.approx(2.5 + 8)  # [0, 1] data
     assert likelihood.bpd(nll, d, scale=2.0) == pytest.approx(2.5 - 1 + 8)  # [-1, 1]
     assert likelihood.bpd(nll, 64, num_bins=17, scale=2.0) == pytest.approx(
-        nll / (64 * np.log(2)) - 1 + np.log2(17))                      # digits
+        nll / (64 * np.log(2)) - 1 + np.log2(17)
+    )  # digits
     assert likelihood.bpd(3.0, 2, num_bins=None) == pytest.approx(3.0 / (2 * np.log(2)))
     # A uniform model on [-1, 1]^D (density 2^-D) of 8-bit images: exactly 8 bits/dim.
     assert likelihood.bpd(d * np.log(2), d, scale=2.0) == pytest.approx(8.0)
@@ -388,4 +412,3 @@ def test_bpd_by_hand():
     np.testing.assert_allclose(arr, [10.5, 10.5], rtol=1e-6)
     with pytest.raises(UserError, match='scale'):
         likelihood.bpd(nll, d, scale=0.0)
-

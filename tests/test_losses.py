@@ -5,6 +5,7 @@ s_θ(x, t) = −(α² L Lᵀ + σ² I)⁻¹ (x − α m), θ = (m, L), which con
 p_t at θ* = (μ, chol Σ).  Monte-Carlo comparisons use standard errors (SE) and state
 their multiple.
 """
+
 import types
 
 import flax.linen as nn
@@ -47,7 +48,7 @@ def _solve_2x2(c, v):
     thread pool when two run at once, see docs/DESIGN.md)."""
     l11 = jnp.sqrt(c[..., 0, 0])
     l21 = c[..., 1, 0] / l11
-    l22 = jnp.sqrt(c[..., 1, 1] - l21 ** 2)
+    l22 = jnp.sqrt(c[..., 1, 1] - l21**2)
     y1 = v[..., 0] / l11
     y2 = (v[..., 1] - l21 * y1) / l22
     z2 = y2 / l22
@@ -61,15 +62,16 @@ def linear_score_fn(theta, sde):
     def score_fn(x, t):
         alpha = jnp.exp(sde.log_mean_coeff(t))[:, None, None]
         sigma = sde.std(t)[:, None, None]
-        c = alpha ** 2 * cov + sigma ** 2 * jnp.eye(2)
+        c = alpha**2 * cov + sigma**2 * jnp.eye(2)
         return -_solve_2x2(c, x - alpha[..., 0] * m)
 
     return score_fn
 
 
 def gaussian_data(rng, n):
-    return jnp.asarray(MU, jnp.float32) + jax.random.normal(rng, (n, 2)) @ jnp.asarray(_CHOL.T,
-                                                                                     jnp.float32)
+    return jnp.asarray(MU, jnp.float32) + jax.random.normal(rng, (n, 2)) @ jnp.asarray(
+        _CHOL.T, jnp.float32
+    )
 
 
 def mean_and_se(values):
@@ -89,8 +91,15 @@ def test_dsm_gradient_vanishes_at_exact_score(weighting, key):
     x = gaussian_data(data_key, 20000)
 
     def loss_of_theta(theta):
-        return losses.dsm_loss(loss_key, linear_score_fn(theta, sde), x, sde,
-                               reduce_mean=False, weighting=weighting, eps=EPS)
+        return losses.dsm_loss(
+            loss_key,
+            linear_score_fn(theta, sde),
+            x,
+            sde,
+            reduce_mean=False,
+            weighting=weighting,
+            eps=EPS,
+        )
 
     mean, se = mean_and_se(_per_example_grads(loss_of_theta, THETA_STAR))
     assert np.max(np.abs(mean) / se) < 4.5, mean / se
@@ -120,15 +129,19 @@ def _expected_sq_residual(theta, alpha, sigma):
     σ A + I/σ = α² Σ_θ C⁻¹ / σ (written so that small σ does not cancel).
     """
     m, cov = (np.asarray(a, np.float64) for a in _theta_parts(theta))
-    c = alpha ** 2 * cov + sigma ** 2 * np.eye(2)
+    c = alpha**2 * cov + sigma**2 * np.eye(2)
     a = -np.linalg.inv(c)
-    noise = alpha ** 2 * cov @ np.linalg.inv(c) / sigma
-    return (alpha ** 2 * np.sum((a @ (MU - m)) ** 2) + alpha ** 2 * np.trace(a @ SIGMA @ a.T)
-            + np.sum(noise ** 2))
+    noise = alpha**2 * cov @ np.linalg.inv(c) / sigma
+    return (
+        alpha**2 * np.sum((a @ (MU - m)) ** 2)
+        + alpha**2 * np.trace(a @ SIGMA @ a.T)
+        + np.sum(noise**2)
+    )
 
 
 def _half_integral(sde, theta, weight):
     """½ ∫_ε^T weight(t) E‖s + z/σ‖² dt, by quadrature in log t."""
+
     def integrand(u):
         t = np.exp(u)
         tj = jnp.asarray([t], jnp.float32)
@@ -140,8 +153,7 @@ def _half_integral(sde, theta, weight):
     return val
 
 
-@pytest.mark.parametrize('sde', [vp(), sde_lib.subVPSDE(0.1, 20.0, 1000)],
-                         ids=['vp', 'subvp'])
+@pytest.mark.parametrize('sde', [vp(), sde_lib.subVPSDE(0.1, 20.0, 1000)], ids=['vp', 'subvp'])
 def test_weightings_estimate_their_integrals(sde, key):
     """σ²: ½∫σ²E‖·‖²/(T−ε); likelihood: ½∫g²E‖·‖²/(T−ε); importance with Z: ½∫g²E‖·‖²."""
     n = 200_000
@@ -152,13 +164,25 @@ def test_weightings_estimate_their_integrals(sde, key):
     g2 = lambda t: float(sde.diffusion(t)[0] ** 2)  # noqa: E731
     s2 = lambda t: float(sde.std(t)[0] ** 2)  # noqa: E731
     truth_lw = _half_integral(sde, THETA_OFF, g2)
-    cases = {'sigma2': _half_integral(sde, THETA_OFF, s2) / span,
-             'likelihood': truth_lw / span, 'importance': truth_lw}
+    cases = {
+        'sigma2': _half_integral(sde, THETA_OFF, s2) / span,
+        'likelihood': truth_lw / span,
+        'importance': truth_lw,
+    }
     estimates = {}
     for i, (weighting, truth) in enumerate(cases.items()):
-        est = jax.jit(lambda r, w=weighting: losses.dsm_loss(
-            r, score_fn, x, sde, reduce_mean=False, weighting=w, eps=EPS,
-            importance_normalizer=True))(keys[1 + i])
+        est = jax.jit(
+            lambda r, w=weighting: losses.dsm_loss(
+                r,
+                score_fn,
+                x,
+                sde,
+                reduce_mean=False,
+                weighting=w,
+                eps=EPS,
+                importance_normalizer=True,
+            )
+        )(keys[1 + i])
         estimates[weighting] = mean, se = mean_and_se(est)
         assert abs(mean - truth) < 4.5 * se, (weighting, mean, truth, se)
     (lw, lw_se), (imp, imp_se) = estimates['likelihood'], estimates['importance']
@@ -171,8 +195,9 @@ def test_importance_normalizer_only_scales_by_z(key):
     data_key, loss_key = jax.random.split(key)
     x = gaussian_data(data_key, 64)
     score_fn = linear_score_fn(THETA_OFF, sde)
-    with_z = losses.dsm_loss(loss_key, score_fn, x, sde, weighting='importance',
-                             importance_normalizer=True)
+    with_z = losses.dsm_loss(
+        loss_key, score_fn, x, sde, weighting='importance', importance_normalizer=True
+    )
     without = losses.dsm_loss(loss_key, score_fn, x, sde, weighting='importance')
     z = sde.likelihood_importance_cum_weight(jnp.asarray(1.0), EPS)
     np.testing.assert_allclose(with_z, z * without, rtol=1e-6)
@@ -214,9 +239,15 @@ def test_sliced_score_matching_equals_explicit_objective(projection, n_projectio
     assert se < 0.05 * float(jnp.mean(jnp.abs(explicit)))
 
 
-@pytest.mark.parametrize('reduce_mean, weighting, normalizer', [
-    (False, 'sigma2', False), (True, 'sigma2', False), (True, 'importance', False),
-    (False, 'importance', True)])
+@pytest.mark.parametrize(
+    'reduce_mean, weighting, normalizer',
+    [
+        (False, 'sigma2', False),
+        (True, 'sigma2', False),
+        (True, 'importance', False),
+        (False, 'importance', True),
+    ],
+)
 def test_ssm_loss_is_dsm_loss_minus_constant(reduce_mean, weighting, normalizer, key):
     """E[dsm] − E[ssm] = E[w]·D/2 (half sum) or E[w] (mean); w = 1 for σ² weighting and
     for importance sampling without the normaliser, w = Z with it (Z_VP(1e-5) = 23.8645).
@@ -231,8 +262,9 @@ def test_ssm_loss_is_dsm_loss_minus_constant(reduce_mean, weighting, normalizer,
     x = jnp.concatenate([gaussian_data(keys[0], n), gaussian_data(keys[1], n)], axis=1)
     half = linear_score_fn(THETA_OFF, sde)
     score_fn = lambda y, t: jnp.concatenate([half(y[:, :2], t), half(y[:, 2:], t)], 1)  # noqa
-    options = dict(reduce_mean=reduce_mean, weighting=weighting, eps=EPS,
-                   importance_normalizer=normalizer)
+    options = dict(
+        reduce_mean=reduce_mean, weighting=weighting, eps=EPS, importance_normalizer=normalizer
+    )
     dsm = jax.jit(lambda k, y: losses.dsm_loss(k, score_fn, y, sde, **options))(keys[2], x)
     ssm = jax.jit(lambda k, y: losses.ssm_loss(k, score_fn, y, sde, **options))(keys[3], x)
     (d, d_se), (s, s_se) = mean_and_se(dsm), mean_and_se(ssm)
@@ -337,8 +369,9 @@ class TinyNet(nn.Module):
     def __call__(self, x, labels, train=False):
         e = jnp.asarray(labels, jnp.float32)[:, None] / 1000.0
         freqs = jnp.asarray([1.0, 2.0, 4.0, 8.0]) * jnp.pi
-        h = jnp.concatenate([x.reshape(x.shape[0], -1), e, jnp.sin(e * freqs),
-                             jnp.cos(e * freqs)], axis=-1)
+        h = jnp.concatenate(
+            [x.reshape(x.shape[0], -1), e, jnp.sin(e * freqs), jnp.cos(e * freqs)], axis=-1
+        )
         h = nn.swish(nn.Dense(64)(h))
         h = nn.Dropout(0.1, deterministic=not train)(h)
         h = nn.swish(nn.Dense(64)(h))
@@ -374,9 +407,22 @@ def _data(key, n, shape=(2,)):
 def _tiny_setup(key, shape, **step_kwargs):
     sde, model = vp(), TinyNet()
     params = model.init(key, jnp.zeros((1,) + shape), jnp.zeros((1,)))['params']
-    tx = train_state.get_optimizer(ml_collections.ConfigDict({'optim': dict(
-        optimizer='Adam', lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-        warmup=10, grad_clip=1.0)}))
+    tx = train_state.get_optimizer(
+        ml_collections.ConfigDict(
+            {
+                'optim': dict(
+                    optimizer='Adam',
+                    lr=3e-3,
+                    beta1=0.9,
+                    beta2=0.999,
+                    eps=1e-8,
+                    weight_decay=0.0,
+                    warmup=10,
+                    grad_clip=1.0,
+                )
+            }
+        )
+    )
     state = train_state.init_train_state(jax.random.key(1), params, tx)
     step = losses.get_step_fn(sde, model, tx, train=True, reduce_mean=True, **step_kwargs)
     return sde, model, tx, state, step
@@ -389,10 +435,12 @@ def tiny():
         _install_stand_in(monkeypatch)
         sde, model, tx, state, step = _tiny_setup(jax.random.PRNGKey(0), (2,), ema_rate=0.99)
         yield types.SimpleNamespace(
-            state=state, step=jax.jit(step),
+            state=state,
+            step=jax.jit(step),
             run=jax.jit(lambda s, b: jax.lax.scan(step, s, b)),
             eval_step=jax.jit(losses.get_step_fn(sde, model, tx, train=False)),
-            loss=jax.jit(losses.get_sde_loss_fn(sde, model, train=False, reduce_mean=True)))
+            loss=jax.jit(losses.get_sde_loss_fn(sde, model, train=False, reduce_mean=True)),
+        )
 
 
 def _tree_equal(a, b):
@@ -407,8 +455,9 @@ def test_step_fn_trains_under_scan(tiny, key):
     final, metrics = tiny.run(tiny.state, batches)
     assert int(final.step) == 60
     assert set(metrics) == {'loss', 'grad_norm', 'lr'}
-    np.testing.assert_allclose(metrics['lr'][:12], 3e-3 * np.minimum(np.arange(12) / 10, 1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics['lr'][:12], 3e-3 * np.minimum(np.arange(12) / 10, 1), rtol=1e-5
+    )
     assert np.all(np.isfinite(metrics['loss'])) and np.all(metrics['grad_norm'] > 0)
     after = float(tiny.loss(keys[2], final.params, held_out))
     after_ema = float(tiny.loss(keys[2], final.ema_params, held_out))
@@ -441,16 +490,16 @@ def test_eval_step_uses_ema_and_leaves_state(tiny, key):
     new_state, metrics = tiny.eval_step(state, batch)
     assert set(metrics) == {'loss'} and _tree_equal(new_state, state)
     rng = jax.random.fold_in(state.rng, state.step)
-    np.testing.assert_allclose(metrics['loss'], tiny.loss(rng, state.ema_params, batch),
-                               rtol=1e-6)
+    np.testing.assert_allclose(metrics['loss'], tiny.loss(rng, state.ema_params, batch), rtol=1e-6)
     assert abs(float(metrics['loss']) - float(tiny.loss(rng, state.params, batch))) > 1e-6
 
 
 def test_ssm_importance_step_on_images(key, monkeypatch):
     _install_stand_in(monkeypatch)
     init_key, data_key = jax.random.split(key)
-    _, _, _, state, step = _tiny_setup(init_key, (2, 2, 1), likelihood_weighting=True,
-                                       importance_weighting=True, objective='ssm')
+    _, _, _, state, step = _tiny_setup(
+        init_key, (2, 2, 1), likelihood_weighting=True, importance_weighting=True, objective='ssm'
+    )
     assert state.rng.dtype == jnp.uint32 and state.step.dtype == jnp.int32
     batch = _data(data_key, 32, (2, 2, 1))
     state, _ = jax.jit(step)(state, {'image': batch})
@@ -460,13 +509,16 @@ def test_ssm_importance_step_on_images(key, monkeypatch):
     # The reported loss is the importance-weighted SSM loss of the batch, computed here
     # directly (a step that dropped objective='ssm' or the importance weighting differs).
     loss_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    score_fn = _stand_in_get_score_fn(vp(), TinyNet(), {'params': state.params}, train=True,
-                                      rng=dropout_rng)
-    want = jnp.mean(losses.ssm_loss(loss_rng, score_fn, batch, vp(), reduce_mean=True,
-                                    weighting='importance'))
+    score_fn = _stand_in_get_score_fn(
+        vp(), TinyNet(), {'params': state.params}, train=True, rng=dropout_rng
+    )
+    want = jnp.mean(
+        losses.ssm_loss(loss_rng, score_fn, batch, vp(), reduce_mean=True, weighting='importance')
+    )
     np.testing.assert_allclose(metrics['loss'], want, rtol=1e-5)
-    dsm = jnp.mean(losses.dsm_loss(loss_rng, score_fn, batch, vp(), reduce_mean=True,
-                                   weighting='importance'))
+    dsm = jnp.mean(
+        losses.dsm_loss(loss_rng, score_fn, batch, vp(), reduce_mean=True, weighting='importance')
+    )
     assert abs(float(metrics['loss']) - float(dsm)) > 1e-3
 
 
@@ -487,10 +539,13 @@ def test_loss_with_real_model_adapter(key, monkeypatch):
     assert np.isfinite(value) and np.isfinite(optax.global_norm(grads))
 
 
-@pytest.mark.parametrize('loss_fn, sde, wanted', [
-    (losses.smld_loss, sde_lib.VPSDE(0.1, 20.0, 10), 'needs a VESDE.*training.sde=vesde'),
-    (losses.ddpm_loss, sde_lib.VESDE(0.01, 50.0, 10), 'needs a VPSDE.*training.sde=vpsde'),
-])
+@pytest.mark.parametrize(
+    'loss_fn, sde, wanted',
+    [
+        (losses.smld_loss, sde_lib.VPSDE(0.1, 20.0, 10), 'needs a VESDE.*training.sde=vesde'),
+        (losses.ddpm_loss, sde_lib.VESDE(0.01, 50.0, 10), 'needs a VPSDE.*training.sde=vpsde'),
+    ],
+)
 def test_discrete_losses_reject_the_other_sde_naming_the_fix(loss_fn, sde, wanted, key):
     with pytest.raises(UserError, match=wanted):
         loss_fn(key, lambda y, t: y, jnp.ones((2, 2)), sde)

@@ -2,6 +2,7 @@
 
 Every case runs ``python main.py`` in a subprocess, as a user would.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,18 +30,29 @@ def _fails_cleanly(args, *expected: str) -> str:
 
 
 def _toy(tmp_path, overrides=None, mode='train'):
-    return (train_utils.cli_flags('toy', overrides)
-            + ['--workdir', str(tmp_path / 'w'), '--mode', mode])
+    return train_utils.cli_flags('toy', overrides) + [
+        '--workdir',
+        str(tmp_path / 'w'),
+        '--mode',
+        mode,
+    ]
 
 
-@pytest.mark.parametrize('override, expected', [
-    ({'training.sde': 'vpsdee'}, ["config.training.sde='vpsdee' is not one of", 'vpsde']),
-    ({'training.batch_size': 0}, ['config.training.batch_size=0 must be positive']),
-    ({'training.log_freq': 7}, ['config.training.log_freq=7 must be a multiple of '
-                                'training.n_jitted_steps=5']),
-    ({'training.importance_weighting': True, 'training.likelihood_weighting': False},
-     ['importance_weighting', 'likelihood_weighting=True']),
-])
+@pytest.mark.parametrize(
+    'override, expected',
+    [
+        ({'training.sde': 'vpsdee'}, ["config.training.sde='vpsdee' is not one of", 'vpsde']),
+        ({'training.batch_size': 0}, ['config.training.batch_size=0 must be positive']),
+        (
+            {'training.log_freq': 7},
+            ['config.training.log_freq=7 must be a multiple of training.n_jitted_steps=5'],
+        ),
+        (
+            {'training.importance_weighting': True, 'training.likelihood_weighting': False},
+            ['importance_weighting', 'likelihood_weighting=True'],
+        ),
+    ],
+)
 def test_config_errors(tmp_path, override, expected):
     message = _fails_cleanly(_toy(tmp_path, override), *expected)
     assert '--config.' in message  # names the flag that fixes it
@@ -49,23 +61,46 @@ def test_config_errors(tmp_path, override, expected):
 
 
 def test_unknown_config_field_and_bad_flags(tmp_path):
-    _fails_cleanly(_toy(tmp_path) + ['--config.training.batch_sise=8'],
-                   '--config.training.batch_sise is not a config field', 'configs/base.py')
-    _fails_cleanly(_toy(tmp_path) + ['--config.training.batch_size=many'],
-                   'config.training.batch_size', 'many')
-    _fails_cleanly(['--config', 'configs/vp/no_such_config.py', '--workdir',
-                    str(tmp_path / 'w'), '--mode', 'train'],
-                   'no_such_config.py could not be loaded', 'No such file')
+    _fails_cleanly(
+        _toy(tmp_path) + ['--config.training.batch_sise=8'],
+        '--config.training.batch_sise is not a config field',
+        'configs/base.py',
+    )
+    _fails_cleanly(
+        _toy(tmp_path) + ['--config.training.batch_size=many'], 'config.training.batch_size', 'many'
+    )
+    _fails_cleanly(
+        [
+            '--config',
+            'configs/vp/no_such_config.py',
+            '--workdir',
+            str(tmp_path / 'w'),
+            '--mode',
+            'train',
+        ],
+        'no_such_config.py could not be loaded',
+        'No such file',
+    )
 
 
 def test_missing_data(tmp_path):
-    _fails_cleanly(_toy(tmp_path, {'data.dataset': 'NPZ', 'data.dim': 0,
-                                   'data.path': str(tmp_path / 'absent.npz')}),
-                   'config.data.path=', 'absent.npz', 'is not an existing file')
+    _fails_cleanly(
+        _toy(
+            tmp_path,
+            {'data.dataset': 'NPZ', 'data.dim': 0, 'data.path': str(tmp_path / 'absent.npz')},
+        ),
+        'config.data.path=',
+        'absent.npz',
+        'is not an existing file',
+    )
     empty = tmp_path / 'tfds'
     empty.mkdir()
-    flags = (train_utils.cli_flags('cifar10', {'data.data_dir': str(empty)})
-             + ['--workdir', str(tmp_path / 'c'), '--mode', 'train'])
+    flags = train_utils.cli_flags('cifar10', {'data.data_dir': str(empty)}) + [
+        '--workdir',
+        str(tmp_path / 'c'),
+        '--mode',
+        'train',
+    ]
     _fails_cleanly(flags, 'cifar10', 'is not prepared', 'tfds build', 'data.download=True')
 
 
@@ -73,16 +108,22 @@ def test_unwritable_workdir_and_bad_multihost_flags(tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('not a folder')
     args = train_utils.cli_flags('toy') + ['--mode', 'train']
-    _fails_cleanly(args + ['--workdir', str(blocker / 'run')],
-                   f'--workdir={blocker / "run"} is not a writable directory')
-    _fails_cleanly(args + ['--workdir', str(tmp_path / 'w'),
-                           '--coordinator_address=127.0.0.1:1234'],
-                   '--coordinator_address needs --num_processes and --process_id')
+    _fails_cleanly(
+        args + ['--workdir', str(blocker / 'run')],
+        f'--workdir={blocker / "run"} is not a writable directory',
+    )
+    _fails_cleanly(
+        args + ['--workdir', str(tmp_path / 'w'), '--coordinator_address=127.0.0.1:1234'],
+        '--coordinator_address needs --num_processes and --process_id',
+    )
 
 
 def test_missing_checkpoint_for_eval(tmp_path):
-    _fails_cleanly(_toy(tmp_path, {'eval.begin_ckpt': 3, 'eval.end_ckpt': 3}, mode='eval'),
-                   f'{tmp_path / "w" / "checkpoints" / "3"}', 'begin_ckpt')
+    _fails_cleanly(
+        _toy(tmp_path, {'eval.begin_ckpt': 3, 'eval.end_ckpt': 3}, mode='eval'),
+        f'{tmp_path / "w" / "checkpoints" / "3"}',
+        'begin_ckpt',
+    )
 
 
 def test_corrupt_and_incompatible_checkpoints(tmp_path):
@@ -91,8 +132,12 @@ def test_corrupt_and_incompatible_checkpoints(tmp_path):
     workdir = str(tmp_path / 'w')
     checkpointing.save_preemption(workdir, state.replace(step=state.step + 5))
 
-    _fails_cleanly(_toy(tmp_path, {'model.nf': 16}),
-                   'checkpoints-meta/5 does not match the model', 'shape', 'new --workdir')
+    _fails_cleanly(
+        _toy(tmp_path, {'model.nf': 16}),
+        'checkpoints-meta/5 does not match the model',
+        'shape',
+        'new --workdir',
+    )
 
     for folder, _, files in os.walk(os.path.join(checkpointing.preemption_dir(workdir), '5')):
         if os.path.basename(folder) == 'd':

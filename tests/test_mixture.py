@@ -1,5 +1,6 @@
 """mixture.GaussianMixture: diffused density against SciPy, score against autodiff,
 samples against the stated moments, and the Stein identity tying score to samples."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,16 +11,20 @@ from scipy.special import logsumexp
 import mixture
 import sde_lib
 
-SDES = {'vp': lambda: sde_lib.VPSDE(0.1, 20.0, 1000),
-        've': lambda: sde_lib.VESDE(0.01, 50.0, 1000),
-        'subvp': lambda: sde_lib.subVPSDE(0.1, 20.0, 1000)}
+SDES = {
+    'vp': lambda: sde_lib.VPSDE(0.1, 20.0, 1000),
+    've': lambda: sde_lib.VESDE(0.01, 50.0, 1000),
+    'subvp': lambda: sde_lib.subVPSDE(0.1, 20.0, 1000),
+}
 
 
 def scipy_log_prob(mix: mixture.GaussianMixture, alpha: float, sigma: float, x: np.ndarray):
     """log Σ_k w_k N(x; α μ_k, α² Σ_k + σ² I) in float64."""
-    terms = [np.log(w) + stats.multivariate_normal(alpha * m, alpha ** 2 * c
-                                                   + sigma ** 2 * np.eye(mix.dim)).logpdf(x)
-             for w, m, c in zip(mix.weights, mix.means, mix.covs)]
+    terms = [
+        np.log(w)
+        + stats.multivariate_normal(alpha * m, alpha**2 * c + sigma**2 * np.eye(mix.dim)).logpdf(x)
+        for w, m, c in zip(mix.weights, mix.means, mix.covs)
+    ]
     return logsumexp(np.stack(terms), axis=0)
 
 
@@ -53,8 +58,9 @@ def test_image_shaped_inputs_are_flattened(key):
     x = mix.sample(key, 3)
     t = jnp.full((3,), 0.3)
     images = x.reshape(3, 2, 2, 1)
-    np.testing.assert_allclose(mix.score_fn(sde)(images, t).reshape(3, 4),
-                               mix.score(sde, x, t), rtol=1e-6)
+    np.testing.assert_allclose(
+        mix.score_fn(sde)(images, t).reshape(3, 4), mix.score(sde, x, t), rtol=1e-6
+    )
     np.testing.assert_allclose(mix.log_prob(sde, images, t), mix.log_prob(sde, x, t))
 
 

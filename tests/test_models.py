@@ -1,6 +1,7 @@
 """Tests of the score networks (models/): shapes for every NCSN++ option, parameter
 counts of the paper configs, FIR resampling against NumPy, blocks start as their
 shortcut, dropout, determinism, config validation and the score adapter conventions."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,21 +20,51 @@ from models import layers, layerspp, mlp, utils
 from models import up_or_down_sampling as uds
 
 
-def make_config(name: str = 'ncsnpp', image_size: int = 8, num_channels: int = 3,
-                centered: bool = False, continuous: bool = True, **model):
+def make_config(
+    name: str = 'ncsnpp',
+    image_size: int = 8,
+    num_channels: int = 3,
+    centered: bool = False,
+    continuous: bool = True,
+    **model,
+):
     """A full ml_collections config with a tiny network unless overridden."""
     cfg = ml_collections.ConfigDict()
     cfg.training = ml_collections.ConfigDict({'continuous': continuous})
-    cfg.data = ml_collections.ConfigDict({'image_size': image_size, 'centered': centered,
-                                          'num_channels': num_channels, 'dim': 2})
-    base = dict(name=name, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-                dropout=0.1, resamp_with_conv=True, conditional=True, fir=False,
-                fir_kernel=[1, 3, 3, 1], skip_rescale=True, resblock_type='biggan',
-                progressive='none', progressive_input='none', progressive_combine='sum',
-                attention_type='ddpm', embedding_type='positional', fourier_scale=16.0,
-                init_scale=0.0, scale_by_sigma=False, normalization='GroupNorm',
-                nonlinearity='swish', conv_size=3, sigma_min=0.01, sigma_max=50.0,
-                num_scales=1000, beta_min=0.1, beta_max=20.0, ema_rate=0.9999)
+    cfg.data = ml_collections.ConfigDict(
+        {'image_size': image_size, 'centered': centered, 'num_channels': num_channels, 'dim': 2}
+    )
+    base = dict(
+        name=name,
+        nf=8,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(4,),
+        dropout=0.1,
+        resamp_with_conv=True,
+        conditional=True,
+        fir=False,
+        fir_kernel=[1, 3, 3, 1],
+        skip_rescale=True,
+        resblock_type='biggan',
+        progressive='none',
+        progressive_input='none',
+        progressive_combine='sum',
+        attention_type='ddpm',
+        embedding_type='positional',
+        fourier_scale=16.0,
+        init_scale=0.0,
+        scale_by_sigma=False,
+        normalization='GroupNorm',
+        nonlinearity='swish',
+        conv_size=3,
+        sigma_min=0.01,
+        sigma_max=50.0,
+        num_scales=1000,
+        beta_min=0.1,
+        beta_max=20.0,
+        ema_rate=0.9999,
+    )
     base.update(model)
     cfg.model = ml_collections.ConfigDict(base)
     return cfg
@@ -41,8 +72,15 @@ def make_config(name: str = 'ncsnpp', image_size: int = 8, num_channels: int = 3
 
 def paper_config(**model):
     """vp/cifar10_ddpmpp_continuous's network (DDPM++ cont.), overridable."""
-    base = dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
-                resblock_type='biggan', fir=False, embedding_type='positional')
+    base = dict(
+        nf=128,
+        ch_mult=(1, 2, 2, 2),
+        num_res_blocks=4,
+        attn_resolutions=(16,),
+        resblock_type='biggan',
+        fir=False,
+        embedding_type='positional',
+    )
     base.update(model)
     return make_config(image_size=32, centered=True, **base)
 
@@ -50,12 +88,19 @@ def paper_config(**model):
 # NCSN++ as described in the brief (output_skip / input_skip).  The original
 # ve/cifar10_ncsnpp_continuous.py uses progressive='none', progressive_input='residual'
 # (VE_CONFIG below, the 've_config_ncsnpp' count).
-NCSNPP_VE = dict(fir=True, progressive='output_skip', progressive_input='input_skip',
-                 progressive_combine='sum', embedding_type='fourier', scale_by_sigma=True)
+NCSNPP_VE = dict(
+    fir=True,
+    progressive='output_skip',
+    progressive_input='input_skip',
+    progressive_combine='sum',
+    embedding_type='fourier',
+    scale_by_sigma=True,
+)
 VE_CONFIG = dict(NCSNPP_VE, progressive='none', progressive_input='residual')
 # vp/cifar10_ncsnpp_continuous.py (and subvp/): NCSN++ with positional embedding.
-VP_NCSNPP = dict(fir=True, progressive='none', progressive_input='residual',
-                 embedding_type='positional')
+VP_NCSNPP = dict(
+    fir=True, progressive='none', progressive_input='residual', embedding_type='positional'
+)
 
 
 def shapes_of(model, x_shape, labels_dtype=jnp.float32):
@@ -64,7 +109,8 @@ def shapes_of(model, x_shape, labels_dtype=jnp.float32):
     y = jax.ShapeDtypeStruct(x_shape[:1], labels_dtype)
     rngs = {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}
     out, variables = jax.eval_shape(
-        lambda x, y: model.init_with_output(rngs, x, y, train=True), x, y)
+        lambda x, y: model.init_with_output(rngs, x, y, train=True), x, y
+    )
     return out.shape, variables
 
 
@@ -80,66 +126,125 @@ def shapes_of(model, x_shape, labels_dtype=jnp.float32):
 # Every port count below was also reproduced by the original JAX yang-song/score_sde
 # (commit 0acb9e0) models/ built from the same config file (and overrides).
 # ------------------------------------------------------------------------------------
-@pytest.mark.parametrize('model_kw, expected', [
-    # port configs/vp/cifar10_ddpmpp_continuous.py (= subvp/ same file name)
-    (dict(), 61_804_419),                                          # DDPM++ cont.
-    # port configs/vp/cifar10_ddpmpp_deep_continuous.py
-    (dict(num_res_blocks=8), 106_632_579),                         # DDPM++ cont. (deep)
-    # port configs/ve/cifar10_ncsnpp_continuous.py with model.progressive='output_skip',
-    # model.progressive_input='input_skip' set by the driver
-    (NCSNPP_VE, 61_894_924),                                       # NCSN++ cont.
-    # port configs/ve/cifar10_ncsnpp_deep_continuous.py, same two overrides
-    (dict(NCSNPP_VE, num_res_blocks=8), 106_723_084),              # NCSN++ cont. (deep)
-    # port configs/ve/cifar10_ncsnpp_continuous.py, unmodified
-    (VE_CONFIG, 62_758_915),
-    # port configs/ve/cifar10_ncsnpp_deep_continuous.py, unmodified
-    (dict(VE_CONFIG, num_res_blocks=8), 107_587_075),
-    # port configs/vp/cifar10_ncsnpp_continuous.py (= subvp/, = ve/cifar10_ncsnpp.py)
-    (VP_NCSNPP, 62_693_251),
-    # port configs/vp/cifar10_ncsnpp_deep_continuous.py
-    (dict(VP_NCSNPP, num_res_blocks=8), 107_521_411),
-    # DDPM (Ho et al. 2020): hojonathanho/diffusion (commit 1e0dceb)
-    # diffusion_tf/models/unet.py, model 'unet2d16b2' of scripts/run_cifar.py (commented
-    # "35.7M" there), built with tf.compat.v1 (TF 2.21 CPU, tensorflow.contrib's
-    # group_norm stubbed with its beta/gamma of C entries) and counted over
-    # tf.trainable_variables() outside this repository.  NOT the score_sde count: both
-    # score_sde's models/ddpm.py and the port's (configs/vp/ddpm/cifar10.py) give
-    # 35_218_947, as they put one attention block after the up path's blocks at 16x16
-    # where Ho et al. (and this repository) put one after each of its 3 blocks: 2 x
-    # AttnBlock(256) = 2 x 263_680 = 527_360 fewer.
-    (dict(name='ddpm', num_res_blocks=2, dropout=0.1), 35_746_307),  # DDPM (35.7M)
-], ids=['ddpmpp', 'ddpmpp_deep', 'ncsnpp', 'ncsnpp_deep', 've_config_ncsnpp',
-        've_config_ncsnpp_deep', 'vp_config_ncsnpp', 'vp_config_ncsnpp_deep', 'ddpm'])
+@pytest.mark.parametrize(
+    'model_kw, expected',
+    [
+        # port configs/vp/cifar10_ddpmpp_continuous.py (= subvp/ same file name)
+        (dict(), 61_804_419),  # DDPM++ cont.
+        # port configs/vp/cifar10_ddpmpp_deep_continuous.py
+        (dict(num_res_blocks=8), 106_632_579),  # DDPM++ cont. (deep)
+        # port configs/ve/cifar10_ncsnpp_continuous.py with model.progressive='output_skip',
+        # model.progressive_input='input_skip' set by the driver
+        (NCSNPP_VE, 61_894_924),  # NCSN++ cont.
+        # port configs/ve/cifar10_ncsnpp_deep_continuous.py, same two overrides
+        (dict(NCSNPP_VE, num_res_blocks=8), 106_723_084),  # NCSN++ cont. (deep)
+        # port configs/ve/cifar10_ncsnpp_continuous.py, unmodified
+        (VE_CONFIG, 62_758_915),
+        # port configs/ve/cifar10_ncsnpp_deep_continuous.py, unmodified
+        (dict(VE_CONFIG, num_res_blocks=8), 107_587_075),
+        # port configs/vp/cifar10_ncsnpp_continuous.py (= subvp/, = ve/cifar10_ncsnpp.py)
+        (VP_NCSNPP, 62_693_251),
+        # port configs/vp/cifar10_ncsnpp_deep_continuous.py
+        (dict(VP_NCSNPP, num_res_blocks=8), 107_521_411),
+        # DDPM (Ho et al. 2020): hojonathanho/diffusion (commit 1e0dceb)
+        # diffusion_tf/models/unet.py, model 'unet2d16b2' of scripts/run_cifar.py (commented
+        # "35.7M" there), built with tf.compat.v1 (TF 2.21 CPU, tensorflow.contrib's
+        # group_norm stubbed with its beta/gamma of C entries) and counted over
+        # tf.trainable_variables() outside this repository.  NOT the score_sde count: both
+        # score_sde's models/ddpm.py and the port's (configs/vp/ddpm/cifar10.py) give
+        # 35_218_947, as they put one attention block after the up path's blocks at 16x16
+        # where Ho et al. (and this repository) put one after each of its 3 blocks: 2 x
+        # AttnBlock(256) = 2 x 263_680 = 527_360 fewer.
+        (dict(name='ddpm', num_res_blocks=2, dropout=0.1), 35_746_307),  # DDPM (35.7M)
+    ],
+    ids=[
+        'ddpmpp',
+        'ddpmpp_deep',
+        'ncsnpp',
+        'ncsnpp_deep',
+        've_config_ncsnpp',
+        've_config_ncsnpp_deep',
+        'vp_config_ncsnpp',
+        'vp_config_ncsnpp_deep',
+        'ddpm',
+    ],
+)
 def test_param_counts_of_paper_configs(model_kw, expected):
     assert utils.param_count(utils.init_shapes(paper_config(**model_kw))) == expected
 
 
-@pytest.mark.parametrize('name, size, model_kw, expected', [
-    # port configs/ve/celebahq_256_ncsnpp_continuous.py (= ffhq_256_, church_, bedroom_)
-    ('ncsnpp', 256, dict(NCSNPP_VE, nf=128, ch_mult=(1, 1, 2, 2, 2, 2, 2),
-                         num_res_blocks=2, attn_resolutions=(16,), dropout=0.0),
-     65_574_549),
-    # port configs/ve/ffhq_ncsnpp_continuous.py (= celebahq_ncsnpp_continuous.py)
-    ('ncsnpp', 1024, dict(NCSNPP_VE, nf=16, ch_mult=(1, 2, 4, 8, 16, 32, 32, 32),
-                          num_res_blocks=1, attn_resolutions=(16,), dropout=0.0),
-     105_785_896),
-    # original JAX yang-song/score_sde (commit 0acb9e0) configs/ve/ncsnv2/cifar10.py, built
-    # outside this repository. The PyTorch port gives 29_694_083 here: its refine3 block
-    # outputs nf channels where the original JAX code's outputs 2·nf (as ermongroup/ncsnv2
-    # vs score_sde), 261·nf² + 2·nf = 4_276_480 parameters fewer.
-    ('ncsnv2_64', 32, dict(nf=128, normalization='InstanceNorm++', nonlinearity='elu'),
-     33_970_563),
-    # port configs/ve/ncsnv2/bedroom.py (ncsnv2_128, InstanceNorm++)
-    ('ncsnv2_128', 128, dict(nf=128, normalization='InstanceNorm++', nonlinearity='elu'),
-     83_445_379),
-    # port configs/ve/ncsnv2/bedroom.py with model.name='ncsnv2_256', data.image_size=256
-    ('ncsnv2_256', 256, dict(nf=128, normalization='InstanceNorm++', nonlinearity='elu'),
-     94_132_611),
-    # the same, also with model.normalization='VarianceNorm'
-    ('ncsnv2_256', 256, dict(nf=128, normalization='VarianceNorm', nonlinearity='elu'),
-     94_118_531),
-], ids=['ncsnpp_256', 'ncsnpp_1024', 'ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256',
-        'ncsnv2_256_variancenorm'])
+@pytest.mark.parametrize(
+    'name, size, model_kw, expected',
+    [
+        # port configs/ve/celebahq_256_ncsnpp_continuous.py (= ffhq_256_, church_, bedroom_)
+        (
+            'ncsnpp',
+            256,
+            dict(
+                NCSNPP_VE,
+                nf=128,
+                ch_mult=(1, 1, 2, 2, 2, 2, 2),
+                num_res_blocks=2,
+                attn_resolutions=(16,),
+                dropout=0.0,
+            ),
+            65_574_549,
+        ),
+        # port configs/ve/ffhq_ncsnpp_continuous.py (= celebahq_ncsnpp_continuous.py)
+        (
+            'ncsnpp',
+            1024,
+            dict(
+                NCSNPP_VE,
+                nf=16,
+                ch_mult=(1, 2, 4, 8, 16, 32, 32, 32),
+                num_res_blocks=1,
+                attn_resolutions=(16,),
+                dropout=0.0,
+            ),
+            105_785_896,
+        ),
+        # original JAX yang-song/score_sde (commit 0acb9e0) configs/ve/ncsnv2/cifar10.py, built
+        # outside this repository. The PyTorch port gives 29_694_083 here: its refine3 block
+        # outputs nf channels where the original JAX code's outputs 2·nf (as ermongroup/ncsnv2
+        # vs score_sde), 261·nf² + 2·nf = 4_276_480 parameters fewer.
+        (
+            'ncsnv2_64',
+            32,
+            dict(nf=128, normalization='InstanceNorm++', nonlinearity='elu'),
+            33_970_563,
+        ),
+        # port configs/ve/ncsnv2/bedroom.py (ncsnv2_128, InstanceNorm++)
+        (
+            'ncsnv2_128',
+            128,
+            dict(nf=128, normalization='InstanceNorm++', nonlinearity='elu'),
+            83_445_379,
+        ),
+        # port configs/ve/ncsnv2/bedroom.py with model.name='ncsnv2_256', data.image_size=256
+        (
+            'ncsnv2_256',
+            256,
+            dict(nf=128, normalization='InstanceNorm++', nonlinearity='elu'),
+            94_132_611,
+        ),
+        # the same, also with model.normalization='VarianceNorm'
+        (
+            'ncsnv2_256',
+            256,
+            dict(nf=128, normalization='VarianceNorm', nonlinearity='elu'),
+            94_118_531,
+        ),
+    ],
+    ids=[
+        'ncsnpp_256',
+        'ncsnpp_1024',
+        'ncsnv2_64',
+        'ncsnv2_128',
+        'ncsnv2_256',
+        'ncsnv2_256_variancenorm',
+    ],
+)
 def test_param_counts_of_other_paper_configs(name, size, model_kw, expected):
     """The higher-resolution NCSN++ and NCSNv2 networks, at their configs' image sizes."""
     cfg = make_config(name, image_size=size, **model_kw)
@@ -147,8 +252,9 @@ def test_param_counts_of_other_paper_configs(name, size, model_kw, expected):
 
 
 def test_fourier_frequencies_are_counted_as_params():
-    diff = (utils.param_count(utils.init_shapes(make_config(embedding_type='fourier')))
-            - utils.param_count(utils.init_shapes(make_config(embedding_type='positional'))))
+    diff = utils.param_count(
+        utils.init_shapes(make_config(embedding_type='fourier'))
+    ) - utils.param_count(utils.init_shapes(make_config(embedding_type='positional')))
     # nf Fourier frequencies W, and the first Dense sees 2nf instead of nf inputs.
     assert diff == 8 + 8 * 32
 
@@ -156,47 +262,69 @@ def test_fourier_frequencies_are_counted_as_params():
 # ------------------------------------------------------------------------------------
 # Shapes: every resblock_type × progressive × progressive_input × embedding_type.
 # ------------------------------------------------------------------------------------
-COMBOS = list(itertools.product(['ddpm', 'biggan'], ['none', 'output_skip', 'residual'],
-                                ['none', 'input_skip', 'residual'], ['fourier', 'positional']))
+COMBOS = list(
+    itertools.product(
+        ['ddpm', 'biggan'],
+        ['none', 'output_skip', 'residual'],
+        ['none', 'input_skip', 'residual'],
+        ['fourier', 'positional'],
+    )
+)
 
 
 @pytest.mark.parametrize('index', range(len(COMBOS)))
 def test_ncsnpp_output_shape_for_every_option(index):
     resblock, prog, prog_in, emb = COMBOS[index]
-    cfg = make_config(resblock_type=resblock, progressive=prog, progressive_input=prog_in,
-                      embedding_type=emb, scale_by_sigma=emb == 'fourier',
-                      fir=index % 2 == 0,                      # both halves see FIR and not
-                      progressive_combine=('sum', 'cat')[(index // 2) % 2])
+    cfg = make_config(
+        resblock_type=resblock,
+        progressive=prog,
+        progressive_input=prog_in,
+        embedding_type=emb,
+        scale_by_sigma=emb == 'fourier',
+        fir=index % 2 == 0,  # both halves see FIR and not
+        progressive_combine=('sum', 'cat')[(index // 2) % 2],
+    )
     out_shape, variables = shapes_of(utils.create_model(cfg), (2, 8, 8, 3))
     assert out_shape == (2, 8, 8, 3)
     assert utils.param_count(variables) > 0
 
 
-@pytest.mark.parametrize('name, kw, size', [
-    ('ddpm', dict(nf=32), 8),
-    ('ncsnv2_64', dict(normalization='InstanceNorm++', nonlinearity='elu'), 8),
-    ('ncsnv2_128', dict(normalization='InstanceNorm', nonlinearity='elu'), 8),
-    ('ncsnv2_256', dict(normalization='VarianceNorm', nonlinearity='relu'), 16),
-])
+@pytest.mark.parametrize(
+    'name, kw, size',
+    [
+        ('ddpm', dict(nf=32), 8),
+        ('ncsnv2_64', dict(normalization='InstanceNorm++', nonlinearity='elu'), 8),
+        ('ncsnv2_128', dict(normalization='InstanceNorm', nonlinearity='elu'), 8),
+        ('ncsnv2_256', dict(normalization='VarianceNorm', nonlinearity='relu'), 16),
+    ],
+)
 def test_other_image_models_keep_the_input_shape(name, kw, size):
-    out_shape, _ = shapes_of(utils.create_model(make_config(name, image_size=size, **kw)),
-                             (2, size, size, 3))
+    out_shape, _ = shapes_of(
+        utils.create_model(make_config(name, image_size=size, **kw)), (2, size, size, 3)
+    )
     assert out_shape == (2, size, size, 3)
 
 
-@pytest.mark.parametrize('name, kw', [
-    ('ncsnpp', dict()), ('ncsnpp', NCSNPP_VE), ('ncsnpp', dict(resblock_type='ddpm')),
-    ('ddpm', dict(nf=32)),
-    ('ncsnv2_64', dict(normalization='InstanceNorm++', nonlinearity='elu')),
-])
+@pytest.mark.parametrize(
+    'name, kw',
+    [
+        ('ncsnpp', dict()),
+        ('ncsnpp', NCSNPP_VE),
+        ('ncsnpp', dict(resblock_type='ddpm')),
+        ('ddpm', dict(nf=32)),
+        ('ncsnv2_64', dict(normalization='InstanceNorm++', nonlinearity='elu')),
+    ],
+)
 def test_networks_are_forward_mode_differentiable(name, kw):
     """No custom_vjp layer: the likelihood's divergence ('auto') takes the jvp path."""
     import likelihood
+
     model = utils.create_model(make_config(name, **kw))
     x, labels = jnp.zeros((1, 8, 8, 3)), jnp.full((1,), 0.5)
     variables = model.init({'params': jax.random.PRNGKey(0)}, x, labels, train=False)
     assert not likelihood._has_custom_vjp(
-        lambda y: model.apply(variables, y, labels, train=False), x)
+        lambda y: model.apply(variables, y, labels, train=False), x
+    )
 
 
 # ------------------------------------------------------------------------------------
@@ -204,8 +332,9 @@ def test_networks_are_forward_mode_differentiable(name, kw):
 # ------------------------------------------------------------------------------------
 def forward(model, variables, x, labels, **kw):
     """A jitted forward pass, compiled without backend optimisation (tests are tiny)."""
-    fn = jax.jit(lambda v, x, y: model.apply(v, x, y, **kw),
-                 compiler_options=utils.INIT_COMPILER_OPTIONS)
+    fn = jax.jit(
+        lambda v, x, y: model.apply(v, x, y, **kw), compiler_options=utils.INIT_COMPILER_OPTIONS
+    )
     return fn(variables, x, labels)
 
 
@@ -216,36 +345,52 @@ def test_ncsnpp_scale_by_sigma_and_centering():
     model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
     sigma = jnp.array([0.05, 20.0])
-    cfg_plain = make_config(init_scale=1.0, centered=True,
-                            **dict(NCSNPP_VE, scale_by_sigma=False))
+    cfg_plain = make_config(init_scale=1.0, centered=True, **dict(NCSNPP_VE, scale_by_sigma=False))
     plain = utils.create_model(cfg_plain)
     out = forward(model, variables, x, sigma)
     ref = forward(plain, variables, 2 * x - 1, sigma)
     assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
     np.testing.assert_allclose(out * sigma[:, None, None, None], ref, rtol=1e-4, atol=1e-5)
-    assert float(jnp.std(ref)) > 1e-3   # init_scale=1: a non-trivial output
+    assert float(jnp.std(ref)) > 1e-3  # init_scale=1: a non-trivial output
 
 
 def test_positional_scale_by_sigma_indexes_the_descending_sigma_table():
-    cfg = make_config(name='mlp', nf=16, num_res_blocks=1, embedding_type='positional',
-                      scale_by_sigma=True, init_scale=1.0, num_scales=10)
+    cfg = make_config(
+        name='mlp',
+        nf=16,
+        num_res_blocks=1,
+        embedding_type='positional',
+        scale_by_sigma=True,
+        init_scale=1.0,
+        num_scales=10,
+    )
     model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
-    plain = utils.create_model(make_config(name='mlp', nf=16, num_res_blocks=1,
-                                           embedding_type='positional', init_scale=1.0))
+    plain = utils.create_model(
+        make_config(
+            name='mlp', nf=16, num_res_blocks=1, embedding_type='positional', init_scale=1.0
+        )
+    )
     x = jnp.ones((3, 2))
     labels = jnp.array([0, 4, 9])
     sigmas = utils.get_sigmas(cfg)
     np.testing.assert_allclose(sigmas[[0, -1]], [50.0, 0.01], rtol=1e-6)
     assert np.all(np.diff(sigmas) < 0)
-    np.testing.assert_allclose(model.apply(variables, x, labels) * sigmas[[0, 4, 9], None],
-                               plain.apply(variables, x, labels), rtol=1e-5)
+    np.testing.assert_allclose(
+        model.apply(variables, x, labels) * sigmas[[0, 4, 9], None],
+        plain.apply(variables, x, labels),
+        rtol=1e-5,
+    )
 
 
 def test_ddpm_and_ncsnv2_forward_are_finite():
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
-    for name, kw in [('ddpm', dict(nf=32, ch_mult=(1,), attn_resolutions=(8,))),
-                     ('ncsnv2_64', dict(normalization='InstanceNorm++', nonlinearity='elu',
-                                        scale_by_sigma=True))]:
+    for name, kw in [
+        ('ddpm', dict(nf=32, ch_mult=(1,), attn_resolutions=(8,))),
+        (
+            'ncsnv2_64',
+            dict(normalization='InstanceNorm++', nonlinearity='elu', scale_by_sigma=True),
+        ),
+    ]:
         model, variables = utils.init_model(jax.random.PRNGKey(0), make_config(name, **kw))
         out = forward(model, variables, x, jnp.array([3, 700]))
         assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
@@ -272,17 +417,18 @@ def test_hash_dropout_masks_have_the_right_statistics():
     between keys, same key → same mask, rate 0 → identity."""
     x = jnp.ones((64, 16, 16, 16))
     drop = lambda key, rate=0.1: layers.Dropout(rate).apply(
-        {}, x, deterministic=False, rngs={'dropout': jax.random.PRNGKey(key)})
+        {}, x, deterministic=False, rngs={'dropout': jax.random.PRNGKey(key)}
+    )
     y = np.asarray(drop(0))
     n, p = y.size, 0.1
     assert abs((y == 0).mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
     np.testing.assert_allclose(y[y != 0], 1 / 0.9, rtol=1e-6)
-    bits = np.asarray(layers.hash_bits(jax.random.PRNGKey(0), x.shape)) / 2.0 ** 32
+    bits = np.asarray(layers.hash_bits(jax.random.PRNGKey(0), x.shape)) / 2.0**32
     tol = 5 / np.sqrt(n)
     for axis in range(4):
         a = np.moveaxis(bits, axis, 0)
         assert abs(np.corrcoef(a[:-1].ravel(), a[1:].ravel())[0, 1]) < tol
-    other = np.asarray(layers.hash_bits(jax.random.PRNGKey(1), x.shape)) / 2.0 ** 32
+    other = np.asarray(layers.hash_bits(jax.random.PRNGKey(1), x.shape)) / 2.0**32
     assert abs(np.corrcoef(bits.ravel(), other.ravel())[0, 1]) < tol
     np.testing.assert_array_equal(drop(0), y)
     np.testing.assert_array_equal(drop(0, rate=0.0), x)
@@ -298,8 +444,9 @@ def test_attention_equals_the_softmax_form_in_value_and_gradient():
 
     np.testing.assert_allclose(layers.self_attention_2d(q, k, v), reference(q), atol=1e-5)
     loss = lambda f: jax.grad(lambda q: jnp.sum(jnp.sin(f(q))))(q)
-    np.testing.assert_allclose(loss(lambda q: layers.self_attention_2d(q, k, v)),
-                               loss(reference), atol=1e-4)
+    np.testing.assert_allclose(
+        loss(lambda q: layers.self_attention_2d(q, k, v)), loss(reference), atol=1e-4
+    )
 
 
 def test_init_is_deterministic_for_a_fixed_key():
@@ -318,11 +465,12 @@ def test_init_is_deterministic_for_a_fixed_key():
 ACT = nn.swish
 BLOCKS = {
     'ddpm_resblock': lambda s, r: layers.ResnetBlockDDPM(
-        ACT, layerspp.group_norm_pp, init_scale=s, skip_rescale=r),
+        ACT, layerspp.group_norm_pp, init_scale=s, skip_rescale=r
+    ),
     'ddpmpp_resblock': lambda s, r: layerspp.ResnetBlockDDPMpp(
-        act=ACT, init_scale=s, skip_rescale=r),
-    'biggan_resblock': lambda s, r: layerspp.ResnetBlockBigGANpp(
-        ACT, init_scale=s, skip_rescale=r),
+        act=ACT, init_scale=s, skip_rescale=r
+    ),
+    'biggan_resblock': lambda s, r: layerspp.ResnetBlockBigGANpp(ACT, init_scale=s, skip_rescale=r),
     'attention': lambda s, r: layerspp.AttnBlockpp(init_scale=s, skip_rescale=r),
     'mlp_block': lambda s, r: mlp.ResidualDenseBlock(ACT, init_scale=s, skip_rescale=r),
 }
@@ -343,7 +491,7 @@ def test_blocks_start_as_their_shortcut_with_init_scale_zero(name):
     # Scale 0 means a variance scale of 1e-10: last-layer weights ~1e-5/√fan.
     np.testing.assert_allclose(out(0.0, False), x, atol=1e-4)
     np.testing.assert_allclose(out(0.0, True), x / np.sqrt(2), atol=1e-4)
-    assert float(jnp.abs(out(1.0, False) - x).max()) > 1e-2   # the test can fail
+    assert float(jnp.abs(out(1.0, False) - x).max()) > 1e-2  # the test can fail
 
 
 def test_paper_net_output_is_near_zero_at_init_with_init_scale_zero():
@@ -366,7 +514,7 @@ def numpy_upfirdn(x, k, up, down, pad0, pad1):
     out = np.zeros((b, z.shape[1] - kh + 1, z.shape[2] - kh + 1, c))
     for i in range(out.shape[1]):
         for j in range(out.shape[2]):
-            out[:, i, j] = np.einsum('bhwc,hw->bc', z[:, i:i + kh, j:j + kh], k[::-1, ::-1])
+            out[:, i, j] = np.einsum('bhwc,hw->bc', z[:, i : i + kh, j : j + kh], k[::-1, ::-1])
     return out[:, ::down, ::down]
 
 
@@ -376,22 +524,25 @@ X8 = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
 @pytest.mark.parametrize('up, down, pad', [(2, 1, (2, 1)), (1, 2, (1, 1)), (3, 2, (0, 2))])
 def test_upfirdn_matches_numpy_with_an_asymmetric_kernel(up, down, pad):
     k = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32)
-    np.testing.assert_allclose(uds.upfirdn_2d(X8, k, up, down, pad),
-                               numpy_upfirdn(X8, k, up, down, *pad), atol=1e-5)
+    np.testing.assert_allclose(
+        uds.upfirdn_2d(X8, k, up, down, pad), numpy_upfirdn(X8, k, up, down, *pad), atol=1e-5
+    )
 
 
 def test_fir_upsample_and_downsample_match_numpy():
     k2 = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0
-    np.testing.assert_allclose(uds.upsample_2d(X8, [1, 3, 3, 1]),
-                               numpy_upfirdn(X8, 4 * k2, 2, 1, 2, 1), atol=1e-5)
-    np.testing.assert_allclose(uds.downsample_2d(X8, [1, 3, 3, 1]),
-                               numpy_upfirdn(X8, k2, 1, 2, 1, 1), atol=1e-5)
-    const = np.ones((1, 8, 8, 1), np.float32)   # interior of a constant stays constant
-    np.testing.assert_allclose(uds.upsample_2d(const, [1, 3, 3, 1])[0, 2:-2, 2:-2], 1.0,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        uds.upsample_2d(X8, [1, 3, 3, 1]), numpy_upfirdn(X8, 4 * k2, 2, 1, 2, 1), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        uds.downsample_2d(X8, [1, 3, 3, 1]), numpy_upfirdn(X8, k2, 1, 2, 1, 1), atol=1e-5
+    )
+    const = np.ones((1, 8, 8, 1), np.float32)  # interior of a constant stays constant
+    np.testing.assert_allclose(uds.upsample_2d(const, [1, 3, 3, 1])[0, 2:-2, 2:-2], 1.0, rtol=1e-6)
     np.testing.assert_allclose(uds.naive_upsample_2d(X8)[:, ::2, 1::2], X8)
-    np.testing.assert_allclose(uds.naive_downsample_2d(X8)[0, 0, 0],
-                               X8[0, :2, :2].mean(axis=(0, 1)), rtol=1e-6)
+    np.testing.assert_allclose(
+        uds.naive_downsample_2d(X8)[0, 0, 0], X8[0, :2, :2].mean(axis=(0, 1)), rtol=1e-6
+    )
 
 
 def test_nearest_upsample_gradient_is_the_window_sum():
@@ -413,15 +564,18 @@ def test_fused_fir_convolutions_equal_resample_then_conv_in_the_interior():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(1, 12, 12, 2)).astype(np.float32)
     w = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
-    conv = lambda a: jax.lax.conv_general_dilated(a, w, (1, 1), 'SAME',
-                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    conv = lambda a: jax.lax.conv_general_dilated(
+        a, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
     k = [1, 3, 3, 1]
     up = uds.upsample_conv_2d(x, w, k)
-    np.testing.assert_allclose(up[:, 4:-4, 4:-4], conv(uds.upsample_2d(x, k))[:, 4:-4, 4:-4],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        up[:, 4:-4, 4:-4], conv(uds.upsample_2d(x, k))[:, 4:-4, 4:-4], atol=1e-4
+    )
     down = uds.conv_downsample_2d(x, w, k)
-    np.testing.assert_allclose(down[:, 2:-2, 2:-2],
-                               uds.downsample_2d(conv(x), k)[:, 2:-2, 2:-2], atol=1e-4)
+    np.testing.assert_allclose(
+        down[:, 2:-2, 2:-2], uds.downsample_2d(conv(x), k)[:, 2:-2, 2:-2], atol=1e-4
+    )
     assert up.shape == (1, 24, 24, 4) and down.shape == (1, 6, 6, 4)
 
 
@@ -430,11 +584,18 @@ def test_fused_fir_convolutions_equal_resample_then_conv_in_the_interior():
 # ------------------------------------------------------------------------------------
 @pytest.mark.parametrize('trainable', [False, True])
 def test_fourier_frequencies_get_gradients_only_when_trainable(trainable):
-    cfg = make_config(name='mlp', nf=16, num_res_blocks=1, embedding_type='fourier',
-                      init_scale=1.0, trainable_embedding=trainable)
+    cfg = make_config(
+        name='mlp',
+        nf=16,
+        num_res_blocks=1,
+        embedding_type='fourier',
+        init_scale=1.0,
+        trainable_embedding=trainable,
+    )
     model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
-    loss = lambda p: jnp.sum(model.apply({'params': p}, jnp.ones((2, 2)),
-                                         jnp.array([0.1, 3.0])) ** 2)
+    loss = lambda p: jnp.sum(
+        model.apply({'params': p}, jnp.ones((2, 2)), jnp.array([0.1, 3.0])) ** 2
+    )
     grad_w = jax.grad(loss)(variables['params'])['GaussianFourierProjection_0']['W']
     assert (float(jnp.abs(grad_w).max()) > 0) == trainable
 
@@ -442,11 +603,21 @@ def test_fourier_frequencies_get_gradients_only_when_trainable(trainable):
 # ------------------------------------------------------------------------------------
 # The typed config.
 # ------------------------------------------------------------------------------------
-@pytest.mark.parametrize('field, value', [
-    ('progressive', 'skip'), ('resblock_type', 'resnet'), ('embedding_type', 'learned'),
-    ('progressive_combine', 'mean'), ('nonlinearity', 'gelu'), ('nf', 12.5),
-    ('ch_mult', 'abc'), ('dropout', 1.5), ('conditional', 'yes'), ('conv_size', 5),
-])
+@pytest.mark.parametrize(
+    'field, value',
+    [
+        ('progressive', 'skip'),
+        ('resblock_type', 'resnet'),
+        ('embedding_type', 'learned'),
+        ('progressive_combine', 'mean'),
+        ('nonlinearity', 'gelu'),
+        ('nf', 12.5),
+        ('ch_mult', 'abc'),
+        ('dropout', 1.5),
+        ('conditional', 'yes'),
+        ('conv_size', 5),
+    ],
+)
 def test_bad_option_values_raise_user_error_naming_the_field(field, value):
     with pytest.raises(UserError, match=f'config.model.{field}'):
         utils.create_model(make_config(**{field: value}))
@@ -462,8 +633,9 @@ def test_config_errors_for_model_name_image_size_and_fourier_discrete():
 
 
 def test_model_config_is_typed_and_frozen():
-    cfg = utils.ModelConfig.from_config(make_config(ch_mult=[1, 2], fir_kernel=[1, 3, 3, 1],
-                                                    progressive='Output_Skip'))
+    cfg = utils.ModelConfig.from_config(
+        make_config(ch_mult=[1, 2], fir_kernel=[1, 3, 3, 1], progressive='Output_Skip')
+    )
     assert cfg.ch_mult == (1, 2) and cfg.fir_kernel == (1.0, 3.0, 3.0, 1.0)
     assert cfg.progressive == 'output_skip' and cfg.image_size == 8
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -505,10 +677,12 @@ def test_vp_discrete_score_uses_the_ddpm_table():
 
 def test_ve_scores_are_the_raw_output_with_sigma_or_index_labels():
     sde = sde_lib.VESDE(N=1000)
-    np.testing.assert_allclose(echo_score(sde, True)[:, 0, 0, 0],
-                               np.asarray(sde.marginal_prob(X, T)[1]), rtol=1e-5)
-    np.testing.assert_array_equal(echo_score(sde, False)[:, 0, 0, 0],
-                                  np.round((1 - np.asarray(T)) * 999))
+    np.testing.assert_allclose(
+        echo_score(sde, True)[:, 0, 0, 0], np.asarray(sde.marginal_prob(X, T)[1]), rtol=1e-5
+    )
+    np.testing.assert_array_equal(
+        echo_score(sde, False)[:, 0, 0, 0], np.round((1 - np.asarray(T)) * 999)
+    )
 
 
 def test_score_adapter_rejects_sub_vp_discrete():
@@ -523,5 +697,6 @@ def test_score_fn_of_a_real_model_is_minus_noise_prediction_over_sigma():
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 2))
     out = model.apply(variables, x, 999 * T)
     score = utils.get_score_fn(sde, model, variables)(x, T)
-    np.testing.assert_allclose(score, -out / np.asarray(sde.marginal_prob(x, T)[1])[:, None],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        score, -out / np.asarray(sde.marginal_prob(x, T)[1])[:, None], rtol=1e-5
+    )

@@ -53,7 +53,7 @@ class QuadraticVESDE(sde_lib.SDE):
         return jnp.zeros_like(t)
 
     def std(self, t):
-        return self.sigma_min + t ** 2 * (self.sigma_max - self.sigma_min)
+        return self.sigma_min + t**2 * (self.sigma_max - self.sigma_min)
 
     def drift_coeff(self, t):
         return jnp.zeros_like(t)
@@ -88,8 +88,9 @@ def test_a_new_sde_is_one_registered_class(registered):
     np.testing.assert_array_equal(scale, 1.0)
     np.testing.assert_array_equal(sde.corrector_alpha(t), 1.0)
     # Importance sampling of t by the base class's bisection: uniform in log(σ²/α²).
-    times = sde.sample_importance_weighted_time_for_likelihood(jax.random.key(0), (20000,),
-                                                               eps=1e-3)
+    times = sde.sample_importance_weighted_time_for_likelihood(
+        jax.random.key(0), (20000,), eps=1e-3
+    )
     c = np.asarray(sde.log_inverse_snr(times))
     lo, hi = (float(sde.log_inverse_snr(jnp.asarray(v))) for v in (1e-3, 1.0))
     quantiles = (c - lo) / (hi - lo)

@@ -19,6 +19,7 @@ per component) + a bias allowance of 0.02 for the discretization (measured |f_k 
 of 0.057-0.064 at n = 2000), even after an affine map restores the mean and covariance
 (``test_component_mass_check_rejects_swapped_weights``).
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,18 +31,20 @@ import sampling
 import sde_lib
 from errors import UserError
 
-N = 200          # discretization steps of the PC samplers
-NUM = 2000       # samples per moment check
-EXACT = 10 ** 6  # exact draws for the reference component masses
-MIX = mixture.random_mixture(0, 3, 2, 1.0)   # a non-Gaussian 2-D target
+N = 200  # discretization steps of the PC samplers
+NUM = 2000  # samples per moment check
+EXACT = 10**6  # exact draws for the reference component masses
+MIX = mixture.random_mixture(0, 3, 2, 1.0)  # a non-Gaussian 2-D target
 PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral_sampling')
 CORRECTORS = ('none', 'langevin', 'ald')
 
 
 def _sde(name: str, n: int = N) -> sde_lib.SDE:
-    return {'ve': lambda: sde_lib.VESDE(0.01, 10.0, n),
-            'vp': lambda: sde_lib.VPSDE(0.1, 20.0, n),
-            'subvp': lambda: sde_lib.subVPSDE(0.1, 20.0, n)}[name]()
+    return {
+        've': lambda: sde_lib.VESDE(0.01, 10.0, n),
+        'vp': lambda: sde_lib.VPSDE(0.1, 20.0, n),
+        'subvp': lambda: sde_lib.subVPSDE(0.1, 20.0, n),
+    }[name]()
 
 
 def _assert_moments(x, mean, cov, bias, what=''):
@@ -62,8 +65,9 @@ def _component_log_densities(mix, x):
     """log w_k N(x; μ_k, Σ_k) [n, K] in float64; their argmax over k is the component of
     highest posterior responsibility r_k(x) = w_k N(x; μ_k, Σ_k) / p(x)."""
     x = np.asarray(x, np.float64)
-    maha = np.stack([np.sum((x - m) @ np.linalg.inv(c) * (x - m), -1)
-                     for m, c in zip(mix.means, mix.covs)], -1)
+    maha = np.stack(
+        [np.sum((x - m) @ np.linalg.inv(c) * (x - m), -1) for m, c in zip(mix.means, mix.covs)], -1
+    )
     logdet = np.linalg.slogdet(mix.covs)[1]
     return np.log(mix.weights) - 0.5 * (maha + logdet + mix.dim * np.log(2 * np.pi))
 
@@ -98,8 +102,9 @@ def _assert_component_mass(x, mix, bias, what=''):
 
 def _diffused(mix, alpha, sigma):
     """p_t of ``mix``: Σ_k w_k N(α μ_k, α² Σ_k + σ² I)."""
-    return mixture.GaussianMixture(mix.weights, alpha * mix.means,
-                                   alpha ** 2 * mix.covs + sigma ** 2 * np.eye(mix.dim))
+    return mixture.GaussianMixture(
+        mix.weights, alpha * mix.means, alpha**2 * mix.covs + sigma**2 * np.eye(mix.dim)
+    )
 
 
 def _swap_weights(mix, i, j, keep_moments=False):
@@ -113,15 +118,18 @@ def _swap_weights(mix, i, j, keep_moments=False):
     if not keep_moments:
         return swapped
     a = np.linalg.cholesky(mix.cov) @ np.linalg.inv(np.linalg.cholesky(swapped.cov))
-    return mixture.GaussianMixture(weights, (mix.means - swapped.mean) @ a.T + mix.mean,
-                                   a @ mix.covs @ a.T)
+    return mixture.GaussianMixture(
+        weights, (mix.means - swapped.mean) @ a.T + mix.mean, a @ mix.covs @ a.T
+    )
 
 
 def _counting(score_fn, counter):
     """score_fn that counts its evaluations on the host (one per call of a batch)."""
+
     def counted(x, t):
         jax.debug.callback(lambda: counter.__setitem__(0, counter[0] + 1))
         return score_fn(x, t)
+
     return counted
 
 
@@ -148,8 +156,11 @@ def test_component_mass_check_rejects_swapped_weights(case):
     map gives them exactly MIX's mean and covariance (|f_k − p_k| = 0.09, 0.14 in
     components 0, 2; ``_assert_moments`` passes them, even with no bias allowance);
     NUM exact draws of MIX pass (|f_k − p_k| ≤ 0.007)."""
-    target = {'exact': MIX, 'swapped': _swap_weights(MIX, 1, 2),
-              'swapped, same moments': _swap_weights(MIX, 1, 2, keep_moments=True)}[case]
+    target = {
+        'exact': MIX,
+        'swapped': _swap_weights(MIX, 1, 2),
+        'swapped, same moments': _swap_weights(MIX, 1, 2, keep_moments=True),
+    }[case]
     x = target.sample(jax.random.PRNGKey(20), NUM)
     if case == 'exact':
         _assert_component_mass(x, MIX, 0.02, case)
@@ -170,8 +181,12 @@ def test_pc_predictor_corrector_combinations_reproduce_mixture_moments(sde_name)
     only (sub-VP: see the next test)."""
     sde = _sde(sde_name)
     score_fn = MIX.score_fn(sde)
-    combos = [(p, c) for p in PREDICTORS for c in CORRECTORS
-              if not (p == 'ancestral_sampling' and sde_name == 'subvp')]
+    combos = [
+        (p, c)
+        for p in PREDICTORS
+        for c in CORRECTORS
+        if not (p == 'ancestral_sampling' and sde_name == 'subvp')
+    ]
     samplers = [sampling.get_pc_sampler(sde, (NUM, 2), p, c, snr=0.16) for p, c in combos]
     # one jit for all combinations: half the compile time of one jit each
     results = jax.jit(lambda rng: [s(rng, score_fn) for s in samplers])(jax.random.PRNGKey(1))
@@ -185,10 +200,13 @@ def test_pc_probability_flow_predictors():
     """Bias allowances 0.05 (moments) and 0.02 (component masses) for N = 200."""
     sde = _sde('vp')
     predictors = ('euler_maruyama', 'reverse_diffusion')
-    samplers = [sampling.get_pc_sampler(sde, (NUM, 2), p, 'none', 0.16, probability_flow=True)
-                for p in predictors]
+    samplers = [
+        sampling.get_pc_sampler(sde, (NUM, 2), p, 'none', 0.16, probability_flow=True)
+        for p in predictors
+    ]
     results = jax.jit(lambda rng: [s(rng, MIX.score_fn(sde))[0] for s in samplers])(
-        jax.random.PRNGKey(2))
+        jax.random.PRNGKey(2)
+    )
     for predictor, x in zip(predictors, results):
         _assert_moments(x, MIX.mean, MIX.cov, 0.05, predictor)
         _assert_component_mass(x, MIX, 0.02, predictor)
@@ -220,13 +238,21 @@ def test_correctors_leave_p_t_invariant(sde_name):
     mean_t, std_t = sde.marginal_prob(x0, t)
     xt = mean_t + std_t[:, None] * jax.random.normal(jax.random.PRNGKey(5), x0.shape)
     alpha, sigma = float(np.exp(sde.log_mean_coeff(0.3))), float(sde.std(0.3))
-    correctors = [sampling.get_corrector(name)(sde, MIX.score_fn(sde), 0.16, 100)
-                  for name in ('langevin', 'ald')]
+    correctors = [
+        sampling.get_corrector(name)(sde, MIX.score_fn(sde), 0.16, 100)
+        for name in ('langevin', 'ald')
+    ]
     results = jax.jit(lambda rng: [c.update(rng, xt, t)[0] for c in correctors])(
-        jax.random.PRNGKey(6))
+        jax.random.PRNGKey(6)
+    )
     for corrector, x in zip(('langevin', 'ald'), results):
-        _assert_moments(x, alpha * MIX.mean, alpha ** 2 * MIX.cov + sigma ** 2 * np.eye(2),
-                        0.05, (sde_name, corrector))
+        _assert_moments(
+            x,
+            alpha * MIX.mean,
+            alpha**2 * MIX.cov + sigma**2 * np.eye(2),
+            0.05,
+            (sde_name, corrector),
+        )
         _assert_component_mass(x, _diffused(MIX, alpha, sigma), 0.02, (sde_name, corrector))
 
 
@@ -258,12 +284,18 @@ def test_predictor_updates_match_their_formulas(sde_name):
     t = 0.37
     x = 2.0 * jax.random.normal(jax.random.PRNGKey(17), (20000, 2))
     s = np.asarray(MIX.score(sde, x, jnp.full((20000,), t)), np.float64)
-    cases = [(name, flow) for name in PREDICTORS for flow in (False, True)
-             if not (name == 'ancestral_sampling' and (flow or sde_name == 'subvp'))]
-    predictors = [sampling.get_predictor(name)(sde, MIX.score_fn(sde), flow)
-                  for name, flow in cases]
+    cases = [
+        (name, flow)
+        for name in PREDICTORS
+        for flow in (False, True)
+        if not (name == 'ancestral_sampling' and (flow or sde_name == 'subvp'))
+    ]
+    predictors = [
+        sampling.get_predictor(name)(sde, MIX.score_fn(sde), flow) for name, flow in cases
+    ]
     steps = jax.jit(lambda rng: [p.update(rng, x, jnp.full((20000,), t)) for p in predictors])(
-        jax.random.PRNGKey(18))
+        jax.random.PRNGKey(18)
+    )
     for (name, flow), step in zip(cases, steps):
         x_new, x_mean = (np.asarray(a, np.float64) for a in step)
         mean, std = _expected_predictor_step(sde, name, flow, np.asarray(x, np.float64), s, t)
@@ -287,13 +319,13 @@ def test_corrector_step_sizes(sde_name):
     alpha = 1.0 if sde_name == 've' else 1.0 - (0.1 + i / (N - 1) * 19.9) / N
     if sde_name == 'vp':
         assert np.isclose(alpha, sde.alphas[i])
-    correctors = [sampling.get_corrector(name)(sde, MIX.score_fn(sde), 0.2, 1)
-                  for name in ('langevin', 'ald')]
-    steps = jax.jit(lambda rng: [c.update(rng, x, t) for c in correctors])(
-        jax.random.PRNGKey(16))
+    correctors = [
+        sampling.get_corrector(name)(sde, MIX.score_fn(sde), 0.2, 1) for name in ('langevin', 'ald')
+    ]
+    steps = jax.jit(lambda rng: [c.update(rng, x, t) for c in correctors])(jax.random.PRNGKey(16))
     for name, step in zip(('langevin', 'ald'), steps):
         x_new, x_mean = (np.asarray(a, np.float64) for a in step)
-        eps = np.sum((x_mean - np.asarray(x)) * score, -1) / np.sum(score ** 2, -1)
+        eps = np.sum((x_mean - np.asarray(x)) * score, -1) / np.sum(score**2, -1)
         noise = (x_new - x_mean) / np.sqrt(2 * eps)[:, None]
         if name == 'langevin':
             norm = lambda v: np.linalg.norm(v, axis=-1).mean()  # noqa: E731
@@ -306,14 +338,14 @@ def test_corrector_step_sizes(sde_name):
 def test_pc_nfe_equals_counted_score_evaluations():
     sde = _sde('ve', 10)
     counter = [0]
-    sampler = sampling.get_pc_sampler(sde, (4, 2), 'reverse_diffusion', 'langevin', 0.16,
-                                      n_steps=3)
+    sampler = sampling.get_pc_sampler(sde, (4, 2), 'reverse_diffusion', 'langevin', 0.16, n_steps=3)
     x, nfe = sampler(jax.random.PRNGKey(0), _counting(MIX.score_fn(sde), counter))
     jax.block_until_ready(x)
     assert nfe == 10 * (1 + 3) == counter[0]
     assert isinstance(nfe, int)
     _, nfe_none = sampling.get_pc_sampler(sde, (4, 2), 'none', 'ald', 0.1, n_steps=2)(
-        jax.random.PRNGKey(0), MIX.score_fn(sde))
+        jax.random.PRNGKey(0), MIX.score_fn(sde)
+    )
     assert nfe_none == 10 * 2
 
 
@@ -321,20 +353,24 @@ def test_pc_denoise_returns_the_last_noise_free_mean():
     """With the same rng, x (denoise=False) − x_mean (denoise=True) is the last step's
     noise: G z with G = σ_0 = 0.01 for the VE reverse-diffusion step at t = ε (index 0)."""
     sde = _sde('ve', 10)
-    samplers = [sampling.get_pc_sampler(sde, (2000, 2), 'reverse_diffusion', 'none', 0.16,
-                                        denoise=d) for d in (True, False)]
+    samplers = [
+        sampling.get_pc_sampler(sde, (2000, 2), 'reverse_diffusion', 'none', 0.16, denoise=d)
+        for d in (True, False)
+    ]
     x_mean, x = jax.jit(lambda rng: [s(rng, MIX.score_fn(sde))[0] for s in samplers])(
-        jax.random.PRNGKey(19))
+        jax.random.PRNGKey(19)
+    )
     ratio = (np.asarray(x, np.float64) - np.asarray(x_mean)) / sde.discrete_sigmas[0]
-    assert abs(np.mean(ratio ** 2) - 1.0) < 0.1
+    assert abs(np.mean(ratio**2) - 1.0) < 0.1
 
 
 def test_ancestral_sampling_rejects_sub_vp_and_probability_flow():
-    with pytest.raises(UserError, match="ancestral_sampling.*subVPSDE.*reverse_diffusion"):
+    with pytest.raises(UserError, match='ancestral_sampling.*subVPSDE.*reverse_diffusion'):
         sampling.get_pc_sampler(_sde('subvp'), (2, 2), 'ancestral_sampling', 'none', 0.1)
     with pytest.raises(UserError, match='probability_flow=False'):
-        sampling.get_pc_sampler(_sde('vp'), (2, 2), 'ancestral_sampling', 'none', 0.1,
-                                probability_flow=True)
+        sampling.get_pc_sampler(
+            _sde('vp'), (2, 2), 'ancestral_sampling', 'none', 0.1, probability_flow=True
+        )
     with pytest.raises(UserError, match="predictor='heun' is not known"):
         sampling.get_pc_sampler(_sde('vp'), (2, 2), 'heun', 'none', 0.1)
 
@@ -387,7 +423,7 @@ def test_tweedie_denoise_is_the_gaussian_posterior_mean():
         t = jnp.full((5,), 0.4)
         xt = jax.random.normal(jax.random.PRNGKey(14), (5, 3))
         alpha, sigma = float(np.exp(sde.log_mean_coeff(0.4))), float(sde.std(0.4))
-        gain = alpha * gauss.cov @ np.linalg.inv(alpha ** 2 * gauss.cov + sigma ** 2 * np.eye(3))
+        gain = alpha * gauss.cov @ np.linalg.inv(alpha**2 * gauss.cov + sigma**2 * np.eye(3))
         expected = gauss.mean + (np.asarray(xt) - alpha * gauss.mean) @ gain.T
         got = sampling.tweedie_denoise(sde, gauss.score_fn(sde), xt, t)
         np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
@@ -415,8 +451,7 @@ def test_colorization_keeps_grey_level_and_samples_the_chroma_conditional():
     sde = _sde('ve')
     grey = 0.2
     colorize = sampling.get_pc_colorizer(sde, 'reverse_diffusion', 'langevin', 0.16)
-    x = np.asarray(colorize(jax.random.PRNGKey(11), gauss.score_fn(sde),
-                            jnp.full((NUM, 3), grey)))
+    x = np.asarray(colorize(jax.random.PRNGKey(11), gauss.score_fn(sde), jnp.full((NUM, 3), grey)))
     np.testing.assert_allclose(x.mean(-1), grey, atol=1e-5)
     u = np.ones(3) / np.sqrt(3.0)
     mean_c, cov_c = _condition(gauss.mean, gauss.cov, u, np.sqrt(3.0) * grey)
@@ -428,15 +463,19 @@ def test_colorization_keeps_grey_level_and_samples_the_chroma_conditional():
 def test_class_conditional_sampling_with_exact_classifier():
     """∇log p_t(y|x) of the mixture's component label turns the sampler into one of the
     component's distribution."""
-    mix = mixture.GaussianMixture(np.array([0.3, 0.7]), np.array([[-2.0, 0.0], [2.0, 1.0]]),
-                                  np.array([0.3 * np.eye(2), [[0.5, 0.2], [0.2, 0.4]]]))
-    components = [mixture.GaussianMixture(np.ones(1), mix.means[k:k + 1], mix.covs[k:k + 1])
-                  for k in range(2)]
+    mix = mixture.GaussianMixture(
+        np.array([0.3, 0.7]),
+        np.array([[-2.0, 0.0], [2.0, 1.0]]),
+        np.array([0.3 * np.eye(2), [[0.5, 0.2], [0.2, 0.4]]]),
+    )
+    components = [
+        mixture.GaussianMixture(np.ones(1), mix.means[k : k + 1], mix.covs[k : k + 1])
+        for k in range(2)
+    ]
     sde = _sde('vp')
 
     def log_class_prob(x, t, y):  # log p_t(y | x) for a label shared by the batch
-        return (jnp.log(mix.weights[y]) + components[y].log_prob(sde, x, t)
-                - mix.log_prob(sde, x, t))
+        return jnp.log(mix.weights[y]) + components[y].log_prob(sde, x, t) - mix.log_prob(sde, x, t)
 
     def grad_fn(x, t, y):
         return jax.grad(lambda x: jnp.sum(log_class_prob(x, t, y)))(x)
@@ -449,9 +488,18 @@ def test_class_conditional_sampling_with_exact_classifier():
 
 # --- config entry point -------------------------------------------------------------------
 def _config(**overrides):
-    sampling_cfg = dict(method='pc', predictor='reverse_diffusion', corrector='langevin',
-                        snr=0.16, n_steps_each=1, noise_removal=True,
-                        probability_flow=False, rtol=1e-3, atol=1e-3, eps=1e-3)
+    sampling_cfg = dict(
+        method='pc',
+        predictor='reverse_diffusion',
+        corrector='langevin',
+        snr=0.16,
+        n_steps_each=1,
+        noise_removal=True,
+        probability_flow=False,
+        rtol=1e-3,
+        atol=1e-3,
+        eps=1e-3,
+    )
     sampling_cfg.update(overrides)
     return ml_collections.ConfigDict({'sampling': sampling_cfg})
 
@@ -461,27 +509,35 @@ def test_get_sampling_fn_reads_the_config():
     scaler = lambda x: 2.0 * x + 1.0  # noqa: E731
     score_fn = MIX.score_fn(sde)
     samplers = [  # (from the config, reference)
-        (sampling.get_sampling_fn(_config(n_steps_each=2), sde, (3, 2), scaler),
-         sampling.get_pc_sampler(sde, (3, 2), 'reverse_diffusion', 'langevin', 0.16,
-                                 n_steps=2)),
-        (sampling.get_sampling_fn(_config(method='ode'), sde, (3, 2), scaler, eps=1e-2),
-         sampling.get_ode_sampler(sde, (3, 2), 1e-3, 1e-3, eps=1e-2, denoise=True))]
+        (
+            sampling.get_sampling_fn(_config(n_steps_each=2), sde, (3, 2), scaler),
+            sampling.get_pc_sampler(sde, (3, 2), 'reverse_diffusion', 'langevin', 0.16, n_steps=2),
+        ),
+        (
+            sampling.get_sampling_fn(_config(method='ode'), sde, (3, 2), scaler, eps=1e-2),
+            sampling.get_ode_sampler(sde, (3, 2), 1e-3, 1e-3, eps=1e-2, denoise=True),
+        ),
+    ]
     # one jit for all: one compile
-    results = jax.jit(lambda rng: [(f(rng, score_fn), ref(rng, score_fn))
-                                   for f, ref in samplers])(jax.random.PRNGKey(13))
+    results = jax.jit(lambda rng: [(f(rng, score_fn), ref(rng, score_fn)) for f, ref in samplers])(
+        jax.random.PRNGKey(13)
+    )
     for (x, nfe), (ref, ref_nfe) in results:
         np.testing.assert_allclose(np.asarray(x), 2.0 * np.asarray(ref) + 1.0, rtol=1e-6)
         assert int(nfe) == int(ref_nfe) > 1
     assert results[0][0][1] == 8 * 3
 
 
-@pytest.mark.parametrize('overrides, field', [
-    (dict(method='sde'), 'config.sampling.method'),
-    (dict(predictor='heun'), 'config.sampling.predictor'),
-    (dict(corrector='hmc'), 'config.sampling.corrector'),
-    (dict(predictor='ancestral_sampling'), 'config.sampling.predictor'),
-    (dict(method='ode', ode_method='rk4'), 'config.sampling.ode_method'),
-])
+@pytest.mark.parametrize(
+    'overrides, field',
+    [
+        (dict(method='sde'), 'config.sampling.method'),
+        (dict(predictor='heun'), 'config.sampling.predictor'),
+        (dict(corrector='hmc'), 'config.sampling.corrector'),
+        (dict(predictor='ancestral_sampling'), 'config.sampling.predictor'),
+        (dict(method='ode', ode_method='rk4'), 'config.sampling.ode_method'),
+    ],
+)
 def test_get_sampling_fn_rejects_unknown_names(overrides, field):
     with pytest.raises(UserError, match=field.replace('.', r'\.')):
         sampling.get_sampling_fn(_config(**overrides), _sde('subvp', 8), (2, 2), lambda x: x)

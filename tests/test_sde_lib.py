@@ -3,6 +3,7 @@
 The reference coefficients below are written from the table in docs/MATH.md, in NumPy float64,
 independently of sde_lib.
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,10 +20,12 @@ NAMES = ('ve', 'vp', 'subvp', 'linear_ve')
 
 
 def make_sde(name: str, n: int = 1000) -> sde_lib.SDE:
-    return {'ve': lambda: sde_lib.VESDE(SIGMA_MIN, SIGMA_MAX, n),
-            'vp': lambda: sde_lib.VPSDE(BETA_0, BETA_1, n),
-            'subvp': lambda: sde_lib.subVPSDE(BETA_0, BETA_1, n),
-            'linear_ve': lambda: sde_lib.LinearVESDE(SIGMA_MIN, SIGMA_MAX, n)}[name]()
+    return {
+        've': lambda: sde_lib.VESDE(SIGMA_MIN, SIGMA_MAX, n),
+        'vp': lambda: sde_lib.VPSDE(BETA_0, BETA_1, n),
+        'subvp': lambda: sde_lib.subVPSDE(BETA_0, BETA_1, n),
+        'linear_ve': lambda: sde_lib.LinearVESDE(SIGMA_MIN, SIGMA_MAX, n),
+    }[name]()
 
 
 def ref_coeffs(name: str, t):
@@ -31,12 +34,12 @@ def ref_coeffs(name: str, t):
     if name in ('ve', 'linear_ve'):
         if name == 've':
             sigma = SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** t
-            g2 = sigma ** 2 * 2 * np.log(SIGMA_MAX / SIGMA_MIN)
+            g2 = sigma**2 * 2 * np.log(SIGMA_MAX / SIGMA_MIN)
         else:
             sigma = SIGMA_MIN + t * (SIGMA_MAX - SIGMA_MIN)
             g2 = 2 * sigma * (SIGMA_MAX - SIGMA_MIN)
         return np.ones_like(t), sigma, np.zeros_like(t), g2
-    big_b = BETA_0 * t + 0.5 * (BETA_1 - BETA_0) * t ** 2
+    big_b = BETA_0 * t + 0.5 * (BETA_1 - BETA_0) * t**2
     beta = BETA_0 + t * (BETA_1 - BETA_0)
     one_m_a2 = -np.expm1(-big_b)
     if name == 'vp':
@@ -48,13 +51,19 @@ def ref_coeffs(name: str, t):
 
 def ref_importance_integrand(name: str, t):
     _, sigma, _, g2 = ref_coeffs(name, t)
-    return g2 / sigma ** 2
+    return g2 / sigma**2
 
 
 def ref_cum_weight(name: str, t: float, eps: float = EPS) -> float:
     """∫_ε^t g²/σ² by quadrature in u = log s (the integrand is ~1/s near 0 for VP)."""
-    val, _ = integrate.quad(lambda u: ref_importance_integrand(name, np.exp(u)) * np.exp(u),
-                            np.log(eps), np.log(t), epsabs=1e-11, epsrel=1e-11, limit=200)
+    val, _ = integrate.quad(
+        lambda u: ref_importance_integrand(name, np.exp(u)) * np.exp(u),
+        np.log(eps),
+        np.log(t),
+        epsabs=1e-11,
+        epsrel=1e-11,
+        limit=200,
+    )
     return val
 
 
@@ -71,7 +80,7 @@ def test_coefficients_match_reference(name):
     x = jnp.ones((len(t), 3))
     drift, diffusion = sde.sde(x, tj)
     np.testing.assert_allclose(drift, f[:, None] * np.ones((1, 3)), rtol=2e-5, atol=1e-7)
-    np.testing.assert_allclose(diffusion ** 2, g2, rtol=3e-5)
+    np.testing.assert_allclose(diffusion**2, g2, rtol=3e-5)
 
 
 def _euler_maruyama_moments(sde, x0, times, n_paths, n_steps, rng):
@@ -88,8 +97,9 @@ def _euler_maruyama_moments(sde, x0, times, n_paths, n_steps, rng):
 
     keys = jax.random.split(rng, n_steps)
     x_init = jnp.full((n_paths, 1), x0, jnp.float32)
-    _, (means, variances) = jax.jit(lambda: jax.lax.scan(
-        body, x_init, (jnp.arange(n_steps), keys)))()
+    _, (means, variances) = jax.jit(
+        lambda: jax.lax.scan(body, x_init, (jnp.arange(n_steps), keys))
+    )()
     return {k: (float(means[k - 1]), float(variances[k - 1])) for k in sorted(record)}
 
 
@@ -107,7 +117,7 @@ def test_marginal_prob_matches_euler_maruyama(name, key):
     for k, (mean_hat, var_hat) in moments.items():
         t = jnp.full((1,), k / n_steps)
         mean, std = sde.marginal_prob(jnp.full((1, 1), x0), t)
-        mean, var = float(mean[0, 0]), float(std[0]) ** 2 - std0 ** 2
+        mean, var = float(mean[0, 0]), float(std[0]) ** 2 - std0**2
         se_mean, se_var = np.sqrt(var / n_paths), var * np.sqrt(2.0 / n_paths)
         assert abs(mean_hat - mean) <= 4.5 * se_mean + 0.015 * abs(mean), (k, mean_hat, mean)
         assert abs(var_hat - var) <= 4.5 * se_var + 0.015 * var, (k, var_hat, var)
@@ -117,10 +127,11 @@ def test_marginal_prob_matches_euler_maruyama(name, key):
 def test_prior_logp_matches_scipy(name, key):
     sde = make_sde(name)
     z = sde.prior_sampling(key, (5, 2, 2, 1))
-    np.testing.assert_allclose(np.std(np.asarray(sde.prior_sampling(key, (4000, 4)))),
-                               sde.prior_std, rtol=0.05)
+    np.testing.assert_allclose(
+        np.std(np.asarray(sde.prior_sampling(key, (4000, 4)))), sde.prior_std, rtol=0.05
+    )
     flat = np.asarray(z, np.float64).reshape(5, -1)
-    ref = stats.multivariate_normal(np.zeros(4), sde.prior_std ** 2 * np.eye(4)).logpdf(flat)
+    ref = stats.multivariate_normal(np.zeros(4), sde.prior_std**2 * np.eye(4)).logpdf(flat)
     np.testing.assert_allclose(sde.prior_logp(z), ref, rtol=1e-5)
 
 
@@ -134,8 +145,7 @@ def test_diffusion_is_variance_derivative_by_autodiff(name):
         dlog_alpha = jax.grad(sde.log_mean_coeff)(t)
         f = sde.drift_coeff(t)
         np.testing.assert_allclose(dlog_alpha, f, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(dvar - 2 * f * sde.std(t) ** 2, sde.diffusion(t) ** 2,
-                                   rtol=1e-4)
+        np.testing.assert_allclose(dvar - 2 * f * sde.std(t) ** 2, sde.diffusion(t) ** 2, rtol=1e-4)
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -146,9 +156,11 @@ def test_importance_cum_weight_and_density_match_quadrature(name):
         np.testing.assert_allclose(got, ref_cum_weight(name, t), rtol=2e-5, atol=2e-5)
     z = ref_cum_weight(name, 1.0)
     t = jnp.asarray([1e-4, 0.01, 0.3, 0.9], jnp.float32)
-    np.testing.assert_allclose(sde.likelihood_importance_density(t, eps=EPS),
-                               ref_importance_integrand(name, np.asarray(t, np.float64)) / z,
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        sde.likelihood_importance_density(t, eps=EPS),
+        ref_importance_integrand(name, np.asarray(t, np.float64)) / z,
+        rtol=1e-4,
+    )
 
 
 @pytest.mark.parametrize('name,expected', [('vp', 23.8645), ('subvp', 37.6789)])
@@ -163,8 +175,9 @@ def test_importance_normaliser_values(name, expected):
 def test_importance_sampled_times_follow_density(name, key):
     """KS test of t ~ p(t) ∝ g²/σ² against a CDF built by quadrature on a fine grid."""
     sde = make_sde(name)
-    t = np.asarray(sde.sample_importance_weighted_time_for_likelihood(key, (20000,), eps=EPS),
-                   np.float64)
+    t = np.asarray(
+        sde.sample_importance_weighted_time_for_likelihood(key, (20000,), eps=EPS), np.float64
+    )
     assert t.min() >= EPS and t.max() <= sde.T
     grid = np.geomspace(EPS, 1.0, 600)
     pieces = [0.0] + [ref_cum_weight(name, b, eps=a) for a, b in zip(grid[:-1], grid[1:])]
@@ -172,7 +185,8 @@ def test_importance_sampled_times_follow_density(name, key):
     cdf = lambda s: np.interp(np.log(s), np.log(grid), cdf_grid)  # noqa: E731
     assert stats.kstest(t, cdf).pvalue > 1e-3
     ends = sde.sample_importance_weighted_time_for_likelihood(
-        None, (2,), eps=EPS, quantile=jnp.asarray([0.0, 1.0]))
+        None, (2,), eps=EPS, quantile=jnp.asarray([0.0, 1.0])
+    )
     np.testing.assert_allclose(ends, [EPS, sde.T], rtol=1e-4, atol=1e-7)
 
 
@@ -182,8 +196,9 @@ def test_closed_form_inverse_equals_bisection(name):
     cancellation log σ(t) − log σ_min, hence the absolute tolerance."""
     sde = make_sde(name)
     atol = 1e-9 if name == 'vp' else 1e-7
-    c = jnp.linspace(sde.log_inverse_snr(jnp.asarray(EPS)),
-                     sde.log_inverse_snr(jnp.asarray(1.0)), 50)
+    c = jnp.linspace(
+        sde.log_inverse_snr(jnp.asarray(EPS)), sde.log_inverse_snr(jnp.asarray(1.0)), 50
+    )
     closed = sde.inverse_log_inverse_snr(c)
     bisect = sde_lib.SDE.inverse_log_inverse_snr(sde, c)
     np.testing.assert_allclose(closed, bisect, rtol=3e-5, atol=atol)
@@ -205,11 +220,10 @@ def test_reverse_drift_and_probability_flow(name, key):
     np.testing.assert_array_equal(diff, 0.0)
     drift, diff = sde.reverse(score_fn).sde(x, t)
     np.testing.assert_allclose(drift, f * x - g2 * s, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(diff ** 2, g2[:, 0], rtol=1e-4)
+    np.testing.assert_allclose(diff**2, g2[:, 0], rtol=1e-4)
     fd, gd = sde.discretize(x, t)
     rev_f, rev_g = sde.reverse(score_fn).discretize(x, t)
-    np.testing.assert_allclose(rev_f, fd - np.asarray(gd)[:, None] ** 2 * s, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(rev_f, fd - np.asarray(gd)[:, None] ** 2 * s, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(rev_g, gd)
 
 
@@ -221,17 +235,20 @@ def test_ddpm_and_smld_discretizations():
     betas = np.linspace(BETA_0 / n, BETA_1 / n, n)[idx]
     f, g = make_sde('vp').discretize(x, t)
     # f = √(1−β) x − x cancels in float32: absolute error ~ ulp(x), not relative to f.
-    np.testing.assert_allclose(f, (np.sqrt(1 - betas) - 1)[:, None] * np.asarray(x),
-                               rtol=1e-5, atol=4e-7)
+    np.testing.assert_allclose(
+        f, (np.sqrt(1 - betas) - 1)[:, None] * np.asarray(x), rtol=1e-5, atol=4e-7
+    )
     np.testing.assert_allclose(g, np.sqrt(betas), rtol=1e-5)
     sigmas = np.exp(np.linspace(np.log(SIGMA_MIN), np.log(SIGMA_MAX), n))
     prev = np.where(idx == 0, 0.0, sigmas[np.maximum(idx - 1, 0)])
     f, g = make_sde('ve').discretize(x, t)
     np.testing.assert_array_equal(f, 0.0)
-    np.testing.assert_allclose(g, np.sqrt(sigmas[idx] ** 2 - prev ** 2), rtol=1e-4)
+    np.testing.assert_allclose(g, np.sqrt(sigmas[idx] ** 2 - prev**2), rtol=1e-4)
     vp = make_sde('vp')
-    np.testing.assert_allclose(vp.sqrt_alphas_cumprod[idx],
-                               np.sqrt(np.cumprod(1 - np.linspace(BETA_0 / n, BETA_1 / n, n)))[idx])
+    np.testing.assert_allclose(
+        vp.sqrt_alphas_cumprod[idx],
+        np.sqrt(np.cumprod(1 - np.linspace(BETA_0 / n, BETA_1 / n, n)))[idx],
+    )
 
 
 @pytest.mark.parametrize('name', ('vp', 'subvp'))
@@ -248,12 +265,24 @@ def test_small_time_std_is_accurate_in_float32(name):
 
 
 def test_get_sde_by_name():
-    config = ml_collections.ConfigDict({
-        'training': {'sde': 'vpsde'},
-        'model': {'sigma_min': 0.02, 'sigma_max': 30.0, 'beta_min': 0.2, 'beta_max': 10.0,
-                  'num_scales': 50}})
-    expected = {'vpsde': sde_lib.VPSDE, 'subvpsde': sde_lib.subVPSDE, 'vesde': sde_lib.VESDE,
-                'vesde_linear': sde_lib.LinearVESDE}
+    config = ml_collections.ConfigDict(
+        {
+            'training': {'sde': 'vpsde'},
+            'model': {
+                'sigma_min': 0.02,
+                'sigma_max': 30.0,
+                'beta_min': 0.2,
+                'beta_max': 10.0,
+                'num_scales': 50,
+            },
+        }
+    )
+    expected = {
+        'vpsde': sde_lib.VPSDE,
+        'subvpsde': sde_lib.subVPSDE,
+        'vesde': sde_lib.VESDE,
+        'vesde_linear': sde_lib.LinearVESDE,
+    }
     for name, cls in expected.items():
         config.training.sde = name.upper()
         sde = sde_lib.get_sde(config)

@@ -7,6 +7,7 @@
   a half-written checkpoint is skipped with a warning.
 - A non-finite loss stops training with a message naming the last good checkpoint.
 """
+
 from __future__ import annotations
 
 import glob
@@ -47,9 +48,15 @@ def _final_params(workdir: str, config) -> dict:
     """Parameters of the newest preemption checkpoint of ``workdir``."""
     _, _, template = create_train_state(prepare_config(config), get_mesh())
     state = checkpointing.restore_latest_preemption(workdir, template)
-    return train_utils.flat_params({'params': state.params, 'ema': state.ema_params,
-                                    'opt': state.opt_state, 'rng': state.rng,
-                                    'step': state.step})
+    return train_utils.flat_params(
+        {
+            'params': state.params,
+            'ema': state.ema_params,
+            'opt': state.opt_state,
+            'rng': state.rng,
+            'step': state.step,
+        }
+    )
 
 
 def test_digits_command_line_train_then_eval(tmp_path):
@@ -59,10 +66,18 @@ def test_digits_command_line_train_then_eval(tmp_path):
     ≈ 11.7 here), which checks the restored checkpoint, the dequantization, the scaler's
     Jacobian, the prior and the bin offset end to end (each off by ≥ 1 bit/dim if wrong)."""
     workdir = str(tmp_path / 'digits')
-    overrides = {'training.n_iters': 10, 'training.snapshot_sampling': True,
-                 'sampling.method': 'pc', 'eval.begin_ckpt': 1, 'eval.end_ckpt': 1,
-                 'eval.batch_size': 200, 'eval.rtol': 1e-3, 'eval.atol': 1e-3,
-                 'eval.enable_loss': False, 'optim.lr': 1e-12}
+    overrides = {
+        'training.n_iters': 10,
+        'training.snapshot_sampling': True,
+        'sampling.method': 'pc',
+        'eval.begin_ckpt': 1,
+        'eval.end_ckpt': 1,
+        'eval.batch_size': 200,
+        'eval.rtol': 1e-3,
+        'eval.atol': 1e-3,
+        'eval.enable_loss': False,
+        'optim.lr': 1e-12,
+    }
     flags = train_utils.cli_flags('digits', overrides) + ['--workdir', workdir]
     result = train_utils.run_main(flags + ['--mode', 'train'])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -105,8 +120,9 @@ def test_npz_vectors_outputs_and_exact_resume(tmp_path):
     run_lib.train(config, resumed_dir)
     config.training.n_iters = 20
     resumed = run_lib.train(config, resumed_dir)
-    train_utils.assert_trees_close(train_utils.flat_params(resumed),
-                                   train_utils.flat_params(straight))
+    train_utils.assert_trees_close(
+        train_utils.flat_params(resumed), train_utils.flat_params(straight)
+    )
     # Training that is already complete returns at once.
     again = trainer.Trainer(prepare_config(config), resumed_dir)
     assert int(again.run().step) == 20 and not again.history
@@ -117,8 +133,14 @@ def test_scan_chunk_equals_per_step_dispatch(tmp_path):
     config = prepare_config(_npz_config(tmp_path))
     mesh = get_mesh()
     model, optimizer, state = create_train_state(config, mesh)
-    step_fn = losses.get_step_fn(sde_lib.get_sde(config), model, optimizer, train=True,
-                                 likelihood_weighting=True, importance_weighting=True)
+    step_fn = losses.get_step_fn(
+        sde_lib.get_sde(config),
+        model,
+        optimizer,
+        train=True,
+        likelihood_weighting=True,
+        importance_weighting=True,
+    )
     batch = next(datasets.get_train_iterator(config))
     results = []
     for use_scan in (True, False):
@@ -141,10 +163,15 @@ def test_cifar10_mock_data(tmp_path):
     train and eval loss is 1 up to the χ² noise of 16 × 3072 normals (sd 0.007). A
     weighting that lost the importance sampling (w = g²/σ², up to 1e5) fails this."""
     tfds = pytest.importorskip('tensorflow_datasets')
-    config = train_utils.load_config('cifar10', {'training.n_iters': 5,
-                                                 'training.eval_freq': 5,
-                                                 'training.snapshot_freq': 5,
-                                                 'optim.lr': 1e-12})
+    config = train_utils.load_config(
+        'cifar10',
+        {
+            'training.n_iters': 5,
+            'training.eval_freq': 5,
+            'training.snapshot_freq': 5,
+            'optim.lr': 1e-12,
+        },
+    )
     with tfds.testing.mock_data(num_examples=32):
         loop = trainer.Trainer(prepare_config(config), str(tmp_path))
         state = loop.run()
@@ -165,16 +192,34 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
 
 
 def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):
-    overrides = {'training.n_iters': 600, 'training.log_freq': 50,
-                 'training.eval_freq': 300, 'training.snapshot_freq': 300,
-                 'training.snapshot_freq_for_preemption': 50, 'training.batch_size': 64}
+    overrides = {
+        'training.n_iters': 600,
+        'training.log_freq': 50,
+        'training.eval_freq': 300,
+        'training.snapshot_freq': 300,
+        'training.snapshot_freq_for_preemption': 50,
+        'training.batch_size': 64,
+    }
     config = _npz_config(tmp_path, **overrides)
     workdir = str(tmp_path / 'killed')
     flags = train_utils.cli_flags('npz', {**overrides, 'data.path': config.data.path})
-    args = [sys.executable, os.path.join(train_utils.REPO, 'main.py'), *flags,
-            '--workdir', workdir, '--mode', 'train']
-    proc = subprocess.Popen(args, env=train_utils.subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=train_utils.REPO)
+    args = [
+        sys.executable,
+        os.path.join(train_utils.REPO, 'main.py'),
+        *flags,
+        '--workdir',
+        workdir,
+        '--mode',
+        'train',
+    ]
+    proc = subprocess.Popen(
+        args,
+        env=train_utils.subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=train_utils.REPO,
+    )
     try:
         _wait_for(lambda: checkpointing.list_preemption_checkpoints(workdir), 300, proc)
         delay = float(np.random.default_rng().uniform(0.0, 0.5))
@@ -194,17 +239,28 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):
     shutil.copytree(os.path.join(meta, str(saved[-1])), partial)
     os.remove(os.path.join(partial, checkpointing.COMMIT_MARKER))
 
-    result = subprocess.run(args, env=train_utils.subprocess_env(), capture_output=True,
-                            text=True, cwd=train_utils.REPO, timeout=300)
+    result = subprocess.run(
+        args,
+        env=train_utils.subprocess_env(),
+        capture_output=True,
+        text=True,
+        cwd=train_utils.REPO,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Skipping incomplete checkpoint' in result.stderr
     assert f'steps {saved[-1]} -> 600' in result.stderr
 
     reference = run_lib.train(config, str(tmp_path / 'straight'))
-    expected = train_utils.flat_params({'params': reference.params,
-                                        'ema': reference.ema_params,
-                                        'opt': reference.opt_state, 'rng': reference.rng,
-                                        'step': reference.step})
+    expected = train_utils.flat_params(
+        {
+            'params': reference.params,
+            'ema': reference.ema_params,
+            'opt': reference.opt_state,
+            'rng': reference.rng,
+            'step': reference.step,
+        }
+    )
     train_utils.assert_trees_close(_final_params(workdir, config), expected, atol=1e-6)
 
 
@@ -219,8 +275,7 @@ def test_non_finite_loss_stops_and_names_last_good_checkpoint(tmp_path):
     # The first step whose batch holds row 123 (the iterator is a pure function of step).
     resolved = prepare_config(config)
     shard = datasets.get_shard(resolved, 'train')
-    bad = next(s for s in range(60)
-               if np.isnan(datasets.train_batch(resolved, shard, s, 16)).any())
+    bad = next(s for s in range(60) if np.isnan(datasets.train_batch(resolved, shard, s, 16)).any())
     assert bad >= 10, bad  # the data make a checkpoint precede the bad step
     with pytest.raises(UserError, match=f'non-finite at step {bad}') as info:
         run_lib.train(config, str(tmp_path / 'run'))

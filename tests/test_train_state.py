@@ -1,5 +1,6 @@
 """train_state: the optimizer and EMA against NumPy references of the original code's
 ``optimization_manager`` + ``flax.optim.Adam`` and TensorFlow's EMA with num_updates."""
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -12,8 +13,16 @@ from errors import UserError
 
 # --- optimizer and EMA -----------------------------------------------------------
 def optim_config(**overrides):
-    optim = dict(optimizer='Adam', lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 warmup=0, grad_clip=-1.0)
+    optim = dict(
+        optimizer='Adam',
+        lr=0.1,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        warmup=0,
+        grad_clip=-1.0,
+    )
     optim.update(overrides)
     return ml_collections.ConfigDict({'optim': optim})
 
@@ -30,7 +39,7 @@ def numpy_reference(params, grads_seq, lr, warmup, clip, wd, b1=0.9, b2=0.999, e
         if clip >= 0:
             g = g * clip / max(np.linalg.norm(g), clip)
         m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g ** 2
+        v = b2 * v + (1 - b2) * g**2
         update = (m / (1 - b1 ** (n + 1))) / (np.sqrt(v / (1 - b2 ** (n + 1))) + eps)
         p = p - lr_n * update - lr_n * wd * p
         out.append(p.copy())
@@ -38,14 +47,16 @@ def numpy_reference(params, grads_seq, lr, warmup, clip, wd, b1=0.9, b2=0.999, e
     return out, lrs
 
 
-@pytest.mark.parametrize('warmup,clip,wd,name', [(3, 1.0, 0.01, 'Adam'), (0, -1.0, 0.0, 'Adam'),
-                                                 (2, 0.5, 0.1, 'AdamW')])
+@pytest.mark.parametrize(
+    'warmup,clip,wd,name', [(3, 1.0, 0.01, 'Adam'), (0, -1.0, 0.0, 'Adam'), (2, 0.5, 0.1, 'AdamW')]
+)
 def test_optimizer_matches_original_semantics(warmup, clip, wd, name):
     rs = np.random.RandomState(0)
     grads_seq = [rs.randn(5) * s for s in (5.0, 0.1, 2.0, 0.3, 4.0, 1.0)]
     params0 = rs.randn(5)
-    tx = train_state.get_optimizer(optim_config(optimizer=name, warmup=warmup, grad_clip=clip,
-                                           weight_decay=wd))
+    tx = train_state.get_optimizer(
+        optim_config(optimizer=name, warmup=warmup, grad_clip=clip, weight_decay=wd)
+    )
     params = {'w': jnp.asarray(params0[:3], jnp.float32), 'b': jnp.asarray(params0[3:])}
     state = tx.init(params)
     ref, ref_lrs = numpy_reference(params0, grads_seq, 0.1, warmup, clip, wd)
@@ -66,6 +77,6 @@ def test_unknown_optimizer_is_a_user_error():
 
 def test_ema_warm_up():
     ema, new = {'a': jnp.asarray([1.0])}, {'a': jnp.asarray([0.0])}
-    for step, decay in ((0, 0.1), (5, 6 / 15), (1000, 1001 / 1010), (10 ** 6, 0.999)):
+    for step, decay in ((0, 0.1), (5, 6 / 15), (1000, 1001 / 1010), (10**6, 0.999)):
         got = train_state.ema_update(ema, new, jnp.asarray(step), 0.999)['a']
         np.testing.assert_allclose(got, [decay], rtol=1e-6)

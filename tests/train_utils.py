@@ -3,6 +3,7 @@
 Imported as a top-level module (pytest puts ``tests/`` on ``sys.path``; the worker
 scripts run from ``tests/``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,24 +29,42 @@ CONFIG_FILES = {
     'digits': 'configs/vp/digits_lw_is.py',
     'cifar10': 'configs/vp/cifar10_lw_is.py',
 }
-_SCHEDULE = {'training.n_iters': 20, 'training.n_jitted_steps': 5,
-             'training.log_freq': 5, 'training.eval_freq': 10,
-             'training.snapshot_freq': 10, 'training.snapshot_freq_for_preemption': 5,
-             'training.snapshot_sampling': False, 'training.batch_size': 16,
-             'optim.warmup': 0}
-_TINY_CNN = {'model.nf': 8, 'model.ch_mult': (1,), 'model.num_res_blocks': 1,
-             'model.attn_resolutions': (), 'model.dropout': 0.0, 'model.num_scales': 20}
+_SCHEDULE = {
+    'training.n_iters': 20,
+    'training.n_jitted_steps': 5,
+    'training.log_freq': 5,
+    'training.eval_freq': 10,
+    'training.snapshot_freq': 10,
+    'training.snapshot_freq_for_preemption': 5,
+    'training.snapshot_sampling': False,
+    'training.batch_size': 16,
+    'optim.warmup': 0,
+}
+_TINY_CNN = {
+    'model.nf': 8,
+    'model.ch_mult': (1,),
+    'model.num_res_blocks': 1,
+    'model.attn_resolutions': (),
+    'model.dropout': 0.0,
+    'model.num_scales': 20,
+}
 TINY = {
     'toy': {**_SCHEDULE, 'model.nf': 32, 'model.num_res_blocks': 1},
-    'npz': {**_SCHEDULE, 'model.nf': 32, 'model.num_res_blocks': 1,
-            'data.dataset': 'NPZ', 'data.dim': 0},
+    'npz': {
+        **_SCHEDULE,
+        'model.nf': 32,
+        'model.num_res_blocks': 1,
+        'data.dataset': 'NPZ',
+        'data.dim': 0,
+    },
     'digits': {**_SCHEDULE, **_TINY_CNN},
     'cifar10': {**_SCHEDULE, **_TINY_CNN, 'data.random_flip': False},
 }
 
 
-def write_vector_npz(path: str, dim: int = 2, num_train: int = 512, num_test: int = 64,
-                     seed: int = 0) -> str:
+def write_vector_npz(
+    path: str, dim: int = 2, num_train: int = 512, num_test: int = 64, seed: int = 0
+) -> str:
     """An NPZ file of float32 vectors: a ring of 8 Gaussians in the first two coordinates."""
     rng = np.random.default_rng(seed)
 
@@ -77,7 +96,7 @@ def zero_score_bpd(config, levels: Optional[np.ndarray] = None) -> float:
     log_alpha = np.asarray(sde.log_mean_coeff(np.asarray([config.eval.eps, sde.T])))
     log_c = float(log_alpha[1] - log_alpha[0])
     mean_y = 2 * (levels.reshape(len(levels), -1) + 0.5) / num_bins - 1
-    sq = np.sum(mean_y ** 2, 1) + dim * (2 / num_bins) ** 2 / 12
+    sq = np.sum(mean_y**2, 1) + dim * (2 / num_bins) ** 2 / 12
     nll = 0.5 * np.exp(2 * log_c) * sq + 0.5 * dim * np.log(2 * np.pi) - dim * log_c
     return float(np.mean((nll - dim * np.log(2)) / (dim * np.log(2)) + np.log2(num_bins)))
 
@@ -104,25 +123,38 @@ def cli_flags(kind: str, overrides: Optional[Dict[str, Any]] = None) -> List[str
     """``--config FILE --config.a.b=v ...`` reproducing ``load_config(kind, overrides)``."""
     flags = ['--config', os.path.join(REPO, CONFIG_FILES[kind])]
     for field, value in {**TINY[kind], **(overrides or {})}.items():
-        flags.append(f'--config.{field}={value!r}' if isinstance(value, tuple)
-                     else f'--config.{field}={value}')
+        flags.append(
+            f'--config.{field}={value!r}'
+            if isinstance(value, tuple)
+            else f'--config.{field}={value}'
+        )
     return flags
 
 
 def subprocess_env(devices: int = 1) -> Dict[str, str]:
     """CPU-only environment with ``devices`` host devices (XLA_FLAGS before jax import)."""
-    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS='cpu',
+        PYTHONPATH=REPO,
+        XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+    )
     env.pop('PYTEST_XDIST_WORKER', None)
     return env
 
 
-def run_main(args: List[str], timeout: float = 300, devices: int = 1
-             ) -> subprocess.CompletedProcess:
+def run_main(
+    args: List[str], timeout: float = 300, devices: int = 1
+) -> subprocess.CompletedProcess:
     """Runs ``python main.py ARGS`` to completion and returns its output."""
-    return subprocess.run([sys.executable, os.path.join(REPO, 'main.py')] + args,
-                          cwd=REPO, env=subprocess_env(devices), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, 'main.py')] + args,
+        cwd=REPO,
+        env=subprocess_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def flat_params(tree: Any) -> Dict[str, np.ndarray]:
@@ -132,13 +164,15 @@ def flat_params(tree: Any) -> Dict[str, np.ndarray]:
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         name = '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
-        flat[name] = np.asarray(leaf.addressable_data(0) if hasattr(leaf, 'addressable_data')
-                                else leaf)
+        flat[name] = np.asarray(
+            leaf.addressable_data(0) if hasattr(leaf, 'addressable_data') else leaf
+        )
     return flat
 
 
-def assert_trees_close(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray],
-                       atol: float = 0.0, rtol: float = 0.0) -> None:
+def assert_trees_close(
+    a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], atol: float = 0.0, rtol: float = 0.0
+) -> None:
     assert sorted(a) == sorted(b)
     for name in a:
         np.testing.assert_allclose(a[name], b[name], atol=atol, rtol=rtol, err_msg=name)

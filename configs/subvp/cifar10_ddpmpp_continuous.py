@@ -1,4 +1,5 @@
 """Score SDE: DDPM++ (continuous), sub-VP SDE, CIFAR-10."""
+
 from configs.vp.cifar10_ddpmpp_continuous import get_config as ddpmpp_config
 
 

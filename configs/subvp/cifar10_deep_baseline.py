@@ -1,4 +1,5 @@
 """ScoreFlow: sub-VP, deep DDPM++, CIFAR-10, λ = σ² (Score SDE)."""
+
 from configs.scoreflow_table import get_config as table_config
 
 

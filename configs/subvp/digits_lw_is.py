@@ -1,5 +1,6 @@
 """DIGITS, sub-VP SDE, small DDPM++, likelihood weighting + importance sampling; ε = 1e-2
 for training, sampling and likelihoods, as score_flow's sub-VP configs."""
+
 from configs import presets
 from configs.default_digits_configs import get_default_configs
 

@@ -1,4 +1,5 @@
 """ScoreFlow: sub-VP, deep DDPM++, ImageNet32, likelihood weighting."""
+
 from configs.scoreflow_table import get_config as table_config
 
 

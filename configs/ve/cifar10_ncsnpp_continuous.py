@@ -1,5 +1,6 @@
 """Score SDE: NCSN++ (continuous), VE SDE, CIFAR-10; PC sampling (reverse diffusion +
 Langevin)."""
+
 from configs import presets
 from configs.default_cifar10_configs import get_default_configs
 

@@ -2,6 +2,7 @@
 
 σ_max = 10: the largest distance between two centred training digits is 9.6 (Song & Ermon
 2020, technique 1: σ_max ≈ the largest pairwise distance)."""
+
 from configs import presets
 from configs.default_digits_configs import get_default_configs
 

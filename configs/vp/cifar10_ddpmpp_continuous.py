@@ -1,4 +1,5 @@
 """Score SDE: DDPM++ (continuous), VP SDE, CIFAR-10; PC sampling (Euler–Maruyama)."""
+
 from configs import presets
 from configs.default_cifar10_configs import get_default_configs
 

@@ -1,4 +1,5 @@
 """ScoreFlow: VP, deep DDPM++, CIFAR-10, likelihood weighting."""
+
 from configs.scoreflow_table import get_config as table_config
 
 

@@ -1,4 +1,5 @@
 """DIGITS (8×8, 17 levels), VP SDE, small DDPM++, weighting 'lw' (see configs.presets)."""
+
 from configs import presets
 from configs.default_digits_configs import get_default_configs
 

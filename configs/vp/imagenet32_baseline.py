@@ -1,4 +1,5 @@
 """ScoreFlow: VP, DDPM++, ImageNet32, λ = σ² (Score SDE)."""
+
 from configs.scoreflow_table import get_config as table_config
 
 

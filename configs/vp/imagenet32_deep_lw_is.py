@@ -1,4 +1,5 @@
 """ScoreFlow: VP, deep DDPM++, ImageNet32, likelihood weighting + importance sampling."""
+
 from configs.scoreflow_table import get_config as table_config
 
 

@@ -1,4 +1,5 @@
 """TOY (2-D ring of 8 Gaussians), VP SDE, MLP, weighting 'baseline' (see configs.presets)."""
+
 from configs import presets
 from configs.default_toy_configs import get_default_configs
 
