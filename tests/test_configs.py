@@ -16,7 +16,12 @@ from configs.validation import validate_config
 from errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-LEAVES = sorted(p for p in (ROOT / 'configs').glob('*/*.py') if p.name != '__init__.py')
+LEAVES = sorted(
+    p
+    for pattern in ('*/*.py', 'score_flow/*/*.py')  # ours, and score_flow's own configs
+    for p in (ROOT / 'configs').glob(pattern)
+    if p.name != '__init__.py'
+)
 
 
 def load_leaf(path: pathlib.Path):
@@ -472,7 +477,7 @@ SF_ABSENT = {
     'model.data_init',
 }
 SF_DELIBERATE = {  # (our folder, dataset, weighting) -> our values
-    # configs/scoreflow_table.py docstring: the ε = 5e-5 that score_flow's VP ImageNet32
+    # configs/vp/imagenet32_{,deep_}lw_is.py: the ε = 5e-5 that score_flow's VP ImageNet32
     # files meant for likelihood weighting + importance sampling (see SF_VP_IMAGENET32).
     ('vp', 'imagenet32', 'lw_is'): {'training.eps': 5e-5, 'eval.eps': 5e-5},
 }

@@ -1,7 +1,10 @@
-"""ScoreFlow: sub-VP, deep DDPM++, CIFAR-10, λ = σ² (Score SDE)."""
+"""ScoreFlow, Table 2: sub-VP SDE, deep DDPM++, CIFAR-10; σ²-weighting (the Score SDE objective)."""
 
-from configs.scoreflow_table import get_config as table_config
+from configs import presets
+from configs.score_flow.subvp import cifar10_ddpmpp_deep_continuous as score_flow
 
 
 def get_config():
-    return table_config('subvpsde', 'cifar10', deep=True, weighting='baseline')
+    config = score_flow.get_config()
+    presets.set_weighting(config, 'baseline')
+    return config

@@ -1,7 +1,11 @@
-"""ScoreFlow: sub-VP, deep DDPM++, CIFAR-10, likelihood weighting."""
+"""ScoreFlow, Table 2: sub-VP SDE, deep DDPM++, CIFAR-10; likelihood weighting λ = g², t ~
+U(ε, 1)."""
 
-from configs.scoreflow_table import get_config as table_config
+from configs import presets
+from configs.score_flow.subvp import cifar10_ddpmpp_deep_continuous as score_flow
 
 
 def get_config():
-    return table_config('subvpsde', 'cifar10', deep=True, weighting='lw')
+    config = score_flow.get_config()
+    presets.set_weighting(config, 'lw')
+    return config

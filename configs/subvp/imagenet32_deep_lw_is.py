@@ -1,7 +1,11 @@
-"""ScoreFlow: sub-VP, deep DDPM++, ImageNet32, likelihood weighting + importance sampling."""
+"""ScoreFlow, Table 2: sub-VP SDE, deep DDPM++, ImageNet 32×32; likelihood weighting λ = g²
+with importance sampling of t."""
 
-from configs.scoreflow_table import get_config as table_config
+from configs import presets
+from configs.score_flow.subvp import imagenet32_ddpmpp_deep_continuous as score_flow
 
 
 def get_config():
-    return table_config('subvpsde', 'imagenet32', deep=True, weighting='lw_is')
+    config = score_flow.get_config()
+    presets.set_weighting(config, 'lw_is')
+    return config

@@ -1,7 +1,11 @@
-"""ScoreFlow: VP, deep DDPM++, CIFAR-10, likelihood weighting + importance sampling."""
+"""ScoreFlow, Table 2: VP SDE, deep DDPM++, CIFAR-10; likelihood weighting λ = g² with
+importance sampling of t."""
 
-from configs.scoreflow_table import get_config as table_config
+from configs import presets
+from configs.score_flow.vp import cifar10_ddpmpp_deep_continuous as score_flow
 
 
 def get_config():
-    return table_config('vpsde', 'cifar10', deep=True, weighting='lw_is')
+    config = score_flow.get_config()
+    presets.set_weighting(config, 'lw_is')
+    return config

@@ -1,7 +1,10 @@
-"""ScoreFlow: VP, DDPM++, CIFAR-10, likelihood weighting."""
+"""ScoreFlow, Table 2: VP SDE, DDPM++, CIFAR-10; likelihood weighting λ = g², t ~ U(ε, 1)."""
 
-from configs.scoreflow_table import get_config as table_config
+from configs import presets
+from configs.score_flow.vp import cifar10_ddpmpp_continuous as score_flow
 
 
 def get_config():
-    return table_config('vpsde', 'cifar10', deep=False, weighting='lw')
+    config = score_flow.get_config()
+    presets.set_weighting(config, 'lw')
+    return config

@@ -1,7 +1,10 @@
-"""ScoreFlow: VP, DDPM++, ImageNet32, λ = σ² (Score SDE)."""
+"""ScoreFlow, Table 2: VP SDE, DDPM++, ImageNet 32×32; σ²-weighting (the Score SDE objective)."""
 
-from configs.scoreflow_table import get_config as table_config
+from configs import presets
+from configs.score_flow.vp import imagenet32_ddpmpp_continuous as score_flow
 
 
 def get_config():
-    return table_config('vpsde', 'imagenet32', deep=False, weighting='baseline')
+    config = score_flow.get_config()
+    presets.set_weighting(config, 'baseline')
+    return config

@@ -1,7 +1,11 @@
-"""ScoreFlow: VP, deep DDPM++, ImageNet32, likelihood weighting."""
+"""ScoreFlow, Table 2: VP SDE, deep DDPM++, ImageNet 32×32; likelihood weighting λ = g², t ~
+U(ε, 1)."""
 
-from configs.scoreflow_table import get_config as table_config
+from configs import presets
+from configs.score_flow.vp import imagenet32_ddpmpp_deep_continuous as score_flow
 
 
 def get_config():
-    return table_config('vpsde', 'imagenet32', deep=True, weighting='lw')
+    config = score_flow.get_config()
+    presets.set_weighting(config, 'lw')
+    return config

@@ -1,0 +1,1 @@
+"""score_flow's configs for the vp SDE."""

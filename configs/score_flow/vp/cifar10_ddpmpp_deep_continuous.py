@@ -1,0 +1,12 @@
+"""score_flow configs/vp/cifar10_ddpmpp_deep_continuous.py: as
+``cifar10_ddpmpp_continuous`` with the deep DDPM++ (8 residual blocks per resolution),
+950001 training steps, evaluated at checkpoint 19."""
+
+from configs import presets
+from configs.score_flow.vp import cifar10_ddpmpp_continuous
+
+
+def get_config():
+    config = cifar10_ddpmpp_continuous.get_config()
+    presets.paper_size(config, deep=True)
+    return config
