@@ -27,6 +27,7 @@ same loop.
 
 from __future__ import annotations
 
+import abc
 import datetime
 import os
 import time
@@ -153,7 +154,7 @@ def _due(step: int, freq: int) -> bool:
 # --- the loop -------------------------------------------------------------------------------
 
 
-class TrainLoop:
+class TrainLoop(abc.ABC):
     """A resumable, logged, checkpointed loop of ``step_fn`` up to ``n_iters`` steps.
 
     Subclasses give the host batches (:meth:`batches`) and may add periodic work
@@ -182,9 +183,9 @@ class TrainLoop:
         self.writer = SummaryWriter(os.path.join(folder, 'tensorboard')) if self.is_main else None
         self.history: list = []  # one dict per log line (step, train/loss, ...)
 
+    @abc.abstractmethod
     def batches(self, start_step: int) -> Iterator[np.ndarray]:
         """Host batches ``[n_jitted_steps, B / hosts, ...]`` from ``start_step`` on."""
-        raise NotImplementedError
 
     def describe(self, step: int) -> str:
         """What is trained, for the first log line."""
