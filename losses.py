@@ -330,7 +330,7 @@ def _batch_data(batch: Any) -> Array:
 
 
 def get_sde_loss_fn(
-    sde: sde_lib.SDE, model: Any, train: bool, options: Optional[LossOptions] = None, **fields
+    sde: sde_lib.SDE, model: Any, train: bool, *, options: Optional[LossOptions] = None, **fields
 ) -> Callable[[Array, Any, Any], Array]:
     """``loss_fn(rng, params, batch) -> scalar``: the batch mean of the chosen loss.
 
@@ -412,7 +412,7 @@ def get_step_fn(
     No collectives: jit it with batch shardings and XLA computes the global mean.
     The objective is ``options`` or its fields as keywords (:func:`get_sde_loss_fn`).
     """
-    loss_fn = get_sde_loss_fn(sde, model, train, _options(options, fields))
+    loss_fn = get_sde_loss_fn(sde, model, train, options=_options(options, fields))
 
     def train_step(state: TrainState, batch: Any, rng: Optional[Array] = None):
         rng = jax.random.fold_in(state.rng, state.step) if rng is None else rng
