@@ -46,13 +46,19 @@ import sde_lib
 from devices import get_mesh, local_mesh
 from errors import UserError
 from models import utils as mutils
-from train_state import TrainState, create_train_state, get_optimizer, replicated_state
+from train_state import (
+    STREAM_DEQ,
+    TrainState,
+    create_train_state,
+    get_optimizer,
+    replicated_state,
+    stream_key,
+)
 from trainer import TrainLoop
 
 Array = jax.Array
 
 DEQ_FOLDER = 'deq'
-STREAM_DEQ = 7  # folded into PRNGKey(config.seed) for the flow's initialisation and steps
 # Times of the bound per example and training step (an unbiased estimate of the bound).
 TRAIN_BOUND_TIMES = 4
 
@@ -140,7 +146,7 @@ def create_dequantizer(
 
 def initial_state(config: ml_collections.ConfigDict, mesh) -> Tuple[Dequantizer, Any, TrainState]:
     """(flow, optimizer, train state at step 0) of the dequantizer of ``config``."""
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), STREAM_DEQ)
+    key = stream_key(config.seed, STREAM_DEQ)
     model, variables = create_dequantizer(config, key)
     optimizer = get_optimizer(config)
     return model, optimizer, replicated_state(key, variables['params'], optimizer, mesh)

@@ -23,8 +23,9 @@ from models import utils as mutils
 
 Array = jax.Array
 
-# Independent random streams folded into PRNGKey(config.seed).
+# Independent random streams folded into PRNGKey(config.seed) (stream_key).
 STREAM_INIT, STREAM_TRAIN, STREAM_EVAL, STREAM_SAMPLE = range(4)
+STREAM_DEQ = 7  # the variational dequantizer's initialisation and steps
 OPTIMIZERS = ('Adam', 'AdamW')
 
 
@@ -138,15 +139,19 @@ def replicated_state(
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(params)
 
 
+def stream_key(seed: int, stream: int) -> Array:
+    """``fold_in(PRNGKey(seed), stream)``: the key of one of the run's random streams."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
+
+
 def create_train_state(
     config: ml_collections.ConfigDict, mesh: Mesh
 ) -> Tuple[Any, optax.GradientTransformation, TrainState]:
     """(model, optimizer, state at step 0) of the score model of a prepared ``config``,
     the state initialised replicated over ``mesh``."""
     optimizer = get_optimizer(config)
-    seed_key = jax.random.PRNGKey(config.seed)
-    model, variables = mutils.init_model(jax.random.fold_in(seed_key, STREAM_INIT), config)
+    model, variables = mutils.init_model(stream_key(config.seed, STREAM_INIT), config)
     state = replicated_state(
-        jax.random.fold_in(seed_key, STREAM_TRAIN), variables['params'], optimizer, mesh
+        stream_key(config.seed, STREAM_TRAIN), variables['params'], optimizer, mesh
     )
     return model, optimizer, state

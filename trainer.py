@@ -51,14 +51,10 @@ import sde_lib
 from devices import get_mesh, to_global
 from errors import UserError
 from models import utils as mutils
-from train_state import STREAM_EVAL, STREAM_SAMPLE, TrainState, create_train_state
+from train_state import STREAM_EVAL, STREAM_SAMPLE, TrainState, create_train_state, stream_key
 
 MAX_SNAPSHOT_SAMPLES = 64
 StepFn = Callable[[TrainState, jax.Array], Tuple[TrainState, Dict[str, jax.Array]]]
-
-
-def _stream_key(seed: int, stream: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
 
 
 # --- jitted pieces --------------------------------------------------------------------------
@@ -343,7 +339,7 @@ class Trainer(TrainLoop):
     # --- evaluation and samples -------------------------------------------------------------
     def _eval_loss_fn(self, eval_step_fn):
         """``eval_loss(state, batch, step) -> loss`` of the EMA parameters on ``batch``."""
-        key = _stream_key(self.config.seed, STREAM_EVAL)
+        key = stream_key(self.config.seed, STREAM_EVAL)
 
         def eval_loss(state, batch, step):
             _, metrics = eval_step_fn(state, self.scaler(batch), jax.random.fold_in(key, step))
@@ -406,7 +402,7 @@ class Trainer(TrainLoop):
             sampling_fn = sampling.get_sampling_fn(
                 self.config, self.sde, shape, datasets.get_data_inverse_scaler(self.config)
             )
-            key = _stream_key(self.config.seed, STREAM_SAMPLE)
+            key = stream_key(self.config.seed, STREAM_SAMPLE)
             continuous = self.config.training.continuous
 
             def sample(params, step):
