@@ -1,36 +1,50 @@
-"""Data: TFDS images, scikit-learn digits, NPZ files and a toy mixture, held in memory.
+"""Data: TFDS images, scikit-learn digits, photo patches, NPZ files and a toy mixture, in memory.
 
 Each host holds its own contiguous shard of a split as a numpy array: discrete data as
 integer levels x̄ ∈ {0, …, K−1} (uint8 ``[N, H, W, C]``), continuous data as float32
-vectors ``[N, D]``. Iterators turn shards into batches:
+vectors ``[N, D]``, and class labels where the source has them (int32 ``[N]``, row for row;
+``num_classes``, ``has_labels``). Iterators turn shards into batches:
 
 - ``get_train_iterator``: a pure function of (seed, step, host), so training resumes
   exactly, data order included, from any step. Per host and epoch a fixed permutation
   ``np.random.default_rng([seed, host, epoch])``; the batch of a step is a slice of it.
   Images map to [0, 1] as x̄/(K−1) (the original code) or, with
   ``data.uniform_dequantization``, as (x̄ + u)/K with u ~ U[0, 1)^D; random horizontal
-  flips with ``data.random_flip``; vectors are returned unchanged.
+  flips with ``data.random_flip``; vectors are returned unchanged. ``with_labels=True``
+  adds the labels of the same rows (``train_labels``).
 - ``get_eval_iterator``: every example of a split exactly once per pass, in a fixed order,
-  the last batch padded, with a mask and each example's global index (so evaluators can
-  draw per-example noise from ``fold_in(key, index)``, independent of batching and hosts).
+  the last batch padded, with a mask, each example's global index (so evaluators can draw
+  per-example noise from ``fold_in(key, index)``, independent of batching and hosts) and
+  its label (−1 for padding and for data without labels).
 
 Sources (``config.data.dataset``):
 
-- ``CIFAR10``: TFDS ``cifar10`` 3.0.2, train 50000 / test 10000.
-- ``SVHN``: TFDS ``svhn_cropped`` 3.1.0, train 73257 / test 26032.
+- ``CIFAR10``: TFDS ``cifar10`` 3.0.2, train 50000 / test 10000; 10 classes.
+- ``SVHN``: TFDS ``svhn_cropped`` 3.1.0, train 73257 / test 26032; 10 classes.
 - ``IMAGENET32``: TFDS ``downsampled_imagenet/32x32`` 2.0.0, train 1281149 / validation
   49999: the "old" ImageNet 32×32 of van den Oord et al. (2016) used by the flow
   literature and ScoreFlow. Its download link is dead; prepare it from a local copy. It is
   not ``imagenet_resized/32x32`` (Chrabaszcz et al., 2017), whose bits/dim differ.
 - ``CELEBA``: TFDS ``celeb_a`` 2.1.0, train / validation, centre crop 140 × 140 resized
   (bilinear, antialiased) to ``data.image_size``, as Score SDE, then rounded to uint8.
+  CelebA and ImageNet32 have no labels.
 - ``DIGITS``: ``sklearn.datasets.load_digits`` (1797 8×8 images, levels 0–16, K = 17);
   train = the first 1600 of ``np.random.default_rng(0).permutation(1797)``, test = the
-  other 197.
+  other 197; labels ``load_digits().target`` (10 classes).
+- ``PHOTOS``: 16×16 RGB patches (K = 256) of seven photographs that install with the
+  requirements: scikit-learn's ``load_sample_images()`` (china, flower) and scikit-image's
+  ``skimage.data`` (astronaut, coffee, chelsea, rocket, ``stereo_motorcycle()[0]``). Each
+  photo is resized with PIL (LANCZOS) so that its shorter side is 128 px (the longer one
+  rounded to the nearest pixel), then cut into 16×16 patches on a stride-8 grid, row-major,
+  photos in the order of ``PHOTOS_SPLITS``. Split by photograph: train = china, flower,
+  astronaut, chelsea, motorcycle (1590 patches), test = coffee, rocket (690). No labels.
 - ``NPZ``: ``config.data.path``, arrays ``train`` and ``test``: integer images
-  ``[N, H, W, C]`` with ``data.num_bins`` levels, or float vectors ``[N, D]``.
+  ``[N, H, W, C]`` with ``data.num_bins`` levels, or float vectors ``[N, D]``; optional
+  labels ``train_labels`` and ``test_labels`` (both or neither: 1-D integers ≥ 0, one per
+  example; ``1 + max`` classes).
 - ``TOY``: ``toy_distribution(config)``, 8 Gaussians on a circle in ``data.dim``
-  dimensions; 20000 train / 2000 test samples drawn once with fixed keys.
+  dimensions; 20000 train / 2000 test samples drawn once with fixed keys; the label of a
+  sample is its mixture component (8 classes).
 
 TFDS data must be prepared beforehand (``tfds build cifar10 --data_dir DIR`` on a machine
 with network) or downloaded on first use with ``--config.data.download=True``; missing
@@ -50,7 +64,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from sklearn.datasets import load_digits
+from PIL import Image
+from sklearn.datasets import load_digits, load_sample_images
 
 import mixture
 from errors import UserError
@@ -62,6 +77,14 @@ TOY_NUM_TEST = 2000
 TOY_SEEDS = {'train': 0, 'test': 1}
 SPLITS = ('train', 'test')
 _TFDS_READ_BATCH = 4096
+PHOTOS_SHORT_SIDE = 128
+PHOTOS_PATCH = 16
+PHOTOS_STRIDE = 8
+# Photographs by split (the split is by photograph: no scene is in both).
+PHOTOS_SPLITS = {
+    'train': ('china', 'flower', 'astronaut', 'chelsea', 'motorcycle'),
+    'test': ('coffee', 'rocket'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +109,17 @@ TFDS_SOURCES = {
 }
 CELEBA_CROP = 140
 # Every value of config.data.dataset with its number of levels K: the one list of dataset
-# names (validation reads it). None: NPZ images have data.num_bins levels; TOY is continuous.
-DATASET_NUM_BINS = {**{name: 256 for name in TFDS_SOURCES}, 'DIGITS': 17, 'NPZ': None, 'TOY': None}
+# names (validation reads it). TFDS images and PHOTOS have 256 levels, DIGITS 17. None: NPZ
+# images have data.num_bins levels; TOY is continuous.
+DATASET_NUM_BINS = {
+    **{name: 256 for name in TFDS_SOURCES},
+    'DIGITS': 17,
+    'PHOTOS': 256,
+    'NPZ': None,
+    'TOY': None,
+}
+# Datasets with a fixed number of classes (TOY: its mixture's components; NPZ: its labels).
+DATASET_NUM_CLASSES = {'CIFAR10': 10, 'SVHN': 10, 'DIGITS': 10}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,22 +130,26 @@ class Shard:
       data: uint8 levels ``[n, H, W, C]`` or float32 vectors ``[n, D]`` (read-only).
       num_examples: size of the whole split, over all hosts.
       start: global index of ``data[0]`` in the split.
+      labels: int32 class labels ``[n]`` of the rows of ``data`` (read-only); None when the
+        dataset has no labels.
     """
 
     data: np.ndarray
     num_examples: int
     start: int
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.data)
 
 
 class EvalBatch(NamedTuple):
-    """One evaluation batch; padding rows are zeros with mask False and index −1."""
+    """One evaluation batch; padding rows are zeros with mask False, index and label −1."""
 
     x: np.ndarray  # [B, ...] uint8 levels or float32 vectors
     mask: np.ndarray  # [B] bool, True for real examples
     index: np.ndarray  # [B] int32 global example index in the split
+    labels: np.ndarray  # [B] int32 class label; −1 for padding and data without labels
 
 
 # --- what the rest of the code needs to know about the data ----------------------------
@@ -160,6 +196,14 @@ def dataset_info(config: ml_collections.ConfigDict) -> dict:
             split_seed=DIGITS_SEED,
             num_train=DIGITS_NUM_TRAIN,
         )
+    elif dataset == 'PHOTOS':
+        info.update(
+            source='sklearn.datasets.load_sample_images (china, flower), skimage.data '
+            '(astronaut, coffee, chelsea, rocket, stereo_motorcycle()[0] as motorcycle)',
+            recipe=f'PIL LANCZOS resize to shorter side {PHOTOS_SHORT_SIDE}, '
+            f'{PHOTOS_PATCH}x{PHOTOS_PATCH} patches on a stride-{PHOTOS_STRIDE} grid',
+            photos={split: list(names) for split, names in PHOTOS_SPLITS.items()},
+        )
     elif dataset == 'NPZ':
         info.update(source=os.path.abspath(config.data.path))
     else:
@@ -170,6 +214,26 @@ def dataset_info(config: ml_collections.ConfigDict) -> dict:
             num_test=TOY_NUM_TEST,
         )
     return info
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int | None:
+    """Number of classes of the labels (``DATASET_NUM_CLASSES``; TOY: the mixture's
+    components; NPZ: 1 + the largest of ``train_labels`` and ``test_labels``, read from the
+    file); None for data without labels."""
+    dataset = config.data.dataset
+    if dataset == 'TOY':
+        return len(toy_distribution(config).weights)
+    if dataset == 'NPZ':
+        labels = [_npz_labels(config.data.path, split) for split in SPLITS]
+        if labels[0] is None:
+            return None
+        return 1 + max((int(y.max()) for y in labels if y.size), default=-1)
+    return DATASET_NUM_CLASSES.get(dataset)
+
+
+def has_labels(config: ml_collections.ConfigDict) -> bool:
+    """True when the data come with class labels (:func:`num_classes` is not None)."""
+    return num_classes(config) is not None
 
 
 def split_size(config: ml_collections.ConfigDict, split: str) -> int:
@@ -347,22 +411,34 @@ def _load_shard(key: tuple, process_index: int, process_count: int) -> Shard:
             process_count,
         )
     else:
-        if dataset == 'DIGITS':
-            array = _load_digits(split)
-        elif dataset == 'NPZ':
-            array = _load_npz(path, split, bins)
-        elif dataset == 'TOY':
-            array = _load_toy(split, dim)
-        else:
-            raise UserError(
-                f'config.data.dataset={dataset!r} is not one of '
-                f'{", ".join(DATASET_NUM_BINS)}; fix --config.data.dataset'
-            )
+        array, labels = _load_in_memory(dataset, split, path, bins, dim)
         start, stop = shard_bounds(len(array), process_index, process_count)
-        shard = Shard(array[start:stop], len(array), start)
+        part = None if labels is None else labels[start:stop]
+        shard = Shard(array[start:stop], len(array), start, part)
     _check_shape(shard.data, dataset, image_size, num_channels, dim)
     shard.data.flags.writeable = False
+    if shard.labels is not None:
+        assert shard.labels.shape == (len(shard.data),) and shard.labels.dtype == np.int32
+        shard.labels.flags.writeable = False
     return shard
+
+
+def _load_in_memory(
+    dataset: str, split: str, path: str, bins: int, dim: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The whole split of a non-TFDS source and its int32 labels (or None)."""
+    if dataset == 'DIGITS':
+        return _load_digits(split)
+    if dataset == 'PHOTOS':
+        return _load_photos(split), None
+    if dataset == 'NPZ':
+        return _load_npz(path, split, bins), _npz_labels(path, split)
+    if dataset == 'TOY':
+        return _load_toy(split, dim)
+    raise UserError(
+        f'config.data.dataset={dataset!r} is not one of '
+        f'{", ".join(DATASET_NUM_BINS)}; fix --config.data.dataset'
+    )
 
 
 def _check_shape(
@@ -394,11 +470,41 @@ def _check_shape(
 # --- in-memory sources ----------------------------------------------------------------
 
 
-def _load_digits(split: str) -> np.ndarray:
-    images = load_digits().images.astype(np.uint8)[..., None]  # [1797, 8, 8, 1], 0..16
+def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 ``[n, 8, 8, 1]`` (levels 0–16) and their digits int32 ``[n]``."""
+    digits = load_digits()
+    images = digits.images.astype(np.uint8)[..., None]  # [1797, 8, 8, 1], 0..16
     order = np.random.default_rng(DIGITS_SEED).permutation(len(images))
     part = order[:DIGITS_NUM_TRAIN] if split == 'train' else order[DIGITS_NUM_TRAIN:]
-    return images[part]
+    return images[part], digits.target[part].astype(np.int32)
+
+
+def _photo(name: str) -> np.ndarray:
+    """One bundled colour photograph, uint8 ``[H, W, 3]`` (no network needed)."""
+    if name in ('china', 'flower'):
+        bunch = load_sample_images()
+        names = [os.path.basename(f) for f in bunch.filenames]
+        return bunch.images[names.index(f'{name}.jpg')]
+    from skimage import data as photos  # deferred: scikit-image is slow to import
+
+    return photos.stereo_motorcycle()[0] if name == 'motorcycle' else getattr(photos, name)()
+
+
+def photo_patches(image: np.ndarray) -> np.ndarray:
+    """uint8 ``[N, 16, 16, 3]``: ``image`` resized (PIL LANCZOS) to a shorter side of
+    ``PHOTOS_SHORT_SIDE`` px, cut on a stride-``PHOTOS_STRIDE`` grid, row-major."""
+    height, width = image.shape[:2]
+    scale = PHOTOS_SHORT_SIDE / min(height, width)
+    size = (round(width * scale), round(height * scale))
+    resized = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    shape = (PHOTOS_PATCH, PHOTOS_PATCH, 3)
+    windows = np.lib.stride_tricks.sliding_window_view(resized, shape)  # [h', w', 1, *shape]
+    return np.ascontiguousarray(windows[::PHOTOS_STRIDE, ::PHOTOS_STRIDE, 0].reshape(-1, *shape))
+
+
+def _load_photos(split: str) -> np.ndarray:
+    """The PHOTOS patches of ``split``: its photographs' patches, in ``PHOTOS_SPLITS`` order."""
+    return np.concatenate([photo_patches(_photo(name)) for name in PHOTOS_SPLITS[split]])
 
 
 def toy_distribution(config: ml_collections.ConfigDict) -> mixture.GaussianMixture:
@@ -406,11 +512,13 @@ def toy_distribution(config: ml_collections.ConfigDict) -> mixture.GaussianMixtu
     return mixture.ring_mixture(dim=int(config.data.dim))
 
 
-def _load_toy(split: str, dim: int) -> np.ndarray:
+def _load_toy(split: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Samples float32 ``[n, dim]`` of the ring mixture and their components int32 ``[n]``."""
     n = TOY_NUM_TRAIN if split == 'train' else TOY_NUM_TEST
     key = jax.random.PRNGKey(TOY_SEEDS[split])
     with jax.default_device(jax.devices('cpu')[0]):
-        return np.asarray(mixture.ring_mixture(dim=dim).sample(key, n), np.float32)
+        x, k = mixture.ring_mixture(dim=dim).sample_with_components(key, n)
+        return np.asarray(x, np.float32), np.asarray(k, np.int32)
 
 
 def _npz_header(path: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -434,6 +542,41 @@ def _npz_header(path: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
             f'array ({e}); write it with np.savez(path, train=..., test=...)'
         ) from None
     return shape, dtype
+
+
+def _npz_labels(path: str, split: str) -> np.ndarray | None:
+    """int32 array ``<split>_labels`` of the file, checked; None when the file has neither
+    ``train_labels`` nor ``test_labels``."""
+    num_examples = _npz_header(path, split)[0][0]
+    with np.load(path, allow_pickle=False) as archive:
+        present = [f'{s}_labels' for s in SPLITS if f'{s}_labels' in archive.files]
+        if not present:
+            return None
+        name = f'{split}_labels'
+        if name not in present:
+            raise UserError(
+                f'{path}: has {present[0]!r} but no {name!r}; '
+                f'write both with np.savez(path, ..., train_labels=..., test_labels=...)'
+            )
+        labels = archive[name]
+    _check_labels(labels, num_examples, path, name)
+    return labels.astype(np.int32)
+
+
+def _check_labels(labels: np.ndarray, num_examples: int, path: str, name: str) -> None:
+    """Labels are 1-D integers in [0, 2³¹), one per example of the split."""
+    valid = (
+        labels.shape == (num_examples,)
+        and np.issubdtype(labels.dtype, np.integer)
+        and (not labels.size or (labels.min() >= 0 and labels.max() < 2**31))
+    )
+    if not valid:
+        numeric = labels.size and np.issubdtype(labels.dtype, np.number)
+        span = f', values [{labels.min()}, {labels.max()}]' if numeric else ''
+        raise UserError(
+            f'{path}: {name!r} has shape {labels.shape} and dtype {labels.dtype}{span}; '
+            f'write class labels as 1-D integers ≥ 0, one per example ({num_examples},)'
+        )
 
 
 def _load_npz(path: str, split: str, bins: int) -> np.ndarray:
@@ -469,8 +612,7 @@ def _load_tfds(
     process_count: int,
 ) -> Shard:
     """Read this host's slice ``split[start:stop]`` of a prepared TFDS dataset."""
-    import tensorflow as tf  # deferred: TensorFlow costs seconds to import
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # deferred: TensorFlow costs seconds to import
 
     try:
         builder = tfds.builder(source.versioned_name, data_dir=data_dir or None)
@@ -496,12 +638,38 @@ def _load_tfds(
         ds = builder.as_dataset(split=tfds_split, shuffle_files=False)
     except AssertionError as e:  # TFDS's "could not find data" when not prepared
         raise UserError(_not_prepared_message(source, builder.data_dir, data_dir)) from e
-    preprocess = _tfds_preprocess(source, image_size)
-    ds = ds.map(
-        lambda example: preprocess(example['image']), num_parallel_calls=tf.data.AUTOTUNE
-    ).batch(_TFDS_READ_BATCH)
-    images = _collect(tfds.as_numpy(ds), None if total is None else stop - start)
-    return Shard(images, total if total is not None else len(images), start)
+    with_labels = 'label' in builder.info.features.keys()
+    count = None if total is None else stop - start
+    images, labels = _read_tfds(ds, _tfds_preprocess(source, image_size), with_labels, count)
+    return Shard(images, total if total is not None else len(images), start, labels)
+
+
+def _read_tfds(
+    ds, preprocess: Callable, with_labels: bool, count: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Preprocessed images (``_collect``) and, ``with_labels``, int32 labels of the
+    examples' ``'label'`` feature, read in the same pass."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def example_map(example):
+        label = tf.cast(example['label'], tf.int32) if with_labels else tf.constant(-1)
+        return preprocess(example['image']), label
+
+    ds = ds.map(example_map, num_parallel_calls=tf.data.AUTOTUNE).batch(_TFDS_READ_BATCH)
+    label_batches = []
+    images = _collect(_images_keeping_labels(tfds.as_numpy(ds), label_batches), count)
+    labels = np.concatenate([np.zeros(0, np.int32), *label_batches]) if with_labels else None
+    return images, labels
+
+
+def _images_keeping_labels(
+    batches: Iterator[tuple[np.ndarray, np.ndarray]], labels: list
+) -> Iterator[np.ndarray]:
+    """The image of each (image, label) batch; the labels are appended to ``labels``."""
+    for images, batch_labels in batches:
+        labels.append(batch_labels.astype(np.int32))
+        yield images
 
 
 def _collect(batches: Iterator[np.ndarray], count: int | None) -> np.ndarray:
@@ -572,6 +740,30 @@ def _epoch_permutation(seed: int, process_index: int, epoch: int, n: int) -> np.
     return np.random.default_rng([seed, process_index, epoch]).permutation(n)
 
 
+def _epoch_and_index(n: int, step: int, batch_size: int) -> tuple[int, int]:
+    """(epoch, batch within the epoch) of ``step``; an epoch is ⌊n / batch_size⌋ batches."""
+    if batch_size > n:
+        raise UserError(
+            f'the per-host training batch ({batch_size}) is larger than this '
+            f"host's {n} training examples; lower --config.training.batch_size"
+        )
+    return divmod(step, n // batch_size)
+
+
+def _batch_rows(
+    config: ml_collections.ConfigDict,
+    shard: Shard,
+    step: int,
+    batch_size: int,
+    process_index: int = 0,
+) -> np.ndarray:
+    """Rows of ``shard`` in the batch of ``step``, ascending: a slice of the epoch's
+    permutation ``default_rng([seed, host, epoch])``."""
+    epoch, index = _epoch_and_index(len(shard), step, batch_size)
+    order = _epoch_permutation(config.seed, process_index, epoch, len(shard))
+    return np.sort(order[index * batch_size : (index + 1) * batch_size])
+
+
 def train_batch(
     config: ml_collections.ConfigDict,
     shard: Shard,
@@ -581,15 +773,8 @@ def train_batch(
 ) -> np.ndarray:
     """The host's training batch of ``step``: float32 ``[batch_size, ...]`` in [0, 1]
     (images) or the vectors; a pure function of (config.seed, step, process_index)."""
-    n = len(shard)
-    if batch_size > n:
-        raise UserError(
-            f'the per-host training batch ({batch_size}) is larger than this '
-            f"host's {n} training examples; lower --config.training.batch_size"
-        )
-    epoch, index = divmod(step, n // batch_size)
-    order = _epoch_permutation(config.seed, process_index, epoch, n)
-    x = shard.data[np.sort(order[index * batch_size : (index + 1) * batch_size])]
+    epoch, index = _epoch_and_index(len(shard), step, batch_size)
+    x = shard.data[_batch_rows(config, shard, step, batch_size, process_index)]
     if x.ndim == 2:
         return x.astype(np.float32, copy=False)
     rng = np.random.default_rng([config.seed, process_index, epoch, index, 1])
@@ -600,31 +785,69 @@ def train_batch(
     return to_unit_interval(x, config.data.num_bins, u)
 
 
+def train_labels(
+    config: ml_collections.ConfigDict,
+    shard: Shard,
+    step: int,
+    batch_size: int,
+    process_index: int = 0,
+) -> np.ndarray:
+    """int32 ``[batch_size]``: the labels of the rows of ``train_batch`` for ``step``, in
+    the same order (flips keep labels)."""
+    if shard.labels is None:
+        raise UserError(_no_labels_message(config))
+    return shard.labels[_batch_rows(config, shard, step, batch_size, process_index)]
+
+
+def _no_labels_message(config: ml_collections.ConfigDict) -> str:
+    return (
+        f'config.data.dataset={config.data.dataset!r} has no class labels; labels come '
+        f'with {", ".join(DATASET_NUM_CLASSES)}, TOY, and NPZ files with integer arrays '
+        f'train_labels and test_labels'
+    )
+
+
 def get_train_iterator(
     config: ml_collections.ConfigDict,
     start_step: int = 0,
     *,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> Iterator[np.ndarray]:
+    with_labels: bool = False,
+) -> Iterator[np.ndarray] | Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless host-local training batches, ``n_jitted_steps`` steps at a time.
 
     Yields float32 ``[n_jitted_steps, batch_size / process_count, ...]`` for steps
     ``start_step + k·n_jitted_steps …``; the batch of every step depends only on
-    (config.seed, step, host), so resuming at ``start_step`` reproduces the run.
+    (config.seed, step, host), so resuming at ``start_step`` reproduces the run. With
+    ``with_labels``, tuples (x, y) with the same x and y int32 ``[n_jitted_steps, B]`` the
+    labels of its rows; :class:`UserError` at once when the dataset has no labels.
     """
+    if with_labels and not has_labels(config):
+        raise UserError(_no_labels_message(config))
+    return _train_iterator(config, start_step, process_index, process_count, with_labels)
+
+
+def _train_iterator(
+    config: ml_collections.ConfigDict,
+    start_step: int,
+    process_index: int | None,
+    process_count: int | None,
+    with_labels: bool,
+) -> Iterator:
     process_index, process_count = _hosts(process_index, process_count)
     shard = get_shard(config, 'train', process_index=process_index, process_count=process_count)
     batch_size = host_batch_size(config.training.batch_size, process_count, 'training.batch_size')
     jitted = config.training.n_jitted_steps
     step = start_step
     while True:
-        yield np.stack(
-            [
-                train_batch(config, shard, s, batch_size, process_index)
-                for s in range(step, step + jitted)
-            ]
-        )
+        steps = range(step, step + jitted)
+        x = np.stack([train_batch(config, shard, s, batch_size, process_index) for s in steps])
+        if with_labels:
+            y = [train_labels(config, shard, s, batch_size, process_index) for s in steps]
+            yield x, np.stack(y)
+        else:
+            yield x
         step += jitted
 
 
@@ -643,12 +866,14 @@ def get_eval_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[EvalBatch]:
-    """One pass over ``split`` in a fixed order: host-local ``EvalBatch`` (x, mask, index).
+    """One pass over ``split`` in a fixed order: host-local ``EvalBatch`` (x, mask, index,
+    labels).
 
     ``x`` holds the raw data (uint8 levels or float32 vectors; map levels to [0, 1] with
     ``to_unit_interval``). Every host yields ``num_eval_batches`` batches of
     ``batch_size / process_count`` rows (default ``eval.batch_size``); rows past the end of
-    its shard are padding (zeros, mask False, index −1). ``start_batch`` resumes a pass.
+    its shard are padding (zeros, mask False, index −1, label −1). ``labels`` are −1 for
+    data without labels. ``start_batch`` resumes a pass.
     """
     process_index, process_count = _hosts(process_index, process_count)
     shard = get_shard(config, split, process_index=process_index, process_count=process_count)
@@ -662,4 +887,7 @@ def get_eval_iterator(
         x[: len(rows)] = rows
         mask = np.arange(batch_size) < len(rows)
         index = np.where(mask, shard.start + b * batch_size + np.arange(batch_size), -1)
-        yield EvalBatch(x, mask, index.astype(np.int32))
+        labels = np.full(batch_size, -1, np.int32)
+        if shard.labels is not None:
+            labels[: len(rows)] = shard.labels[b * batch_size : (b + 1) * batch_size]
+        yield EvalBatch(x, mask, index.astype(np.int32), labels)

@@ -356,7 +356,7 @@ class Evaluator:
     # --- data -----------------------------------------------------------------------
     def _batches(self, split: str) -> Callable[[], Iterable[Batch]]:
         def make():
-            return (tuple(b) for b in datasets.get_eval_iterator(self.config, split))
+            return ((b.x, b.mask, b.index) for b in datasets.get_eval_iterator(self.config, split))
 
         return make
 

@@ -64,13 +64,17 @@ class GaussianMixture:
         return second - np.outer(self.mean, self.mean)
 
     def sample(self, rng: Array, n: int) -> Array:
-        """n samples, [n, D] float32."""
+        """n samples, [n, D] float32 (the x of :meth:`sample_with_components`)."""
+        return self.sample_with_components(rng, n)[0]
+
+    def sample_with_components(self, rng: Array, n: int) -> tuple[Array, Array]:
+        """n samples x [n, D] float32 and the component k [n] int32 that drew each one."""
         k_rng, z_rng = jax.random.split(rng)
         k = jax.random.choice(k_rng, len(self.weights), (n,), p=jnp.asarray(self.weights))
         chol = np.linalg.cholesky(self.covs + 1e-12 * np.eye(self.dim))
         z = jax.random.normal(z_rng, (n, self.dim))
         x = jnp.asarray(self.means)[k] + jnp.einsum('nij,nj->ni', jnp.asarray(chol)[k], z)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.float32), k.astype(jnp.int32)
 
     # --- the diffused mixture p_t -------------------------------------------------
     def _diffused(self, sde, t: Array):
@@ -99,6 +103,14 @@ class GaussianMixture:
         """log p_t(x) per example [B] (x may be [B, ...] with prod(...) = D)."""
         logits, _ = self._component_terms(sde, x, t)
         return logsumexp(logits, axis=-1)
+
+    def log_posterior(self, sde, x: Array, t: Array) -> Array:
+        """log p_t(y = k | x) [B, K]: the normalised log responsibilities of the diffused
+        components, log w_k N(x; m_k, C_k) − log p_t(x).  ``jax.grad`` of
+        ``log_posterior(sde, x, t)[arange(B), y].sum()`` is ∇_x log p_t(y | x), the exact
+        time-dependent classifier gradient of the component label."""
+        logits, _ = self._component_terms(sde, x, t)
+        return logits - logsumexp(logits, axis=-1, keepdims=True)
 
     def score(self, sde, x: Array, t: Array) -> Array:
         """∇_x log p_t(x) = −Σ_k r_k(x) C_k⁻¹ (x − m_k), r_k the posterior responsibilities."""

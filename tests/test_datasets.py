@@ -164,6 +164,8 @@ def test_cifar10_through_tfds_mock():
     datasets._load_shard.cache_clear()
     assert shard.data.shape == (20, 32, 32, 3) and shard.data.dtype == np.uint8
     assert shard.num_examples == 20 and test.num_examples == 20
+    assert shard.labels.shape == (20,) and shard.labels.dtype == np.int32
+    assert 0 <= shard.labels.min() and shard.labels.max() < datasets.num_classes(config) == 10
     batch = datasets.train_batch(config, shard, 0, 8)
     assert batch.shape == (8, 32, 32, 3) and batch.dtype == np.float32
     assert 0.0 <= batch.min() and batch.max() <= 1.0
@@ -207,6 +209,8 @@ def test_tfds_shards_and_resize(tmp_path, monkeypatch):
         (7, 13, 20),
     ]
     np.testing.assert_array_equal(np.concatenate([s.data for s in shards]), full.data)
+    assert full.labels.shape == (20,) and full.labels.dtype == np.int32  # its 'label' feature
+    np.testing.assert_array_equal(np.concatenate([s.labels for s in shards]), full.labels)
     config.data.image_size = 14
     small = datasets.get_shard(config, 'train', process_index=0, process_count=1).data
     assert small.shape == (20, 14, 14, 1) and small.dtype == np.uint8
@@ -338,3 +342,202 @@ def test_to_unit_interval():
     np.testing.assert_allclose(
         datasets.to_unit_interval(levels, 17, u), [0.0, 8.5 / 17, 16.999 / 17], rtol=1e-6
     )
+
+
+# --- class labels ---------------------------------------------------------------------
+
+
+def digits_targets_by_image() -> dict[bytes, set[int]]:
+    """Raw digits: image bytes → the targets of every image with those pixels."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    found: dict[bytes, set[int]] = {}
+    for image, target in zip(raw.images.astype(np.uint8)[..., None], raw.target):
+        found.setdefault(image.tobytes(), set()).add(int(target))
+    return found
+
+
+def test_digits_labels_are_the_targets_of_their_images():
+    config = digits_config()
+    targets = digits_targets_by_image()
+    for split, size in (('train', 1600), ('test', 197)):
+        shard = datasets.get_shard(config, split, process_index=0, process_count=1)
+        assert shard.labels.shape == (size,) and shard.labels.dtype == np.int32
+        assert not shard.labels.flags.writeable
+        assert all(int(y) in targets[x.tobytes()] for x, y in zip(shard.data, shard.labels))
+    assert sorted(set(shard.labels)) == list(range(10))
+    assert datasets.num_classes(config) == 10 and datasets.has_labels(config)
+
+
+@pytest.mark.parametrize('process_index,step', [(0, 0), (0, 30), (1, 7)])
+def test_train_labels_are_those_of_the_train_batch_rows(process_index, step):
+    config = digits_config()
+    config.data.random_flip, config.data.uniform_dequantization = False, False
+    shard = datasets.get_shard(config, 'train', process_index=process_index, process_count=2)
+    x = datasets.train_batch(config, shard, step, 32, process_index)
+    y = datasets.train_labels(config, shard, step, 32, process_index)
+    assert y.shape == (32,) and y.dtype == np.int32
+    targets = digits_targets_by_image()
+    levels = np.rint(x * 16).astype(np.uint8)
+    assert all(int(label) in targets[level.tobytes()] for level, label in zip(levels, y))
+    config.data.random_flip = True  # flips change images, never labels
+    np.testing.assert_array_equal(datasets.train_labels(config, shard, step, 32, process_index), y)
+
+
+def test_train_iterator_with_labels():
+    config = digits_config()
+    config.training.n_jitted_steps, config.data.random_flip = 3, True
+    plain = datasets.get_train_iterator(config, 4, process_index=0, process_count=1)
+    labeled = datasets.get_train_iterator(
+        config, 4, process_index=0, process_count=1, with_labels=True
+    )
+    shard = datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    for block in range(2):
+        x, y = next(labeled)
+        np.testing.assert_array_equal(x, next(plain))
+        assert y.shape == (3, 128) and y.dtype == np.int32
+        for j in range(3):
+            expected = datasets.train_labels(config, shard, 4 + 3 * block + j, 128)
+            np.testing.assert_array_equal(y[j], expected)
+
+
+def test_train_iterator_without_labels_fails_at_once(small_images):
+    path, _, _ = small_images
+    config = npz_config(path, image_size=4, num_channels=3, num_bins=16)
+    with pytest.raises(UserError, match="dataset='NPZ' has no class labels; .*DIGITS"):
+        datasets.get_train_iterator(config, process_index=0, process_count=1, with_labels=True)
+    shard = datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    assert shard.labels is None and not datasets.has_labels(config)
+    with pytest.raises(UserError, match='has no class labels'):
+        datasets.train_labels(config, shard, 0, 8)
+
+
+def test_npz_labels(small_images):
+    path, train, test = small_images
+    train_labels, test_labels = np.arange(30) % 4, np.array([0, 1, 2, 5, 0, 1, 2])
+    np.savez(path, train=train, test=test, train_labels=train_labels, test_labels=test_labels)
+    config = npz_config(path, image_size=4, num_channels=3, num_bins=16)
+    datasets._load_shard.cache_clear()
+    shard = datasets.get_shard(config, 'train', process_index=1, process_count=2)
+    np.testing.assert_array_equal(shard.labels, train_labels[15:])
+    assert shard.labels.dtype == np.int32 and not shard.labels.flags.writeable
+    assert datasets.num_classes(config) == 6 and datasets.has_labels(config)
+    batches = list(
+        datasets.get_eval_iterator(config, 'test', batch_size=4, process_index=0, process_count=1)
+    )
+    labels = np.concatenate([b.labels for b in batches])
+    np.testing.assert_array_equal(labels, [*test_labels, -1])
+
+
+@pytest.mark.parametrize(
+    'problem,labels',
+    [
+        ('wrong length', {'train_labels': np.zeros(29, np.int64)}),
+        ('float', {'train_labels': np.zeros(30, np.float32)}),
+        ('negative', {'train_labels': np.full(30, -1, np.int32)}),
+        ('2-D', {'train_labels': np.zeros((30, 1), np.int32)}),
+        ('test only', {'test_labels': np.zeros(7, np.int32)}),
+    ],
+)
+def test_npz_bad_labels(small_images, problem, labels):
+    path, train, test = small_images
+    np.savez(path, train=train, test=test, **labels)
+    config = npz_config(path, image_size=4, num_channels=3, num_bins=16)
+    datasets._load_shard.cache_clear()
+    with pytest.raises(UserError, match='_labels') as info:
+        datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    assert '\n' not in str(info.value)
+    with pytest.raises(UserError):
+        datasets.num_classes(config)
+
+
+def test_toy_labels_are_the_components():
+    import jax
+
+    import mixture
+
+    config = toy_config()
+    shard = datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    ring = mixture.ring_mixture(dim=2)
+    with jax.default_device(jax.devices('cpu')[0]):
+        expected = np.asarray(ring.sample(jax.random.PRNGKey(0), 20000))
+        x, k = ring.sample_with_components(jax.random.PRNGKey(3), 500)
+        np.testing.assert_array_equal(np.asarray(ring.sample(jax.random.PRNGKey(3), 500)), x)
+    np.testing.assert_array_equal(shard.data, expected)  # the samples did not change
+    assert shard.labels.dtype == np.int32 and k.dtype == np.int32
+    distance = np.linalg.norm(shard.data - ring.means[shard.labels], axis=1)
+    assert distance.max() < 5 * 0.5  # every point near its component's mean (std 0.5)
+    nearest = np.argmin(np.linalg.norm(shard.data[:, None] - ring.means, axis=2), axis=1)
+    assert (nearest == shard.labels).mean() > 0.99
+    assert np.bincount(shard.labels).min() > 2200  # 8 equal components of 20000
+    assert datasets.num_classes(config) == 8
+
+
+def test_num_classes():
+    config = cifar10_config()
+    expected = {'CIFAR10': 10, 'SVHN': 10, 'CELEBA': None, 'IMAGENET32': None, 'PHOTOS': None}
+    for dataset, classes in expected.items():
+        config.data.dataset = dataset
+        assert datasets.num_classes(config) == classes  # no data are read
+        assert datasets.has_labels(config) == (classes is not None)
+    with pytest.raises(UserError, match="dataset='PHOTOS' has no class labels"):
+        datasets.get_train_iterator(config, with_labels=True)
+
+
+def test_eval_labels_and_padding():
+    config = digits_config()
+    shard = datasets.get_shard(config, 'test', process_index=0, process_count=1)
+    batches = list(datasets.get_eval_iterator(config, 'test', 64, process_index=0, process_count=1))
+    assert len(batches) == 4 and all(b.labels.dtype == np.int32 for b in batches)
+    np.testing.assert_array_equal(np.concatenate([b.labels[b.mask] for b in batches]), shard.labels)
+    assert (batches[-1].labels[~batches[-1].mask] == -1).all() and (~batches[-1].mask).sum() == 59
+    x, mask, index, labels = batches[0]
+    np.testing.assert_array_equal(labels, shard.labels[index])
+
+
+# --- PHOTOS ---------------------------------------------------------------------------
+
+
+def photos_config():
+    from configs.default_photos_configs import get_default_configs
+
+    return get_default_configs()
+
+
+def test_photos():
+    config = photos_config()
+    train = datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    test = datasets.get_shard(config, 'test', process_index=0, process_count=1)
+    assert train.data.shape == (1590, 16, 16, 3) and test.data.shape == (690, 16, 16, 3)
+    assert train.data.dtype == np.uint8 and train.labels is None and test.labels is None
+    assert datasets.num_bins(config) == 256 and datasets.data_shape(config) == (16, 16, 3)
+    assert train.data.std() > 20 and train.data.max() > 200  # real photographs, not blanks
+    assert not set(map(bytes, test.data)) & set(map(bytes, train.data))
+    datasets._load_shard.cache_clear()
+    again = datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    assert again is not train
+    np.testing.assert_array_equal(again.data, train.data)
+    info = datasets.dataset_info(config)
+    assert info['photos']['test'] == ['coffee', 'rocket'] and 'LANCZOS' in info['recipe']
+    assert all((b.labels == -1).all() for b in datasets.get_eval_iterator(config, 'test', 256))
+
+
+def test_photos_patches_follow_the_recipe():
+    image = np.random.default_rng(0).integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    patches = datasets.photo_patches(image)  # resized to 128 × 192: 15 × 23 patches
+    from PIL import Image
+
+    resized = np.asarray(Image.fromarray(image).resize((192, 128), Image.Resampling.LANCZOS))
+    assert patches.shape == (15 * 23, 16, 16, 3)
+    np.testing.assert_array_equal(patches[0], resized[:16, :16])
+    np.testing.assert_array_equal(patches[1], resized[:16, 8:24])
+    np.testing.assert_array_equal(patches[23], resized[8:24, :16])
+    np.testing.assert_array_equal(patches[-1], resized[-16:, 176:192])
+
+
+def test_photos_need_16_pixel_images():
+    config = photos_config()
+    config.data.image_size = 32
+    with pytest.raises(UserError, match='image_size=16'):
+        datasets.get_shard(config, 'test', process_index=0, process_count=1)

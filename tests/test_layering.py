@@ -18,7 +18,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Optional or heavy third-party imports that may stay inside functions (tens of seconds of
 # TensorFlow import for users who never read TFDS or compute FID).
-LAZY_OK = {'tensorflow', 'tensorflow_datasets', 'h5py'}
+LAZY_OK = {'tensorflow', 'tensorflow_datasets', 'h5py', 'skimage'}
 
 
 def project_modules() -> dict[str, pathlib.Path]:
