@@ -5,16 +5,32 @@ Importing the package registers every model: ``ncsnpp`` (NCSN++ / DDPM++), ``ddp
 ``models.utils.create_model(config)`` / ``init_model(rng, config)`` to build one and
 ``models.utils.get_score_fn(sde, model, variables, ...)`` to turn it into a score
 function.
+
+Importing it also registers the noise-conditional classifiers p_t(y | x) of
+``models.wideresnet_noise_conditional`` (``wideresnet_noise_conditional`` and ``mlp``, a
+separate registry); build one with ``models.utils.create_classifier(config, num_classes)``
+/ ``init_classifier(rng, config, num_classes, input_shape)``.
 """
 
-from models import ddpm, mlp, ncsnpp, ncsnv2, utils  # noqa: F401  (registers models)
+from models import (  # noqa: F401  (registers models and classifiers)
+    ddpm,
+    mlp,
+    ncsnpp,
+    ncsnv2,
+    utils,
+    wideresnet_noise_conditional,
+)
 from models.utils import (  # noqa: F401
+    ClassifierConfig,
     ModelConfig,
+    create_classifier,
     create_model,
     get_model_fn,
     get_score_fn,
     get_sigmas,
+    init_classifier,
     init_model,
     param_count,
+    register_classifier,
     register_model,
 )

@@ -15,6 +15,13 @@ conventions, stated by each SDE class (``sde_lib.SDE.network_inputs``):
 | VP, discrete   | round(t (N−1)) (int32)        | −out / √(1 − ᾱ_label)         |
 | VE, continuous | σ(t)                          | out                           |
 | VE, discrete   | round((T − t)(N−1)) (int32)   | out (σ table index, descending) |
+
+Noise-conditional classifiers p_t(y | x(t)) (for class-guided sampling) have their own
+registry (``register_classifier`` / ``get_classifier``, names from ``config.classifier.name``):
+``create_classifier(config, num_classes)`` / ``init_classifier(rng, config, num_classes,
+input_shape)`` build them from the ``config.classifier`` section (:class:`ClassifierConfig`).
+They are called as ``classifier.apply(variables, x, sigmas, train=False)`` with σ the
+marginal std of p_0t(x(t) | x(0)) (see ``models/wideresnet_noise_conditional.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ ModelFn = Callable[[Array, Array], Array]
 ScoreFn = Callable[[Array, Array], Array]
 
 _MODELS: Dict[str, Type[nn.Module]] = {}
+_CLASSIFIERS: Dict[str, Type[nn.Module]] = {}
 
 
 # ------------------------------------------------------------------------------------
@@ -66,6 +74,34 @@ def get_model(name: str) -> Type[nn.Module]:
 def registered_models() -> Tuple[str, ...]:
     """Names of all registered models."""
     return tuple(sorted(_MODELS))
+
+
+def register_classifier(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
+    """Class decorator: registers a noise-conditional classifier under
+    ``config.classifier.name``."""
+
+    def decorator(cls: Type[nn.Module]) -> Type[nn.Module]:
+        if name in _CLASSIFIERS:
+            raise ValueError(f'A classifier named {name!r} is already registered.')
+        _CLASSIFIERS[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_classifier(name: str) -> Type[nn.Module]:
+    """The classifier class registered under ``name``."""
+    if name not in _CLASSIFIERS:
+        raise UserError(
+            f'config.classifier.name={name!r} is not a known classifier; use one of '
+            f'{", ".join(sorted(_CLASSIFIERS))}.'
+        )
+    return _CLASSIFIERS[name]
+
+
+def registered_classifiers() -> Tuple[str, ...]:
+    """Names of all registered classifiers."""
+    return tuple(sorted(_CLASSIFIERS))
 
 
 # ------------------------------------------------------------------------------------
@@ -297,6 +333,117 @@ def init_shapes(config: Any) -> Dict[str, Any]:
         x,
         labels,
     )
+
+
+# ------------------------------------------------------------------------------------
+# Noise-conditional classifiers
+# ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """The ``config.classifier`` section, typed and validated (absent fields: defaults).
+
+    ``blocks_per_group`` / ``channel_multiplier`` size the Wide ResNet (4 / 10: WRN-28-10,
+    the Score SDE CIFAR-10 classifier), ``nf`` / ``num_layers`` the MLP; both embed log σ
+    with ``embedding_type`` ('fourier': Gaussian Fourier features of scale
+    ``fourier_scale``; 'positional': sinusoidal).  A class receives the fields it declares.
+    """
+
+    name: str = 'wideresnet_noise_conditional'
+    blocks_per_group: int = 4
+    channel_multiplier: int = 10
+    embedding_type: str = 'fourier'
+    fourier_scale: float = 16.0
+    nf: int = 256
+    num_layers: int = 3
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, _coerce_classifier(field.name, field.type, value))
+
+    @classmethod
+    def from_config(cls, config: Any) -> ClassifierConfig:
+        """Reads ``config.classifier`` of a full ml_collections config; unknown fields of
+        that section are ignored."""
+        if isinstance(config, ClassifierConfig):
+            return config
+        section = getattr(config, 'classifier', None)
+        values = {}
+        if section is not None:
+            for field in dataclasses.fields(cls):
+                if field.name in section:
+                    values[field.name] = section[field.name]
+        return cls(**values)
+
+
+def _coerce_classifier(name: str, kind: Any, value: Any) -> Any:
+    """Checks one field of :class:`ClassifierConfig` (errors name ``config.classifier``)."""
+    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
+
+    def fail(problem: str) -> None:
+        raise UserError(f'config.classifier.{name}={value!r} {problem}.')
+
+    if kind == 'int':
+        if not _is_int(value):
+            fail('must be an integer')
+        if int(value) <= 0:
+            fail('must be positive')
+        return int(value)
+    if kind == 'float':
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            fail('must be a number')
+        if not float(value) > 0:
+            fail('must be positive')
+        return float(value)
+    if not isinstance(value, str):
+        fail('must be a string')
+    if name == 'embedding_type':
+        value = value.lower()
+        if value not in _CHOICES['embedding_type']:
+            fail(f'is not supported; use one of {", ".join(map(repr, _CHOICES[name]))}')
+    return value
+
+
+def create_classifier(config: Any, num_classes: int) -> nn.Module:
+    """The classifier named by ``config.classifier.name``, with ``num_outputs =
+    num_classes`` and the other fields of ``config.classifier`` that its class declares."""
+    cfg = ClassifierConfig.from_config(config)
+    cls = get_classifier(cfg.name)
+    if not _is_int(num_classes) or int(num_classes) <= 0:
+        raise UserError(f'num_classes={num_classes!r} must be a positive integer.')
+    declared = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in declared}
+    return cls(num_outputs=int(num_classes), **kwargs)
+
+
+@functools.lru_cache(maxsize=16)
+def _classifier_init_fn(
+    cfg: ClassifierConfig, num_classes: int, shape: Tuple[int, ...]
+) -> Tuple[nn.Module, Callable[[Array], Dict[str, Any]]]:
+    """The classifier and its jitted ``init(key) -> variables`` (cached per config)."""
+    model = create_classifier(cfg, num_classes)
+    rank = getattr(type(model), 'input_rank', None)
+    if rank is not None and len(shape) != rank:
+        raise UserError(
+            f'config.classifier.name={cfg.name!r} reads inputs of rank {rank}; '
+            f'got input_shape={shape}.'
+        )
+
+    def init(key: Array) -> Dict[str, Any]:
+        x = jnp.zeros(shape, jnp.float32)
+        return model.init({'params': key}, x, jnp.ones(shape[:1], jnp.float32), train=False)
+
+    return model, jax.jit(init, compiler_options=INIT_COMPILER_OPTIONS)
+
+
+def init_classifier(
+    rng: Array, config: Any, num_classes: int, input_shape: Tuple[int, ...]
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Builds the classifier and initialises ``variables = {'params': ...}`` from ``rng``
+    for inputs of ``input_shape`` ([B, H, W, C] images or [B, D] vectors)."""
+    shape = tuple(int(d) for d in input_shape)
+    model, init = _classifier_init_fn(ClassifierConfig.from_config(config), num_classes, shape)
+    return model, dict(init(rng))
 
 
 def param_count(variables: Any) -> int:
