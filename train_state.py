@@ -26,6 +26,7 @@ Array = jax.Array
 # Independent random streams folded into PRNGKey(config.seed) (stream_key).
 STREAM_INIT, STREAM_TRAIN, STREAM_EVAL, STREAM_SAMPLE = range(4)
 STREAM_DEQ = 7  # the variational dequantizer's initialisation and steps
+STREAM_CLASSIFIER = 8  # the noise-conditional classifier's initialisation, steps, test noise
 OPTIMIZERS = ('Adam', 'AdamW')
 
 

@@ -94,7 +94,8 @@ def get_train_chunk_fn(
 ):
     """``chunk(state, sums, batch) -> (state, sums)``: ``len(batch)`` training steps.
 
-    ``batch`` is ``[k, B, ...]`` host data sharded ``P(None, 'data')``; ``prepare`` maps
+    ``batch`` is ``[k, B, ...]`` host data sharded ``P(None, 'data')`` (or a tuple of
+    such arrays, e.g. images and labels); ``prepare`` maps
     one step's rows to the step's input inside the jit (the data scaler). ``state`` and
     ``sums`` are donated.
 
@@ -128,21 +129,26 @@ def get_train_chunk_fn(
         )
 
     indexed_step = jax.jit(
-        lambda state, sums, batch, i: one_step(state, sums, batch[i]),
+        lambda state, sums, batch, i: one_step(state, sums, jax.tree.map(lambda a: a[i], batch)),
         in_shardings=(replicated, replicated, batch_sharding, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0, 1),
     )
 
     def loop_chunk(state, sums, batch):
-        for i in range(batch.shape[0]):
+        for i in range(_num_steps(batch)):
             state, sums = indexed_step(state, sums, batch, np.int32(i))
         return state, sums
 
     return loop_chunk
 
 
-def _due(step: int, freq: int) -> bool:
+def _num_steps(batch: Any) -> int:
+    """k of a chunk: the leading axis of every leaf of ``batch``."""
+    return jax.tree.leaves(batch)[0].shape[0]
+
+
+def due(step: int, freq: int) -> bool:
     """True every ``freq`` steps; never for ``freq <= 0``."""
     return freq > 0 and step % freq == 0
 
@@ -181,7 +187,8 @@ class TrainLoop(abc.ABC):
 
     @abc.abstractmethod
     def batches(self, start_step: int) -> Iterator[np.ndarray]:
-        """Host batches ``[n_jitted_steps, B / hosts, ...]`` from ``start_step`` on."""
+        """Host batches ``[n_jitted_steps, B / hosts, ...]`` (or tuples of them) from
+        ``start_step`` on."""
 
     def describe(self, step: int) -> str:
         """What is trained, for the first log line."""
@@ -200,10 +207,12 @@ class TrainLoop(abc.ABC):
         clock = (time.time(), step)
         while step < self.n_iters:
             k = min(t.n_jitted_steps, self.n_iters - step)
-            batch = to_global(next(batches)[:k], self.mesh, P(None, 'data'))
+            batch = jax.tree.map(
+                lambda a: to_global(a[:k], self.mesh, P(None, 'data')), next(batches)
+            )
             self.state, sums = self.chunk_fn(self.state, sums, batch)
             step += k
-            if _due(step, t.log_freq) or step == self.n_iters:
+            if due(step, t.log_freq) or step == self.n_iters:
                 self._check_finite(sums)
                 self._log(step, sums, clock)
                 sums = self.new_sums()
@@ -216,8 +225,7 @@ class TrainLoop(abc.ABC):
 
     def _periodic_work(self, step: int, sums: Dict[str, jax.Array]) -> bool:
         """Preemption saves due at ``step``; True if any ran."""
-        due = _due(step, self.config.training.snapshot_freq_for_preemption)
-        if due or step == self.n_iters:
+        if due(step, self.config.training.snapshot_freq_for_preemption) or step == self.n_iters:
             self._check_finite(sums)
             checkpointing.save_preemption(self.folder, self.state)
             return True
@@ -317,8 +325,8 @@ class Trainer(TrainLoop):
     def _periodic_work(self, step: int, sums: Dict[str, jax.Array]) -> bool:
         """Eval loss, checkpoints and samples due at ``step``; True if any ran."""
         t = self.config.training
-        eval_due = _due(step, t.eval_freq)
-        snapshot_due = _due(step, t.snapshot_freq)
+        eval_due = due(step, t.eval_freq)
+        snapshot_due = due(step, t.snapshot_freq)
         if eval_due:
             self._eval_loss(step)
         saved = super()._periodic_work(step, sums)
