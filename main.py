@@ -1,8 +1,12 @@
-"""Command line: train, evaluate, or train the variational dequantizer.
+"""Command line: train, evaluate, train the variational dequantizer or the noise-conditional
+classifier, sample (unconditional, class-conditional, inpainting, colorization).
 
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode train
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode eval \
         [--eval_folder eval] [--config.eval.begin_ckpt=5 ...]
+    python main.py --config configs/vp/digits_lw_is.py --workdir W --mode train_classifier
+    python main.py --config configs/vp/digits_lw_is.py --workdir W --mode sample \
+        --config.sampling.task=class_conditional [--sample_folder sample]
 
 Every config field can be overridden as ``--config.<section>.<field>=value``. Logs go to
 the console and to ``W/stdout.txt``; the resolved config is written to ``W/config.json``
@@ -30,12 +34,16 @@ from configs.base import get_base_config
 from errors import UserError
 
 FLAGS = flags.FLAGS
-MODES = ('train', 'eval', 'train_deq')
+MODES = ('train', 'eval', 'train_deq', 'train_classifier', 'sample')
 
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, logs, samples, results.')
-flags.DEFINE_enum('mode', None, list(MODES), 'Running mode: train, eval or train_deq.')
+flags.DEFINE_enum('mode', None, list(MODES), 'Running mode: ' + ', '.join(MODES) + '.')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder of W for evaluation results.')
+flags.DEFINE_string(
+    'classifier_folder', 'classifier', 'Folder of W for the noise-conditional classifier.'
+)
+flags.DEFINE_string('sample_folder', 'sample', 'Folder of W for --mode sample outputs.')
 flags.DEFINE_string(
     'coordinator_address',
     None,
@@ -195,11 +203,21 @@ def run(argv) -> None:
     if mode == 'train':
         run_lib.train(config, workdir)
     elif mode == 'eval':
-        if jax.process_index() == 0:
-            _prepare_workdir(os.path.join(workdir, FLAGS.eval_folder))
+        _prepare_subfolder(workdir, FLAGS.eval_folder)
         run_lib.evaluate(config, workdir, FLAGS.eval_folder)
-    else:
+    elif mode == 'train_deq':
         run_lib.train_deq(config, workdir)
+    elif mode == 'train_classifier':
+        _prepare_subfolder(workdir, FLAGS.classifier_folder)
+        run_lib.train_classifier(config, workdir, FLAGS.classifier_folder)
+    else:
+        _prepare_subfolder(workdir, FLAGS.sample_folder)
+        run_lib.sample(config, workdir, FLAGS.sample_folder, FLAGS.classifier_folder)
+
+
+def _prepare_subfolder(workdir: str, folder: str) -> None:
+    if jax.process_index() == 0:
+        _prepare_workdir(os.path.join(workdir, folder))
 
 
 def main(argv) -> None:

@@ -1,11 +1,13 @@
-"""The entry points of ``main.py``, one per ``--mode``: ``train``, ``evaluate``, ``train_deq``.
+"""The entry points of ``main.py``, one per ``--mode``: ``train``, ``evaluate``, ``train_deq``,
+``train_classifier``, ``sample``.
 
 Each prepares the config once (``configs.validation.prepare_config``: validated against
 the schema and the registries, resolved from the data) and hands it to the module that
 does the work:
 
     main.py → run_lib → trainer (--mode train), eval_runner (--mode eval),
-                        dequantizer (--mode train_deq)
+                        dequantizer (--mode train_deq),
+                        classifier (--mode train_classifier), sample_runner (--mode sample)
 
 A bad config stops with one :class:`errors.UserError` before any work starts.
 """
@@ -18,9 +20,11 @@ from typing import Any, Dict
 import jax
 import ml_collections
 
+import classifier
 import dequantizer
 import eval_runner
 import file_io
+import sample_runner
 from configs.validation import prepare_config
 from eval_store import METRICS_FILE
 from train_state import TrainState
@@ -57,6 +61,32 @@ def train_deq(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, floa
     """``--mode train_deq``: trains the variational dequantizer of ScoreFlow against
     snapshot ``eval.end_ckpt`` into ``W/deq`` (resumable)."""
     return dequantizer.train_deq(prepare_config(config), workdir)
+
+
+def train_classifier(
+    config: ml_collections.ConfigDict, workdir: str, folder: str = classifier.CLASSIFIER_FOLDER
+) -> Dict[str, Any]:
+    """``--mode train_classifier``: trains (or resumes) the noise-conditional classifier
+    p_t(y | x) of class-conditional sampling into ``W/<folder>``; writes the resolved config
+    to ``W/<folder>/config.json``."""
+    config = prepare_config(config)
+    save_config(config, os.path.join(workdir, folder, 'config.json'))
+    return classifier.train_classifier(config, workdir, folder)
+
+
+def sample(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    folder: str = sample_runner.SAMPLE_FOLDER,
+    classifier_folder: str = classifier.CLASSIFIER_FOLDER,
+) -> Dict[str, Any]:
+    """``--mode sample``: ``sampling.task`` from snapshot ``eval.end_ckpt`` into
+    ``W/<folder>`` (PNG grid, NPZ, metrics.json); resumable. Bad input stops before
+    anything is written."""
+    config = prepare_config(config)
+    runner = sample_runner.SampleRunner(config, workdir, folder, classifier_folder)
+    save_config(config, os.path.join(workdir, folder, f'config_{config.sampling.task}.json'))
+    return runner.run()
 
 
 def read_metrics(workdir: str, eval_folder: str = 'eval') -> Dict[str, Any]:

@@ -47,6 +47,13 @@ def _sampling() -> ml_collections.ConfigDict:
             'atol': 1e-5,
             'ode_method': 'dopri5',  # ode_solver.solver_names()
             'eps': 1e-3,  # smallest sampling time t
+            # --mode sample (controllable generation, Score SDE §5; docs/controllable.md)
+            'task': 'unconditional',  # sample_runner.TASKS
+            'num_samples': 64,  # samples (class_conditional: per class; else test images)
+            'classes': (),  # class_conditional: class ids; () = every class of the data
+            'classifier_scale': 1.0,  # ∇log p_t(x) + scale·∇log p_t(y|x); 1 = exact
+            'mask': 'bottom_half',  # inpaint: sample_runner.MASKS, 'random_pixels:<p>', .npy
+            'inpaint_resample': 1,  # RePaint rounds per step (inpaint, colorize); 1 = original
         }
     )
 
@@ -159,6 +166,30 @@ def _deq() -> ml_collections.ConfigDict:
     )
 
 
+def _classifier() -> ml_collections.ConfigDict:
+    """Noise-conditional classifier p_t(y | x) of class-conditional sampling, trained by
+    ``--mode train_classifier`` on x(t) ~ p_0t(· | x) (its optimizer: ``config.optim``'s
+    betas, eps, grad_clip and weight decay with the lr / warmup below)."""
+    return ml_collections.ConfigDict(
+        {
+            'name': 'wideresnet_noise_conditional',  # models.utils.registered_classifiers()
+            'blocks_per_group': 4,  # Wide-ResNet (Score SDE's CIFAR-10 classifier: 4, 10)
+            'channel_multiplier': 10,
+            'embedding_type': 'fourier',  # embedding of log σ(t): 'fourier' | 'positional'
+            'fourier_scale': 16.0,
+            'nf': 256,  # 'mlp' (vector data): width and number of hidden layers
+            'num_layers': 3,
+            'n_iters': 100000,
+            'batch_size': 128,
+            'lr': 2e-4,
+            'warmup': 1000,
+            'ema_rate': 0.999,
+            'snapshot_freq': 10000,  # W/<classifier_folder>/checkpoints, step // snapshot_freq
+            'eval_freq': 1000,  # test accuracy, clean and noisy
+        }
+    )
+
+
 def get_base_config() -> ml_collections.ConfigDict:
     """A fresh config holding every field with its default (CIFAR-10 settings)."""
     config = ml_collections.ConfigDict()
@@ -169,5 +200,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model = _model()
     config.optim = _optim()
     config.deq = _deq()
+    config.classifier = _classifier()
     config.seed = 42
     return config

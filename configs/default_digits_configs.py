@@ -59,4 +59,16 @@ def get_default_configs() -> ml_collections.ConfigDict:
     )
     config.optim.lr = 1e-3
     config.optim.warmup = 200
+
+    config.classifier.update(  # p_t(digit | x) for class-conditional sampling
+        {
+            'blocks_per_group': 2,
+            'channel_multiplier': 2,
+            'n_iters': 2000,
+            'lr': 1e-3,
+            'warmup': 100,
+            'snapshot_freq': 1000,
+            'eval_freq': 500,
+        }
+    )
     return config

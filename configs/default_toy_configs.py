@@ -44,4 +44,18 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.ema_rate = 0.999
     config.optim.lr = 1e-3
     config.optim.warmup = 0
+
+    config.classifier.update(  # p_t(component | x) for class-conditional sampling
+        {
+            'name': 'mlp',
+            'nf': 128,
+            'num_layers': 3,
+            'n_iters': 2000,
+            'batch_size': 512,
+            'lr': 1e-3,
+            'warmup': 0,
+            'snapshot_freq': 1000,
+            'eval_freq': 500,
+        }
+    )
     return config

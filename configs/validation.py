@@ -39,6 +39,8 @@ def choices() -> tuple:
         ('sampling.ode_method', ode_solver.solver_names()),
         ('eval.hutchinson_type', likelihood.HUTCHINSON_TYPES),
         ('eval.bpd_dataset', BPD_DATASETS),
+        ('sampling.task', sampling.SAMPLING_TASKS),
+        ('classifier.name', mutils.registered_classifiers()),
     )
 
 
@@ -49,12 +51,20 @@ _POSITIVE = (
     'eval.batch_size',
     'eval.num_repeats',
     'optim.lr',
+    'sampling.num_samples',
+    'sampling.classifier_scale',
+    'sampling.inpaint_resample',
+    'classifier.n_iters',
+    'classifier.batch_size',
+    'classifier.lr',
 )
 _MULTIPLES_OF_JITTED_STEPS = (
     'training.log_freq',
     'training.eval_freq',
     'training.snapshot_freq',
     'training.snapshot_freq_for_preemption',
+    'classifier.snapshot_freq',
+    'classifier.eval_freq',
 )
 
 
@@ -211,7 +221,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
 def _check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
     if num_devices is None:
         num_devices = jax.device_count()
-    for field in ('training.batch_size', 'eval.batch_size'):
+    for field in ('training.batch_size', 'eval.batch_size', 'classifier.batch_size'):
         if _get(config, field) % num_devices:
             _fail(
                 field,

@@ -1,0 +1,208 @@
+"""``--mode sample``: every task end to end on tiny models, resume, and bad input.
+
+The exactness of the samplers themselves is proved on closed forms in
+tests/test_controllable.py; here the pipeline: inputs, outputs, metrics, resumption.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import configs.vp.photos_lw_is as photos_config
+import run_lib
+import sample_runner
+import train_utils
+from errors import UserError
+from file_io import load_npz, save_npz
+
+_SAMPLE = {
+    'eval.end_ckpt': -1,
+    'eval.batch_size': 8,
+    'sampling.method': 'pc',
+    'sampling.predictor': 'reverse_diffusion',
+    'sampling.corrector': 'langevin',
+    'sampling.num_samples': 3,
+}
+_CLASSIFIER = {
+    'classifier.blocks_per_group': 1,
+    'classifier.channel_multiplier': 1,
+    'classifier.n_iters': 10,
+    'classifier.batch_size': 16,
+    'classifier.eval_freq': 10,
+    'classifier.snapshot_freq': 10,
+    'classifier.warmup': 0,
+}
+
+
+@pytest.fixture(scope='module')
+def digits_workdir(tmp_path_factory):
+    """A tiny DIGITS score model (2 snapshots) and classifier (10 steps)."""
+    workdir = str(tmp_path_factory.mktemp('digits'))
+    config = train_utils.load_config('digits', {**_SAMPLE, **_CLASSIFIER})
+    run_lib.train(config, workdir)
+    run_lib.train_classifier(config, workdir)
+    return workdir
+
+
+def _digits(**overrides):
+    return train_utils.load_config('digits', {**_SAMPLE, **_CLASSIFIER, **overrides})
+
+
+def _is_png(path: str) -> tuple:
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        return img.size
+
+
+def test_class_conditional_outputs(digits_workdir):
+    config = _digits(**{'sampling.task': 'class_conditional', 'sampling.classes': (1, 3)})
+    metrics = run_lib.sample(config, digits_workdir)
+    folder = os.path.join(digits_workdir, 'sample')
+    arrays = load_npz(os.path.join(folder, 'class_conditional.npz'))
+    np.testing.assert_array_equal(arrays['labels'], [1, 1, 1, 3, 3, 3])
+    assert arrays['samples'].shape == (6, 8, 8, 1) and arrays['levels'].max() <= 16
+    assert _is_png(os.path.join(folder, 'class_conditional.png'))
+    # The judge is the independent digits classifier; the fractions are those of its
+    # predictions (a 20-step model draws noise, so no value is asserted).
+    assert metrics['judge'].startswith('digits classifier')
+    assert set(metrics['accuracy_per_class']) == {'1', '3'}
+    assert 0.0 <= metrics['accuracy'] <= 1.0
+    with open(os.path.join(folder, 'metrics.json')) as f:
+        assert json.load(f)['class_conditional'] == metrics
+
+
+def test_inpaint_keeps_known_pixels_and_resumes(digits_workdir):
+    config = _digits(**{'sampling.task': 'inpaint', 'sampling.num_samples': 12})
+    folder = os.path.join(digits_workdir, 'inpaint_run')
+    metrics = run_lib.sample(config, digits_workdir, 'inpaint_run')
+    arrays = load_npz(os.path.join(folder, 'inpaint.npz'))
+    mask = arrays['mask']
+    assert mask.shape == (8, 8, 1) and mask[:4].all() and not mask[4:].any()
+    assert metrics['known_max_abs_change'] < 1e-5
+    assert metrics['masked_fraction'] == 0.5
+    for key in ('accuracy_inpainted', 'accuracy_originals', 'accuracy_naive_fill'):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert _is_png(os.path.join(folder, 'inpaint.png'))
+
+    # Resume: a rerun reuses finished rounds (round 0 tampered with: kept) and recomputes
+    # missing ones (round 1 deleted: recomputed identically, same keys).
+    parts = sorted(glob.glob(os.path.join(folder, 'inpaint', 'inpaint_b*.npz')))
+    assert len(parts) == 2
+    save_npz(parts[0], x=np.full_like(load_npz(parts[0])['x'], 0.25))
+    os.remove(parts[1])
+    run_lib.sample(config, digits_workdir, 'inpaint_run')
+    again = load_npz(os.path.join(folder, 'inpaint.npz'))
+    np.testing.assert_array_equal(again['samples'][:8], 0.25)
+    np.testing.assert_array_equal(again['samples'][8:], arrays['samples'][8:])
+
+
+def test_unconditional(digits_workdir):
+    config = _digits(**{'sampling.task': 'unconditional', 'sampling.num_samples': 5})
+    metrics = run_lib.sample(config, digits_workdir)
+    assert metrics == {'num_samples': 5}
+    arrays = load_npz(os.path.join(digits_workdir, 'sample', 'unconditional.npz'))
+    assert arrays['samples'].shape == (5, 8, 8, 1)
+
+
+def test_colorize_photos_keeps_grey(tmp_path):
+    photos = photos_config.get_config()  # PHOTOS, the colour dataset
+    overrides = {**train_utils.TINY['digits'], **_SAMPLE, 'sampling.task': 'colorize'}
+    for field, value in {**overrides, 'sampling.num_samples': 4}.items():
+        train_utils.set_field(photos, field, value)
+    run_lib.train(photos, str(tmp_path))
+    metrics = run_lib.sample(photos, str(tmp_path))
+    arrays = load_npz(str(tmp_path / 'sample' / 'colorize.npz'))
+    # Exact up to float32 rounding of the colour-basis change, relative to the values'
+    # size (an untrained model's chroma is far from [-1, 1]); a grey that were not
+    # held would move by the chroma's own size, ~1.
+    bound = 32 * np.finfo(np.float32).eps * max(1.0, float(np.abs(arrays['samples']).max()))
+    assert metrics['grey_max_abs_change'] < bound, (metrics, bound)
+    assert metrics['chroma_mse'] >= 0 and metrics['chroma_mse_mean_chroma_baseline'] > 0
+    inputs = arrays['inputs']
+    np.testing.assert_allclose(inputs, inputs[..., :1].repeat(3, -1))  # grey inputs
+    assert arrays['samples'].shape == (4, 16, 16, 3)
+    assert _is_png(str(tmp_path / 'sample' / 'colorize.png'))
+
+
+# --------------------------------------------------------------------------- masks
+def test_masks():
+    shape = (8, 8, 3)
+    assert sample_runner.parse_mask('right_half', shape)[:, 4:].sum() == 0
+    center = sample_runner.parse_mask('center', shape)
+    assert center[2:6, 2:6].sum() == 0 and center.sum() == 3 * (64 - 16)
+    random = sample_runner.parse_mask('random_pixels:0.25', shape, seed=1)
+    assert (random == random[..., :1]).all()  # all channels of a pixel together
+    assert 0.1 < 1 - random.mean() < 0.4
+    with pytest.raises(UserError, match='strictly between 0 and 1'):
+        sample_runner.parse_mask('random_pixels:1.5', shape)
+    with pytest.raises(UserError, match='for images'):
+        sample_runner.parse_mask('bottom_half', (5,))
+    with pytest.raises(UserError, match='none of'):
+        sample_runner.parse_mask('top_half', shape)
+
+
+# --------------------------------------------------------------------------- bad input
+def _fails(tmp_path, workdir: str, overrides: dict, *expected: str, kind='digits') -> None:
+    """main.py --mode sample exits 1 with one error line and writes no output."""
+    flags = train_utils.cli_flags(kind, {**_SAMPLE, **_CLASSIFIER, **overrides})
+    result = train_utils.run_main(
+        flags + ['--workdir', workdir, '--mode', 'sample', '--sample_folder', 'bad'], timeout=240
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith('Error: ')]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for text in expected:
+        assert text in errors[0], errors[0]
+    written = [
+        p
+        for p in glob.glob(os.path.join(workdir, 'bad', '**'), recursive=True)
+        if os.path.isfile(p)
+    ]
+    assert written == [], written
+
+
+@pytest.mark.parametrize(
+    'overrides, expected',
+    [
+        (
+            {'sampling.task': 'class_conditional', 'sampling.classes': (3, 10)},
+            ['sampling.classes contains 10', '0 … 9'],
+        ),
+        ({'sampling.task': 'colorize'}, ['colour images', '(8, 8, 1)']),
+        ({'sampling.task': 'class_conditional', 'sampling.classifier_scale': 0.0}, ['positive']),
+        ({'sampling.task': 'inpaint', 'sampling.mask': 'MASK'}, ['does not match']),
+    ],
+)
+def test_bad_input(tmp_path, digits_workdir, overrides, expected):
+    if overrides.get('sampling.mask') == 'MASK':
+        path = str(tmp_path / 'mask.npy')
+        np.save(path, np.ones((4, 4, 1)))
+        overrides = {**overrides, 'sampling.mask': path}
+    _fails(tmp_path, digits_workdir, overrides, *expected)
+
+
+def test_class_conditional_without_classifier(tmp_path):
+    workdir = str(tmp_path / 'w')
+    config = _digits()
+    run_lib.train(config, workdir)
+    _fails(
+        tmp_path,
+        workdir,
+        {'sampling.task': 'class_conditional'},
+        'needs a trained classifier',
+        '--mode train_classifier',
+    )
+
+
+def test_unlabelled_dataset(tmp_path):
+    path = train_utils.write_vector_npz(str(tmp_path / 'v.npz'))
+    flags = {'sampling.task': 'class_conditional', 'data.path': path}
+    _fails(tmp_path, str(tmp_path / 'w'), flags, 'has no class labels', kind='npz')
