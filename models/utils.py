@@ -42,8 +42,34 @@ Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
 ScoreFn = Callable[[Array, Array], Array]
 
-_MODELS: Dict[str, Type[nn.Module]] = {}
-_CLASSIFIERS: Dict[str, Type[nn.Module]] = {}
+
+class _Registry:
+    """Flax module classes by name, for one config field (``config.<kind>.name``)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.classes: Dict[str, Type[nn.Module]] = {}
+
+    def register(self, name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
+        def decorator(cls: Type[nn.Module]) -> Type[nn.Module]:
+            if name in self.classes:
+                raise ValueError(f'A {self.kind} named {name!r} is already registered.')
+            self.classes[name] = cls
+            return cls
+
+        return decorator
+
+    def get(self, name: str) -> Type[nn.Module]:
+        if name not in self.classes:
+            raise UserError(
+                f'config.{self.kind}.name={name!r} is not a known {self.kind}; use one of '
+                f'{", ".join(sorted(self.classes))}.'
+            )
+        return self.classes[name]
+
+
+_MODELS = _Registry('model')  # score networks, config.model.name
+_CLASSIFIERS = _Registry('classifier')  # noise-conditional classifiers, config.classifier.name
 
 
 # ------------------------------------------------------------------------------------
@@ -51,57 +77,33 @@ _CLASSIFIERS: Dict[str, Type[nn.Module]] = {}
 # ------------------------------------------------------------------------------------
 def register_model(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
     """Class decorator: registers a model class under ``config.model.name``."""
-
-    def decorator(cls: Type[nn.Module]) -> Type[nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f'A model named {name!r} is already registered.')
-        _MODELS[name] = cls
-        return cls
-
-    return decorator
+    return _MODELS.register(name)
 
 
 def get_model(name: str) -> Type[nn.Module]:
     """The model class registered under ``name``."""
-    if name not in _MODELS:
-        raise UserError(
-            f'config.model.name={name!r} is not a known model; use one of '
-            f'{", ".join(sorted(_MODELS))}.'
-        )
-    return _MODELS[name]
+    return _MODELS.get(name)
 
 
 def registered_models() -> Tuple[str, ...]:
     """Names of all registered models."""
-    return tuple(sorted(_MODELS))
+    return tuple(sorted(_MODELS.classes))
 
 
 def register_classifier(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
     """Class decorator: registers a noise-conditional classifier under
     ``config.classifier.name``."""
-
-    def decorator(cls: Type[nn.Module]) -> Type[nn.Module]:
-        if name in _CLASSIFIERS:
-            raise ValueError(f'A classifier named {name!r} is already registered.')
-        _CLASSIFIERS[name] = cls
-        return cls
-
-    return decorator
+    return _CLASSIFIERS.register(name)
 
 
 def get_classifier(name: str) -> Type[nn.Module]:
     """The classifier class registered under ``name``."""
-    if name not in _CLASSIFIERS:
-        raise UserError(
-            f'config.classifier.name={name!r} is not a known classifier; use one of '
-            f'{", ".join(sorted(_CLASSIFIERS))}.'
-        )
-    return _CLASSIFIERS[name]
+    return _CLASSIFIERS.get(name)
 
 
 def registered_classifiers() -> Tuple[str, ...]:
     """Names of all registered classifiers."""
-    return tuple(sorted(_CLASSIFIERS))
+    return tuple(sorted(_CLASSIFIERS.classes))
 
 
 # ------------------------------------------------------------------------------------
