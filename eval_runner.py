@@ -6,9 +6,13 @@ one not yet written) with their EMA parameters and writes, under ``W/<eval_folde
 
 * ``metrics.json`` — one entry per checkpoint number (a string) with the scalars of
   the CLI contract (README, Usage): ``loss``, ``bpd``, ``bpd_stderr``, ``nll``,
-  ``nfe_mean``, ``bound_bpd``, ``bound_stderr``, ``num_examples``, ``fid``, ``is``,
-  ``kid``, ``num_samples`` (only what was computed). Written atomically (tmp file +
+  ``nfe_mean``, ``bound_bpd``, ``bound_stderr``, ``num_examples``, ``num_images``,
+  ``num_repeats``, ``fid``, ``is``, ``kid``, ``num_samples`` (only what was computed),
+  and ``step``, the checkpoint's training step. Written atomically (tmp file +
   ``os.replace``) after every phase.
+* ``metrics.png`` — metrics.json plotted over training steps (redrawn after each
+  checkpoint) and ``tensorboard/`` — the same scalars as ``eval/<name>`` at each
+  checkpoint's step.
 * ``ckpt_<n>/*.npz`` — per-batch, per-example results (no pickle) and the samples;
   ``ckpt_<n>/samples.png`` — a grid of the first samples.
 * ``eval_meta.json`` — the evaluation meta-checkpoint: the settings the per-batch files
@@ -28,8 +32,9 @@ y = a·x + b by the data scaler, and
 ``bpd = nll / (D ln 2) + log₂ K`` (no ``log₂ K`` for continuous data). ``bpd`` uses the
 probability-flow ODE with a Hutchinson trace (``likelihood.get_nll_fn``), ``bound_bpd``
 the ScoreFlow variational bound (``likelihood.get_bound_fn``); both see the same u.
-Means and standard errors are over examples × ``eval.num_repeats`` passes; every pass
-visits every example of the split exactly once (padded last batch, masked).
+Means are over examples × ``eval.num_repeats`` passes; every pass visits every example
+of the split exactly once (padded last batch, masked). Standard errors are over images:
+each image's repeats are averaged first (``eval_store.mean_and_stderr_over_images``).
 
 Randomness. Every per-example random number (dequantization noise, Hutchinson probe,
 time samples of the bound, loss noise) comes from
@@ -50,6 +55,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from tensorboardX import SummaryWriter
 
 import checkpointing
 import datasets
@@ -93,6 +99,7 @@ PHASE_LOSS, PHASE_BPD, PHASE_SAMPLES = 1, 2, 3
 _DEQ_STREAM, _ODE_STREAM, _BOUND_STREAM = 0, 1, 2
 
 NUM_GRID_SAMPLES = 64
+PLOT_FILE = 'metrics.png'  # metrics.json over checkpoints
 # The bound's time integral: importance-sampled t with this many samples, as the paper.
 BOUND_NUM_TIMES = 1000
 
@@ -124,6 +131,7 @@ class LikelihoodOptions:
 
     ode: bool = True  # bpd by the probability-flow ODE
     bound: bool = False  # bound_bpd by the ScoreFlow bound
+    bound_importance_weighting: bool = True  # its times t ~ p(t) ∝ g²/σ², else U[ε, T]
     dsm: bool = True
     offset: bool = True
     hutchinson_type: str = 'Rademacher'
@@ -138,6 +146,7 @@ class LikelihoodOptions:
         return cls(
             ode=bool(e.enable_bpd),
             bound=bool(e.bound),
+            bound_importance_weighting=bool(e.bound_importance_weighting),
             dsm=bool(e.dsm),
             offset=bool(e.offset),
             hutchinson_type=str(e.hutchinson_type),
@@ -199,7 +208,7 @@ def get_likelihood_batch_fn(
                 sde,
                 score_fn,
                 dsm=opts.dsm,
-                importance_weighting=True,
+                importance_weighting=opts.bound_importance_weighting,
                 N=opts.bound_num_times,
                 eps=opts.eps,
                 offset=opts.offset,
@@ -324,6 +333,7 @@ class Evaluator:
         self._model = None
         self._template = None
         self._fns: Dict[str, Any] = {}
+        self._steps: Dict[int, int] = {}  # checkpoint -> its training step
 
     def _dequantizer(self) -> Tuple[Optional[Dequantizer], Any, str]:
         """The trained variational dequantizer (``eval.dequantizer``), else uniform noise;
@@ -350,7 +360,8 @@ class Evaluator:
         state = checkpointing.restore_checkpoint(
             self.workdir, ckpt, self._template, float(self.config.eval.ckpt_timeout)
         )
-        logging.info('Restored checkpoint %d (step %d).', ckpt, int(state.step))
+        self._steps[ckpt] = int(state.step)
+        logging.info('Restored checkpoint %d (step %d).', ckpt, self._steps[ckpt])
         return {'params': state.ema_params}
 
     # --- data -----------------------------------------------------------------------
@@ -368,6 +379,28 @@ class Evaluator:
         if self.host != 0:
             return dict(values)
         return update_metrics(self.eval_dir, ckpt, values)
+
+    def _report(self, ckpt: int) -> Dict[str, Any]:
+        """Adds the checkpoint's training ``step`` to its metrics.json entry, writes the
+        entry's metrics to TensorBoard (``eval/<name>`` at that step) and redraws
+        ``metrics.png`` (:func:`pictures.plot_metrics`); host 0 only."""
+        # Snapshot n is saved at step n · snapshot_freq (checkpointing); the restored
+        # state's own step is used when this evaluator loaded it.
+        step = self._steps.get(ckpt, ckpt * int(self.config.training.snapshot_freq))
+        entry = self._update_metrics(ckpt, {'step': step})
+        if self.host != 0:
+            return entry
+        # A writer per checkpoint, closed at once: tensorboardX's flush() does not drain
+        # its queue, so a writer kept open could lose the last checkpoint's scalars.
+        writer = SummaryWriter(os.path.join(self.eval_dir, 'tensorboard'))
+        for key, se_key in pictures.PLOTTED_METRICS:
+            for name in (key, se_key):
+                if name and entry.get(name) is not None:
+                    writer.add_scalar(f'eval/{name}', entry[name], step)
+        writer.close()
+        metrics = read_json(os.path.join(self.eval_dir, METRICS_FILE), {})
+        pictures.plot_metrics(os.path.join(self.eval_dir, PLOT_FILE), metrics)
+        return entry
 
     def _position(self, ckpt: int, phase: str) -> None:
         self.meta['position'] = {'ckpt': ckpt, 'phase': phase}
@@ -403,6 +436,7 @@ class Evaluator:
             entry = self._likelihood_phase(ckpt, variables, store)
         if e.enable_sampling:
             entry = self._sampling_phase(ckpt, variables, store)
+        entry = self._report(ckpt)
         logging.info('Checkpoint %d: %s', ckpt, json.dumps(entry, sort_keys=True))
         return entry
 

@@ -49,6 +49,7 @@ FINGERPRINT_FIELDS = (
     'eval.batch_size',
     'eval.bpd_dataset',
     'eval.dsm',
+    'eval.bound_importance_weighting',
     'eval.offset',
     'eval.dequantizer',
     'eval.rtol',
@@ -194,16 +195,48 @@ def mean_and_stderr(values: np.ndarray) -> Tuple[float, float]:
     return float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(len(v)))
 
 
+def per_image_means(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Mean of each image's values over its repeats, in image-index order, float64."""
+    index = np.asarray(index, np.int64)
+    images, inverse = np.unique(index, return_inverse=True)
+    sums = np.bincount(inverse, np.asarray(values, np.float64), minlength=len(images))
+    return sums / np.bincount(inverse, minlength=len(images))
+
+
+def mean_and_stderr_over_images(values: np.ndarray, index: np.ndarray) -> Tuple[float, float]:
+    """Mean and standard error of per-example values seen in several passes.
+
+    The passes (``eval.num_repeats``) see the same images with new dequantization noise,
+    Hutchinson probes and times, so they are not independent samples: with v̄_i the mean
+    of image i over its R repeats and n images, the estimate is mean(v̄) (every image has
+    R values, so it equals the mean of all values) and its standard error
+    std(v̄, ddof 1)/√n, which stays put as R grows when the repeats agree and shrinks to
+    that of the images' own spread when they do not (not std/√(nR), which treats the R
+    passes as fresh images and understates it by up to √R).
+    """
+    return mean_and_stderr(per_image_means(values, index))
+
+
 def likelihood_metrics(results: Results) -> Dict[str, float]:
-    """bpd, bpd_stderr, nll, nfe_mean, bound_bpd, bound_stderr, num_examples."""
+    """bpd, bpd_stderr, nll, nfe_mean, bound_bpd, bound_stderr (standard errors over
+    images, repeats averaged first), num_examples (= num_images × num_repeats),
+    num_images, num_repeats."""
     results = sorted_results(results)
-    out: Dict[str, float] = {'num_examples': int(len(results['index']))}
+    index = results['index']
+    num_images = int(len(np.unique(index)))
+    out: Dict[str, float] = {
+        'num_examples': int(len(index)),
+        'num_images': num_images,
+        'num_repeats': int(len(index) // max(num_images, 1)),
+    }
     if 'bpd' in results:
-        out['bpd'], out['bpd_stderr'] = mean_and_stderr(results['bpd'])
+        out['bpd'], out['bpd_stderr'] = mean_and_stderr_over_images(results['bpd'], index)
         out['nll'] = float(np.mean(results['nll'].astype(np.float64)))
         out['nfe_mean'] = float(np.mean(results['nfe'].astype(np.float64)))
     if 'bound_bpd' in results:
-        out['bound_bpd'], out['bound_stderr'] = mean_and_stderr(results['bound_bpd'])
+        out['bound_bpd'], out['bound_stderr'] = mean_and_stderr_over_images(
+            results['bound_bpd'], index
+        )
     return out
 
 

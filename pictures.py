@@ -1,7 +1,8 @@
-"""Pictures of samples: image grids, 2-D scatter images, PNG files.
+"""Pictures: image grids and 2-D scatter images of samples, plots of metrics, PNG files.
 
 Images are NHWC arrays in [0, 1]; pictures are uint8 ``[H, W, 1|3]`` arrays written as PNG
-through :func:`file_io.atomic_write`.
+through :func:`file_io.atomic_write`; plots are drawn by matplotlib's object API (no
+display, no pyplot state).
 """
 
 from __future__ import annotations
@@ -9,14 +10,24 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
 
 import file_io
 
 MIN_PNG_WIDTH = 256  # tiny images (8×8 digits) are scaled up with visible pixels
+# metrics.json keys plotted by plot_metrics (with their standard errors where known).
+PLOTTED_METRICS = (
+    ('bpd', 'bpd_stderr'),
+    ('bound_bpd', 'bound_stderr'),
+    ('loss', None),
+    ('fid', None),
+    ('is', None),
+    ('kid', None),
+)
 
 
 def image_grid(images: np.ndarray, ncol: Optional[int] = None, pad: int = 1) -> np.ndarray:
@@ -72,3 +83,37 @@ def save_samples(folder: str, samples: np.ndarray) -> None:
     picture = sample_picture(samples)
     if picture is not None:
         save_png(os.path.join(folder, 'sample.png'), picture)
+
+
+def plot_metrics(
+    path: str,
+    metrics: Mapping[str, Mapping[str, Optional[float]]],
+    keys: Sequence[tuple] = PLOTTED_METRICS,
+) -> bool:
+    """Plots a metrics.json object ``{ckpt: {name: value}}`` over checkpoints as a PNG.
+
+    One panel per metric of ``keys`` present in some entry, against the training step
+    (``step``, else the checkpoint number), with ±1 standard error bars where the entry
+    has one. Returns False (and writes nothing) when there is nothing to plot.
+    """
+    ckpts = sorted(metrics, key=int)
+    panels = [(k, se) for k, se in keys if any(metrics[c].get(k) is not None for c in ckpts)]
+    if not panels:
+        return False
+    fig = Figure(figsize=(4 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    uses_steps = all(metrics[c].get('step') is not None for c in ckpts)
+    for ax, (key, se_key) in zip(axes[0], panels):
+        rows = [c for c in ckpts if metrics[c].get(key) is not None]
+        x = [metrics[c]['step'] if uses_steps else int(c) for c in rows]
+        y = [metrics[c][key] for c in rows]
+        err = [metrics[c].get(se_key) or 0.0 for c in rows] if se_key else None
+        ax.errorbar(x, y, yerr=err, marker='o', capsize=3)
+        ax.set_title(f'{key} (± 1 s.e.)' if se_key else key)
+        ax.set_xlabel('training step' if uses_steps else 'checkpoint')
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=100)
+    file_io.atomic_write(path, buf.getvalue())
+    return True

@@ -69,6 +69,7 @@ def _eval() -> ml_collections.ConfigDict:
             'bpd_dataset': 'test',  # 'train' | 'test'
             'num_repeats': 5,  # passes over the split (dequantization noise)
             'bound': False,  # ScoreFlow variational bound alongside the ODE
+            'bound_importance_weighting': True,  # bound's t ~ p(t) ∝ g²/σ² (else U[ε, T])
             'dsm': True,  # bound in DSM form (else sliced score matching)
             'offset': True,  # ε-offset decoder term of the bound
             'dequantizer': False,  # variational (Flow++) instead of uniform deq.

@@ -8,6 +8,7 @@ checked against analytic log-densities without training anything.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -16,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
 import eval_runner
 import eval_store
@@ -131,6 +134,51 @@ def test_bpd_of_exact_score_equals_analytic_density(vector_data, vector_eval):
     assert se < 0.1 and abs(diff.mean()) < 4 * se, (diff.mean(), se)
 
 
+def test_bound_with_uniform_times(vector_data, vector_eval, tmp_path):
+    """eval.bound_importance_weighting=False draws the bound's times from U[ε, T]: other
+    values than importance-sampled times, the same expectation −log p_ε (exact score)."""
+    gm, path = vector_data
+    config = _vector_config(path)
+    config.eval.enable_bpd = config.eval.enable_loss = False
+    config.eval.bound_importance_weighting = False
+    _evaluator(config, tmp_path, gm).run()
+    x = np.load(path)['test']
+    nll_exact = -np.asarray(gm.log_prob(sde_lib.VPSDE(), jnp.asarray(x), jnp.full(len(x), EPS)))
+    diff = _per_image(tmp_path, 'bound_bpd') - nll_exact / (2 * math.log(2))
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    assert se < 0.1 and abs(diff.mean()) < 4 * se, (diff.mean(), se)
+    assert _metrics(tmp_path)['1']['bound_bpd'] == pytest.approx(
+        np.mean(_per_image(tmp_path, 'bound_bpd')), rel=1e-9
+    )
+    is_bound = _per_image(vector_eval[1], 'bound_bpd')
+    assert not np.allclose(_per_image(tmp_path, 'bound_bpd'), is_bound)
+
+
+def _tensorboard_scalars(folder):
+    """{tag: [(step, value)]} of the TensorBoard event files in ``folder``."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(folder, 'events.out.tfevents.*'))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_results_reach_tensorboard_and_a_plot(vector_eval):
+    """metrics.json's entry gets the checkpoint's step; the same numbers are TensorBoard
+    scalars at that step, and metrics.png is a PNG of the plotted metrics."""
+    config, workdir = vector_eval
+    entry = _metrics(workdir)['1']
+    step = int(config.training.snapshot_freq)  # snapshot 1 (the exact score has none)
+    assert entry['step'] == step
+    scalars = _tensorboard_scalars(os.path.join(workdir, 'eval', 'tensorboard'))
+    for name in ('bpd', 'bpd_stderr', 'bound_bpd', 'bound_stderr', 'loss'):
+        ((s, value),) = scalars[f'eval/{name}']
+        assert s == step and value == pytest.approx(entry[name], rel=1e-6)
+    with Image.open(os.path.join(workdir, 'eval', 'metrics.png')) as img:
+        assert img.format == 'PNG' and img.width == 3 * 400  # 3 panels: bpd, bound_bpd, loss
+
+
 def _per_image(workdir, key, folder='eval'):
     """Per-example values ``key`` of the bits/dim passes, averaged over repeats, by index."""
     ckpt = os.path.join(workdir, folder, 'ckpt_1')
@@ -239,6 +287,45 @@ def test_image_grid_and_stats():
     np.testing.assert_array_equal(grid[1:5, 1:6], np.round(images[0] * 255).astype(np.uint8))
     mean, se = eval_store.mean_and_stderr(np.array([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5 and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+def _repeated_results(per_image, num_repeats, noise_sd, seed=0):
+    """Results of ``num_repeats`` passes: image i's value per_image[i] + N(0, noise_sd²)
+    noise, fresh in every pass, shuffled as hosts and batches would return them."""
+    rs = np.random.RandomState(seed)
+    n = len(per_image)
+    values = np.tile(per_image, num_repeats) + noise_sd * rs.randn(n * num_repeats)
+    out = {
+        'index': np.tile(np.arange(n), num_repeats),
+        'repeat': np.repeat(np.arange(num_repeats), n),
+        'bound_bpd': values,
+    }
+    order = rs.permutation(n * num_repeats)
+    return {k: v[order] for k, v in out.items()}
+
+
+def test_stderr_is_over_images_not_over_repeats():
+    """Repeats of one image are averaged before the standard error is taken."""
+    per_image = np.random.RandomState(1).randn(50)
+    se_images = np.std(per_image, ddof=1) / math.sqrt(50)
+    # Perfectly correlated repeats (no noise between passes): R passes say no more than
+    # one, so the error must not shrink (treating the 8 × 50 values as independent
+    # would report se_images / √8).
+    for repeats in (1, 8):
+        m = eval_store.likelihood_metrics(_repeated_results(per_image, repeats, 0.0))
+        assert m['bound_stderr'] == pytest.approx(se_images, rel=1e-12)
+        assert m['bound_bpd'] == pytest.approx(per_image.mean(), rel=1e-12)
+        assert (m['num_images'], m['num_repeats'], m['num_examples']) == (
+            50,
+            repeats,
+            50 * repeats,
+        )
+    # Independent values (all images alike, only pass-to-pass noise of sd 1): the error
+    # is 1/√(n R) and halves when the images are four times as many.
+    for n, repeats in ((400, 4), (1600, 4), (1600, 1)):
+        m = eval_store.likelihood_metrics(_repeated_results(np.zeros(n), repeats, 1.0, n))
+        # The sample std of n values of per-image variance 1/R is within ±3.5 % (n = 400).
+        assert m['bound_stderr'] == pytest.approx(1 / math.sqrt(n * repeats), rel=0.1)
 
 
 # --------------------------------------------------------------------------- devices
@@ -400,9 +487,14 @@ def test_end_to_end_eval_killed_and_resumed(tmp_path):
         'nll',
         'nfe_mean',
         'num_examples',
+        'num_images',
+        'num_repeats',
         'num_samples',
+        'step',
     }
     assert resumed['num_examples'] == 2 * 11 and resumed['num_samples'] == 6
+    assert (resumed['num_images'], resumed['num_repeats']) == (11, 2)
+    assert resumed['step'] == 10  # snapshot 1 of the restored state (snapshot_freq 10)
     levels = np.load(tmp_path / 'digits.npz')['test']
     expected = train_utils.zero_score_bpd(config, levels) - _logistic_normal_entropy_bits()
     # log q varies with u: Monte Carlo error of 22 evaluations (per-image standard error).
@@ -411,6 +503,15 @@ def test_end_to_end_eval_killed_and_resumed(tmp_path):
 
     config.eval.enable_loss = config.eval.enable_sampling = False
     reference = run_lib.evaluate(config, str(workdir), 'reference')['1']
-    assert reference.keys() == {'bpd', 'bpd_stderr', 'nll', 'nfe_mean', 'num_examples'}
+    assert reference.keys() == {
+        'bpd',
+        'bpd_stderr',
+        'nll',
+        'nfe_mean',
+        'num_examples',
+        'num_images',
+        'num_repeats',
+        'step',
+    }
     for key in reference:
         assert resumed[key] == pytest.approx(reference[key], rel=1e-5), key
