@@ -330,6 +330,8 @@ class Evaluator:
         self._deq_fn, self._deq_variables, deq_digest = self._dequantizer()
         extra = {'dequantizer_sha1': deq_digest} if deq_digest else {}
         self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0, extra=extra)
+        if self._wants_sample_quality():  # missing Inception weights: fail before sampling
+            evaluation.check_feature_net(config.data.dataset, config)
         self._model = None
         self._template = None
         self._fns: Dict[str, Any] = {}
@@ -568,10 +570,15 @@ class Evaluator:
         pictures.save_png(path, picture)
         logging.info('Saved %s.', path)
 
+    def _wants_sample_quality(self) -> bool:
+        """Sampling with FID / IS / KID (``eval.sample_metrics``) of image samples."""
+        e = self.config.eval
+        return bool(e.enable_sampling and e.sample_metrics) and self.data.num_bins is not None
+
     def _sample_quality(self, folder: str, samples: np.ndarray) -> Dict[str, float]:
-        """FID / IS / KID (DIGITS: the digits classifier), cached; {} if not available."""
-        if self.data.num_bins is None:
-            logging.info('Sample-quality metrics need images; skipped for vector data.')
+        """FID / IS / KID (DIGITS: the digits classifier), cached; {} if not wanted."""
+        if not self._wants_sample_quality():
+            logging.info('No FID/IS/KID: eval.sample_metrics=False or vector samples.')
             return {}
         path = os.path.join(folder, 'sample_quality.json')
         cached = read_json(path, None)

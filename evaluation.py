@@ -374,15 +374,23 @@ class InceptionFeatureNet(FeatureNet):
 
 def load_inception(path: str, batch_size: int = 50) -> InceptionFeatureNet:
     """Inception-v3 from a local Keras weights file; :class:`UserError` if it is missing."""
+    check_inception_file(path)
+    return InceptionFeatureNet(path, batch_size)
+
+
+def check_inception_file(path: str) -> None:
+    """:class:`UserError` (one line: what to download, where to point the field) unless
+    ``path`` is an existing HDF5 weights file; cheap, for checks before long work."""
     if not path or not os.path.isfile(path):
         what = 'is empty' if not path else f'is {path!r}, which does not exist'
         raise UserError(
             f'FID/KID/IS need Inception-v3 weights, but config.eval.inception_path {what}. '
             f'On a machine with network access download {INCEPTION_URL}{INCEPTION_NOTOP} '
             f'(FID, KID) or {INCEPTION_URL}{INCEPTION_TOP} (also IS), copy it here and '
-            'pass --config.eval.inception_path=/path/to/that/file.h5.'
+            'pass --config.eval.inception_path=/path/to/that/file.h5, or sample without '
+            'these metrics with --config.eval.sample_metrics=False.'
         )
-    return InceptionFeatureNet(path, batch_size)
+    _has_predictions_layer(path)
 
 
 def _has_predictions_layer(path: str) -> bool:
@@ -538,6 +546,13 @@ def training_images(
         yield datasets.to_unit_interval(
             levels[start : start + batch_size], int(config.data.num_bins)
         )
+
+
+def check_feature_net(dataset_name: str, config: Any) -> None:
+    """Raises :class:`UserError` now if :func:`get_feature_net` would fail for want of
+    Inception weights — before samples are drawn, not after."""
+    if dataset_name.upper() != 'DIGITS':
+        check_inception_file(config.eval.get('inception_path', ''))
 
 
 def get_feature_net(dataset_name: str, workdir: str, config: Any) -> FeatureNet:

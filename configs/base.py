@@ -76,6 +76,7 @@ def _eval() -> ml_collections.ConfigDict:
             'enable_sampling': False,
             'num_samples': 50000,
             'inception_path': '',  # local Inception weights for FID/IS/KID
+            'sample_metrics': True,  # FID/IS/KID of the samples (False: samples only)
             'rtol': 1e-5,  # likelihood ODE tolerances
             'atol': 1e-5,
             'eps': 1e-5,  # smallest time of the likelihood ODE / bound

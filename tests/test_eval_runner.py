@@ -154,6 +154,28 @@ def test_bound_with_uniform_times(vector_data, vector_eval, tmp_path):
     assert not np.allclose(_per_image(tmp_path, 'bound_bpd'), is_bound)
 
 
+def test_missing_inception_fails_before_sampling(tmp_path):
+    """Image samples with FID/IS/KID and no Inception weights: one UserError at once,
+    naming the field and the way out; with eval.sample_metrics=False it samples."""
+    path = tmp_path / 'images.npz'
+    images = np.zeros((4, 3, 3, 1), np.uint8)
+    np.savez(path, train=images, test=images)
+    config = _config(path, num_bins=17)
+    config.data.image_size, config.data.num_channels = 3, 1
+    config.eval.enable_bpd, config.eval.enable_sampling = False, True
+    gm = mixture.GaussianMixture(np.ones(1), np.zeros((1, 9)), np.eye(9)[None])
+    for inception_path, what in (('', 'is empty'), (str(tmp_path / 'no.h5'), "is '.*no.h5', which does not exist")):
+        config.eval.inception_path = inception_path
+        with pytest.raises(UserError, match=f'eval.inception_path {what}.*sample_metrics=False'):
+            _evaluator(config, tmp_path / 'w', gm)
+    (tmp_path / 'bad.h5').write_text('not hdf5')
+    config.eval.inception_path = str(tmp_path / 'bad.h5')
+    with pytest.raises(UserError, match='not an HDF5 weights file'):
+        _evaluator(config, tmp_path / 'w', gm)
+    config.eval.sample_metrics = False
+    _evaluator(config, tmp_path / 'w', gm)
+
+
 def _tensorboard_scalars(folder):
     """{tag: [(step, value)]} of the TensorBoard event files in ``folder``."""
     out = {}
@@ -409,6 +431,7 @@ _E2E = {
     'eval.bound': False,
     'eval.enable_sampling': True,
     'eval.num_samples': 6,
+    'eval.sample_metrics': False,  # NPZ images: FID would need Inception weights
     'eval.rtol': 1e-3,
     'eval.atol': 1e-3,
     'sampling.rtol': 1e-3,
@@ -478,7 +501,7 @@ def test_end_to_end_eval_killed_and_resumed(tmp_path):
     assert set(_metrics(workdir)['1']) == {'loss'}  # killed during bits/dim
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert 'Skipping FID/IS/KID' in done.stderr  # NPZ images need Inception weights
+    assert 'No FID/IS/KID: eval.sample_metrics=False' in done.stderr
     resumed = _metrics(workdir)['1']
     assert resumed.keys() == {
         'loss',
