@@ -12,11 +12,22 @@ a fixed feature network:
 
 Feature networks (:class:`FeatureNet`, inputs are images in [0, 1], NHWC):
 
-* Real images (CIFAR-10, SVHN, CelebA, ImageNet 32, NPZ images): Keras Inception-v3, read
-  from the LOCAL file ``config.eval.inception_path`` (nothing is downloaded at run time).
-  Images are resized bilinearly to 299×299, scaled to [−1, 1], grey images repeated to
-  three channels. Two files are accepted, both from the Keras applications bucket; on a
-  machine with network access fetch one with e.g. ``wget`` and copy it over:
+* Real images (CIFAR-10, SVHN, CelebA, ImageNet 32, NPZ images): an Inception network
+  read from the LOCAL path ``config.eval.inception_path`` (nothing is downloaded at run
+  time), chosen by what the path is:
+
+  - a folder: the TF-GAN Inception module that Score SDE and ScoreFlow load from TF-Hub
+    (``tensorflow/tfgan/eval/inception/1``; :class:`TFGANInceptionNet`): ``pool_3``
+    (2048-d) features for FID and KID, its 1008 ``logits`` for IS — the papers'
+    numbers. On a machine with network access download
+    https://tfhub.dev/tensorflow/tfgan/eval/inception/1?tf-hub-format=compressed and
+    unpack the .tar.gz into a folder. Reference statistics can be the originals' files
+    (``config.eval.stats_path``: ``assets/stats/cifar10_stats.npz`` etc., feature rows
+    under ``pool_3``).
+  - a ``.h5`` file: Keras' ImageNet Inception-v3 (:class:`InceptionFeatureNet`), a
+    documented alternative whose numbers are close to, not equal to, the papers'.
+    Images are resized bilinearly to 299×299, scaled to [−1, 1], grey images repeated to
+    three channels. Two files are accepted, both from the Keras applications bucket:
 
   - ``inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5``
     (md5 bcbd6486424b2319ff4ef7d526e38f63): 2048-d pool features, FID and KID, no IS.
@@ -28,9 +39,7 @@ Feature networks (:class:`FeatureNet`, inputs are images in [0, 1], NHWC):
   (the URL is the folder followed by the file name);
   ``python -c "import keras; keras.applications.InceptionV3(include_top=False)"`` also
   downloads the first into ``~/.keras/models/``. Which of the two was given is detected
-  from the file (a ``predictions`` layer). The papers used the TF-GAN Inception graph
-  (``pool_3``, 1008 logits); Keras weights give FID/IS values close to, but not identical
-  with, the published ones: compare models with one feature network, not with the tables.
+  from the file (a ``predictions`` layer). Compare models with one feature network.
 
 * DIGITS (8×8 scikit-learn digits, which Inception cannot judge): a small MLP classifier
   trained deterministically on the digits training split (> 98 % test accuracy, a few
@@ -42,8 +51,11 @@ Samples (in [0, 1], the data space the model was trained in) are first quantized
 data's K levels and mapped to x̄/(K−1), like the training images they are compared with
 (the original code compared uint8 images). Training-split statistics are cached as
 ``<workdir>/stats/<dataset>_<split>_<net>.npz`` (``allow_pickle=False``): μ, Σ, a fixed
-random subset of features for KID, and the feature network's fingerprint; a cache
-written with another network is recomputed.
+random subset of features for KID (also under ``pool_3``, so that the originals' code
+reads the file), and the feature network's fingerprint; a cache written with another
+network is recomputed. KID uses that subset (5000 rows) of the reference features, not
+all of them as TF-GAN's ``kernel_classifier_distance`` does: the same expectation, a
+little more variance.
 """
 
 from __future__ import annotations
@@ -51,7 +63,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Any, Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -71,6 +83,13 @@ INCEPTION_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/in
 INCEPTION_NOTOP = 'inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5'
 INCEPTION_TOP = 'inception_v3_weights_tf_dim_ordering_tf_kernels.h5'
 INCEPTION_SIZE = 299
+TFGAN_INCEPTION_URL = 'https://tfhub.dev/tensorflow/tfgan/eval/inception/1'
+TFGAN_POOL, TFGAN_LOGITS = 'pool_3', 'logits'  # its outputs, and the stats files' key
+TFGAN_HOW_TO = (
+    'For FID/IS as the papers computed them, on a machine with network access download '
+    f'{TFGAN_INCEPTION_URL}?tf-hub-format=compressed, unpack the .tar.gz into a folder, '
+    'copy it here and pass --config.eval.inception_path=/path/to/that/folder.'
+)
 DIGITS_CLASSIFIER_VERSION = 'digits_mlp_v1(64-128-64-10,gelu,adamw3e-3,300 steps)'
 
 ImageSource = Union[np.ndarray, Iterable[np.ndarray]]
@@ -228,22 +247,48 @@ def stats_path(workdir: str, dataset: str, split: str, featurenet: str) -> str:
 
 
 def save_stats(path: str, stats: FeatureStats) -> None:
-    """Writes ``stats`` to ``path`` (.npz, no pickle) atomically: tmp file, then rename."""
+    """Writes ``stats`` to ``path`` (.npz, no pickle) atomically: tmp file, then rename.
+
+    The file also reads as the originals' statistics (``pool_3``: feature rows, the only
+    key Score SDE's ``load_dataset_stats`` uses); here those rows are the random subset
+    kept for KID, while μ and Σ are those of all rows."""
     file_io.save_npz(
         path,
         mu=stats.mu,
         sigma=stats.sigma,
         features=stats.features,
         fingerprint=np.array(stats.fingerprint),
+        **{TFGAN_POOL: stats.features},
     )
 
 
-def load_stats(path: str) -> FeatureStats:
-    """Reads statistics written by :func:`save_stats` (``allow_pickle=False``)."""
-    with np.load(path, allow_pickle=False) as f:
-        return FeatureStats(
-            mu=f['mu'], sigma=f['sigma'], features=f['features'], fingerprint=str(f['fingerprint'])
-        )
+def load_stats(path: str, num_kid_features: int = 5000, seed: int = 0) -> FeatureStats:
+    """Reads statistics written by :func:`save_stats`, or the originals' statistics files
+    (``assets/stats/cifar10_stats.npz`` etc.: feature rows under ``pool_3``, from which μ,
+    Σ and a random subset of ``num_kid_features`` rows for KID are taken; fingerprint '').
+    ``allow_pickle=False``; a file with neither layout is a :class:`UserError`."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f'Cannot read the statistics file {path!r} ({e}).') from e
+    with f:
+        if {'mu', 'sigma', 'features', 'fingerprint'} <= set(f.files):
+            return FeatureStats(
+                mu=f['mu'],
+                sigma=f['sigma'],
+                features=f['features'],
+                fingerprint=str(f['fingerprint']),
+            )
+        if TFGAN_POOL not in f.files or f[TFGAN_POOL].ndim != 2 or len(f[TFGAN_POOL]) < 2:
+            raise UserError(
+                f'{path} holds {sorted(f.files)}, not feature statistics: expected the '
+                f"originals' layout ({TFGAN_POOL!r}: [N, d] feature rows, N ≥ 2) or this "
+                "project's (mu, sigma, features, fingerprint)."
+            )
+        pool = f[TFGAN_POOL]
+    mu, sigma = feature_stats(pool)
+    rows = np.random.default_rng(seed).permutation(len(pool))[:num_kid_features]
+    return FeatureStats(mu=mu, sigma=sigma, features=pool[np.sort(rows)], fingerprint='')
 
 
 class _MomentAccumulator:
@@ -372,23 +417,92 @@ class InceptionFeatureNet(FeatureNet):
         return np.asarray(out[0]), (np.asarray(out[1]) if self.has_top else None)
 
 
-def load_inception(path: str, batch_size: int = 50) -> InceptionFeatureNet:
-    """Inception-v3 from a local Keras weights file; :class:`UserError` if it is missing."""
+class TFGANInceptionNet(FeatureNet):
+    """The TF-GAN Inception network of Score SDE and ScoreFlow, from a local copy of the
+    TF-Hub module ``tensorflow/tfgan/eval/inception/1`` (a SavedModel directory).
+
+    As the originals call it: uint8 levels v are mapped to (v − 127.5)/127.5 = 2x − 1 and
+    passed at their own size (the module resizes to 299×299 bilinearly inside, as the
+    originals rely on); its outputs ``pool_3`` (2048-d) and ``logits`` (1008) are
+    flattened. Grey images are repeated to three channels.
+    """
+
+    name = 'tfgan_inception'
+
+    def __init__(self, path: str, batch_size: int = 50):
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top (4-7 s import)
+
+        _allow_tf_gpu_memory_growth(tf)
+        self.fingerprint = _folder_digest(path)
+        self.batch_size = batch_size
+        self._fn = _load_tfhub_callable(tf, path)
+        self._tf = tf
+
+    def _apply(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if images.shape[-1] == 1:
+            images = np.repeat(images, 3, axis=-1)
+        out = self._fn(self._tf.constant(2.0 * images - 1.0, self._tf.float32))
+        pool = np.asarray(out[TFGAN_POOL]).reshape(images.shape[0], -1)
+        logits = np.asarray(out[TFGAN_LOGITS]).reshape(images.shape[0], -1)
+        return pool, logits
+
+
+def _load_tfhub_callable(tf: Any, path: str) -> Callable[[Any], Any]:
+    """``images -> {name: tensor}`` of a SavedModel folder: a TF2 SavedModel's
+    ``__call__``, or the ``default`` signature of a TF1 Hub-format module (loaded with the
+    empty tag set, as ``tensorflow_hub.load`` does), called with its one input by name."""
+    errors = []
+    for tags in (None, []):
+        try:
+            module = tf.saved_model.load(path, tags=tags)
+            break
+        except (ValueError, OSError, RuntimeError) as e:
+            errors.append(f'{type(e).__name__}: {str(e).splitlines()[0][:120]}')
+    else:
+        raise UserError(
+            f'config.eval.inception_path={path!r} is not a loadable TF-Hub module / '
+            f'SavedModel ({"; ".join(errors)}). {TFGAN_HOW_TO}'
+        )
+    if callable(module):
+        return module
+    signatures = getattr(module, 'signatures', {})
+    if 'default' not in signatures:
+        raise UserError(
+            f'The SavedModel at config.eval.inception_path={path!r} is neither callable nor '
+            f'has a "default" signature (it has {sorted(signatures)}). {TFGAN_HOW_TO}'
+        )
+    signature = signatures['default']
+    (name,) = signature.structured_input_signature[1]
+    return lambda images: signature(**{name: images})
+
+
+def load_inception(path: str, batch_size: int = 50) -> FeatureNet:
+    """The feature network at ``config.eval.inception_path``: a directory is the TF-GAN
+    Inception module (:class:`TFGANInceptionNet`, the papers' network), a ``.h5`` file
+    Keras' Inception-v3 (:class:`InceptionFeatureNet`); :class:`UserError` if missing."""
     check_inception_file(path)
+    if os.path.isdir(path):
+        return TFGANInceptionNet(path, batch_size)
     return InceptionFeatureNet(path, batch_size)
 
 
 def check_inception_file(path: str) -> None:
     """:class:`UserError` (one line: what to download, where to point the field) unless
-    ``path`` is an existing HDF5 weights file; cheap, for checks before long work."""
+    ``path`` is a SavedModel directory or an HDF5 weights file; cheap, for checks before
+    long work."""
+    if path and os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, 'saved_model.pb')):
+            raise UserError(
+                f'config.eval.inception_path={path!r} is a folder without saved_model.pb, '
+                f'not a TF-Hub module / SavedModel; {TFGAN_HOW_TO}'
+            )
+        return
     if not path or not os.path.isfile(path):
         what = 'is empty' if not path else f'is {path!r}, which does not exist'
         raise UserError(
-            f'FID/KID/IS need Inception-v3 weights, but config.eval.inception_path {what}. '
-            f'On a machine with network access download {INCEPTION_URL}{INCEPTION_NOTOP} '
-            f'(FID, KID) or {INCEPTION_URL}{INCEPTION_TOP} (also IS), copy it here and '
-            'pass --config.eval.inception_path=/path/to/that/file.h5, or sample without '
-            'these metrics with --config.eval.sample_metrics=False.'
+            f'FID/KID/IS need an Inception network, but config.eval.inception_path {what}. '
+            f'{TFGAN_HOW_TO} (Or Keras Inception-v3 weights: {INCEPTION_URL}{INCEPTION_TOP}, '
+            'a file.) Or sample without these metrics: --config.eval.sample_metrics=False.'
         )
     _has_predictions_layer(path)
 
@@ -407,6 +521,17 @@ def _has_predictions_layer(path: str) -> bool:
             f'Expected {INCEPTION_NOTOP} or {INCEPTION_TOP}.'
         ) from e
     return any(part == 'predictions' for name in names for part in name.split('/'))
+
+
+def _folder_digest(path: str) -> str:
+    """Digest of a SavedModel folder: its files' relative names and contents."""
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            h.update(os.path.relpath(full, path).encode())
+            h.update(_file_digest(full).encode())
+    return h.hexdigest()[:16]
 
 
 def _file_digest(path: str) -> str:
@@ -553,6 +678,8 @@ def check_feature_net(dataset_name: str, config: Any) -> None:
     Inception weights — before samples are drawn, not after."""
     if dataset_name.upper() != 'DIGITS':
         check_inception_file(config.eval.get('inception_path', ''))
+    if config.eval.get('stats_path', ''):
+        load_stats(config.eval.stats_path)  # exists and has a known layout
 
 
 def get_feature_net(dataset_name: str, workdir: str, config: Any) -> FeatureNet:
@@ -571,8 +698,14 @@ def reference_stats(
     reference_images: Optional[ImageSource] = None,
     split: str = 'train',
 ) -> FeatureStats:
-    """Cached ``split`` statistics of ``net``; computed from ``reference_images`` (default:
+    """The reference statistics of ``net``: the file ``config.eval.stats_path`` when set
+    (e.g. the originals' ``assets/stats/cifar10_stats.npz``, for the TF-GAN network),
+    else the cached ``split`` statistics, computed from ``reference_images`` (default:
     :func:`training_images`) and saved when missing or made by another network."""
+    given = config.eval.get('stats_path', '') if config is not None else ''
+    if given:
+        logging.info('Reference statistics from %s (eval.stats_path).', given)
+        return load_stats(given)
     path = stats_path(workdir, dataset_name, split, net.name)
     if os.path.exists(path):
         stats = load_stats(path)
@@ -615,6 +748,11 @@ def sample_quality(
     ref = reference_stats(net, dataset_name, workdir, config, reference_images)
     images = quantize(samples, int(config.data.num_bins), bool(config.data.uniform_dequantization))
     features, logits = net(images)
+    if features.shape[1] != ref.mu.shape[0]:
+        raise UserError(
+            f'The reference statistics have {ref.mu.shape[0]}-d features, {net.name} gives '
+            f'{features.shape[1]}-d ones: eval.stats_path must come from the same network.'
+        )
     mu, sigma = feature_stats(features)
     result = {
         'fid': frechet_distance(mu, sigma, ref.mu, ref.sigma),

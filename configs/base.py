@@ -77,6 +77,7 @@ def _eval() -> ml_collections.ConfigDict:
             'num_samples': 50000,
             'inception_path': '',  # local Inception weights for FID/IS/KID
             'sample_metrics': True,  # FID/IS/KID of the samples (False: samples only)
+            'stats_path': '',  # reference statistics .npz (the originals' pool_3 layout)
             'rtol': 1e-5,  # likelihood ODE tolerances
             'atol': 1e-5,
             'eps': 1e-5,  # smallest time of the likelihood ODE / bound

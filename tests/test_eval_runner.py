@@ -164,7 +164,10 @@ def test_missing_inception_fails_before_sampling(tmp_path):
     config.data.image_size, config.data.num_channels = 3, 1
     config.eval.enable_bpd, config.eval.enable_sampling = False, True
     gm = mixture.GaussianMixture(np.ones(1), np.zeros((1, 9)), np.eye(9)[None])
-    for inception_path, what in (('', 'is empty'), (str(tmp_path / 'no.h5'), "is '.*no.h5', which does not exist")):
+    for inception_path, what in (
+        ('', 'is empty'),
+        (str(tmp_path / 'no.h5'), "is '.*no.h5', which does not exist"),
+    ):
         config.eval.inception_path = inception_path
         with pytest.raises(UserError, match=f'eval.inception_path {what}.*sample_metrics=False'):
             _evaluator(config, tmp_path / 'w', gm)

@@ -149,7 +149,7 @@ def test_dataset_stats_streaming_and_cache_round_trip(tmp_path):
     assert path == os.path.join(str(tmp_path), 'stats', 'cifar10_train_linear.npz')
     evaluation.save_stats(path, stats)
     with np.load(path, allow_pickle=False) as f:  # no object arrays inside
-        assert sorted(f.files) == ['features', 'fingerprint', 'mu', 'sigma']
+        assert sorted(f.files) == ['features', 'fingerprint', 'mu', 'pool_3', 'sigma']
     loaded = evaluation.load_stats(path)
     assert loaded.fingerprint == 'lin0'
     for name in ('mu', 'sigma', 'features'):
@@ -315,3 +315,98 @@ def test_inception_loads_notop_and_top_weight_files(tmp_path):
     direct = model.get_layer('avg_pool').output  # the pool features of the original model
     pool = tf.keras.Model(model.inputs, direct).predict_on_batch(resized)
     np.testing.assert_allclose(features, pool, rtol=1e-4, atol=1e-5)
+
+
+def _save_tfgan_like_module(path: str, signature_only: bool = False) -> None:
+    """A SavedModel with the TF-GAN Inception module's interface: images in [−1, 1] of
+    any size → {'pool_3': [N, 1, 1, 3] channel means, 'logits': [N, 3] 50 × those};
+    callable, or (``signature_only``, as a TF1 Hub module loads) a 'default' signature."""
+    import tensorflow as tf
+
+    def outputs(images):
+        means = tf.reduce_mean(images, axis=[1, 2])
+        return {'pool_3': means[:, None, None, :], 'logits': 50.0 * means}
+
+    spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
+    module = tf.Module()
+    if signature_only:
+        module.run = tf.function(lambda images: outputs(images), input_signature=spec)
+        tf.saved_model.save(module, path, signatures={'default': module.run})
+    else:
+        module.__call__ = tf.function(lambda images: outputs(images), input_signature=spec)
+        tf.saved_model.save(module, path)
+
+
+def _constant_images(colours: np.ndarray, size: int = 4) -> np.ndarray:
+    return np.broadcast_to(colours[:, None, None, :], (len(colours), size, size, 3)).copy()
+
+
+def test_tfgan_inception_module_fid_is_and_original_stats(tmp_path):
+    """A folder at eval.inception_path is read as the TF-GAN module: [0, 1] images reach
+    it as 2x − 1, pool_3 and logits come back flattened; FID against statistics in the
+    originals' layout (pool_3 rows) equals the Fréchet distance of the two feature sets'
+    moments (scipy.linalg.sqrtm here), and IS of one-hot-like logits is the class count."""
+    module = str(tmp_path / 'inception')
+    _save_tfgan_like_module(module)
+    net = evaluation.load_inception(module, batch_size=4)
+    assert isinstance(net, evaluation.TFGANInceptionNet)
+    rng = np.random.default_rng(0)
+    colours = np.round(rng.uniform(size=(30, 3)) * 255) / 255
+    features, logits = net(_constant_images(colours))
+    np.testing.assert_allclose(features, 2 * colours - 1, atol=1e-6)
+    np.testing.assert_allclose(logits, 50 * (2 * colours - 1), atol=1e-4)
+
+    ref_pool = rng.normal(size=(200, 3)).astype(np.float32)
+    stats_file = str(tmp_path / 'cifar10_stats.npz')
+    np.savez(stats_file, pool_3=ref_pool)  # the originals' layout: one key
+    config = default_cifar10_configs.get_default_configs()
+    config.eval.inception_path, config.eval.stats_path = module, stats_file
+    result = evaluation.sample_quality(_constant_images(colours), 'CIFAR10', str(tmp_path), config)
+    mu1, mu2 = (2 * colours - 1).mean(0), ref_pool.astype(np.float64).mean(0)
+    s1 = np.cov(2 * colours - 1, rowvar=False)
+    s2 = np.cov(ref_pool.astype(np.float64), rowvar=False)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert result['fid'] == pytest.approx(expected, rel=1e-5)
+    signature_module = str(tmp_path / 'signature_only')
+    _save_tfgan_like_module(signature_module, signature_only=True)
+    net = evaluation.load_inception(signature_module, batch_size=4)
+    np.testing.assert_allclose(net(_constant_images(colours))[0], 2 * colours - 1, atol=1e-6)
+    # Three pure colours, ten each: logits ±50 put p(y|x) on one class, IS → 3.
+    pure = np.repeat(np.eye(3), 10, axis=0)
+    assert evaluation.sample_quality(_constant_images(pure), 'CIFAR10', str(tmp_path), config)[
+        'is'
+    ] == (pytest.approx(3.0, rel=1e-6))
+
+
+def test_statistics_files_layouts_and_errors(tmp_path):
+    """This project's statistics files read as the originals' (pool_3) and back; files
+    with other keys, and a feature size other than the network's, are one-line errors."""
+    features = np.random.default_rng(1).normal(size=(50, 3))
+    stats = evaluation.compute_dataset_stats(_LinearNet(), features[:, None, None, :], 20)
+    path = str(tmp_path / 'ours.npz')
+    evaluation.save_stats(path, stats)
+    with np.load(path) as f:
+        np.testing.assert_array_equal(f['pool_3'], stats.features)
+    original = str(tmp_path / 'original.npz')
+    np.savez(original, pool_3=features)
+    loaded = evaluation.load_stats(original, num_kid_features=10)
+    np.testing.assert_allclose(loaded.mu, features.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(loaded.sigma, np.cov(features, rowvar=False), rtol=1e-12)
+    assert loaded.features.shape == (10, 3)
+
+    wrong = str(tmp_path / 'wrong.npz')
+    np.savez(wrong, activations=features)
+    with pytest.raises(UserError, match=r"holds \['activations'\].*'pool_3'"):
+        evaluation.load_stats(wrong)
+    config = default_cifar10_configs.get_default_configs()
+    config.eval.stats_path = str(tmp_path / 'wide.npz')
+    np.savez(config.eval.stats_path, pool_3=np.zeros((5, 7)))
+    module = str(tmp_path / 'inception')
+    _save_tfgan_like_module(module)
+    config.eval.inception_path = module
+    with pytest.raises(UserError, match='7-d features, tfgan_inception gives 3-d'):
+        evaluation.sample_quality(np.zeros((4, 2, 2, 3)), 'CIFAR10', str(tmp_path), config)
+    (tmp_path / 'empty').mkdir()
+    config.eval.inception_path = str(tmp_path / 'empty')
+    with pytest.raises(UserError, match='without saved_model.pb'):
+        evaluation.check_feature_net('CIFAR10', config)
