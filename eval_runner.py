@@ -318,6 +318,12 @@ class Evaluator:
         eval_folder: str = 'eval',
         hook: Optional[Hook] = None,
     ):
+        begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
+        if begin > end:  # an empty range would end at once with nothing evaluated
+            raise UserError(
+                f'eval.begin_ckpt={begin} is after eval.end_ckpt={end}: no checkpoint to '
+                f'evaluate; pass --config.eval.end_ckpt={begin} (or more).'
+            )
         self.config = config
         self.workdir = workdir
         self.hook = hook

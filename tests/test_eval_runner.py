@@ -295,6 +295,15 @@ def test_resume_after_interruption_gives_same_metrics(vector_data, vector_eval, 
     assert _metrics(tmp_path) == _metrics(full)
 
 
+def test_empty_checkpoint_range_is_refused(vector_data, tmp_path):
+    gm, path = vector_data
+    config = _config(path)
+    config.eval.begin_ckpt, config.eval.end_ckpt = 3, 2
+    with pytest.raises(UserError, match=r'eval.begin_ckpt=3 is after eval.end_ckpt=2.*=3'):
+        _evaluator(config, tmp_path, gm)
+    assert not os.path.exists(tmp_path / 'eval')  # refused before creating anything
+
+
 def test_changed_settings_are_refused(vector_data, tmp_path):
     gm, path = vector_data
     config = _config(path, batch_size=8, tol=1e-3)
