@@ -408,9 +408,12 @@ class VPSDE(_VPFamily):
         return batch_mul(-beta / (1.0 + jnp.sqrt(1.0 - beta)), x), jnp.sqrt(beta)
 
     def discrete_network_inputs(self, t: Array) -> Tuple[Array, Array]:
-        """DDPM: labels round(t (N−1)/T); score = −output/√(1 − ᾱ_label)."""
-        labels = jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
-        return labels, -1.0 / jnp.asarray(self.sqrt_1m_alphas_cumprod, jnp.float32)[labels]
+        """DDPM, as the original: float labels t (N−1)/T; score = −output/√(1 − ᾱ_i) with
+        i = ``timestep_index(t)``, the floor of the label — the index the samplers' β_i
+        use, so network, table and sampler agree on every step of the sampling grid."""
+        labels = t * (self.N - 1) / self.T
+        table = jnp.asarray(self.sqrt_1m_alphas_cumprod, jnp.float32)
+        return labels, -1.0 / table[self.timestep_index(t)]
 
     def discrete_kernel(self) -> Tuple[np.ndarray, np.ndarray]:
         """DDPM: x̃ = √ᾱ_i x + √(1 − ᾱ_i) z."""

@@ -12,7 +12,7 @@ conventions, stated by each SDE class (``sde_lib.SDE.network_inputs``):
 | SDE            | labels passed to the net      | score                         |
 |----------------|-------------------------------|-------------------------------|
 | VP, sub-VP, continuous | 999·t                 | −out / σ(t)                   |
-| VP, discrete   | round(t (N−1)) (int32)        | −out / √(1 − ᾱ_label)         |
+| VP, discrete   | t (N−1) (float, as the original) | −out / √(1 − ᾱ_i), i = ⌊t (N−1)⌋ |
 | VE, continuous | σ(t)                          | out                           |
 | VE, discrete   | round((T − t)(N−1)) (int32)   | out (σ table index, descending) |
 

@@ -669,10 +669,29 @@ def test_vp_continuous_score_is_minus_output_over_sigma_with_labels_999t(sde):
 
 
 def test_vp_discrete_score_uses_the_ddpm_table():
+    """Float labels t (N−1) (the original's); the √(1 − ᾱ) table at their floor."""
     sde = sde_lib.VPSDE(N=1000)
-    labels = np.round(np.asarray(T) * 999).astype(int)
-    expected = -labels / sde.sqrt_1m_alphas_cumprod[labels]
+    labels = np.asarray(T, np.float64) * 999
+    expected = -labels / sde.sqrt_1m_alphas_cumprod[np.floor(labels).astype(int)]
     np.testing.assert_allclose(echo_score(sde, False)[:, 0, 0, 0], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('eps', [1e-3, 1e-5])
+def test_vp_discrete_table_index_is_the_samplers_on_every_grid_step(eps):
+    """On the samplers' grid linspace(T, ε, N) the score's √(1 − ᾱ_i) index, the floor of
+    the network's label and the β_i index of discretize / the ancestral step agree at
+    every step, and visit N−1, …, 0 once each (with rounded labels, ε = 1e-3 gave label
+    k+1 with β_k on half the steps and never label 0)."""
+    sde = sde_lib.VPSDE(N=1000)
+    grid = jnp.linspace(sde.T, eps, sde.N)
+    labels, scale = sde.network_inputs(grid, continuous=False)
+    sampler_index = np.asarray(sde.timestep_index(grid))
+    np.testing.assert_array_equal(sampler_index, np.arange(sde.N)[::-1])
+    np.testing.assert_array_equal(np.floor(np.asarray(labels)).astype(int), sampler_index)
+    table = np.asarray(sde.sqrt_1m_alphas_cumprod, np.float32)
+    # The table entry the scale was read from (-1/scale round-trips to within float32).
+    score_index = np.argmin(np.abs(table[None, :] - (-1.0 / np.asarray(scale))[:, None]), 1)
+    np.testing.assert_array_equal(score_index, sampler_index)
 
 
 def test_ve_scores_are_the_raw_output_with_sigma_or_index_labels():
