@@ -150,6 +150,11 @@ def _initialize_distributed() -> None:
 
 def _prepare_workdir(workdir: str) -> None:
     """Creates ``workdir`` and checks it is writable, or raises UserError."""
+    if '://' in workdir:  # os.makedirs would create a local folder named 'gs:'
+        raise UserError(
+            f'--workdir={workdir} is a URL; work directories on cloud storage are not '
+            'supported yet: mount the bucket (e.g. gcsfuse) and pass its local path.'
+        )
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f'.write_test_{os.getpid()}')

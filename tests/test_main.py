@@ -112,6 +112,8 @@ def test_unwritable_workdir_and_bad_multihost_flags(tmp_path):
         args + ['--workdir', str(blocker / 'run')],
         f'--workdir={blocker / "run"} is not a writable directory',
     )
+    _fails_cleanly(args + ['--workdir', 'gs://bucket/W'], '--workdir=gs://bucket/W is a URL')
+    assert not os.path.exists(os.path.join(train_utils.REPO, 'gs:'))
     _fails_cleanly(
         args + ['--workdir', str(tmp_path / 'w'), '--coordinator_address=127.0.0.1:1234'],
         '--coordinator_address needs --num_processes and --process_id',
