@@ -138,7 +138,9 @@ def _check_schema(config: Any, schema: ml_collections.ConfigDict, prefix: str = 
     for key in config.keys():
         field = prefix + key
         if key not in schema:
-            hint = difflib.get_close_matches(key, list(schema.keys()), n=1)
+            # cutoff 0.75: typos (bach_size → batch_size, 0.95) yes; other names that
+            # merely share a prefix (ckpt_id → ckpt_timeout, 0.63) no.
+            hint = difflib.get_close_matches(key, list(schema.keys()), n=1, cutoff=0.75)
             did_you_mean = f' (did you mean {prefix}{hint[0]}?)' if hint else ''
             raise UserError(
                 f'config.{field} is not a known field{did_you_mean}; '

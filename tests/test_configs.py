@@ -636,6 +636,14 @@ def test_typo_gets_a_suggestion():
         validate_config(config, num_devices=1)
 
 
+def test_unknown_field_without_a_close_name_gets_no_suggestion():
+    config = digits()
+    config.eval.ckpt_step = 26  # shares 'ckpt_' with ckpt_timeout (ratio 0.67), nothing more
+    with pytest.raises(UserError, match='ckpt_step') as err:
+        validate_config(config, num_devices=1)
+    assert 'did you mean' not in str(err.value)
+
+
 def test_missing_field():
     config = digits()
     del config.eval['ckpt_timeout']
