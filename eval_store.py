@@ -45,6 +45,7 @@ FINGERPRINT_FIELDS = (
     'training.likelihood_weighting',
     'training.importance_weighting',
     'training.eps',
+    'training.objective',
     'sampling',
     'eval.batch_size',
     'eval.bpd_dataset',

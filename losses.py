@@ -277,6 +277,7 @@ class LossOptions:
             likelihood_weighting=bool(t.likelihood_weighting),
             importance_weighting=bool(t.importance_weighting),
             eps=float(t.eps),
+            objective=str(t.objective),
         )
 
     @property

@@ -29,6 +29,7 @@ def _training() -> ml_collections.ConfigDict:
             'eval_freq': 100,  # eval-split loss every eval_freq steps
             'log_freq': 100,
             'eps': 1e-5,  # smallest training time t
+            'objective': 'dsm',  # losses.OBJECTIVES: denoising or sliced score matching
         }
     )
 

@@ -17,6 +17,7 @@ import ml_collections
 
 import datasets
 import likelihood
+import losses
 import ode_solver
 import sampling
 import sde_lib
@@ -41,6 +42,7 @@ def choices() -> tuple:
         ('eval.bpd_dataset', BPD_DATASETS),
         ('sampling.task', sampling.SAMPLING_TASKS),
         ('classifier.name', mutils.registered_classifiers()),
+        ('training.objective', losses.OBJECTIVES),
     )
 
 
@@ -170,6 +172,13 @@ def _check_choice(config: Any, field: str, choices: Iterable[str]) -> None:
 def _check_objective(config: ml_collections.ConfigDict) -> None:
     training = config.training
     if not training.continuous:
+        if training.objective != 'dsm':
+            _fail(
+                'training.objective',
+                training.objective,
+                'needs the continuous-time objective (discrete SMLD / DDPM training is '
+                'denoising); set --config.training.continuous=True',
+            )
         for flag in ('likelihood_weighting', 'importance_weighting'):
             if training[flag]:
                 _fail(

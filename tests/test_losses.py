@@ -21,6 +21,8 @@ import losses
 import mixture
 import sde_lib
 import train_state
+from configs.base import get_base_config
+from configs.validation import validate_config
 from errors import UserError
 from models import utils as mutils
 
@@ -272,6 +274,27 @@ def test_ssm_loss_is_dsm_loss_minus_constant(reduce_mean, weighting, normalizer,
     constant = weight * (1.0 if reduce_mean else 4 / 2.0)
     assert abs((d - s) - constant) < 4.5 * np.hypot(d_se, s_se), (d, s)
     assert np.hypot(d_se, s_se) < 0.1 * weight
+
+
+def test_config_selects_sliced_score_matching(key):
+    """training.objective='ssm' trains with ssm_loss (the same numbers for the same key),
+    'dsm' with dsm_loss; discrete training with SSM is refused by the config check."""
+    config = get_base_config()
+    config.training.likelihood_weighting = config.training.importance_weighting = True
+    sde, x = vp(), jax.random.normal(key, (64, 2))
+    score_fn = linear_score_fn(THETA_OFF, sde)
+    options = dict(reduce_mean=False, weighting='importance', eps=1e-5)
+    for objective, loss in (('ssm', losses.ssm_loss), ('dsm', losses.dsm_loss)):
+        config.training.objective = objective
+        core = losses.get_core_loss_fn(sde, losses.LossOptions.from_config(config))
+        np.testing.assert_array_equal(
+            core(key, score_fn, x), loss(key, score_fn, x, sde, **options)
+        )
+    config.training.objective = 'ssm'
+    config.training.continuous = config.training.likelihood_weighting = False
+    config.training.importance_weighting = False
+    with pytest.raises(UserError, match='training.objective.*continuous=True'):
+        validate_config(config, num_devices=1)
 
 
 def test_ssm_rejects_bad_options(key):
