@@ -182,7 +182,11 @@ class TrainLoop(abc.ABC):
         self.chunk_fn = get_train_chunk_fn(step_fn, prepare, self.mesh)
         self.new_sums = jax.jit(new_log_sums, out_shardings=NamedSharding(self.mesh, P()))
         self.is_main = jax.process_index() == 0
-        self.writer = SummaryWriter(os.path.join(folder, 'tensorboard')) if self.is_main else None
+        # tensorboardX writes from a thread and its flush() does not wait for it; the
+        # thread flushes every flush_secs (default 120 s: minutes of scalars lost to a
+        # SIGKILL), so 1 s here.
+        tb_dir = os.path.join(folder, 'tensorboard')
+        self.writer = SummaryWriter(tb_dir, flush_secs=1) if self.is_main else None
         self.history: list = []  # one dict per log line (step, train/loss, ...)
 
     @abc.abstractmethod
