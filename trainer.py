@@ -302,6 +302,9 @@ class Trainer(TrainLoop):
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         self.sde = sde_lib.get_sde(config)
         self.scaler = datasets.get_data_scaler(config)
+        # The data first (cached): missing data is a UserError in seconds, not after the
+        # network's initialisation (16 s for the CIFAR-10 DDPM++ on 2 CPU cores).
+        datasets.get_shard(config, 'train')
         self.model, optimizer, state = create_train_state(config, get_mesh())
         options = losses.LossOptions.from_config(config)
         ema_rate = config.model.ema_rate

@@ -156,6 +156,20 @@ def test_scan_chunk_equals_per_step_dispatch(tmp_path):
     train_utils.assert_trees_close(scan_state, loop_state, rtol=1e-5, atol=1e-6)
 
 
+def test_missing_data_is_reported_before_the_network_is_built(tmp_path, monkeypatch):
+    """Training with absent TFDS data stops with the data's UserError before the (slow)
+    train-state initialisation, so the error arrives in seconds."""
+
+    def too_early(*args, **kwargs):
+        raise AssertionError('the train state was built before the data were checked')
+
+    monkeypatch.setattr(trainer, 'create_train_state', too_early)
+    config = train_utils.load_config('cifar10', {'data.data_dir': str(tmp_path)})
+    datasets._load_shard.cache_clear()
+    with pytest.raises(UserError, match='is not prepared'):
+        trainer.Trainer(prepare_config(config), str(tmp_path / 'w'))
+
+
 def test_cifar10_mock_data(tmp_path):
     """CIFAR-10 through TFDS's mock data. With a learning rate of 1e-12 the network stays
     at its initialisation (output ≈ 0), where the likelihood-weighted, importance-sampled
