@@ -262,30 +262,46 @@ def save_stats(path: str, stats: FeatureStats) -> None:
     )
 
 
+_STATS_KEYS = {'mu', 'sigma', 'features', 'fingerprint'}  # this project's statistics
+
+
+def _layout_error(path: str, keys: Any) -> UserError:
+    return UserError(
+        f'{path} holds {sorted(keys)}, not feature statistics: expected the '
+        f"originals' layout ({TFGAN_POOL!r}: [N, d] feature rows, N ≥ 2) or this "
+        "project's (mu, sigma, features, fingerprint)."
+    )
+
+
+def open_stats(path: str) -> Any:
+    """The open ``.npz`` statistics file ``path`` (lazy: arrays are read on access), or a
+    :class:`UserError` when it cannot be read or has neither known layout."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f'Cannot read the statistics file {path!r} ({e}).') from e
+    if not (_STATS_KEYS <= set(f.files) or TFGAN_POOL in f.files):
+        f.close()
+        raise _layout_error(path, f.files)
+    return f
+
+
 def load_stats(path: str, num_kid_features: int = 5000, seed: int = 0) -> FeatureStats:
     """Reads statistics written by :func:`save_stats`, or the originals' statistics files
     (``assets/stats/cifar10_stats.npz`` etc.: feature rows under ``pool_3``, from which μ,
     Σ and a random subset of ``num_kid_features`` rows for KID are taken; fingerprint '').
     ``allow_pickle=False``; a file with neither layout is a :class:`UserError`."""
-    try:
-        f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f'Cannot read the statistics file {path!r} ({e}).') from e
-    with f:
-        if {'mu', 'sigma', 'features', 'fingerprint'} <= set(f.files):
+    with open_stats(path) as f:
+        if _STATS_KEYS <= set(f.files):
             return FeatureStats(
                 mu=f['mu'],
                 sigma=f['sigma'],
                 features=f['features'],
                 fingerprint=str(f['fingerprint']),
             )
-        if TFGAN_POOL not in f.files or f[TFGAN_POOL].ndim != 2 or len(f[TFGAN_POOL]) < 2:
-            raise UserError(
-                f'{path} holds {sorted(f.files)}, not feature statistics: expected the '
-                f"originals' layout ({TFGAN_POOL!r}: [N, d] feature rows, N ≥ 2) or this "
-                "project's (mu, sigma, features, fingerprint)."
-            )
-        pool = f[TFGAN_POOL]
+        pool, keys = f[TFGAN_POOL], f.files
+    if pool.ndim != 2 or len(pool) < 2:
+        raise _layout_error(path, keys)
     mu, sigma = feature_stats(pool)
     rows = np.random.default_rng(seed).permutation(len(pool))[:num_kid_features]
     return FeatureStats(mu=mu, sigma=sigma, features=pool[np.sort(rows)], fingerprint='')
@@ -679,7 +695,7 @@ def check_feature_net(dataset_name: str, config: Any) -> None:
     if dataset_name.upper() != 'DIGITS':
         check_inception_file(config.eval.get('inception_path', ''))
     if config.eval.get('stats_path', ''):
-        load_stats(config.eval.stats_path)  # exists and has a known layout
+        open_stats(config.eval.stats_path).close()  # readable, a known layout
 
 
 def get_feature_net(dataset_name: str, workdir: str, config: Any) -> FeatureNet:

@@ -406,6 +406,9 @@ def test_statistics_files_layouts_and_errors(tmp_path):
     config.eval.inception_path = module
     with pytest.raises(UserError, match='7-d features, tfgan_inception gives 3-d'):
         evaluation.sample_quality(np.zeros((4, 2, 2, 3)), 'CIFAR10', str(tmp_path), config)
+    config.eval.stats_path = wrong  # found before any sample is drawn
+    with pytest.raises(UserError, match=r"holds \['activations'\]"):
+        evaluation.check_feature_net('CIFAR10', config)
     (tmp_path / 'empty').mkdir()
     config.eval.inception_path = str(tmp_path / 'empty')
     with pytest.raises(UserError, match='without saved_model.pb'):
