@@ -426,8 +426,7 @@ class InceptionFeatureNet(FeatureNet):
         self.model = tf.keras.Model(images, features_model(x))
 
     def _apply(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        if images.shape[-1] == 1:
-            images = np.repeat(images, 3, axis=-1)
+        images = _three_channels(images)
         out = self.model.predict_on_batch(images)
         out = out if isinstance(out, (list, tuple)) else [out]
         return np.asarray(out[0]), (np.asarray(out[1]) if self.has_top else None)
@@ -455,12 +454,16 @@ class TFGANInceptionNet(FeatureNet):
         self._tf = tf
 
     def _apply(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        if images.shape[-1] == 1:
-            images = np.repeat(images, 3, axis=-1)
+        images = _three_channels(images)
         out = self._fn(self._tf.constant(2.0 * images - 1.0, self._tf.float32))
         pool = np.asarray(out[TFGAN_POOL]).reshape(images.shape[0], -1)
         logits = np.asarray(out[TFGAN_LOGITS]).reshape(images.shape[0], -1)
         return pool, logits
+
+
+def _three_channels(images: np.ndarray) -> np.ndarray:
+    """Grey images [N, H, W, 1] repeated to RGB, as both Inception networks need."""
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
 def _load_tfhub_callable(tf: Any, path: str) -> Callable[[Any], Any]:

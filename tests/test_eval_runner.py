@@ -213,8 +213,7 @@ def _per_image(workdir, key, folder='eval'):
         if f.startswith('bpd_r')
     ]
     index = np.concatenate([p['index'] for p in parts])
-    values = np.concatenate([p[key] for p in parts]).astype(np.float64)
-    return np.bincount(index, values) / np.bincount(index)
+    return eval_store.per_image_means(np.concatenate([p[key] for p in parts]), index)
 
 
 def test_every_example_once_per_repeat(vector_data, vector_eval):
