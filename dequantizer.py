@@ -9,28 +9,29 @@ Discrete data x̄ ∈ {0,…,K−1}^D are dequantized to x = (x̄ + u)/K. Unifor
 ScoreFlow's variational-dequantization numbers (CIFAR-10 2.81 bits/dim for deep sub-VP)
 train q with the score model frozen.
 
-The flow. ε ~ N(0, I) on the image grid is transformed by ``num_layers`` affine coupling
-layers with alternating checkerboard masks, h ← m⊙h + (1−m)⊙(h·e^{s} + t), where
-(s, t) = NN([m⊙h, c(x̄)]) is a small conv net conditioned on features c of x̄/(K−1); then
-u = sigmoid(h) ∈ (0, 1)^D. By the change of variables
-
-    log q(u | x̄) = log N(ε; 0, I) − Σ_layers Σ (1−m)⊙s − Σ_i [log σ(h_i) + log σ(−h_i)].
+The flow q(u | x̄) is chosen by ``config.deq.name``: ``'flowpp'`` (default), the
+Flow++ architecture of score_flow (``models/flowpp.py``; ``deq.layout`` 'cifar10' or
+'imagenet32', sized by ``deq.filters`` / ``components`` / ``blocks`` / ``attn_heads``,
+``deq.dropout`` in training), or ``'affine_coupling'`` (``models/affine_coupling.py``, a
+small checkerboard affine-coupling flow). Flow++ initialises its layers from the first
+training batch, as the original does.
 
 Training (``--mode train_deq``) minimises the variational bits/dim with −log p replaced
 by the ScoreFlow bound (``likelihood.get_bound_fn``, importance-sampled t, a few times
 per example per step: an unbiased, cheap estimate of the bound), as the paper did, with
 the project's training loop (``trainer.TrainLoop``) and train state (``train_state``):
-its preemption checkpoints are ``W/deq/checkpoints-meta/<step>`` (orbax, resumable), its
-log ``W/deq/tensorboard``. Evaluation with ``--config.eval.dequantizer=True`` uses the
+its preemption checkpoints are ``W/<deq_folder>/checkpoints-meta/<step>`` (orbax,
+resumable; ``--deq_folder``, default ``flowpp_dequantizer`` as ScoreFlow's), its log
+``W/<deq_folder>/tensorboard``. Evaluation with ``--config.eval.dequantizer=True`` uses the
 EMA parameters of the newest of those checkpoints with the exact ODE likelihood.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import math
 import os
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -58,96 +59,71 @@ from trainer import TrainLoop
 
 Array = jax.Array
 
-DEQ_FOLDER = 'deq'
+DEQ_FOLDER = 'flowpp_dequantizer'  # score_flow's --deq_folder default
 # Times of the bound per example and training step (an unbiased estimate of the bound).
 TRAIN_BOUND_TIMES = 4
 
 
 # --------------------------------------------------------------------------- the flow
-def checkerboard(height: int, width: int, parity: int) -> np.ndarray:
-    """[H, W, 1] mask with ones where (i + j) % 2 == parity."""
-    i, j = np.meshgrid(np.arange(height), np.arange(width), indexing='ij')
-    return ((i + j) % 2 == parity).astype(np.float32)[..., None]
+def get_dequantizer_fn(model: nn.Module, num_bins: int) -> Callable[..., Tuple[Array, Array]]:
+    """``fn(variables, keys [B], x̄, dropout_rng=None) -> (u, log q(u|x̄))`` with ε drawn
+    from each key (the ``eval_runner.Dequantizer`` interface); a ``dropout_rng`` applies
+    the flow in training mode (dropout)."""
 
-
-class _ConvNet(nn.Module):
-    """3×3 conv → swish → 3×3 conv → swish → zero-initialised 3×3 conv (``features``)."""
-
-    hidden: int
-    features: int
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        x = nn.swish(nn.Conv(self.hidden, (3, 3))(x))
-        x = nn.swish(nn.Conv(self.hidden, (3, 3))(x))
-        return nn.Conv(self.features, (3, 3), kernel_init=nn.initializers.zeros)(x)
-
-
-class Dequantizer(nn.Module):
-    """q(u | x̄): ``apply(variables, eps, x_cond) -> (u, log_q)``.
-
-    eps: [B, H, W, C] standard normal; x_cond: [B, H, W, C] the data x̄/(K−1) in [0, 1].
-    Returns u ∈ (0, 1) of eps's shape and log q(u | x̄) per example ([B]).
-    At initialisation every coupling is the identity (zero-initialised output layers),
-    so u = sigmoid(ε) — the logistic-normal, not the uniform.
-    """
-
-    num_layers: int = 4
-    hidden: int = 32
-
-    @nn.compact
-    def __call__(self, eps: Array, x_cond: Array) -> Tuple[Array, Array]:
-        _, height, width, channels = eps.shape
-        cond = nn.swish(nn.Conv(self.hidden, (3, 3))(2.0 * x_cond - 1.0))
-        h, logdet = eps, jnp.zeros(eps.shape[0])
-        for layer in range(self.num_layers):
-            mask = checkerboard(height, width, layer % 2)
-            st = _ConvNet(self.hidden, 2 * channels)(jnp.concatenate([h * mask, cond], -1))
-            log_s = jnp.tanh(st[..., :channels])  # bounded scales keep training stable
-            h = h * mask + (1.0 - mask) * (h * jnp.exp(log_s) + st[..., channels:])
-            logdet = logdet + _sum(log_s * (1.0 - mask))
-        log_normal = -0.5 * _sum(eps**2) - 0.5 * eps[0].size * math.log(2 * math.pi)
-        log_sigmoid_jac = _sum(jax.nn.log_sigmoid(h) + jax.nn.log_sigmoid(-h))
-        return jax.nn.sigmoid(h), log_normal - logdet - log_sigmoid_jac
-
-
-def _sum(a: Array) -> Array:
-    return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=-1)
-
-
-def get_dequantizer_fn(
-    model: Dequantizer, num_bins: int
-) -> Callable[[Any, Array, Array], Tuple[Array, Array]]:
-    """``fn(variables, keys [B], x̄) -> (u, log q(u|x̄))`` with ε drawn from each key
-    (the ``eval_runner.Dequantizer`` interface)."""
-
-    def fn(variables, keys, levels):
+    def fn(variables, keys, levels, dropout_rng=None):
         eps = jax.vmap(lambda k: jax.random.normal(k, levels.shape[1:]))(keys)
-        return model.apply(variables, eps, datasets.to_unit_interval(levels, num_bins))
+        x_cond = datasets.to_unit_interval(levels, num_bins)
+        if dropout_rng is None:
+            return model.apply(variables, eps, x_cond)
+        return model.apply(variables, eps, x_cond, train=True, rngs={'dropout': dropout_rng})
 
     return fn
 
 
-# --------------------------------------------------------------------------- training
 def create_dequantizer(
-    config: ml_collections.ConfigDict, rng: Array
-) -> Tuple[Dequantizer, Dict[str, Any]]:
-    """The flow for ``config``'s image shape and its initial variables."""
+    config: ml_collections.ConfigDict, rng: Array, init_levels: Optional[np.ndarray] = None
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The flow of ``config.deq`` for ``config``'s images and its initial variables.
+
+    Flow++ initialises every layer from the data: ``init_levels`` [B, H, W, C] (a batch
+    of training levels x̄) with ε drawn from ``rng``. Without it the variables are only
+    a template of the right structure (for restoring a checkpoint into)."""
     shape = datasets.data_shape(config)
-    if len(shape) != 3 or datasets.num_bins(config) is None:
+    num_bins = datasets.num_bins(config)
+    if len(shape) != 3 or num_bins is None:
         raise UserError(
             'Variational dequantization is for discrete images; '
             f'{config.data.dataset} data are continuous vectors.'
         )
-    model = Dequantizer()
-    x = jnp.zeros((1,) + shape, jnp.float32)
-    return model, dict(jax.jit(model.init)(rng, x, x))
+    if config.deq.name == 'flowpp' and shape[1] % 2:
+        raise UserError(
+            f'The Flow++ dequantizer splits image columns in pairs; images of width '
+            f"{shape[1]} are odd: use config.deq.name='affine_coupling'."
+        )
+    model = mutils.create_dequantizer(config)
+    if init_levels is None:
+        x = jnp.zeros((1,) + shape, jnp.float32)
+        variables = jax.eval_shape(model.init, rng, x, x)
+        return model, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), dict(variables))
+    x_cond = datasets.to_unit_interval(jnp.asarray(init_levels), num_bins)
+    return model, dict(_data_dependent_init(model, rng, x_cond))
 
 
-def initial_state(config: ml_collections.ConfigDict, mesh) -> Tuple[Dequantizer, Any, TrainState]:
-    """(flow, optimizer, train state at step 0) of the dequantizer of ``config``."""
+@functools.partial(jax.jit, static_argnums=0)
+def _data_dependent_init(model: nn.Module, rng: Array, x_cond: Array) -> Dict[str, Any]:
+    """``model.init`` on the batch ``x_cond`` with ε ~ N(0, I) (compiled once per flow)."""
+    eps_key, params_key = jax.random.split(rng)
+    return model.init(params_key, jax.random.normal(eps_key, x_cond.shape), x_cond)
+
+
+def initial_state(
+    config: ml_collections.ConfigDict, mesh, init_levels: Optional[np.ndarray] = None
+) -> Tuple[nn.Module, Any, TrainState]:
+    """(flow, optimizer, train state at step 0) of the dequantizer of ``config``
+    (``init_levels``: the data of the data-dependent initialisation, see
+    :func:`create_dequantizer`)."""
     key = stream_key(config.seed, STREAM_DEQ)
-    model, variables = create_dequantizer(config, key)
+    model, variables = create_dequantizer(config, key, init_levels)
     optimizer = get_optimizer(config)
     return model, optimizer, replicated_state(key, variables['params'], optimizer, mesh)
 
@@ -177,9 +153,10 @@ def get_deq_loss_fn(
     )
 
     def loss(params, rng, levels):
+        rng, dropout_rng = jax.random.split(rng)
         keys = jax.random.split(rng, levels.shape[0])
         deq_keys, bound_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
-        u, log_q = deq_fn({'params': params}, deq_keys, levels)
+        u, log_q = deq_fn({'params': params}, deq_keys, levels, dropout_rng)
         y = data.scaler(data.dequantize(levels, u))
         nll = likelihood.nll_in_data_units(bound_fn(bound_keys, y), data.dim, data.scale) + log_q
         bpd = likelihood.bpd(nll, data.dim, data.num_bins)
@@ -214,7 +191,8 @@ class DequantizerTrainer(TrainLoop):
         data: datasets.DataSpec,
         score_fn,
     ):
-        model, optimizer, state = initial_state(config, get_mesh())
+        first = next(training_levels(config, 0))[0]  # data-dependent initialisation
+        model, optimizer, state = initial_state(config, get_mesh(), first)
         loss = get_deq_loss_fn(
             sde,
             score_fn,
@@ -227,12 +205,16 @@ class DequantizerTrainer(TrainLoop):
         super().__init__(config, folder, state, step, lambda levels: levels, config.deq.n_iters)
 
     def batches(self, start_step: int) -> Iterator[np.ndarray]:
-        """Training batches of levels x̄ [n_jitted_steps, B, H, W, C] (datasets' order)."""
-        plain = self.config.copy_and_resolve_references()
-        plain.data.uniform_dequantization = False  # x̄/(K−1) exactly, to recover x̄
-        k = int(self.config.data.num_bins)
-        for batch in datasets.get_train_iterator(plain, start_step):
-            yield np.round(batch * (k - 1)).astype(np.int32)
+        return training_levels(self.config, start_step)
+
+
+def training_levels(config: ml_collections.ConfigDict, start_step: int) -> Iterator[np.ndarray]:
+    """Training batches of levels x̄ [n_jitted_steps, B, H, W, C] (datasets' order)."""
+    plain = config.copy_and_resolve_references()
+    plain.data.uniform_dequantization = False  # x̄/(K−1) exactly, to recover x̄
+    k = int(config.data.num_bins)
+    for batch in datasets.get_train_iterator(plain, start_step):
+        yield np.round(batch * (k - 1)).astype(np.int32)
 
 
 def train_dequantizer(
@@ -262,9 +244,11 @@ def train_dequantizer(
     return {'step': logged[-1]['step'], 'train_bpd': logged[-1]['train/loss']}
 
 
-def train_deq(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+def train_deq(
+    config: ml_collections.ConfigDict, workdir: str, folder: str = DEQ_FOLDER
+) -> Dict[str, float]:
     """``--mode train_deq`` on a prepared config: trains q(u|x̄) for snapshot
-    ``eval.end_ckpt`` of ``workdir`` (its EMA parameters, frozen), into ``W/deq/``."""
+    ``eval.end_ckpt`` of ``workdir`` (its EMA parameters, frozen), into ``W/<folder>/``."""
     sde = sde_lib.get_sde(config)
     model, _, template = create_train_state(config, local_mesh())
     state = checkpointing.restore_checkpoint(
@@ -275,7 +259,7 @@ def train_deq(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, floa
     )
     return train_dequantizer(
         config,
-        os.path.join(workdir, DEQ_FOLDER),
+        os.path.join(workdir, folder),
         sde,
         datasets.DataSpec.from_config(config),
         score_fn,
@@ -283,18 +267,19 @@ def train_deq(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, floa
 
 
 def load_dequantizer(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict, workdir: str, folder: str = DEQ_FOLDER
 ) -> Tuple[Callable, Dict[str, Any], str]:
     """(``fn(deq_variables, keys, x̄) -> (u, log q)``, deq_variables, digest) of the trained
-    dequantizer: the EMA parameters of ``W/deq``'s newest checkpoint and a digest of them
+    dequantizer: the EMA parameters of ``W/<folder>``'s newest checkpoint and a digest of them
     (evaluation results made with other parameters are not mixed with these)."""
-    folder = os.path.join(workdir, DEQ_FOLDER)
+    path = os.path.join(workdir, folder)
     model, _, template = initial_state(config, local_mesh())
-    state = checkpointing.restore_latest_preemption(folder, template)
+    state = checkpointing.restore_latest_preemption(path, template)
     if state is None:
+        flag = '' if folder == DEQ_FOLDER else f' and --deq_folder={folder}'
         raise UserError(
-            f'{folder} holds no trained dequantizer: train it first with '
-            '--mode train_deq (same config), or set '
+            f'{path} holds no trained dequantizer: train it first with '
+            f'--mode train_deq (same config{flag}), or set '
             '--config.eval.dequantizer=False for uniform dequantization.'
         )
     params = jax.device_get(state.ema_params)

@@ -309,6 +309,7 @@ class Evaluator:
       workdir: the training work directory ``W`` (checkpoints in ``W/checkpoints``).
       eval_folder: results go to ``W/<eval_folder>``.
       hook: called as ``hook(tag, batch)`` after each newly saved batch (tests).
+      deq_folder: the trained dequantizer ``W/<deq_folder>`` (``eval.dequantizer``).
     """
 
     def __init__(
@@ -317,6 +318,7 @@ class Evaluator:
         workdir: str,
         eval_folder: str = 'eval',
         hook: Optional[Hook] = None,
+        deq_folder: str = dequantizer.DEQ_FOLDER,
     ):
         begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
         if begin > end:  # an empty range would end at once with nothing evaluated
@@ -332,6 +334,7 @@ class Evaluator:
         self.data = DataSpec.from_config(config)
         self.opts = LikelihoodOptions.from_config(config)
         self.eval_dir = os.path.join(workdir, eval_folder)
+        self.deq_folder = deq_folder
         os.makedirs(self.eval_dir, exist_ok=True)
         self._deq_fn, self._deq_variables, deq_digest = self._dequantizer()
         extra = {'dequantizer_sha1': deq_digest} if deq_digest else {}
@@ -348,7 +351,7 @@ class Evaluator:
         with its parameters' digest (retraining it invalidates old results)."""
         if not self.config.eval.dequantizer or self.data.num_bins is None:
             return None, None, ''
-        return dequantizer.load_dequantizer(self.config, self.workdir)
+        return dequantizer.load_dequantizer(self.config, self.workdir, self.deq_folder)
 
     # --- model and checkpoints --------------------------------------------------------
     def score_builder(self, variables) -> ScoreFn:
@@ -614,11 +617,13 @@ def evaluate(
     workdir: str,
     eval_folder: str = 'eval',
     hook: Optional[Hook] = None,
+    deq_folder: str = dequantizer.DEQ_FOLDER,
 ) -> Dict[str, Any]:
     """``--mode eval`` on a prepared config: evaluates checkpoints eval.begin_ckpt …
-    eval.end_ckpt of ``workdir``.
+    eval.end_ckpt of ``workdir`` (with ``eval.dequantizer``, the dequantizer trained in
+    ``W/<deq_folder>``).
 
     Writes ``W/<eval_folder>/metrics.json`` (see the module docstring) and returns its
     content. Restarting after a preemption continues where it stopped.
     """
-    return Evaluator(config, workdir, eval_folder, hook).run()
+    return Evaluator(config, workdir, eval_folder, hook, deq_folder).run()

@@ -4,6 +4,8 @@ classifier, sample (unconditional, class-conditional, inpainting, colorization).
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode train
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode eval \
         [--eval_folder eval] [--config.eval.begin_ckpt=5 ...]
+    python main.py --config configs/vp/digits_lw_is.py --workdir W --mode train_deq \
+        [--deq_folder flowpp_dequantizer]
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode train_classifier
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode sample \
         --config.sampling.task=class_conditional [--sample_folder sample]
@@ -44,6 +46,12 @@ flags.DEFINE_string(
     'classifier_folder', 'classifier', 'Folder of W for the noise-conditional classifier.'
 )
 flags.DEFINE_string('sample_folder', 'sample', 'Folder of W for --mode sample outputs.')
+flags.DEFINE_string(
+    'deq_folder',
+    'flowpp_dequantizer',
+    'Folder of W for the variational dequantizer (--mode train_deq; read by --mode eval '
+    'with --config.eval.dequantizer=True).',
+)
 flags.DEFINE_string(
     'coordinator_address',
     None,
@@ -209,9 +217,10 @@ def run(argv) -> None:
         run_lib.train(config, workdir)
     elif mode == 'eval':
         _prepare_subfolder(workdir, FLAGS.eval_folder)
-        run_lib.evaluate(config, workdir, FLAGS.eval_folder)
+        run_lib.evaluate(config, workdir, FLAGS.eval_folder, FLAGS.deq_folder)
     elif mode == 'train_deq':
-        run_lib.train_deq(config, workdir)
+        _prepare_subfolder(workdir, FLAGS.deq_folder)
+        run_lib.train_deq(config, workdir, FLAGS.deq_folder)
     elif mode == 'train_classifier':
         _prepare_subfolder(workdir, FLAGS.classifier_folder)
         run_lib.train_classifier(config, workdir, FLAGS.classifier_folder)

@@ -47,20 +47,28 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
 
 def evaluate(
-    config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'eval'
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    eval_folder: str = 'eval',
+    deq_folder: str = dequantizer.DEQ_FOLDER,
 ) -> Dict[str, Any]:
     """``--mode eval``: evaluates snapshots eval.begin_ckpt … eval.end_ckpt of ``workdir``;
     writes ``W/<eval_folder>/config.json`` and ``metrics.json``, returns the latter's
     content. A restarted evaluation continues where it stopped."""
     config = prepare_config(config)
     save_config(config, os.path.join(workdir, eval_folder, 'config.json'))
-    return eval_runner.evaluate(config, workdir, eval_folder)
+    return eval_runner.evaluate(config, workdir, eval_folder, deq_folder=deq_folder)
 
 
-def train_deq(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+def train_deq(
+    config: ml_collections.ConfigDict, workdir: str, deq_folder: str = dequantizer.DEQ_FOLDER
+) -> Dict[str, float]:
     """``--mode train_deq``: trains the variational dequantizer of ScoreFlow against
-    snapshot ``eval.end_ckpt`` into ``W/deq`` (resumable)."""
-    return dequantizer.train_deq(prepare_config(config), workdir)
+    snapshot ``eval.end_ckpt`` into ``W/<deq_folder>`` (resumable); writes the resolved
+    config to ``W/<deq_folder>/config.json``."""
+    config = prepare_config(config)
+    save_config(config, os.path.join(workdir, deq_folder, 'config.json'))
+    return dequantizer.train_deq(config, workdir, deq_folder)
 
 
 def train_classifier(

@@ -159,13 +159,20 @@ def _optim() -> ml_collections.ConfigDict:
 
 
 def _deq() -> ml_collections.ConfigDict:
-    """Flow++ variational dequantizer trained by ``--mode train_deq`` (score_flow)."""
+    """Variational dequantizer q(u | x̄) trained by ``--mode train_deq`` (score_flow's
+    ``deq.*``; the architecture fields are ours: score_flow fixes them per dataset)."""
     return ml_collections.ConfigDict(
         {
             'n_iters': 300001,
             'ema_rate': 0.99,
-            'dropout': 0.0,
+            'dropout': 0.0,  # Flow++ dropout in training (score_flow ignores this field)
             'offset': True,
+            'name': 'flowpp',  # models.utils.registered_dequantizers()
+            'layout': 'cifar10',  # models.flowpp.LAYOUTS: score_flow's CIFAR-10 / ImageNet 32
+            'filters': 96,
+            'components': 32,  # logistics in each coupling's mixture CDF
+            'blocks': 2,
+            'attn_heads': 4,
         }
     )
 

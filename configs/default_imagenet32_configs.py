@@ -12,4 +12,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.data.random_flip = False
     config.model.dropout = 0.0
     config.eval.num_repeats = 1
+    # score_flow's dequantization_imagenet32.py: deep context network, 2 × 4 couplings.
+    config.deq.update({'layout': 'imagenet32', 'filters': 128, 'blocks': 8})
     return config

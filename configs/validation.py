@@ -23,6 +23,7 @@ import sampling
 import sde_lib
 from configs.base import get_base_config
 from errors import UserError
+from models import flowpp
 from models import utils as mutils
 
 BPD_DATASETS = ('train', 'test')
@@ -43,6 +44,8 @@ def choices() -> tuple:
         ('sampling.task', sampling.SAMPLING_TASKS),
         ('classifier.name', mutils.registered_classifiers()),
         ('training.objective', losses.OBJECTIVES),
+        ('deq.name', mutils.registered_dequantizers()),
+        ('deq.layout', flowpp.LAYOUTS),
     )
 
 
@@ -59,6 +62,10 @@ _POSITIVE = (
     'classifier.n_iters',
     'classifier.batch_size',
     'classifier.lr',
+    'deq.filters',
+    'deq.components',
+    'deq.blocks',
+    'deq.attn_heads',
 )
 _MULTIPLES_OF_JITTED_STEPS = (
     'training.log_freq',
@@ -108,6 +115,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         _fail('seed', config.seed, 'must be non-negative')
     _check_objective(config)
     _check_data(config)
+    _check_deq(config.deq)
     _check_batch_sizes(config, num_devices)
     for field in _MULTIPLES_OF_JITTED_STEPS:
         if _get(config, field) % config.training.n_jitted_steps:
@@ -200,6 +208,18 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
             True,
             'samples t for the likelihood weighting '
             'g(t)²; also set --config.training.likelihood_weighting=True',
+        )
+
+
+def _check_deq(deq: ml_collections.ConfigDict) -> None:
+    if not 0 <= deq.dropout < 1:
+        _fail('deq.dropout', deq.dropout, 'must be in [0, 1)')
+    if deq.filters % deq.attn_heads:
+        _fail(
+            'deq.filters',
+            deq.filters,
+            f'must be divisible by deq.attn_heads={deq.attn_heads} (the attention heads '
+            'split the channels)',
         )
 
 

@@ -10,10 +10,16 @@ Importing it also registers the noise-conditional classifiers p_t(y | x) of
 ``models.wideresnet_noise_conditional`` (``wideresnet_noise_conditional`` and ``mlp``, a
 separate registry); build one with ``models.utils.create_classifier(config, num_classes)``
 / ``init_classifier(rng, config, num_classes, input_shape)``.
+
+And the variational dequantizers q(u | x̄) of ScoreFlow (a third registry, names from
+``config.deq.name``): ``flowpp`` (``models.flowpp``, the original's Flow++) and
+``affine_coupling`` (``models.affine_coupling``); ``create_dequantizer(config)``.
 """
 
-from models import (  # noqa: F401  (registers models and classifiers)
+from models import (  # noqa: F401  (registers models, classifiers and dequantizers)
+    affine_coupling,
     ddpm,
+    flowpp,
     mlp,
     ncsnpp,
     ncsnv2,
@@ -32,5 +38,6 @@ from models.utils import (  # noqa: F401
     init_model,
     param_count,
     register_classifier,
+    register_dequantizer,
     register_model,
 )

@@ -70,6 +70,7 @@ class _Registry:
 
 _MODELS = _Registry('model')  # score networks, config.model.name
 _CLASSIFIERS = _Registry('classifier')  # noise-conditional classifiers, config.classifier.name
+_DEQUANTIZERS = _Registry('deq')  # variational dequantizers q(u | x̄), config.deq.name
 
 
 # ------------------------------------------------------------------------------------
@@ -104,6 +105,30 @@ def get_classifier(name: str) -> Type[nn.Module]:
 def registered_classifiers() -> Tuple[str, ...]:
     """Names of all registered classifiers."""
     return tuple(sorted(_CLASSIFIERS.classes))
+
+
+def register_dequantizer(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
+    """Class decorator: registers a variational dequantizer flow under ``config.deq.name``."""
+    return _DEQUANTIZERS.register(name)
+
+
+def registered_dequantizers() -> Tuple[str, ...]:
+    """Names of all registered dequantizer flows."""
+    return tuple(sorted(_DEQUANTIZERS.classes))
+
+
+def create_dequantizer(config: Any) -> nn.Module:
+    """The flow named by ``config.deq.name`` with the fields of ``config.deq`` its class
+    declares (Flow++: filters, components, blocks, attn_heads, dropout, layout)."""
+    section = config.deq
+    cls = _DEQUANTIZERS.get(section.name)
+    declared = {f.name for f in dataclasses.fields(cls)} - {'name', 'parent'}
+    if float(section.dropout) > 0 and 'dropout' not in declared:
+        raise UserError(
+            f'config.deq.dropout={section.dropout} is not supported by the '
+            f"{section.name!r} dequantizer; set it to 0 or use config.deq.name='flowpp'."
+        )
+    return cls(**{k: section[k] for k in declared if k in section})
 
 
 # ------------------------------------------------------------------------------------

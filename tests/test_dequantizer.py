@@ -20,11 +20,13 @@ import dequantizer
 import mixture
 import sde_lib
 from datasets import DataSpec
+from devices import get_mesh
 from errors import UserError
+from models.affine_coupling import AffineCouplingDequantizer
 
 
 def test_log_q_is_the_change_of_variables():
-    model = dequantizer.Dequantizer(num_layers=3, hidden=8)
+    model = AffineCouplingDequantizer(num_layers=3, hidden=8)
     shape = (1, 2, 3, 1)
     x_cond = jax.random.uniform(jax.random.key(1), shape)
     variables = model.init(jax.random.key(0), jnp.zeros(shape), x_cond)
@@ -47,8 +49,12 @@ def test_log_q_is_the_change_of_variables():
     assert float(log_q[0]) == pytest.approx(expected, abs=1e-4)
 
 
+SMALL_FLOWPP = {'filters': 8, 'components': 4, 'blocks': 1, 'attn_heads': 2}
+
+
 def _tiny_deq_config(path, n_iters):
     config = _config(path, batch_size=8, num_bins=4, centered=True)
+    config.deq.update(SMALL_FLOWPP)
     config.data.image_size, config.data.num_channels = 2, 1
     config.data.random_flip = False
     t = config.training
@@ -58,22 +64,46 @@ def _tiny_deq_config(path, n_iters):
     return config
 
 
-def test_untrained_dequantizer_is_a_user_error_and_training_resumes_exactly(tmp_path):
-    """Evaluation without a trained flow names the fix; 5 + 5 steps (a restart from the
-    orbax checkpoint of step 5) give the parameters of 10 uninterrupted steps."""
+def _tiny_levels(tmp_path):
     path = tmp_path / 'img.npz'
     levels = np.random.RandomState(0).randint(0, 4, size=(32, 2, 2, 1)).astype(np.uint8)
     np.savez(path, train=levels, test=levels[:8])
+    return path
+
+
+def test_flowpp_initialisation_is_data_dependent_and_reproducible(tmp_path):
+    """The initial Flow++ parameters come from the first training batch, the same batch
+    and key on every start (so a resumed run restores into the same structure and a
+    fresh one starts identically); another batch gives other parameters."""
+    config = _tiny_deq_config(_tiny_levels(tmp_path), 10)
+    first = next(dequantizer.training_levels(config, 0))[0]
+    states = [dequantizer.initial_state(config, get_mesh(), levels)[2] for levels in
+              (first, first, (first + 1) % 4)]  # fmt: skip
+    same, other = jax.tree.leaves(states[1].params), jax.tree.leaves(states[2].params)
+    for a, b in zip(jax.tree.leaves(states[0].params), same):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(same, other))
+
+
+def test_untrained_dequantizer_is_a_user_error_and_training_resumes_exactly(tmp_path):
+    """Evaluation without a trained flow names the fix; 5 + 5 steps (a restart from the
+    orbax checkpoint of step 5) give the parameters of 10 uninterrupted steps (the
+    affine-coupling flow: the loop is the same for every flow, and its steps compile
+    fast)."""
+    path = _tiny_levels(tmp_path)
     with pytest.raises(UserError, match='--mode train_deq'):
         dequantizer.load_dequantizer(_tiny_deq_config(path, 10), str(tmp_path / 'none'))
+    with pytest.raises(UserError, match='--deq_folder=mine'):
+        dequantizer.load_dequantizer(_tiny_deq_config(path, 10), str(tmp_path), 'mine')
     sde = sde_lib.VPSDE()
     gm = mixture.GaussianMixture(np.ones(1), np.zeros((1, 4)), 0.1 * np.eye(4)[None])
 
     def train(folder, n_iters):
         config = _tiny_deq_config(path, n_iters)
+        config.deq.name = 'affine_coupling'
         return dequantizer.train_dequantizer(
             config,
-            str(tmp_path / folder / 'deq'),
+            str(tmp_path / folder / dequantizer.DEQ_FOLDER),
             sde,
             DataSpec.from_config(config),
             gm.score_fn(sde),
@@ -82,8 +112,10 @@ def test_untrained_dequantizer_is_a_user_error_and_training_resumes_exactly(tmp_
     assert train('straight', 10)['step'] == 10
     assert train('resumed', 5)['step'] == 5
     assert train('resumed', 10)['step'] == 10
+    config = _tiny_deq_config(path, 10)
+    config.deq.name = 'affine_coupling'
     straight, resumed = (
-        dequantizer.load_dequantizer(_tiny_deq_config(path, 10), str(tmp_path / folder))
+        dequantizer.load_dequantizer(config, str(tmp_path / folder))
         for folder in ('straight', 'resumed')
     )
     assert straight[2] == resumed[2]  # the digest of the EMA parameters
@@ -103,7 +135,8 @@ def _exact_discrete_bpd(levels, num_bins, sde, std):
 
 
 @pytest.mark.slow
-def test_trained_dequantizer_beats_uniform(tmp_path):
+@pytest.mark.parametrize('flow', ['flowpp', 'affine_coupling'])
+def test_trained_dequantizer_beats_uniform(tmp_path, flow):
     num_bins, std, shape = 4, 0.3, (2, 2, 1)
     rs = np.random.RandomState(0)
 
@@ -114,6 +147,8 @@ def test_trained_dequantizer_beats_uniform(tmp_path):
     path = tmp_path / 'img.npz'
     np.savez(path, train=draw(512), test=draw(256))
     config = _config(path, batch_size=64, repeats=2, num_bins=num_bins, centered=True)
+    config.deq.update(SMALL_FLOWPP)
+    config.deq.name = flow
     config.data.image_size, config.data.num_channels = 2, 1
     config.data.random_flip = False
     t = config.training
@@ -124,7 +159,11 @@ def test_trained_dequantizer_beats_uniform(tmp_path):
     evaluator = _evaluator(config, tmp_path, gm, folder='uniform')
     evaluator.run()
     result = dequantizer.train_dequantizer(
-        config, str(tmp_path / 'deq'), evaluator.sde, evaluator.data, gm.score_fn(evaluator.sde)
+        config,
+        str(tmp_path / dequantizer.DEQ_FOLDER),
+        evaluator.sde,
+        evaluator.data,
+        gm.score_fn(evaluator.sde),
     )
     assert result['step'] == 400
     config.eval.dequantizer = True
@@ -139,7 +178,7 @@ def test_trained_dequantizer_beats_uniform(tmp_path):
     # ... and the learned q closes most of uniform dequantization's gap.
     gap = uniform['bpd'] - exact
     print(
-        f'bits/dim: exact {exact:.4f}, uniform {uniform["bpd"]:.4f} ± '
+        f'{flow} bits/dim: exact {exact:.4f}, uniform {uniform["bpd"]:.4f} ± '
         f'{uniform["bpd_stderr"]:.4f}, variational {variational["bpd"]:.4f} ± '
         f'{variational["bpd_stderr"]:.4f} (training bound {result["train_bpd"]:.4f})'
     )

@@ -128,6 +128,15 @@ def test_missing_checkpoint_for_eval(tmp_path):
     )
 
 
+def test_eval_with_an_untrained_dequantizer_names_its_folder(tmp_path):
+    """``--deq_folder`` reaches the evaluation, which stops before loading a checkpoint."""
+    args = train_utils.cli_flags('digits', {'eval.dequantizer': True})
+    args += ['--workdir', str(tmp_path / 'w'), '--mode', 'eval', '--deq_folder', 'mine']
+    _fails_cleanly(
+        args, f'{tmp_path / "w" / "mine"} holds no trained dequantizer', '--deq_folder=mine'
+    )
+
+
 def test_corrupt_and_incompatible_checkpoints(tmp_path):
     config = train_utils.load_config('toy')
     _, _, state = create_train_state(prepare_config(config), get_mesh())

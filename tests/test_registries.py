@@ -35,6 +35,7 @@ def test_validation_lists_are_the_registries():
     assert allowed['sampling.corrector'] == sampling.corrector_names()
     assert allowed['sampling.ode_method'] == ode_solver.solver_names()
     assert allowed['eval.hutchinson_type'] == likelihood.HUTCHINSON_TYPES
+    assert allowed['deq.name'] == mutils.registered_dequantizers() == ('affine_coupling', 'flowpp')
 
 
 class QuadraticVESDE(sde_lib.SDE):
