@@ -10,6 +10,7 @@ The defaults below are the CIFAR-10 settings of the papers.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def _training() -> ml_collections.ConfigDict:
@@ -29,6 +30,9 @@ def _training() -> ml_collections.ConfigDict:
             'eval_freq': 100,  # eval-split loss every eval_freq steps
             'log_freq': 100,
             'eps': 1e-5,  # smallest training time t
+            # score_flow's name: when set, the smallest time of training and evaluation
+            # (training.eps and eval.eps, as its run_lib passes it to both)
+            'smallest_time': placeholder(float),
             'objective': 'dsm',  # losses.OBJECTIVES: denoising or sliced score matching
         }
     )
@@ -48,6 +52,7 @@ def _sampling() -> ml_collections.ConfigDict:
             'atol': 1e-5,
             'ode_method': 'dopri5',  # ode_solver.solver_names()
             'eps': 1e-3,  # smallest sampling time t
+            'smallest_time': placeholder(float),  # score_flow's name: sets sampling.eps
             # --mode sample (controllable generation, Score SDE §5; docs/controllable.md)
             'task': 'unconditional',  # sample_runner.TASKS
             'num_samples': 64,  # samples (class_conditional: per class; else test images)
@@ -84,6 +89,8 @@ def _eval() -> ml_collections.ConfigDict:
             'eps': 1e-5,  # smallest time of the likelihood ODE / bound
             'hutchinson_type': 'Rademacher',  # likelihood.HUTCHINSON_TYPES ('exact': small D)
             'ckpt_timeout': 0.0,  # s to wait for a checkpoint not yet written (0: fail)
+            # score_flow: the snapshot --mode train_deq trains against (unset: end_ckpt)
+            'ckpt_id': placeholder(int),
         }
     )
 
@@ -102,6 +109,8 @@ def _data() -> ml_collections.ConfigDict:
             'data_dir': '',  # TFDS data directory; '' = TFDS default
             'download': False,  # let TFDS download and prepare missing data
             'dim': 2,  # dimension D of vector data (TOY, NPZ vectors)
+            'category': '',  # LSUN category (Score SDE; LSUN is not supported yet)
+            'tfrecords_path': '',  # CelebA-HQ / FFHQ records (Score SDE; not supported yet)
         }
     )
 
@@ -138,7 +147,9 @@ def _model() -> ml_collections.ConfigDict:
             'normalization': 'GroupNorm',
             'nonlinearity': 'swish',
             'conv_size': 3,
+            'interpolation': 'bilinear',  # NCSNv2 upsampling: 'bilinear' | 'nearest_neighbor'
             'ema_rate': 0.9999,
+            'data_init': False,  # score_flow's; read nowhere there, True is refused here
         }
     )
 
@@ -154,6 +165,7 @@ def _optim() -> ml_collections.ConfigDict:
             'weight_decay': 0.0,
             'warmup': 5000,  # linear learning-rate warm-up steps
             'grad_clip': 1.0,  # global-norm clipping; negative disables
+            'amsgrad': False,  # Score SDE's CelebA-HQ / FFHQ files; True is refused
         }
     )
 

@@ -27,6 +27,20 @@ from models import flowpp
 from models import utils as mutils
 
 BPD_DATASETS = ('train', 'test')
+# score_flow's names of fields of ours: when set, each sets the fields it names (ScoreFlow's
+# run_lib passes training.smallest_time to the losses and to the likelihood and bound).
+ALIASES = {
+    'training.smallest_time': ('training.eps', 'eval.eps'),
+    'sampling.smallest_time': ('sampling.eps',),
+}
+# Fields of the originals' configs whose non-default value asks for something not built.
+_REFUSED = {
+    'model.data_init': (False, 'is read nowhere in score_flow and not supported here'),
+    'optim.amsgrad': (
+        False,
+        "is not supported (Score SDE's Flax optimizer has no AMSGrad either)",
+    ),
+}
 
 
 def choices() -> tuple:
@@ -85,6 +99,12 @@ def prepare_config(
     it from the data") replaced by the dimension of the NPZ / TOY vectors."""
     validate_config(config, num_devices)
     config = config.copy_and_resolve_references()
+    for alias, fields in ALIASES.items():
+        value = _get(config, alias)
+        if value is not None:
+            for field in fields:
+                section, name = field.split('.')
+                config[section][name] = value
     if datasets.is_continuous(config) and not config.data.dim:
         config.data.dim = int(datasets.data_shape(config)[0])
     return config
@@ -116,6 +136,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     _check_objective(config)
     _check_data(config)
     _check_deq(config.deq)
+    for field, (default, problem) in _REFUSED.items():
+        if _get(config, field) != default:
+            _fail(field, _get(config, field), problem)
     _check_batch_sizes(config, num_devices)
     for field in _MULTIPLES_OF_JITTED_STEPS:
         if _get(config, field) % config.training.n_jitted_steps:
