@@ -55,6 +55,53 @@ WEIGHTINGS = {
 }
 
 
+def score_sde_defaults(config: ml_collections.ConfigDict) -> None:
+    """Where Score SDE's ``default_<dataset>_configs.py`` differ from ours (which are
+    ScoreFlow's): its evaluation (loss of snapshots 9 … 26, no bits/dim; CelebA: 1 … 26
+    with samples, and a corrector snr of 0.17) and logging."""
+    config.training.log_freq = 50
+    config.eval.update({'begin_ckpt': 9, 'end_ckpt': 26, 'enable_loss': True, 'enable_bpd': False})
+    if config.data.dataset == 'CELEBA':
+        config.eval.update({'begin_ckpt': 1, 'enable_sampling': True})
+        config.sampling.snr = 0.17
+
+
+def score_sde_leaf(
+    config: ml_collections.ConfigDict, sde: str, continuous: bool, predictor: str, corrector: str
+) -> None:
+    """A Score SDE leaf: its SDE, time, PC sampler, and the VP / sub-VP conventions of its
+    files (mean over dimensions, data in [−1, 1])."""
+    config.training.update({'sde': sde, 'continuous': continuous})
+    config.sampling.update({'method': 'pc', 'predictor': predictor, 'corrector': corrector})
+    if sde != 'vesde':
+        config.training.reduce_mean = True
+        config.data.centered = True
+    score_sde_defaults(config)
+
+
+def ddpm_style(
+    config: ml_collections.ConfigDict, *, ve: bool = False, conditional: bool = True
+) -> None:
+    """The DDPM network of Score SDE's files (Ho et al. 2020: nf 128, ch_mult (1,2,2,2),
+    2 res blocks, attention at 16); on VE its output is divided by σ and its EMA is 0.999."""
+    config.model.update(
+        {
+            'name': 'ddpm',
+            'scale_by_sigma': ve,
+            'ema_rate': 0.999 if ve else 0.9999,
+            'normalization': 'GroupNorm',
+            'nonlinearity': 'swish',
+            'nf': 128,
+            'ch_mult': (1, 2, 2, 2),
+            'num_res_blocks': 2,
+            'attn_resolutions': (16,),
+            'resamp_with_conv': True,
+            'conditional': conditional,
+            'conv_size': 3,
+        }
+    )
+
+
 def ddpmpp_style(config: ml_collections.ConfigDict) -> None:
     """DDPM++ flags (positional time embedding, no FIR, no progressive input)."""
     config.model.update(_DDPMPP_STYLE)
@@ -63,6 +110,33 @@ def ddpmpp_style(config: ml_collections.ConfigDict) -> None:
 def ncsnpp_style(config: ml_collections.ConfigDict) -> None:
     """NCSN++ flags (Fourier σ embedding, FIR, residual progressive input, output / σ)."""
     config.model.update(_NCSNPP_STYLE)
+
+
+def ncsnpp_positional(config: ml_collections.ConfigDict) -> None:
+    """NCSN++ as Score SDE's VP / sub-VP and discrete-VE files use it: the NCSN++ flags
+    with DDPM++'s positional embedding (and, on VP / sub-VP, its output and EMA)."""
+    ncsnpp_style(config)
+    config.model.embedding_type = 'positional'
+    if config.training.sde != 'vesde':
+        config.model.update({'scale_by_sigma': False, 'ema_rate': 0.9999})
+
+
+def ncsnv2_style(config: ml_collections.ConfigDict, num_scales: int) -> None:
+    """NCSNv2 (RefineNet, InstanceNorm++, ELU) and its optimizer: Adam 1e-4, no warm-up,
+    no gradient clipping."""
+    config.model.update(
+        {
+            'name': 'ncsnv2_64',
+            'scale_by_sigma': True,
+            'num_scales': num_scales,
+            'ema_rate': 0.999,
+            'normalization': 'InstanceNorm++',
+            'nonlinearity': 'elu',
+            'nf': 128,
+            'interpolation': 'bilinear',
+        }
+    )
+    config.optim.update({'lr': 1e-4, 'warmup': 0, 'grad_clip': -1.0})
 
 
 def paper_size(config: ml_collections.ConfigDict, deep: bool) -> None:
@@ -77,7 +151,6 @@ def paper_size(config: ml_collections.ConfigDict, deep: bool) -> None:
     )
     if deep:
         config.training.n_iters = 950001
-        config.eval.begin_ckpt = config.eval.end_ckpt = 19
 
 
 def set_weighting(config: ml_collections.ConfigDict, weighting: str) -> None:

@@ -7,11 +7,7 @@ from configs.default_cifar10_configs import get_default_configs
 
 def get_config(deep: bool = False):
     config = get_default_configs()
-    config.training.sde = 'vesde'
-    config.training.continuous = True
-    config.sampling.method = 'pc'
-    config.sampling.predictor = 'reverse_diffusion'
-    config.sampling.corrector = 'langevin'
+    presets.score_sde_leaf(config, 'vesde', True, 'reverse_diffusion', 'langevin')
     config.sampling.eps = 1e-5
     presets.ncsnpp_style(config)
     presets.paper_size(config, deep)

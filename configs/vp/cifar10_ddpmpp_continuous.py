@@ -4,15 +4,9 @@ from configs import presets
 from configs.default_cifar10_configs import get_default_configs
 
 
-def get_config(sde: str = 'vpsde'):
+def get_config(sde: str = 'vpsde', deep: bool = False):
     config = get_default_configs()
-    config.training.sde = sde
-    config.training.continuous = True
-    config.training.reduce_mean = True
-    config.sampling.method = 'pc'
-    config.sampling.predictor = 'euler_maruyama'
-    config.sampling.corrector = 'none'
-    config.data.centered = True
+    presets.score_sde_leaf(config, sde, True, 'euler_maruyama', 'none')
     presets.ddpmpp_style(config)
-    presets.paper_size(config, deep=False)
+    presets.paper_size(config, deep)
     return config

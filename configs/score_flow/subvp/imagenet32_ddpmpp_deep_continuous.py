@@ -9,4 +9,5 @@ from configs.score_flow.subvp import imagenet32_ddpmpp_continuous
 def get_config():
     config = imagenet32_ddpmpp_continuous.get_config()
     presets.paper_size(config, deep=True)
+    config.eval.begin_ckpt = config.eval.end_ckpt = 19
     return config
