@@ -198,6 +198,23 @@ def gated_attention(module, x, *, name, pos_emb, heads, dropout, train) -> Array
     return x + _gate(nin(module, a, name=f'{name}_proj2', features=2 * ch, init_scale=0.1))
 
 
+def conv_attention_block(
+    module, x, names, *, context, use_nin, pos_emb, heads, dropout, train, weight_norm
+) -> Array:
+    """Gated residual conv, LayerNorm, gated attention, LayerNorm; ``names`` are the
+    original's names of the four (they differ between the coupling and the processor)."""
+    conv_name, ln1, attn_name, ln2 = names
+    x = gated_conv(
+        module, x, name=conv_name, context=context, use_nin=use_nin, dropout=dropout,
+        train=train, weight_norm=weight_norm,
+    )  # fmt: skip
+    x = layer_norm(module, x, name=ln1)
+    x = gated_attention(
+        module, x, name=attn_name, pos_emb=pos_emb, heads=heads, dropout=dropout, train=train
+    )
+    return layer_norm(module, x, name=ln2)
+
+
 # --------------------------------------------------------------------------- mixture CDF
 def _logistic_terms(b, logits, means, logscales):
     """(log F(b), log(1 − F(b)), log F′(b)) of the logistic mixture, elementwise."""
@@ -308,16 +325,11 @@ class MixLogisticAttnCoupling(nn.Module):
         name = 'block0'
         for i in range(self.blocks):
             name = f'block{i}'
-            x = gated_conv(
-                self, x, name=f'{name}_conv', context=context, use_nin=True,
-                dropout=self.dropout, train=train, weight_norm=deep,
+            names = (f'{name}_conv', f'{name}_ln1', f'{name}_attn', f'{name}_ln2')
+            x = conv_attention_block(
+                self, x, names, context=context, use_nin=True, pos_emb=pos_emb,
+                heads=self.heads, dropout=self.dropout, train=train, weight_norm=deep,
             )  # fmt: skip
-            x = layer_norm(self, x, name=f'{name}_ln1')
-            x = gated_attention(
-                self, x, name=f'{name}_attn', pos_emb=pos_emb, heads=self.heads,
-                dropout=self.dropout, train=train,
-            )  # fmt: skip
-            x = layer_norm(self, x, name=f'{name}_ln2')
         if deep:
             x = concat_elu(x)
         x = conv(
@@ -372,16 +384,11 @@ class DeepProcessor(nn.Module):
         x = conv(self, x, name='proj', features=CONTEXT_FEATURES, weight_norm=True)
         pos_emb = self.param('pos_emb_dq', nn.initializers.normal(0.01), x.shape[1:])
         for i in range(self.depth):
-            x = gated_conv(
-                self, x, name=f'c{i}', context=None, use_nin=False, dropout=self.dropout,
+            x = conv_attention_block(
+                self, x, (f'c{i}', f'dqln{i}', f'dqattn{i}', f'ln{i}'), context=None,
+                use_nin=False, pos_emb=pos_emb, heads=self.heads, dropout=self.dropout,
                 train=train, weight_norm=True,
             )  # fmt: skip
-            x = layer_norm(self, x, name=f'dqln{i}')
-            x = gated_attention(
-                self, x, name=f'dqattn{i}', pos_emb=pos_emb, heads=self.heads,
-                dropout=self.dropout, train=train,
-            )  # fmt: skip
-            x = layer_norm(self, x, name=f'ln{i}')
         return x
 
 
