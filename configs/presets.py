@@ -121,6 +121,35 @@ def ncsnpp_positional(config: ml_collections.ConfigDict) -> None:
         config.model.update({'scale_by_sigma': False, 'ema_rate': 0.9999})
 
 
+def ncsn_v1(config: ml_collections.ConfigDict, techniques: str = '') -> None:
+    """NCSN (v1, Song & Ermon 2019) as Score SDE's ``configs/ve/ncsn/<dataset>[_<t>].py``:
+    the noise-conditional RefineNet, discrete VE SDE, annealed Langevin dynamics, Adam
+    1e-3; ``techniques`` names the NCSNv2 improvements the file adds ('124': its noise
+    scales σ_max = 50, L = 232 (CelebA: 90, 500) and sampling schedule; '1245' also the
+    EMA 0.999; '5': the EMA alone). Without technique 5 there is no EMA (rate 0)."""
+    score_sde_leaf(config, 'vesde', False, 'none', 'ald')
+    celeba = config.data.dataset == 'CELEBA'
+    sigma_max, num_scales, snr = (90.0, 500, 0.128) if celeba else (50.0, 232, 0.176)
+    config.model.update(
+        {
+            'name': 'ncsn',
+            'scale_by_sigma': False,
+            'sigma_max': sigma_max if '124' in techniques else 1.0,
+            'num_scales': num_scales if '124' in techniques else 10,
+            'ema_rate': 0.999 if '5' in techniques else 0.0,
+            'normalization': 'InstanceNorm++',
+            'nonlinearity': 'elu',
+            'nf': 128,
+            'interpolation': 'bilinear',
+        }
+    )
+    if '124' in techniques:
+        config.sampling.update({'n_steps_each': 5, 'snr': snr})
+    else:
+        config.sampling.update({'n_steps_each': 100, 'snr': 0.316})
+    config.optim.update({'lr': 1e-3, 'warmup': 0, 'grad_clip': -1.0})
+
+
 def ncsnv2_style(config: ml_collections.ConfigDict, num_scales: int) -> None:
     """NCSNv2 (RefineNet, InstanceNorm++, ELU) and its optimizer: Adam 1e-4, no warm-up,
     no gradient clipping."""

@@ -244,6 +244,12 @@ class ResnetBlockDDPM(nn.Module):
 # ------------------------------------------------------------------------------------
 # NCSNv2 (RefineNet) blocks.
 # ------------------------------------------------------------------------------------
+def apply_norm(normalize: NormFactory, x: Array, y: Optional[Array]) -> Array:
+    """``normalize(C)(x)``, or ``(x, y)`` for a noise-conditional norm (NCSN v1: y given)."""
+    module = normalize(x.shape[-1])
+    return module(x) if y is None else module(x, y)
+
+
 class ConvMeanPool(nn.Module):
     """k×k convolution followed by 2×2 average pooling."""
 
@@ -262,7 +268,8 @@ class ResidualBlock(nn.Module):
 
     ``resample='down'`` halves the resolution by mean pooling, except with
     ``dilation > 1`` where (as in the original NCSNv2 code) it keeps the resolution and
-    only changes the channels.
+    only changes the channels. Called with noise levels ``y`` its norms are
+    noise-conditional (NCSN v1's ConditionalResidualBlock).
     """
 
     out_ch: int
@@ -272,13 +279,13 @@ class ResidualBlock(nn.Module):
     dilation: int = 1
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, y: Optional[Array] = None) -> Array:
         c = x.shape[-1]
         d = self.dilation
         pooled = self.resample == 'down' and d == 1
         mid = c if self.resample == 'down' else self.out_ch
-        h = ncsn_conv(self.act(self.normalize(c)(x)), mid, dilation=d)
-        h = self.act(self.normalize(mid)(h))
+        h = ncsn_conv(self.act(apply_norm(self.normalize, x, y)), mid, dilation=d)
+        h = self.act(apply_norm(self.normalize, h, y))
         if pooled:
             h = ConvMeanPool(self.out_ch)(h)
             shortcut = ConvMeanPool(self.out_ch, kernel=1)(x)
@@ -292,53 +299,66 @@ class ResidualBlock(nn.Module):
 
 
 class RCUBlock(nn.Module):
-    """Residual conv unit: ``n_blocks`` × (x + (act → conv3x3)^n_stages (x)), no biases."""
+    """Residual conv unit: ``n_blocks`` × (x + ([norm →] act → conv3x3)^n_stages (x)), no
+    biases; the norm (noise-conditional, NCSN v1) only with ``normalize``."""
 
     features: int
     n_blocks: int
     n_stages: int
     act: Activation = nn.relu
+    normalize: Optional[NormFactory] = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, y: Optional[Array] = None) -> Array:
         for _ in range(self.n_blocks):
             residual = x
             for _ in range(self.n_stages):
+                if self.normalize is not None:
+                    x = apply_norm(self.normalize, x, y)
                 x = ncsn_conv(self.act(x), self.features, bias=False)
             x = x + residual
         return x
 
 
 class CRPBlock(nn.Module):
-    """Chained residual pooling: x ← act(x); path ← conv(maxpool₅ₓ₅(path)); x += path."""
+    """Chained residual pooling: x ← act(x); path ← conv(maxpool₅ₓ₅(path)); x += path.
+    With ``normalize`` (NCSN v1): path ← conv(avgpool₅ₓ₅(norm(path, y)))."""
 
     features: int
     n_stages: int
     act: Activation = nn.relu
+    normalize: Optional[NormFactory] = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, y: Optional[Array] = None) -> Array:
         x = self.act(x)
         path = x
         for _ in range(self.n_stages):
-            path = nn.max_pool(path, (5, 5), strides=(1, 1), padding='SAME')
+            if self.normalize is None:
+                path = nn.max_pool(path, (5, 5), strides=(1, 1), padding='SAME')
+            else:
+                path = apply_norm(self.normalize, path, y)
+                path = nn.avg_pool(path, (5, 5), strides=(1, 1), padding='SAME')
             path = ncsn_conv(path, self.features, bias=False)
             x = path + x
         return x
 
 
 class MSFBlock(nn.Module):
-    """Multi-resolution fusion: Σ_i resize(conv3x3(x_i), shape)."""
+    """Multi-resolution fusion: Σ_i resize(conv3x3([norm] x_i), shape)."""
 
     shape: Tuple[int, int]
     features: int
     interpolation: str = 'bilinear'
+    normalize: Optional[NormFactory] = None
 
     @nn.compact
-    def __call__(self, xs: Sequence[Array]) -> Array:
+    def __call__(self, xs: Sequence[Array], y: Optional[Array] = None) -> Array:
         method = {'bilinear': 'bilinear', 'nearest_neighbor': 'nearest'}[self.interpolation]
         total = 0.0
         for x in xs:
+            if self.normalize is not None:
+                x = apply_norm(self.normalize, x, y)
             h = ncsn_conv(x, self.features)
             if h.shape[1:3] != tuple(self.shape):
                 h = jax.image.resize(h, (h.shape[0], *self.shape, h.shape[-1]), method)
@@ -347,7 +367,9 @@ class MSFBlock(nn.Module):
 
 
 class RefineBlock(nn.Module):
-    """RefineNet block: RCU per input → multi-resolution fusion → CRP → output RCU."""
+    """RefineNet block: RCU per input → multi-resolution fusion → CRP → output RCU; with
+    ``normalize`` and noise levels ``y`` the noise-conditional one of NCSN v1
+    (CondRefineBlock: norms inside every sub-block, average pooling in the CRP)."""
 
     output_shape: Tuple[int, int]
     features: int
@@ -355,13 +377,17 @@ class RefineBlock(nn.Module):
     interpolation: str = 'bilinear'
     start: bool = False
     end: bool = False
+    normalize: Optional[NormFactory] = None
 
     @nn.compact
-    def __call__(self, xs: Sequence[Array]) -> Array:
-        hs = [RCUBlock(x.shape[-1], n_blocks=2, n_stages=2, act=self.act)(x) for x in xs]
+    def __call__(self, xs: Sequence[Array], y: Optional[Array] = None) -> Array:
+        kw = {'act': self.act, 'normalize': self.normalize}
+        hs = [RCUBlock(x.shape[-1], n_blocks=2, n_stages=2, **kw)(x, y) for x in xs]
         if self.start:
             h = hs[0]
         else:
-            h = MSFBlock(self.output_shape, self.features, self.interpolation)(hs)
-        h = CRPBlock(self.features, n_stages=2, act=self.act)(h)
-        return RCUBlock(self.features, n_blocks=3 if self.end else 1, n_stages=2, act=self.act)(h)
+            h = MSFBlock(self.output_shape, self.features, self.interpolation, self.normalize)(
+                hs, y
+            )
+        h = CRPBlock(self.features, n_stages=2, **kw)(h, y)
+        return RCUBlock(self.features, n_blocks=3 if self.end else 1, n_stages=2, **kw)(h, y)

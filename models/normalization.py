@@ -132,6 +132,43 @@ class InstanceNorm2dPlus(_ChannelNorm):
         return self._affine(h + means_plus[:, None, None, :] * alpha)
 
 
+class ConditionalInstanceNorm2dPlus(nn.Module):
+    """Conditional InstanceNorm++ of NCSN (Song & Ermon, 2019): InstanceNorm++ whose
+    γ, α, β are looked up per noise level y ∈ {0, …, num_classes − 1} (an embedding of
+    3C values per level: γ, α ~ N(1, 0.02²) and β = 0 at init). Called as ``norm(x, y)``."""
+
+    num_classes: int
+    bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, y: Array) -> Array:
+        c = x.shape[-1]
+        means = jnp.mean(x, axis=(1, 2))
+        m = jnp.mean(means, axis=-1, keepdims=True)
+        v = jnp.var(means, axis=-1, keepdims=True)
+        means_plus = (means - m) * jax.lax.rsqrt(v + _EPS)
+        h = (x - means[:, None, None, :]) * jax.lax.rsqrt(
+            jnp.var(x, axis=(1, 2), keepdims=True) + _EPS
+        )
+        width = 3 if self.bias else 2
+
+        def init(key, shape, dtype=jnp.float32):
+            scales = _normal_around_one(key, (shape[0], 2 * c), dtype)
+            return jnp.concatenate([scales, jnp.zeros((shape[0], (width - 2) * c), dtype)], -1)
+
+        table = nn.Embed(self.num_classes, width * c, embedding_init=init)(y)[:, None, None, :]
+        gamma, alpha = table[..., :c], table[..., c : 2 * c]
+        h = gamma * (h + means_plus[:, None, None, :] * alpha)
+        return h + table[..., 2 * c :] if self.bias else h
+
+
+def conditional_normalization(name: str, num_classes: int) -> NormFactory:
+    """The noise-conditional norm factory of NCSN (only 'InstanceNorm++' exists)."""
+    if name.lower() != 'instancenorm++':
+        raise ValueError(f'no conditional version of normalization {name!r}')
+    return lambda c: ConditionalInstanceNorm2dPlus(num_classes)
+
+
 NORMALIZATIONS = {
     'groupnorm': group_norm_32,
     'instancenorm': lambda c: InstanceNorm2d(),

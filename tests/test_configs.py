@@ -574,7 +574,7 @@ def both(*mutations):
 
 CASES = [
     (setter('training.sde', 'vpsd'), 'training.sde'),
-    (setter('model.name', 'ncsn'), 'model.name'),
+    (setter('model.name', 'ncsn_v3'), 'model.name'),
     (setter('data.dataset', 'MNIST'), 'data.dataset'),
     (setter('sampling.method', 'sde'), 'sampling.method'),
     (setter('sampling.predictor', 'euler'), 'sampling.predictor'),
@@ -715,11 +715,10 @@ def test_original_fields_of_unbuilt_features_are_refused(field):
 # The resolved values of each of score_sde's 39 leaf configs (configs/{ve,vp,subvp}/...),
 # computed outside this repository by loading the original files (field -> value).
 SCORE_SDE = json.loads((ROOT / 'tests/fixtures/score_sde_configs.json').read_text())
-_LSUN, _CELEBAHQ, _FFHQ, _NCSN = (
+_LSUN, _CELEBAHQ, _FFHQ = (
     'LSUN is not supported yet',
     'CelebA-HQ (TFRecords) is not supported yet',
     'FFHQ (TFRecords) is not supported yet',
-    'NCSN (v1, model.name=ncsn) is not built yet',
 )
 SCORE_SDE_NOT_YET = {
     've/bedroom_ncsnpp_continuous.py': _LSUN,
@@ -732,11 +731,6 @@ SCORE_SDE_NOT_YET = {
     'vp/ddpm/celebahq.py': _CELEBAHQ,
     've/ffhq_256_ncsnpp_continuous.py': _FFHQ,
     've/ffhq_ncsnpp_continuous.py': _FFHQ,
-    **{
-        f've/ncsn/{d}{s}.py': _NCSN
-        for d in ('celeba', 'cifar10')
-        for s in ('', '_124', '_1245', '_5')
-    },
 }
 
 

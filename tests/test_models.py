@@ -719,3 +719,46 @@ def test_score_fn_of_a_real_model_is_minus_noise_prediction_over_sigma():
     np.testing.assert_allclose(
         score, -out / np.asarray(sde.marginal_prob(x, T)[1])[:, None], rtol=1e-5
     )
+
+
+# NCSN (v1): score_sde's own models/ncsnv2.py NCSN, built outside this repository with the
+# two fixes it needs to build at all (config.model.num_classes = num_scales; the down-
+# sampling conditional residual block's ``self.normalization()(h, y)``), on its
+# configs/ve/ncsn/{cifar10,cifar10_124,celeba_124}.py: L = 10, 232, 500 noise levels.
+@pytest.mark.parametrize(
+    'size, num_scales, expected',
+    [(32, 10, 34_428_675), (32, 232, 44_828_931), (64, 500, 57_384_195)],
+)
+def test_param_counts_of_ncsn_v1(size, num_scales, expected):
+    cfg = make_config(
+        'ncsn',
+        image_size=size,
+        continuous=False,
+        nf=128,
+        normalization='InstanceNorm++',
+        nonlinearity='elu',
+        num_scales=num_scales,
+    )
+    assert utils.param_count(utils.init_shapes(cfg)) == expected
+
+
+def test_ncsn_v1_is_conditioned_on_the_noise_level():
+    """Each noise level has its own norm parameters: after they are made to differ,
+    the same input gives other outputs at other levels; continuous time is refused."""
+    cfg = make_config(
+        'ncsn', continuous=False, nf=8, normalization='InstanceNorm++', nonlinearity='elu',
+        num_scales=4,
+    )  # fmt: skip
+    model, variables = utils.init_model(jax.random.PRNGKey(0), cfg)
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    variables = jax.tree.unflatten(
+        treedef, [x + 0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+    )
+    x = jax.random.normal(jax.random.PRNGKey(2), (1, 8, 8, 3))
+    out = [model.apply(variables, x, jnp.array([i]), train=False) for i in range(4)]
+    for i in range(1, 4):
+        assert float(jnp.max(jnp.abs(out[i] - out[0]))) > 1e-3
+    np.testing.assert_array_equal(out[2], model.apply(variables, x, jnp.array([2]), train=False))
+    with pytest.raises(UserError, match='continuous=False'):
+        utils.create_model(make_config('ncsn', continuous=True, normalization='InstanceNorm++'))

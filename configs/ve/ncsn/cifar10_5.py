@@ -1,0 +1,11 @@
+"""Score SDE: NCSN with NCSNv2 technique 5 (EMA),
+CIFAR-10; annealed Langevin dynamics."""
+
+from configs import presets
+from configs.default_cifar10_configs import get_default_configs
+
+
+def get_config():
+    config = get_default_configs()
+    presets.ncsn_v1(config, '5')
+    return config
