@@ -12,7 +12,6 @@ u = sigmoid(h) ∈ (0, 1)ᴰ. By the change of variables
 
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import flax.linen as nn
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.flowpp import log_standard_normal, per_example_sum
 from models.utils import register_dequantizer
 
 Array = jax.Array
@@ -66,7 +66,7 @@ class AffineCouplingDequantizer(nn.Module):
         cond = nn.swish(nn.Conv(self.hidden, (3, 3))(2.0 * x_cond - 1.0))
         nets = [_ConvNet(self.hidden, 2 * channels) for _ in range(self.num_layers)]
         if inverse:  # h = u: through σ⁻¹, then the couplings backwards
-            log_sigmoid_jac = _sum(jnp.log(h) + jnp.log1p(-h))
+            log_sigmoid_jac = per_example_sum(jnp.log(h) + jnp.log1p(-h))
             h = jnp.log(h) - jnp.log1p(-h)
         else:
             eps = h
@@ -80,16 +80,8 @@ class AffineCouplingDequantizer(nn.Module):
                 h = h * mask + (1.0 - mask) * (h - shift) * jnp.exp(-log_s)
             else:
                 h = h * mask + (1.0 - mask) * (h * jnp.exp(log_s) + shift)
-            logdet = logdet + _sum(log_s * (1.0 - mask))
+            logdet = logdet + per_example_sum(log_s * (1.0 - mask))
         if inverse:
-            return h, _log_normal(h) - logdet - log_sigmoid_jac
-        log_sigmoid_jac = _sum(jax.nn.log_sigmoid(h) + jax.nn.log_sigmoid(-h))
-        return jax.nn.sigmoid(h), _log_normal(eps) - logdet - log_sigmoid_jac
-
-
-def _sum(a: Array) -> Array:
-    return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=-1)
-
-
-def _log_normal(eps: Array) -> Array:
-    return -0.5 * _sum(eps**2) - 0.5 * eps[0].size * math.log(2 * math.pi)
+            return h, log_standard_normal(h) - logdet - log_sigmoid_jac
+        log_sigmoid_jac = per_example_sum(jax.nn.log_sigmoid(h) + jax.nn.log_sigmoid(-h))
+        return jax.nn.sigmoid(h), log_standard_normal(eps) - logdet - log_sigmoid_jac

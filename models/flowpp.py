@@ -227,14 +227,15 @@ def _logistic_terms(b, logits, means, logscales):
     return log_cdf, log_sf, log_pdf
 
 
-def _sum(a: Array) -> Array:
+def per_example_sum(a: Array) -> Array:
+    """Σ over every axis but the batch axis."""
     return jnp.sum(a.reshape(a.shape[0], -1), axis=-1)
 
 
 def mixture_logit_transform(b, logits, means, logscales):
     """(σ⁻¹(F(b)), Σ log of its derivative per example)."""
     log_cdf, log_sf, log_pdf = _logistic_terms(b, logits, means, logscales)
-    return log_cdf - log_sf, _sum(log_pdf - log_cdf - log_sf)
+    return log_cdf - log_sf, per_example_sum(log_pdf - log_cdf - log_sf)
 
 
 def mixture_logit_inverse(y, logits, means, logscales):
@@ -347,9 +348,9 @@ class MixLogisticAttnCoupling(nn.Module):
         s, t, mixture = self._parameters(a, context, train)
         if inverse:
             b = mixture_logit_inverse((b - t) * jnp.exp(-s), *mixture)
-            return (a, b), -(mixture_logit_transform(b, *mixture)[1] + _sum(s))
+            return (a, b), -(mixture_logit_transform(b, *mixture)[1] + per_example_sum(s))
         y, logdet = mixture_logit_transform(b, *mixture)
-        return (a, y * jnp.exp(s) + t), logdet + _sum(s)
+        return (a, y * jnp.exp(s) + t), logdet + per_example_sum(s)
 
 
 class ShallowProcessor(nn.Module):
@@ -434,19 +435,19 @@ class FlowppDequantizer(nn.Module):
                 halves, logdet = _through(layer, halves, context, logdet, False, train)
                 halves = halves[::-1]
             h = merge_columns(halves)
-        logdet = logdet + _sum(jax.nn.log_sigmoid(h) + jax.nn.log_sigmoid(-h))
-        return jax.nn.sigmoid(h), _log_normal(eps) - logdet
+        logdet = logdet + per_example_sum(jax.nn.log_sigmoid(h) + jax.nn.log_sigmoid(-h))
+        return jax.nn.sigmoid(h), log_standard_normal(eps) - logdet
 
     def _inverse(self, u, context, layers, stages, train):
         h = jnp.log(u) - jnp.log1p(-u)
-        logdet = -_sum(jnp.log(u) + jnp.log1p(-u))  # of σ⁻¹
+        logdet = -per_example_sum(jnp.log(u) + jnp.log1p(-u))  # of σ⁻¹
         for stage in reversed(range(stages)):
             halves = split_columns(h)
             group = layers[stage * self.couplings_per_stage :][: self.couplings_per_stage]
             for layer in reversed(group):
                 halves, logdet = _through(layer[::-1], halves[::-1], context, logdet, True, train)
             h = merge_columns(halves)
-        return h, _log_normal(h) + logdet
+        return h, log_standard_normal(h) + logdet
 
 
 def _through(modules, halves, context, logdet, inverse, train):
@@ -459,5 +460,6 @@ def _through(modules, halves, context, logdet, inverse, train):
     return halves, logdet
 
 
-def _log_normal(eps: Array) -> Array:
-    return _sum(-0.5 * eps**2 - 0.5 * np.log(2 * np.pi))
+def log_standard_normal(eps: Array) -> Array:
+    """log N(ε; 0, I) per example."""
+    return per_example_sum(-0.5 * eps**2 - 0.5 * np.log(2 * np.pi))
