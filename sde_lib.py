@@ -534,6 +534,31 @@ class LinearVESDE(_VEFamily):
         return (jnp.exp(0.5 * c) - self.sigma_min) / (self.sigma_max - self.sigma_min)
 
 
+@register_sde('linearvesde')
+class ScoreFlowLinearVESDE(_VEFamily):
+    """ScoreFlow's ``linearvesde``: σ(t) = σ_max t, dx = σ_max √(2t) dw (g² = dσ²/dt);
+    prior N(0, σ_max² I). σ_min is not used by the process (σ(0) = 0).
+
+    As in score_flow, a continuous network gets the label 999·t and predicts the noise:
+    score = −output/σ(t), like the VP SDEs. It is not :class:`LinearVESDE`
+    (``vesde_linear``), whose σ runs from σ_min to σ_max and whose network sees σ(t).
+    """
+
+    def std(self, t: Array) -> Array:
+        return self.sigma_max * t
+
+    def diffusion(self, t: Array) -> Array:
+        return self.sigma_max * jnp.sqrt(2.0 * t)
+
+    def inverse_log_inverse_snr(self, c: Array) -> Array:
+        """Closed form: σ_max t = e^{c/2}."""
+        return jnp.exp(0.5 * c) / self.sigma_max
+
+    def continuous_network_inputs(self, t: Array) -> Tuple[Array, Array]:
+        """Labels 999·t; score = −output/σ(t) (score_flow's models/utils.py)."""
+        return t * 999.0, -1.0 / self.std(t)
+
+
 def get_sde(config) -> SDE:
     """The SDE named by ``config.training.sde``, with the scales of ``config.model``."""
     return get_sde_class(config.training.sde).from_config(config.model)

@@ -16,7 +16,7 @@ import sde_lib
 from errors import UserError
 
 BETA_0, BETA_1, SIGMA_MIN, SIGMA_MAX, EPS = 0.1, 20.0, 0.01, 50.0, 1e-5
-NAMES = ('ve', 'vp', 'subvp', 'linear_ve')
+NAMES = ('ve', 'vp', 'subvp', 'linear_ve', 'scoreflow_linear_ve')
 
 
 def make_sde(name: str, n: int = 1000) -> sde_lib.SDE:
@@ -25,16 +25,20 @@ def make_sde(name: str, n: int = 1000) -> sde_lib.SDE:
         'vp': lambda: sde_lib.VPSDE(BETA_0, BETA_1, n),
         'subvp': lambda: sde_lib.subVPSDE(BETA_0, BETA_1, n),
         'linear_ve': lambda: sde_lib.LinearVESDE(SIGMA_MIN, SIGMA_MAX, n),
+        'scoreflow_linear_ve': lambda: sde_lib.ScoreFlowLinearVESDE(SIGMA_MIN, SIGMA_MAX, n),
     }[name]()
 
 
 def ref_coeffs(name: str, t):
     """(α, σ, f, g²) of docs/MATH.md in float64."""
     t = np.asarray(t, np.float64)
-    if name in ('ve', 'linear_ve'):
+    if name in ('ve', 'linear_ve', 'scoreflow_linear_ve'):
         if name == 've':
             sigma = SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** t
             g2 = sigma**2 * 2 * np.log(SIGMA_MAX / SIGMA_MIN)
+        elif name == 'scoreflow_linear_ve':  # score_flow's sde_lib, VESDE(linear=True)
+            sigma = SIGMA_MAX * t
+            g2 = SIGMA_MAX**2 * 2 * t
         else:
             sigma = SIGMA_MIN + t * (SIGMA_MAX - SIGMA_MIN)
             g2 = 2 * sigma * (SIGMA_MAX - SIGMA_MIN)
@@ -190,7 +194,7 @@ def test_importance_sampled_times_follow_density(name, key):
     np.testing.assert_allclose(ends, [EPS, sde.T], rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize('name', ('vp', 've', 'linear_ve'))
+@pytest.mark.parametrize('name', ('vp', 've', 'linear_ve', 'scoreflow_linear_ve'))
 def test_closed_form_inverse_equals_bisection(name):
     """Equal to float32 precision; for VE, c = 2 log σ(t) loses ~4e-8 absolute in t to the
     cancellation log σ(t) − log σ_min, hence the absolute tolerance."""
@@ -205,7 +209,7 @@ def test_closed_form_inverse_equals_bisection(name):
     np.testing.assert_allclose(sde.log_inverse_snr(closed), c, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('name', ('vp', 've'))
+@pytest.mark.parametrize('name', ('vp', 've', 'scoreflow_linear_ve'))
 def test_reverse_drift_and_probability_flow(name, key):
     sde = make_sde(name)
     mix = mixture.random_mixture(1, 3, 2)
@@ -282,6 +286,7 @@ def test_get_sde_by_name():
         'subvpsde': sde_lib.subVPSDE,
         'vesde': sde_lib.VESDE,
         'vesde_linear': sde_lib.LinearVESDE,
+        'linearvesde': sde_lib.ScoreFlowLinearVESDE,
     }
     for name, cls in expected.items():
         config.training.sde = name.upper()
@@ -302,3 +307,16 @@ def test_timestep_index_visits_each_index_once_on_the_sampler_grid(sde):
     np.testing.assert_array_equal(np.asarray(sde.timestep_index(t)), np.arange(sde.N)[::-1])
     grid = jnp.arange(sde.N, dtype=jnp.float32) / (sde.N - 1)
     np.testing.assert_array_equal(np.asarray(sde.timestep_index(grid)), np.arange(sde.N))
+
+
+def test_scoreflow_linear_ve_network_convention():
+    """score_flow's models/utils.py for VESDE(linear=True): the network gets 999·t and the
+    score is −output/σ(t) with σ(t) = σ_max t (its marginal_prob)."""
+    sde = make_sde('scoreflow_linear_ve')
+    t = jnp.asarray([1e-3, 0.25, 1.0])
+    labels, scale = sde.network_inputs(t, continuous=True)
+    np.testing.assert_allclose(labels, 999.0 * np.asarray(t), rtol=1e-6)
+    np.testing.assert_allclose(scale, -1.0 / (SIGMA_MAX * np.asarray(t)), rtol=1e-6)
+    assert sde.prior_std == SIGMA_MAX
+    with pytest.raises(UserError, match='no discrete form'):
+        sde.network_inputs(t, continuous=False)
