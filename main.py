@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging as py_logging
 import os
 import sys
+from typing import Optional
 
 import jax
 from absl import app, flags, logging
@@ -37,11 +38,18 @@ from errors import UserError
 
 FLAGS = flags.FLAGS
 MODES = ('train', 'eval', 'train_deq', 'train_classifier', 'sample')
+EVAL_FOLDER, SCORE_FLOW_EVAL_FOLDER = 'eval', 'eval_test_bpd'
 
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, logs, samples, results.')
 flags.DEFINE_enum('mode', None, list(MODES), 'Running mode: ' + ', '.join(MODES) + '.')
-flags.DEFINE_string('eval_folder', 'eval', 'Folder of W for evaluation results.')
+flags.DEFINE_string(
+    'eval_folder',
+    None,
+    'Folder of W for evaluation results; default as the original code of the config: '
+    f'{SCORE_FLOW_EVAL_FOLDER!r} (ScoreFlow) for config files under configs/score_flow/, '
+    f'{EVAL_FOLDER!r} (Score SDE) otherwise.',
+)
 flags.DEFINE_string(
     'classifier_folder', 'classifier', 'Folder of W for the noise-conditional classifier.'
 )
@@ -216,8 +224,11 @@ def run(argv) -> None:
     if mode == 'train':
         run_lib.train(config, workdir)
     elif mode == 'eval':
-        _prepare_subfolder(workdir, FLAGS.eval_folder)
-        run_lib.evaluate(config, workdir, FLAGS.eval_folder, FLAGS.deq_folder)
+        eval_folder = eval_folder_for(
+            FLAGS.eval_folder, config_flags.get_config_filename(FLAGS['config'])
+        )
+        _prepare_subfolder(workdir, eval_folder)
+        run_lib.evaluate(config, workdir, eval_folder, FLAGS.deq_folder)
     elif mode == 'train_deq':
         _prepare_subfolder(workdir, FLAGS.deq_folder)
         run_lib.train_deq(config, workdir, FLAGS.deq_folder)
@@ -227,6 +238,15 @@ def run(argv) -> None:
     else:
         _prepare_subfolder(workdir, FLAGS.sample_folder)
         run_lib.sample(config, workdir, FLAGS.sample_folder, FLAGS.classifier_folder)
+
+
+def eval_folder_for(flag: Optional[str], config_path: str) -> str:
+    """``--eval_folder`` if given, else the default of the original the config file comes
+    from: score_flow's main.py writes to ``eval_test_bpd``, score_sde's to ``eval``."""
+    if flag is not None:
+        return flag
+    parts = os.path.normpath(str(config_path)).split(os.sep)
+    return SCORE_FLOW_EVAL_FOLDER if 'score_flow' in parts else EVAL_FOLDER
 
 
 def _prepare_subfolder(workdir: str, folder: str) -> None:

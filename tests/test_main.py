@@ -155,3 +155,15 @@ def test_corrupt_and_incompatible_checkpoints(tmp_path):
             for name in files:
                 os.remove(os.path.join(folder, name))
     _fails_cleanly(_toy(tmp_path), 'checkpoints-meta/5 is corrupt', 'delete that folder')
+
+
+def test_eval_folder_default_follows_the_original_of_the_config():
+    """score_flow's main.py defaults --eval_folder to eval_test_bpd, score_sde's to eval."""
+    import main
+
+    assert main.eval_folder_for(None, 'configs/score_flow/vp/cifar10_ddpmpp_continuous.py') == (
+        'eval_test_bpd'
+    )
+    assert main.eval_folder_for(None, 'configs/vp/cifar10_ddpmpp_continuous.py') == 'eval'
+    assert main.eval_folder_for(None, 'configs/vp/digits_lw_is.py') == 'eval'
+    assert main.eval_folder_for('mine', 'configs/score_flow/vp/x.py') == 'mine'
