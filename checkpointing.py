@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+import file_io
 from errors import UserError
 
 SNAPSHOT_DIR = 'checkpoints'
@@ -44,12 +45,12 @@ _TMP_RE = re.compile(r'^\d+\.orbax-checkpoint-tmp')
 
 def snapshot_dir(workdir: str) -> str:
     """``W/checkpoints``: snapshots numbered ``step // snapshot_freq``."""
-    return os.path.join(os.path.abspath(workdir), SNAPSHOT_DIR)
+    return os.path.join(file_io.abspath(workdir), SNAPSHOT_DIR)
 
 
 def preemption_dir(workdir: str) -> str:
     """``W/checkpoints-meta``: preemption saves numbered by step."""
-    return os.path.join(os.path.abspath(workdir), PREEMPTION_DIR)
+    return os.path.join(file_io.abspath(workdir), PREEMPTION_DIR)
 
 
 def checkpoint_path(workdir: str, number: int) -> str:
@@ -62,13 +63,13 @@ def checkpoint_path(workdir: str, number: int) -> str:
 
 def _scan(directory: str) -> tuple[List[int], List[str]]:
     """Complete step numbers (sorted) and the names of interrupted saves in ``directory``."""
-    if not os.path.isdir(directory):
+    if not file_io.isdir(directory):
         return [], []
     complete, partial = [], []
-    for name in os.listdir(directory):
+    for name in file_io.listdir(directory):
         path = os.path.join(directory, name)
-        if _STEP_RE.match(name) and os.path.isdir(path):
-            if os.path.exists(os.path.join(path, COMMIT_MARKER)):
+        if _STEP_RE.match(name) and file_io.isdir(path):
+            if file_io.exists(os.path.join(path, COMMIT_MARKER)):
                 complete.append(int(name))
             else:
                 partial.append(name)
@@ -118,14 +119,14 @@ def _set_aside_partial_steps(directory: str) -> None:
     Runs on process 0 only; orbax removes leftover tmp folders itself
     (``cleanup_tmp_directories``).
     """
-    if jax.process_index() != 0 or not os.path.isdir(directory):
+    if jax.process_index() != 0 or not file_io.isdir(directory):
         return
     for name in _scan(directory)[1]:
         path = os.path.join(directory, name)
         if _STEP_RE.match(name):
             aside = f'{path}.incomplete-{time.strftime("%Y%m%d-%H%M%S")}'
             logging.warning('Moving incomplete checkpoint %s aside to %s.', path, aside)
-            os.rename(path, aside)
+            file_io.rename(path, aside)
         else:
             logging.warning('Removing interrupted save %s.', path)
 
@@ -160,13 +161,13 @@ def _manager(directory: str, keep: Optional[int], write: bool) -> Iterator[ocp.C
 def _writable(directory: str) -> None:
     """Raises UserError if ``directory`` cannot be created or written."""
     try:
-        os.makedirs(directory, exist_ok=True)
+        file_io.makedirs(directory)
     except OSError as e:
         raise UserError(
             f'Cannot create checkpoint folder {directory} ({e.strerror}); '
             'choose a writable --workdir.'
         ) from e
-    if not os.access(directory, os.W_OK | os.X_OK):
+    if not file_io.is_url(directory) and not os.access(directory, os.W_OK | os.X_OK):
         raise UserError(
             f'Checkpoint folder {directory} is not writable; '
             'fix its permissions or choose another --workdir.'

@@ -55,12 +55,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from tensorboardX import SummaryWriter
 
 import checkpointing
 import datasets
 import dequantizer
 import evaluation
+import file_io
 import likelihood
 import losses
 import pictures
@@ -335,7 +335,7 @@ class Evaluator:
         self.opts = LikelihoodOptions.from_config(config)
         self.eval_dir = os.path.join(workdir, eval_folder)
         self.deq_folder = deq_folder
-        os.makedirs(self.eval_dir, exist_ok=True)
+        file_io.makedirs(self.eval_dir)
         self._deq_fn, self._deq_variables, deq_digest = self._dequantizer()
         extra = {'dequantizer_sha1': deq_digest} if deq_digest else {}
         self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0, extra=extra)
@@ -403,7 +403,7 @@ class Evaluator:
             return entry
         # A writer per checkpoint, closed at once: tensorboardX's flush() does not drain
         # its queue, so a writer kept open could lose the last checkpoint's scalars.
-        writer = SummaryWriter(os.path.join(self.eval_dir, 'tensorboard'))
+        writer = file_io.summary_writer(os.path.join(self.eval_dir, 'tensorboard'))
         for key, se_key in pictures.PLOTTED_METRICS:
             for name in (key, se_key):
                 if name and entry.get(name) is not None:

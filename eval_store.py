@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from errors import UserError
-from file_io import load_npz, read_json, save_npz, write_json
+from file_io import load_npz, makedirs, read_json, save_npz, write_json
 
 Batch = Tuple[np.ndarray, np.ndarray, np.ndarray]  # (x, mask [B] bool, index [B] int)
 Results = Dict[str, np.ndarray]
@@ -67,7 +67,7 @@ class ResultStore:
     def __init__(self, folder: str, host: int = 0):
         self.folder = folder
         self.host = host
-        os.makedirs(folder, exist_ok=True)
+        makedirs(folder)
 
     def path(self, tag: str, batch: int, host: Optional[int] = None) -> str:
         host = self.host if host is None else host

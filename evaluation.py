@@ -277,7 +277,7 @@ def open_stats(path: str) -> Any:
     """The open ``.npz`` statistics file ``path`` (lazy: arrays are read on access), or a
     :class:`UserError` when it cannot be read or has neither known layout."""
     try:
-        f = np.load(path, allow_pickle=False)
+        f = file_io.np_load(path)
     except (OSError, ValueError) as e:
         raise UserError(f'Cannot read the statistics file {path!r} ({e}).') from e
     if not (_STATS_KEYS <= set(f.files) or TFGAN_POOL in f.files):
@@ -500,7 +500,7 @@ def load_inception(path: str, batch_size: int = 50) -> FeatureNet:
     Inception module (:class:`TFGANInceptionNet`, the papers' network), a ``.h5`` file
     Keras' Inception-v3 (:class:`InceptionFeatureNet`); :class:`UserError` if missing."""
     check_inception_file(path)
-    if os.path.isdir(path):
+    if file_io.isdir(path):
         return TFGANInceptionNet(path, batch_size)
     return InceptionFeatureNet(path, batch_size)
 
@@ -509,14 +509,14 @@ def check_inception_file(path: str) -> None:
     """:class:`UserError` (one line: what to download, where to point the field) unless
     ``path`` is a SavedModel directory or an HDF5 weights file; cheap, for checks before
     long work."""
-    if path and os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, 'saved_model.pb')):
+    if path and file_io.isdir(path):
+        if not file_io.isfile(os.path.join(path, 'saved_model.pb')):
             raise UserError(
                 f'config.eval.inception_path={path!r} is a folder without saved_model.pb, '
                 f'not a TF-Hub module / SavedModel; {TFGAN_HOW_TO}'
             )
         return
-    if not path or not os.path.isfile(path):
+    if not path or not file_io.isfile(path):
         what = 'is empty' if not path else f'is {path!r}, which does not exist'
         raise UserError(
             f'FID/KID/IS need an Inception network, but config.eval.inception_path {what}. '
@@ -545,7 +545,7 @@ def _has_predictions_layer(path: str) -> bool:
 def _folder_digest(path: str) -> str:
     """Digest of a SavedModel folder: its files' relative names and contents."""
     h = hashlib.sha256()
-    for root, _, files in sorted(os.walk(path)):
+    for root, _, files in sorted(file_io.walk(path)):
         for name in sorted(files):
             full = os.path.join(root, name)
             h.update(os.path.relpath(full, path).encode())
@@ -555,7 +555,7 @@ def _folder_digest(path: str) -> str:
 
 def _file_digest(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, 'rb') as f:
+    with file_io.open_file(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 22), b''):
             h.update(chunk)
     return h.hexdigest()[:16]
@@ -654,8 +654,8 @@ def get_digits_classifier(workdir: str, seed: int = 0) -> DigitsFeatureNet:
     """Loads ``<workdir>/stats/digits_classifier.npz`` or trains the classifier and saves it
     there (parameters flattened with '/' keys, plus a version string; no pickle)."""
     path = os.path.join(workdir, 'stats', 'digits_classifier.npz')
-    if os.path.exists(path):
-        with np.load(path, allow_pickle=False) as f:
+    if file_io.exists(path):
+        with file_io.np_load(path) as f:
             if str(f['version']) == DIGITS_CLASSIFIER_VERSION:
                 flat = {k: f[k] for k in f.files if k != 'version'}
                 return DigitsFeatureNet(traverse_util.unflatten_dict(flat, sep='/'))
@@ -726,7 +726,7 @@ def reference_stats(
         logging.info('Reference statistics from %s (eval.stats_path).', given)
         return load_stats(given)
     path = stats_path(workdir, dataset_name, split, net.name)
-    if os.path.exists(path):
+    if file_io.exists(path):
         stats = load_stats(path)
         if stats.fingerprint == net.fingerprint:
             return stats

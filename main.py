@@ -32,6 +32,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import file_io
 import run_lib
 from configs.base import get_base_config
 from errors import UserError
@@ -165,21 +166,16 @@ def _initialize_distributed() -> None:
 
 
 def _prepare_workdir(workdir: str) -> None:
-    """Creates ``workdir`` and checks it is writable, or raises UserError."""
-    if '://' in workdir:  # os.makedirs would create a local folder named 'gs:'
-        raise UserError(
-            f'--workdir={workdir} is a URL; work directories on cloud storage are not '
-            'supported yet: mount the bucket (e.g. gcsfuse) and pass its local path.'
-        )
+    """Creates ``workdir`` (a local path or a URL such as gs://bucket/W) and checks it is
+    writable, or raises UserError."""
     try:
-        os.makedirs(workdir, exist_ok=True)
+        file_io.makedirs(workdir)
         probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
-        with open(probe, 'w') as f:
-            f.write('ok')
-        os.remove(probe)
+        file_io.atomic_write(probe, b'ok')
+        file_io.remove(probe)
     except OSError as e:
         raise UserError(
-            f'--workdir={workdir} is not a writable directory ({e.strerror}); '
+            f'--workdir={workdir} is not a writable directory ({e.strerror or e}); '
             'choose another --workdir.'
         ) from None
 
@@ -191,7 +187,7 @@ _ERRORS.addHandler(py_logging.NullHandler())  # no console fallback: main prints
 
 def _log_to_file(path: str) -> None:
     """Appends every log record to ``path`` (``W/stdout.txt``) besides the console."""
-    handler = py_logging.FileHandler(path, mode='a')
+    handler = file_io.LogFileHandler(path)
     handler.setFormatter(
         py_logging.Formatter('%(levelname)s %(asctime)s %(filename)s:%(lineno)d] %(message)s')
     )

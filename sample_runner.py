@@ -58,6 +58,7 @@ import checkpointing
 import classifier as classifier_lib
 import datasets
 import evaluation
+import file_io
 import pictures
 import sampling
 import sde_lib
@@ -125,12 +126,12 @@ def _random_pixels(spec: str, shape: Tuple[int, ...], seed: int) -> np.ndarray:
 
 
 def _mask_file(path: str, shape: Tuple[int, ...]) -> np.ndarray:
-    if not path.endswith('.npy') or not os.path.isfile(path):
+    if not path.endswith('.npy') or not file_io.isfile(path):
         raise UserError(
             f'config.sampling.mask={path!r} is none of {", ".join(MASKS)}, '
             f'{RANDOM_PIXELS}<fraction>, or an existing .npy file of 0/1 (1 = known)'
         )
-    mask = np.load(path, allow_pickle=False).astype(np.float32)
+    mask = file_io.np_load(path).astype(np.float32)
     try:
         mask = np.broadcast_to(mask, shape).copy()
     except ValueError:

@@ -40,10 +40,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tensorboardX import SummaryWriter
 
 import checkpointing
 import datasets
+import file_io
 import losses
 import pictures
 import sampling
@@ -186,7 +186,7 @@ class TrainLoop(abc.ABC):
         # thread flushes every flush_secs (default 120 s: minutes of scalars lost to a
         # SIGKILL), so 1 s here.
         tb_dir = os.path.join(folder, 'tensorboard')
-        self.writer = SummaryWriter(tb_dir, flush_secs=1) if self.is_main else None
+        self.writer = file_io.summary_writer(tb_dir, flush_secs=1) if self.is_main else None
         self.history: list = []  # one dict per log line (step, train/loss, ...)
 
     @abc.abstractmethod
