@@ -172,3 +172,28 @@ def test_eval_folder_default_follows_the_original_of_the_config():
     assert main.eval_folder_for(None, 'configs/vp/cifar10_ddpmpp_continuous.py') == 'eval'
     assert main.eval_folder_for(None, 'configs/vp/digits_lw_is.py') == 'eval'
     assert main.eval_folder_for('mine', 'configs/score_flow/vp/x.py') == 'mine'
+
+
+def test_a_score_flow_command_line_runs_unchanged_up_to_the_missing_dequantizer(tmp_path):
+    """score_flow's README evaluation command (its config file under configs/score_flow/,
+    its flags; its README's ``eval.dataset`` is ``eval.bpd_dataset`` in its code): every
+    flag is accepted, the results folder is score_flow's, and the first thing missing — the
+    Flow++ dequantizer of ``--mode train_deq`` — is named."""
+    workdir = tmp_path / 'vp_cifar10'
+    _fails_cleanly(
+        [
+            '--config',
+            'configs/score_flow/vp/cifar10_ddpmpp_continuous.py',
+            '--workdir',
+            str(workdir),
+            '--mode',
+            'eval',
+            '--config.eval.enable_bpd=True',
+            '--config.eval.bpd_dataset=test',
+            '--config.eval.bound=True',
+            '--config.eval.dequantizer=True',
+        ],
+        'flowpp_dequantizer holds no trained dequantizer',
+        '--mode train_deq',
+    )
+    assert (workdir / 'eval_test_bpd').is_dir()
