@@ -1,4 +1,5 @@
-"""Data: TFDS images, scikit-learn digits, photo patches, NPZ files and a toy mixture, in memory.
+"""Data: TFDS images, TFRecords files, scikit-learn digits, photo patches, NPZ files and a toy
+mixture, in memory.
 
 Each host holds its own contiguous shard of a split as a numpy array: discrete data as
 integer levels x̄ ∈ {0, …, K−1} (uint8 ``[N, H, W, C]``), continuous data as float32
@@ -25,9 +26,23 @@ Sources (``config.data.dataset``):
   49999: the "old" ImageNet 32×32 of van den Oord et al. (2016) used by the flow
   literature and ScoreFlow. Its download link is dead; prepare it from a local copy. It is
   not ``imagenet_resized/32x32`` (Chrabaszcz et al., 2017), whose bits/dim differ.
-- ``CELEBA``: TFDS ``celeb_a`` 2.1.0, train / validation, centre crop 140 × 140 resized
-  (bilinear, antialiased) to ``data.image_size``, as Score SDE, then rounded to uint8.
-  CelebA and ImageNet32 have no labels.
+- ``CELEBA``: TFDS ``celeb_a`` 2.1.0, train / validation, centre crop 140 × 140 (offsets
+  ⌊(218 − 140)/2⌋, ⌊(178 − 140)/2⌋) resized (bilinear, antialiased) to ``data.image_size``,
+  as Score SDE, then rounded to uint8 (the original keeps the resized floats).
+- ``LSUN``: TFDS ``lsun/<data.category>`` 3.1.0 (a scene category of ``LSUN_CATEGORIES``;
+  Score SDE's files use ``bedroom`` and ``church_outdoor``), train / validation (bedroom
+  3033042 / 300, church_outdoor 126227 / 300), resized as Score SDE (:func:`lsun_resize`):
+  at 128 px the shorter side shrunk to 128 (bilinear) and the centre cropped; at other
+  sizes the central square cropped and resized (bicubic; at 256 px the crop alone).
+- ``CelebAHQ``, ``FFHQ`` (Score SDE's names): the TFRecords file(s)
+  ``data.tfrecords_path`` (a path or glob pattern, local or ``gs://``) of progressive
+  GAN's / StyleGAN's dataset tools, one example per image with features ``'shape'``
+  (int64 [C, H, W]) and ``'data'`` (its raw uint8 bytes, C, H, W order);
+  :func:`write_image_tfrecords` writes the format. Not resized, as in Score SDE: the file
+  must hold ``data.image_size`` images (one file per resolution, ``…-r08.tfrecords`` =
+  256 px). Train and test are both every record, as in the original (CelebA-HQ 30000
+  images, FFHQ 70000).
+- CelebA, ImageNet32, LSUN, CelebA-HQ and FFHQ have no labels.
 - ``DIGITS``: ``sklearn.datasets.load_digits`` (1797 8×8 images, levels 0–16, K = 17);
   train = the first 1600 of ``np.random.default_rng(0).permutation(1797)``, test = the
   other 197; labels ``load_digits().target`` (10 classes).
@@ -48,7 +63,11 @@ Sources (``config.data.dataset``):
 
 TFDS data must be prepared beforehand (``tfds build cifar10 --data_dir DIR`` on a machine
 with network) or downloaded on first use with ``--config.data.download=True``; missing
-data fails in seconds with a message saying so.
+data fails at once with a message saying so. With a local ``data.data_dir`` the missing
+``<name>/<version>/dataset_info.json`` is seen before TFDS is imported (about 1 ms; through
+TFDS 4.9.10, whose GCS look-ups are off, it took 0.3 s plus 4 s to import TensorFlow,
+measured with an empty ``data_dir`` on 2 CPU cores). A missing TFRecords file fails as
+fast (after the TensorFlow import), naming the path and how to make the file.
 """
 
 from __future__ import annotations
@@ -76,7 +95,10 @@ TOY_NUM_TRAIN = 20000
 TOY_NUM_TEST = 2000
 TOY_SEEDS = {'train': 0, 'test': 1}
 SPLITS = ('train', 'test')
-_TFDS_READ_BATCH = 4096
+# Images per batch when reading TFDS / TFRecords data: 4096, or fewer to keep a batch
+# under 256 MB (1365 at 256 px, 85 at 1024 px).
+_READ_BATCH = 4096
+_READ_BATCH_BYTES = 2**28
 PHOTOS_SHORT_SIDE = 128
 PHOTOS_PATCH = 16
 PHOTOS_STRIDE = 8
@@ -108,11 +130,34 @@ TFDS_SOURCES = {
     'CELEBA': TfdsSource('celeb_a', '2.1.0', 'train', 'validation'),
 }
 CELEBA_CROP = 140
+# LSUN: TFDS ``lsun/<data.category>``; its scene categories, the ones with the validation
+# split that Score SDE evaluates on (TFDS's object categories have a train split only).
+LSUN_VERSION = '3.1.0'
+LSUN_CATEGORIES = (
+    'bedroom',
+    'bridge',
+    'church_outdoor',
+    'classroom',
+    'conference_room',
+    'dining_room',
+    'kitchen',
+    'living_room',
+    'restaurant',
+    'tower',
+)
+# Score SDE resizes LSUN to 128 px by shrinking the shorter side and cropping its centre;
+# to any other size by cropping the central square and resizing it (bicubic).
+LSUN_SHRINK_SIZE = 128
+# Score SDE's CelebA-HQ and FFHQ: TFRecords files (config.data.tfrecords_path) as written
+# by the dataset tools of progressive GAN / StyleGAN (one file per resolution).
+TFRECORD_DATASETS = ('CelebAHQ', 'FFHQ')
 # Every value of config.data.dataset with its number of levels K: the one list of dataset
-# names (validation reads it). TFDS images and PHOTOS have 256 levels, DIGITS 17. None: NPZ
-# images have data.num_bins levels; TOY is continuous.
+# names (validation reads it). TFDS images, TFRecords and PHOTOS have 256 levels, DIGITS 17.
+# None: NPZ images have data.num_bins levels; TOY is continuous.
 DATASET_NUM_BINS = {
     **{name: 256 for name in TFDS_SOURCES},
+    'LSUN': 256,
+    **{name: 256 for name in TFRECORD_DATASETS},
     'DIGITS': 17,
     'PHOTOS': 256,
     'NPZ': None,
@@ -183,12 +228,18 @@ def dataset_info(config: ml_collections.ConfigDict) -> dict:
     """Where the data come from, for logs and result files (no data are read)."""
     dataset = config.data.dataset
     info = {'dataset': dataset, 'shape': list(data_shape(config)), 'num_bins': num_bins(config)}
-    if dataset in TFDS_SOURCES:
-        source = TFDS_SOURCES[dataset]
+    source = tfds_source(dataset, config.data.category)
+    if source is not None:
         info.update(
             tfds_name=source.name,
             tfds_version=source.version,
             splits={'train': source.train_split, 'test': source.test_split},
+        )
+    elif dataset in TFRECORD_DATASETS:
+        info.update(
+            source=config.data.tfrecords_path,
+            record_format="features 'shape' (int64 [C, H, W]) and 'data' (raw uint8 bytes)",
+            splits={'train': 'every record', 'test': 'every record (as Score SDE)'},
         )
     elif dataset == 'DIGITS':
         info.update(
@@ -376,7 +427,8 @@ def get_shard(
     mtime = os.path.getmtime(data.path) if data.dataset == 'NPZ' and data.path else None
     key = (
         data.dataset,
-        split,
+        # TFRecords data have one split, read and held once for both names
+        'train' if data.dataset in TFRECORD_DATASETS else split,
         data.path,
         mtime,
         data.data_dir,
@@ -385,6 +437,8 @@ def get_shard(
         data.num_channels,
         data.num_bins,
         data.dim,
+        data.category,
+        data.tfrecords_path,
     )
     return _load_shard(key, process_index, process_count)
 
@@ -399,16 +453,16 @@ def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, i
 
 @functools.lru_cache(maxsize=8)
 def _load_shard(key: tuple, process_index: int, process_count: int) -> Shard:
-    dataset, split, path, _, data_dir, download, image_size, num_channels, bins, dim = key
-    if dataset in TFDS_SOURCES:
+    dataset, split, path, _, data_dir, download, image_size, num_channels, bins, dim = key[:10]
+    category, tfrecords_path = key[10:]
+    source = tfds_source(dataset, category)
+    if source is not None:
         shard = _load_tfds(
-            TFDS_SOURCES[dataset],
-            split,
-            data_dir,
-            download,
-            image_size,
-            process_index,
-            process_count,
+            source, split, data_dir, download, image_size, process_index, process_count
+        )
+    elif dataset in TFRECORD_DATASETS:
+        shard = _load_tfrecords(
+            dataset, tfrecords_path, image_size, num_channels, process_index, process_count
         )
     else:
         array, labels = _load_in_memory(dataset, split, path, bins, dim)
@@ -602,6 +656,14 @@ def _load_npz(path: str, split: str, bins: int) -> np.ndarray:
 # --- TFDS -----------------------------------------------------------------------------
 
 
+def tfds_source(dataset: str, category: str = '') -> TfdsSource | None:
+    """The TFDS dataset behind ``config.data.dataset`` (LSUN: ``lsun/<category>``, its
+    train and validation splits, as Score SDE); None for data from other sources."""
+    if dataset == 'LSUN':
+        return TfdsSource(f'lsun/{category}', LSUN_VERSION, 'train', 'validation')
+    return TFDS_SOURCES.get(dataset)
+
+
 def _load_tfds(
     source: TfdsSource,
     split: str,
@@ -612,6 +674,12 @@ def _load_tfds(
     process_count: int,
 ) -> Shard:
     """Read this host's slice ``split[start:stop]`` of a prepared TFDS dataset."""
+    if not download and data_dir and '://' not in data_dir:
+        # A prepared dataset has its dataset_info.json: without it, fail before TFDS (and
+        # the seconds of importing TensorFlow) with the same message.
+        version_dir = os.path.join(os.path.expanduser(data_dir), source.name, source.version)
+        if not os.path.isfile(os.path.join(version_dir, 'dataset_info.json')):
+            raise UserError(_not_prepared_message(source, version_dir, data_dir))
     import tensorflow_datasets as tfds  # deferred: TensorFlow costs seconds to import
 
     try:
@@ -640,12 +708,19 @@ def _load_tfds(
         raise UserError(_not_prepared_message(source, builder.data_dir, data_dir)) from e
     with_labels = 'label' in builder.info.features.keys()
     count = None if total is None else stop - start
-    images, labels = _read_tfds(ds, _tfds_preprocess(source, image_size), with_labels, count)
+    preprocess = _tfds_preprocess(source, image_size)
+    batch = _read_batch(image_size, 3)
+    images, labels = _read_tfds(ds, preprocess, with_labels, count, batch)
     return Shard(images, total if total is not None else len(images), start, labels)
 
 
+def _read_batch(image_size: int, num_channels: int) -> int:
+    """Images per read batch: ``_READ_BATCH``, at most ``_READ_BATCH_BYTES`` of uint8."""
+    return max(1, min(_READ_BATCH, _READ_BATCH_BYTES // max(1, image_size**2 * num_channels)))
+
+
 def _read_tfds(
-    ds, preprocess: Callable, with_labels: bool, count: int | None
+    ds, preprocess: Callable, with_labels: bool, count: int | None, batch: int = _READ_BATCH
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Preprocessed images (``_collect``) and, ``with_labels``, int32 labels of the
     examples' ``'label'`` feature, read in the same pass."""
@@ -656,7 +731,7 @@ def _read_tfds(
         label = tf.cast(example['label'], tf.int32) if with_labels else tf.constant(-1)
         return preprocess(example['image']), label
 
-    ds = ds.map(example_map, num_parallel_calls=tf.data.AUTOTUNE).batch(_TFDS_READ_BATCH)
+    ds = ds.map(example_map, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
     label_batches = []
     images = _collect(_images_keeping_labels(tfds.as_numpy(ds), label_batches), count)
     labels = np.concatenate([np.zeros(0, np.int32), *label_batches]) if with_labels else None
@@ -694,17 +769,25 @@ def _collect(batches: Iterator[np.ndarray], count: int | None) -> np.ndarray:
 
 def _not_prepared_message(source: TfdsSource, where: str, data_dir: str) -> str:
     dir_flag = f' --data_dir {data_dir}' if data_dir else ''
+    # TFDS's LSUN builder reads the downloaded LMDB archives through tensorflow-io
+    lsun = (
+        " in an environment with tensorflow-io, which LSUN's builder reads its LMDB "
+        'archives with (README, Datasets)'
+        if source.name[:5] == 'lsun/'
+        else ''
+    )
     return (
         f'TFDS dataset {source.versioned_name} is not prepared (looked in {where}). '
         f'Prepare it on a machine with network access: `tfds build '
-        f'{source.versioned_name}{dir_flag}` (then copy the data directory here and set '
-        f'--config.data.data_dir), or pass --config.data.download=True to let TFDS '
+        f'{source.versioned_name}{dir_flag}`{lsun} (then copy the data directory here and '
+        f'set --config.data.data_dir), or pass --config.data.download=True to let TFDS '
         f'download and prepare it now.'
     )
 
 
 def _tfds_preprocess(source: TfdsSource, image_size: int) -> Callable:
-    """uint8 image → uint8 image of ``image_size`` (CelebA: centre crop 140 first)."""
+    """uint8 image → uint8 image of ``image_size`` (CelebA: centre crop 140 first; LSUN:
+    :func:`lsun_resize`)."""
     import tensorflow as tf
 
     def resize(image):
@@ -715,11 +798,183 @@ def _tfds_preprocess(source: TfdsSource, image_size: int) -> Callable:
         if source.name == 'celeb_a':
             image = tf.image.resize_with_crop_or_pad(image, CELEBA_CROP, CELEBA_CROP)
             return resize(image)
+        if source.name[:5] == 'lsun/':
+            return lsun_resize(image, image_size)
         if image.shape[0] == image_size and image.shape[1] == image_size:
             return image
         return resize(image)
 
     return preprocess
+
+
+def lsun_resize(image, image_size: int):
+    """An LSUN image (uint8 ``[H, W, C]``, any size) → uint8 ``[image_size, image_size, C]``,
+    as Score SDE.
+
+    At ``LSUN_SHRINK_SIZE`` (128) px: resize (bilinear, antialiased) so that the shorter
+    side is 128 and the other round(side · 128 / shorter side), half to even; then crop
+    the centre, offsets ⌊(side − 128)/2⌋; round to uint8. Other sizes: crop the central
+    square of the shorter side's length, offsets ⌊(side − shorter)/2⌋, resize it (bicubic,
+    antialiased) and truncate to uint8 as the original's cast does, after clipping to
+    [0, 255] (the original casts bicubic overshoots, e.g. −2, without clipping, so they wrap
+    around to bright values). The TFDS images' shorter side is 256, so at 256 px the crop
+    is all there is (the resize is exact).
+    """
+    import tensorflow as tf
+
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    if image_size == LSUN_SHRINK_SIZE:
+        hw = tf.cast(tf.stack([height, width]), tf.float64)
+        size = tf.cast(tf.round(hw * (image_size / tf.reduce_min(hw))), tf.int32)
+        image = tf.image.resize(image, size, antialias=True)
+        top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+        image = image[top : top + image_size, left : left + image_size]
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    else:
+        side = tf.minimum(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        image = image[top : top + side, left : left + side]
+        image = tf.image.resize(image, (image_size, image_size), method='bicubic', antialias=True)
+        image = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
+    return tf.ensure_shape(image, (image_size, image_size, image.shape[-1]))
+
+
+# --- TFRecords (CelebA-HQ, FFHQ) ------------------------------------------------------
+
+
+def _load_tfrecords(
+    dataset: str,
+    path: str,
+    image_size: int,
+    num_channels: int,
+    process_index: int,
+    process_count: int,
+) -> Shard:
+    """This host's contiguous slice of the images of the TFRecords file(s) ``path`` (a
+    file name or a glob pattern; local or ``gs://``). Score SDE reads every record for
+    training and for evaluation alike: the shard serves both splits."""
+    import tensorflow as tf
+
+    files = _tfrecord_files(dataset, path)
+    records = tf.data.TFRecordDataset(files)
+    try:
+        total = int(records.reduce(np.int64(0), lambda n, _: n + 1))
+        first = next(iter(records.take(1)), None)
+        shape = None if first is None else tuple(_decode_record(first).shape)
+    except (tf.errors.OpError, ValueError) as e:
+        raise UserError(_bad_records_message(dataset, path, e)) from None
+    if shape is None:
+        raise UserError(
+            f'config.data.tfrecords_path={path!r} holds no records; ' + _prepare(dataset)
+        )
+    if shape != (image_size, image_size, num_channels):
+        raise UserError(_tfrecords_shape_message(path, shape, image_size, num_channels))
+    start, stop = shard_bounds(total, process_index, process_count)
+    ds = records.skip(start).take(stop - start)
+    ds = ds.map(_decode_record, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(_read_batch(image_size, num_channels))
+    try:
+        images = _collect(ds.as_numpy_iterator(), stop - start)
+    except tf.errors.OpError as e:
+        raise UserError(_bad_records_message(dataset, path, e)) from None
+    return Shard(images, total, start, None)
+
+
+def _tfrecords_shape_message(
+    path: str, shape: tuple[int, ...], image_size: int, num_channels: int
+) -> str:
+    height, width, channels = shape
+    log2 = math.log2(image_size) if image_size > 0 else 0.5
+    name = f' (<name>-r{int(log2):02d}.tfrecords)' if log2.is_integer() else ''
+    fix = f'--config.data.image_size={height}'
+    if channels != num_channels:
+        fix += f' --config.data.num_channels={channels}'
+    return (
+        f'config.data.tfrecords_path={path!r} holds {height}×{width}×{channels} images but '
+        f'config.data.image_size={image_size} and num_channels={num_channels} (these '
+        f'records are not resized, as in Score SDE); point it at the file of '
+        f'{image_size}×{image_size} images{name} or set {fix}'
+        + ('' if height == width else ' (only square images are supported)')
+    )
+
+
+def _tfrecord_files(dataset: str, path: str) -> list[str]:
+    """The files that ``path`` names (a glob pattern may name several); UserError when
+    none exists."""
+    import tensorflow as tf
+
+    if not path:
+        raise UserError(
+            f'config.data.tfrecords_path is empty but data.dataset={dataset!r} reads '
+            f'its images from it; ' + _prepare(dataset)
+        )
+    try:
+        files = sorted(tf.io.gfile.glob(path))
+    except tf.errors.OpError as e:
+        reason = ' '.join(e.message.split())
+        raise UserError(f'config.data.tfrecords_path={path!r} cannot be read ({reason})') from None
+    if not files:
+        raise UserError(f'config.data.tfrecords_path={path!r} does not exist; ' + _prepare(dataset))
+    return files
+
+
+def _prepare(dataset: str) -> str:
+    """How to make the TFRecords file of ``dataset``, for error messages."""
+    tool = (
+        '`python dataset_tool.py create_celebahq DIR CELEBA_DIR DELTAS_DIR` of '
+        'tkarras/progressive_growing_of_gans'
+        if dataset == 'CelebAHQ'
+        else '`python download_ffhq.py --tfrecords` of NVlabs/ffhq-dataset'
+    )
+    return (
+        f'make the {dataset} records with {tool} (one file per resolution, '
+        f'<name>-rNN.tfrecords with 2^NN pixels: r08 = 256, r10 = 1024), or write your own '
+        f'uint8 images with datasets.write_image_tfrecords, and set '
+        f'--config.data.tfrecords_path to the file'
+    )
+
+
+def _bad_records_message(dataset: str, path: str, error: Exception) -> str:
+    reason = ' '.join(getattr(error, 'message', str(error)).split())
+    return (
+        f'config.data.tfrecords_path={path!r} is not a file of {dataset} records '
+        f"(features 'shape' = int64 [C, H, W] and 'data' = raw uint8 bytes): {reason}; "
+        + _prepare(dataset)
+    )
+
+
+def _decode_record(record):
+    """One serialized record → its uint8 image ``[H, W, C]`` (stored as [C, H, W])."""
+    import tensorflow as tf
+
+    features = {
+        'shape': tf.io.FixedLenFeature([3], tf.int64),
+        'data': tf.io.FixedLenFeature([], tf.string),
+    }
+    example = tf.io.parse_single_example(record, features)
+    image = tf.reshape(tf.io.decode_raw(example['data'], tf.uint8), example['shape'])
+    return tf.transpose(image, (1, 2, 0))
+
+
+def write_image_tfrecords(path: str, images: np.ndarray) -> None:
+    """Write uint8 images ``[N, H, W, C]`` to the TFRecords file ``path`` in the record
+    format of CelebA-HQ / FFHQ (``data.dataset`` 'CelebAHQ' or 'FFHQ'): one example per
+    image with features 'shape' = [C, H, W] (int64) and 'data' = the image's bytes in
+    C, H, W order, as progressive GAN's and StyleGAN's dataset tools write them."""
+    import tensorflow as tf
+
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f'images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}')
+    with tf.io.TFRecordWriter(path) as writer:
+        for image in images:
+            chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+            feature = {
+                'shape': tf.train.Feature(int64_list=tf.train.Int64List(value=chw.shape)),
+                'data': tf.train.Feature(bytes_list=tf.train.BytesList(value=[chw.tobytes()])),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
 
 
 # --- iterators ------------------------------------------------------------------------

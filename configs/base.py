@@ -98,7 +98,7 @@ def _eval() -> ml_collections.ConfigDict:
 def _data() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
-            'dataset': 'CIFAR10',  # datasets.DATASET_NUM_BINS: TFDS names, DIGITS, NPZ, TOY
+            'dataset': 'CIFAR10',  # datasets.DATASET_NUM_BINS: TFDS, TFRecords, DIGITS, NPZ…
             'image_size': 32,
             'num_channels': 3,
             'centered': False,  # scale [0, 1] data to [-1, 1]
@@ -109,8 +109,9 @@ def _data() -> ml_collections.ConfigDict:
             'data_dir': '',  # TFDS data directory; '' = TFDS default
             'download': False,  # let TFDS download and prepare missing data
             'dim': 2,  # dimension D of vector data (TOY, NPZ vectors)
-            'category': '',  # LSUN category (Score SDE; LSUN is not supported yet)
-            'tfrecords_path': '',  # CelebA-HQ / FFHQ records (Score SDE; not supported yet)
+            'category': '',  # LSUN: a TFDS lsun scene category, datasets.LSUN_CATEGORIES
+            # CelebAHQ / FFHQ: their TFRecords file (path or glob, local or gs://)
+            'tfrecords_path': '',
         }
     )
 

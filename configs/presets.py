@@ -58,7 +58,10 @@ WEIGHTINGS = {
 def score_sde_defaults(config: ml_collections.ConfigDict) -> None:
     """Where Score SDE's ``default_<dataset>_configs.py`` differ from ours (which are
     ScoreFlow's): its evaluation (loss of snapshots 9 … 26, no bits/dim; CelebA: 1 … 26
-    with samples, and a corrector snr of 0.17) and logging."""
+    with samples, and a corrector snr of 0.17) and logging. The LSUN defaults (also those
+    of CelebA-HQ and FFHQ) are Score SDE's own already."""
+    if config.data.dataset not in ('CIFAR10', 'CELEBA'):
+        return
     config.training.log_freq = 50
     config.eval.update({'begin_ckpt': 9, 'end_ckpt': 26, 'enable_loss': True, 'enable_bpd': False})
     if config.data.dataset == 'CELEBA':
@@ -166,6 +169,43 @@ def ncsnv2_style(config: ml_collections.ConfigDict, num_scales: int) -> None:
         }
     )
     config.optim.update({'lr': 1e-4, 'warmup': 0, 'grad_clip': -1.0})
+
+
+def ncsnpp_high_resolution(config: ml_collections.ConfigDict, size: int) -> None:
+    """NCSN++ of Score SDE's 256² and 1024² files (LSUN, CelebA-HQ, FFHQ): the NCSN++
+    flags with input- and output-skip pyramids (``progressive='output_skip'``,
+    ``progressive_input='input_skip'``), attention at 16²; at 256: nf 128, ch_mult
+    (1,1,2,2,2,2,2), 2 res blocks; at 1024: nf 16, ch_mult (1,2,4,8,16,32,32,32), 1 res
+    block, EMA 0.9999."""
+    ncsnpp_style(config)
+    config.model.update(
+        {'progressive': 'output_skip', 'progressive_input': 'input_skip', 'attn_resolutions': (16,)}
+    )
+    if size == 256:
+        config.model.update({'nf': 128, 'ch_mult': (1, 1, 2, 2, 2, 2, 2), 'num_res_blocks': 2})
+    elif size == 1024:
+        config.model.update(
+            {
+                'nf': 16,
+                'ch_mult': (1, 2, 4, 8, 16, 32, 32, 32),
+                'num_res_blocks': 1,
+                'ema_rate': 0.9999,
+            }
+        )
+    else:
+        raise ValueError(f'Score SDE has NCSN++ files at 256 and 1024 px, not {size}')
+
+
+def faces_1024(config: ml_collections.ConfigDict, dataset: str, tfrecords_path: str) -> None:
+    """What Score SDE's two stand-alone 1024² files (CelebA-HQ, FFHQ) set beyond the LSUN
+    defaults: batch 8, σ_max 1348, corrector snr 0.15, evaluation of snapshots 1 … 96 in
+    batches of 1024, the NCSN++ of 1024 px, and their data."""
+    config.training.batch_size = 8
+    config.sampling.snr = 0.15
+    config.eval.update({'batch_size': 1024, 'begin_ckpt': 1, 'end_ckpt': 96})
+    config.data.update({'dataset': dataset, 'image_size': 1024, 'tfrecords_path': tfrecords_path})
+    config.model.sigma_max = 1348.0
+    ncsnpp_high_resolution(config, 1024)
 
 
 def paper_size(config: ml_collections.ConfigDict, deep: bool) -> None:

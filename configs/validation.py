@@ -117,9 +117,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     predictor, corrector, Hutchinson type and bpd split; positive sizes and learning rate;
     likelihood / importance weighting only with ``continuous=True`` and importance
     weighting only with likelihood weighting; sub-VP only continuous; NPZ with an existing
-    ``data.path``; the fixed number of levels of each dataset; training and evaluation
-    batch sizes divisible by the number of devices; logging / checkpoint frequencies
-    divisible by ``training.n_jitted_steps``.
+    ``data.path``, LSUN with a known ``data.category``, CelebA-HQ / FFHQ with a
+    ``data.tfrecords_path`` (whether it exists is checked when the data are read); the
+    fixed number of levels of each dataset; training and evaluation batch sizes divisible
+    by the number of devices; logging / checkpoint frequencies divisible by
+    ``training.n_jitted_steps``.
 
     Args:
       config: the full config (as built on ``configs.base.get_base_config``).
@@ -260,6 +262,20 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
             _fail('data.path', data.path, 'is not an existing file')
     if data.dataset == 'TOY' and data.dim < 1:
         _fail('data.dim', data.dim, 'must be at least 1 for the TOY vector data')
+    if data.dataset == 'LSUN' and data.category not in datasets.LSUN_CATEGORIES:
+        _fail(
+            'data.category',
+            data.category,
+            f"names no LSUN scene category of TFDS 'lsun'; use one of "
+            f'{", ".join(datasets.LSUN_CATEGORIES)}',
+        )
+    if data.dataset in datasets.TFRECORD_DATASETS and not data.tfrecords_path:
+        _fail(
+            'data.tfrecords_path',
+            data.tfrecords_path,
+            f'is empty but data.dataset={data.dataset!r} reads its images from '
+            'TFRecords; set --config.data.tfrecords_path=/path/to/<name>-rNN.tfrecords',
+        )
     expected_bins = datasets.DATASET_NUM_BINS[data.dataset]
     if expected_bins is not None and data.num_bins != expected_bins:
         _fail(

@@ -218,6 +218,211 @@ def test_tfds_shards_and_resize(tmp_path, monkeypatch):
     assert np.abs(small - expected).max() <= 1.0
 
 
+# --- LSUN (TFDS) and CelebA-HQ / FFHQ (TFRecords), as Score SDE reads them ------------
+
+
+def lsun_config(category='bedroom', image_size=256):
+    from configs.default_lsun_configs import get_default_configs
+
+    config = get_default_configs()
+    config.data.update({'category': category, 'image_size': image_size})
+    return config
+
+
+def ramp(height, width, slope_y=0, slope_x=0, offset=0):
+    """uint8 [H, W, 3]: offset + slope_y·y + slope_x·x, channel c adds c."""
+    y, x = np.mgrid[:height, :width]
+    image = offset + slope_y * y + slope_x * x
+    return np.stack([image + c for c in range(3)], -1).astype(np.uint8)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    'shape, top, left', [((8, 12), 0, 2), ((13, 8), 2, 0), ((8, 11), 0, 1), ((9, 8), 0, 0)]
+)
+def test_lsun_central_square_at_the_image_size_is_exact(shape, top, left):
+    """Sizes other than 128: crop the central square (offsets ⌊(side − shorter)/2⌋); at
+    the square's own size the bicubic resize is the identity."""
+    image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = datasets.lsun_resize(image, 8).numpy()
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, image[top : top + 8, left : left + 8])
+
+
+@pytest.mark.timeout(60)
+def test_lsun_bicubic_downscale_truncates_like_the_original():
+    """32×40 ramp of slope 3 along x → central 32×32 (columns 4…35) → 16×16: inside, output
+    column j samples x = 2j + 0.5 of the square, 3(2j + 4.5) = 6j + 13.5, truncated to
+    6j + 13 (the original's cast; rounding would give 6j + 14)."""
+    out = datasets.lsun_resize(ramp(32, 40, slope_x=3), 16).numpy()
+    j = np.arange(2, 14)
+    np.testing.assert_array_equal(out[4:12, 2:14, 0], np.broadcast_to(6 * j + 13, (8, 12)))
+    np.testing.assert_array_equal(out[..., 2], out[..., 0] + 2)  # channels kept apart
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('transpose', [False, True])
+def test_lsun_128_shrinks_the_shorter_side_then_crops_the_centre(monkeypatch, transpose):
+    """At LSUN_SHRINK_SIZE (here patched to 8): 16×20 → 8×10 (bilinear, antialiased: a
+    ramp stays a ramp inside), then columns 1…8. Slope 2: pixel j of the 8×10 image
+    samples x = 2j + 0.5, value 4j + 1; after the crop 4j + 5."""
+    monkeypatch.setattr(datasets, 'LSUN_SHRINK_SIZE', 8)
+    image = ramp(16, 20, slope_x=2, offset=10)
+    out = datasets.lsun_resize(image.transpose(1, 0, 2) if transpose else image, 8).numpy()
+    out = out.transpose(1, 0, 2) if transpose else out
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    j = np.arange(1, 7)
+    np.testing.assert_array_equal(out[2:6, 1:7, 0], np.broadcast_to(10 + 4 * j + 5, (4, 6)))
+    # the longer side: round(side · 8 / 16), half to even (21 → 10.5 → 10, 23 → 11.5 → 12)
+    for width, left in ((21, 1), (23, 2)):
+        wide = datasets.lsun_resize(ramp(16, width, slope_x=2), 8).numpy()
+        assert wide.shape == (8, 8, 3)
+        scale = width / (2 * left + 8)  # input pixels per output pixel of the shrunk image
+        expected = 2 * ((left + 3 + 0.5) * scale - 0.5)  # column 3 of the crop
+        assert abs(int(wide[4, 3, 0]) - expected) <= 0.5 + 1e-3
+
+
+@pytest.mark.timeout(60)
+def test_lsun_through_tfds(monkeypatch):
+    """The LSUN path of get_shard (TFDS ``lsun/<category>``, mocked with known images of
+    several sizes): central crops, no labels, validation as the test split."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(2)
+    images = {
+        'train': [rng.integers(0, 256, s, dtype=np.uint8) for s in ((8, 11, 3), (10, 8, 3))],
+        'validation': [rng.integers(0, 256, (9, 8, 3), dtype=np.uint8)],
+    }
+    seen = []
+
+    def as_dataset(builder, split, **kwargs):
+        seen.append((builder.name, builder.builder_config.name, split))
+        return tf.data.Dataset.from_generator(
+            lambda: ({'id': str(i), 'image': x} for i, x in enumerate(images[split])),
+            output_signature={
+                'id': tf.TensorSpec((), tf.string),
+                'image': tf.TensorSpec((None, None, 3), tf.uint8),
+            },
+        )
+
+    config = lsun_config('church_outdoor', image_size=8)
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        datasets._load_shard.cache_clear()
+        train = datasets.get_shard(config, 'train', process_index=0, process_count=1)
+        test = datasets.get_shard(config, 'test', process_index=0, process_count=1)
+    datasets._load_shard.cache_clear()
+    assert seen == [('lsun', 'church_outdoor', 'train'), ('lsun', 'church_outdoor', 'validation')]
+    first, second = images['train']
+    np.testing.assert_array_equal(train.data, np.stack([first[:, 1:9], second[1:9]]))
+    np.testing.assert_array_equal(test.data, images['validation'][0][None, :8])
+    assert train.labels is None and not datasets.has_labels(config)
+    info = datasets.dataset_info(config)
+    assert (info['tfds_name'], info['splits']['test']) == ('lsun/church_outdoor', 'validation')
+
+
+@pytest.mark.timeout(60)
+def test_missing_lsun_fails_fast(tmp_path):
+    config = lsun_config()
+    config.data.data_dir = str(tmp_path)
+    start = time.time()
+    with pytest.raises(UserError) as info:
+        datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    assert time.time() - start < 10
+    message = str(info.value)
+    assert '\n' not in message
+    assert f'tfds build lsun/bedroom:3.1.0 --data_dir {tmp_path}' in message
+    assert 'tensorflow-io' in message
+
+
+def write_records(path, images_chw):
+    """TFRecords in Score SDE's CelebA-HQ / FFHQ format, written here independently of
+    datasets.write_image_tfrecords: 'shape' = [C, H, W] int64, 'data' = the raw bytes."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for image in images_chw:
+            feature = {
+                'shape': tf.train.Feature(int64_list=tf.train.Int64List(value=image.shape)),
+                'data': tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+            }
+            writer.write(
+                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+            )
+
+
+def records_config(path, dataset='FFHQ', image_size=8):
+    config = lsun_config()
+    config.data.update({'dataset': dataset, 'tfrecords_path': str(path), 'image_size': image_size})
+    return config
+
+
+@pytest.fixture
+def faces(tmp_path):
+    """Three 8×8 RGB images, HWC, and their records file (stored C, H, W)."""
+    images = np.random.default_rng(3).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    path = tmp_path / 'faces-r03.tfrecords'
+    write_records(path, np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    return path, images
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('dataset', ['FFHQ', 'CelebAHQ'])
+def test_tfrecords_images_are_read_as_written(faces, dataset):
+    path, images = faces
+    config = records_config(path, dataset)
+    datasets._load_shard.cache_clear()
+    train = datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    test = datasets.get_shard(config, 'test', process_index=0, process_count=1)
+    assert train.data.dtype == np.uint8 and train.labels is None
+    np.testing.assert_array_equal(train.data, images)
+    assert test is train  # Score SDE evaluates on the same records, held once
+    shards = [datasets.get_shard(config, 'train', process_index=h, process_count=2) for h in (0, 1)]
+    assert [(len(s), s.start, s.num_examples) for s in shards] == [(1, 0, 3), (2, 1, 3)]
+    np.testing.assert_array_equal(np.concatenate([s.data for s in shards]), images)
+    batch = datasets.train_batch(config, train, 0, 2)
+    assert batch.shape == (2, 8, 8, 3) and batch.dtype == np.float32
+    assert datasets.dataset_info(config)['source'] == str(path)
+    datasets._load_shard.cache_clear()
+
+
+@pytest.mark.timeout(60)
+def test_write_image_tfrecords_matches_the_format_and_globs_join_files(tmp_path, faces):
+    path, images = faces
+    ours = tmp_path / 'ours-r03.tfrecords'
+    datasets.write_image_tfrecords(str(ours), images)
+    assert ours.read_bytes() == path.read_bytes()
+    more = np.random.default_rng(4).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    datasets.write_image_tfrecords(str(tmp_path / 'part-1.tfrecords'), more)
+    datasets.write_image_tfrecords(str(tmp_path / 'part-0.tfrecords'), images)
+    config = records_config(tmp_path / 'part-*.tfrecords', 'CelebAHQ')
+    shard = datasets.get_shard(config, 'train', process_index=0, process_count=1)
+    np.testing.assert_array_equal(shard.data, np.concatenate([images, more]))  # sorted names
+    datasets._load_shard.cache_clear()
+
+
+@pytest.mark.timeout(60)
+def test_tfrecords_errors_are_one_line_and_fast(tmp_path, faces):
+    path, _ = faces
+    (tmp_path / 'junk.tfrecords').write_bytes(b'not a record file at all')
+    cases = [
+        (records_config(tmp_path / 'missing-r08.tfrecords'), 'does not exist'),
+        (records_config(tmp_path / 'junk.tfrecords', 'CelebAHQ'), 'is not a file of CelebAHQ'),
+        (records_config(path, image_size=16), 'holds 8×8×3 images but config.data.image_size=16'),
+        (records_config(''), 'is empty'),
+    ]
+    for config, problem in cases:
+        start = time.time()
+        with pytest.raises(UserError) as info:
+            datasets.get_shard(config, 'train', process_index=0, process_count=1)
+        assert time.time() - start < 10
+        message = str(info.value)
+        assert problem in message and '\n' not in message, message
+        assert 'tfrecords_path' in message
+    assert 'download_ffhq.py --tfrecords' in str(info.value)  # how to make the file
+    datasets._load_shard.cache_clear()
+
+
 # --- training order -------------------------------------------------------------------
 
 

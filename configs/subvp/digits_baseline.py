@@ -1,0 +1,13 @@
+"""DIGITS, sub-VP SDE, small DDPM++, σ²-weighting (the Score SDE objective); ε = 1e-2
+for training, sampling and likelihoods, as score_flow's sub-VP configs."""
+
+from configs import presets
+from configs.default_digits_configs import get_default_configs
+
+
+def get_config():
+    config = get_default_configs()
+    config.training.sde = 'subvpsde'
+    presets.set_weighting(config, 'baseline')
+    config.training.eps = config.sampling.eps = config.eval.eps = presets.SUBVP_EPS
+    return config
