@@ -79,6 +79,8 @@ def score_sde_leaf(
     if sde != 'vesde':
         config.training.reduce_mean = True
         config.data.centered = True
+    else:
+        config.sampling.eps = 1e-5  # Score SDE's run_lib samples VE down to t = 1e-5
     score_sde_defaults(config)
 
 

@@ -11,6 +11,5 @@ from configs.default_lsun_configs import get_default_configs
 def get_config():
     config = get_default_configs()
     presets.score_sde_leaf(config, 'vesde', True, 'reverse_diffusion', 'langevin')
-    config.sampling.eps = 1e-5  # Score SDE's run_lib samples VE down to t = 1e-5
     presets.faces_1024(config, 'CelebAHQ', '/atlas/u/yangsong/celeba_hq/-r10.tfrecords')
     return config

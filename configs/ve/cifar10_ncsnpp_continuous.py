@@ -8,7 +8,6 @@ from configs.default_cifar10_configs import get_default_configs
 def get_config(deep: bool = False):
     config = get_default_configs()
     presets.score_sde_leaf(config, 'vesde', True, 'reverse_diffusion', 'langevin')
-    config.sampling.eps = 1e-5
     presets.ncsnpp_style(config)
     presets.paper_size(config, deep)
     return config

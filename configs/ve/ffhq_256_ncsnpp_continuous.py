@@ -9,7 +9,6 @@ from configs.default_lsun_configs import get_default_configs
 def get_config():
     config = get_default_configs()
     presets.score_sde_leaf(config, 'vesde', True, 'reverse_diffusion', 'langevin')
-    config.sampling.eps = 1e-5  # Score SDE's run_lib samples VE down to t = 1e-5
     config.data.update(
         {
             'dataset': 'FFHQ',
