@@ -138,6 +138,8 @@ class LikelihoodOptions:
     rtol: float = 1e-5
     atol: float = 1e-5
     eps: float = 1e-5
+    ode_method: str = 'dopri5'
+    ode_time: str = 't'
     bound_num_times: int = BOUND_NUM_TIMES
 
     @classmethod
@@ -153,6 +155,8 @@ class LikelihoodOptions:
             rtol=float(e.rtol),
             atol=float(e.atol),
             eps=float(e.eps),
+            ode_method=str(e.ode_method),
+            ode_time=str(e.ode_time),
         )
 
     @property
@@ -198,6 +202,8 @@ def get_likelihood_batch_fn(
                 rtol=opts.rtol,
                 atol=opts.atol,
                 eps=opts.eps,
+                method=opts.ode_method,
+                ode_time=opts.ode_time,
             )
             nll, _, nfe = nll_fn(_stream(keys, _ODE_STREAM), y)
             out['nll'] = likelihood.nll_in_data_units(nll, data.dim, data.scale) + log_q

@@ -56,6 +56,8 @@ FINGERPRINT_FIELDS = (
     'eval.rtol',
     'eval.atol',
     'eval.eps',
+    'eval.ode_method',
+    'eval.ode_time',
     'eval.hutchinson_type',
 )
 

@@ -199,6 +199,7 @@ def get_nll_fn(
     eps: float = 1e-5,
     max_steps: int = 8192,
     ad_mode: str = 'auto',
+    ode_time: str = 't',
 ) -> Callable[[Array, Array], Tuple[Array, Array, Array]]:
     """The exact negative log-likelihood −log p_ε(x) by the probability-flow ODE.
 
@@ -224,6 +225,8 @@ def get_nll_fn(
       eps: start time ε of the integration.
       max_steps: bound on solver steps; an example exceeding it gets NaN.
       ad_mode: how the divergence is differentiated (:func:`get_value_div_fn`).
+      ode_time: the integration variable, ``sde_lib.ODE_TIMES`` ('t': the original;
+        see ``SDE.ode_time_change``); not for 'scipy_rk45'.
 
     Returns:
       ``nll_fn(rng, x) -> (nll, z, nfe)``: ``nll`` [B] in nats per example of ``x`` as given
@@ -234,6 +237,9 @@ def get_nll_fn(
     """
     value_div = get_value_div_fn(hutchinson_type, ad_mode)
     kind = _canonical_hutchinson_type(hutchinson_type)
+    time_change = sde.ode_time_change(ode_time)
+    if time_change is not None and method == 'scipy_rk45':
+        raise UserError(f'ode_time={ode_time!r} needs an on-device solver, not scipy_rk45.')
 
     def probes(rng: Array, x: Array) -> Array:
         keys = per_example_keys(rng, x.shape[0])
@@ -281,6 +287,7 @@ def get_nll_fn(
             atol=atol,
             method=method,
             max_steps=max_steps,
+            time_change=time_change,
         )
         return z, delta_logp, nfe
 

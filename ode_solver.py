@@ -7,7 +7,7 @@ so it can be jitted, vmapped (one adaptive step size per example) and sharded.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import diffrax
 import jax
@@ -38,6 +38,7 @@ def solve(
     atol: float = 1e-5,
     method: str = 'dopri5',
     max_steps: int = 8192,
+    time_change: Optional[Any] = None,
 ) -> Tuple[Any, jax.Array]:
     """Integrates dy/dt = fn(t, y) from t0 to t1 with an adaptive embedded Runge–Kutta pair.
 
@@ -48,6 +49,9 @@ def solve(
       rtol, atol: tolerances of the PID step-size controller (error in RMS norm).
       method: one of :data:`SOLVERS` ('dopri5' ≙ SciPy's RK45 pair).
       max_steps: bound on attempted steps; exceeding it gives NaN results.
+      time_change: None, or an object with ``to_u(t)``, ``to_t(u)`` and ``dt_du(t)``
+        (``sde_lib.TimeChange``): the same ODE is integrated in u = u(t) from u(t0) to
+        u(t1), as dy/du = fn(t(u), y) · dt/du.
 
     Returns:
       (y(t1), nfe): the state at t1 and the number of evaluations of ``fn``.
@@ -55,11 +59,19 @@ def solve(
     if method not in SOLVERS:
         raise ValueError(f'unknown ODE method {method!r}; use one of {", ".join(SOLVERS)}')
     solver_cls, stages = SOLVERS[method]
+    term, s0, s1 = lambda t, y, args: fn(t, y), t0, t1
+    if time_change is not None:
+        s0, s1 = time_change.to_u(jnp.asarray(t0)), time_change.to_u(jnp.asarray(t1))
+
+        def term(u, y, args):
+            t = time_change.to_t(u)
+            return jax.tree.map(lambda d: d * time_change.dt_du(t).astype(d.dtype), fn(t, y))
+
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, args: fn(t, y)),
+        diffrax.ODETerm(term),
         solver_cls(),
-        t0=t0,
-        t1=t1,
+        t0=s0,
+        t1=s1,
         dt0=None,
         y0=y0,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),

@@ -425,18 +425,23 @@ def _flow_solve(
     rtol: float,
     atol: float,
     method: str,
+    ode_time: str = 't',
 ) -> Tuple[Array, Array]:
     """Integrates dx/dt = f(x, t) − ½ g(t)² s(x, t) from t0 to t1, one adaptive solve per
     example (vmapped, so an example's steps do not depend on the rest of the batch; only
     a batch of one, which XLA compiles differently, can differ by rounding, within the
-    tolerances).  Returns (x(t1), max NFE over the batch)."""
+    tolerances), in the variable ``ode_time`` (``SDE.ode_time_change``).  Returns
+    (x(t1), max NFE over the batch)."""
     rsde = sde.reverse(score_fn, probability_flow=True)
+    time_change = sde.ode_time_change(ode_time)
 
     def field(t, y):
         return rsde.sde(y[None], jnp.full((1,), t, y.dtype))[0][0]
 
     def solve_one(y):
-        return ode_solver.solve(field, y, t0, t1, rtol=rtol, atol=atol, method=method)
+        return ode_solver.solve(
+            field, y, t0, t1, rtol=rtol, atol=atol, method=method, time_change=time_change
+        )
 
     x, nfe = jax.vmap(solve_one)(x)
     return x, jnp.max(nfe)
@@ -450,8 +455,10 @@ def get_ode_sampler(
     method: str = 'dopri5',
     eps: float = 1e-3,
     denoise: bool = False,
+    ode_time: str = 't',
 ):
-    """Sampler that decodes z ~ π with the probability-flow ODE from T to ε.
+    """Sampler that decodes z ~ π with the probability-flow ODE from T to ε, integrated
+    in the variable ``ode_time`` (``sde_lib.ODE_TIMES``).
 
     With ``denoise`` the result is the Tweedie estimate E[x_0 | x_ε] =
     (x_ε + σ(ε)² s(x_ε, ε)) / α(ε) (x + σ² s for VE; one more score evaluation).
@@ -462,12 +469,13 @@ def get_ode_sampler(
       score evaluations (+1 for ``denoise``), an int32 scalar array.
     """
     _check_ode_method(method)
+    sde.ode_time_change(ode_time)  # an unknown name fails here, not inside the jit
 
     def decode(rng, z, score_fn):
         if z is None:
             keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(shape[0]))
             z = jax.vmap(lambda k: sde.prior_sampling(k, tuple(shape[1:])))(keys)
-        x, nfe = _flow_solve(sde, score_fn, z, sde.T, eps, rtol, atol, method)
+        x, nfe = _flow_solve(sde, score_fn, z, sde.T, eps, rtol, atol, method, ode_time)
         if denoise:
             x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps))
             nfe = nfe + 1
@@ -487,13 +495,15 @@ def get_ode_encoder(
     atol: float = 1e-5,
     method: str = 'dopri5',
     eps: float = 1e-3,
+    ode_time: str = 't',
 ):
     """``encode(score_fn, x) -> (z, nfe)``: the probability-flow ODE from ε to T, the
     inverse of :func:`get_ode_sampler` without denoising (nfe: max over the batch)."""
     _check_ode_method(method)
+    sde.ode_time_change(ode_time)
 
     def run(x, score_fn):
-        return _flow_solve(sde, score_fn, x, eps, sde.T, rtol, atol, method)
+        return _flow_solve(sde, score_fn, x, eps, sde.T, rtol, atol, method, ode_time)
 
     jitted = _JitPerScoreFn(run)
 
@@ -523,7 +533,7 @@ def get_sampling_fn(
 
     Fields: ``method`` ('pc' | 'ode'), ``predictor``, ``corrector``, ``snr``,
     ``n_steps_each``, ``noise_removal`` (denoise), ``probability_flow``; for 'ode' also
-    ``rtol``, ``atol`` and ``ode_method`` if present.  ``eps`` defaults to
+    ``rtol``, ``atol``, ``ode_method`` and ``ode_time`` if present.  ``eps`` defaults to
     ``config.sampling.eps`` (1e-3).  Samples are returned through ``inverse_scaler``.
     """
     cfg = config.sampling
@@ -553,6 +563,7 @@ def get_sampling_fn(
             ode_method,
             eps,
             cfg.noise_removal,
+            cfg.get('ode_time', 't'),
         )
     else:
         raise UserError(

@@ -25,7 +25,7 @@ at t = 1e-5, and up to 6 % near there: a float32 step of 1 is 6e-8 against B ≈
 from __future__ import annotations
 
 import abc
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Type
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,8 @@ Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
 WEIGHTINGS = ('sigma2', 'likelihood', 'importance')
+# Integration variables of the probability-flow ODE (config eval.ode_time, sampling.ode_time).
+ODE_TIMES = ('t', 'log_sigma', 'sigma')
 _SDES: Dict[str, Type[SDE]] = {}
 
 
@@ -76,6 +78,15 @@ def discrete_sde_name(objective: str) -> str:
 def batch_mul(a: Array, x: Array) -> Array:
     """Multiplies a per-example vector ``a`` of shape [B] into ``x`` of shape [B, ...]."""
     return jnp.reshape(a, a.shape + (1,) * (x.ndim - a.ndim)) * x
+
+
+class TimeChange(NamedTuple):
+    """A monotone change u = u(t) of the variable an ODE in t is integrated in:
+    dy/du = (dy/dt) · dt/du. ``dt_du`` is given as a function of t."""
+
+    to_u: Callable[[Array], Array]
+    to_t: Callable[[Array], Array]
+    dt_du: Callable[[Array], Array]
 
 
 class SDE(abc.ABC):
@@ -207,6 +218,39 @@ class SDE(abc.ABC):
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (or the probability-flow ODE) driven by ``score_fn``."""
         return ReverseSDE(self, score_fn, probability_flow)
+
+    # --- the integration variable of the probability-flow ODE ----------------------
+    def ode_time_change(self, name: str) -> Optional[TimeChange]:
+        """The variable the probability-flow ODE is integrated in (``ODE_TIMES``).
+
+        With σ̃(t) = σ(t)/α(t) (so log σ̃ = ½ log(σ²/α²), minus half the log-SNR) and
+        dlog σ̃/dt = ½ g²/σ²:
+
+        - ``'t'``: the SDE's own time (the original code); returns None.
+        - ``'log_sigma'``: u = log σ̃, dt/du = 2σ²/g².
+        - ``'sigma'``: u = σ̃ (EDM's time for VE), dt/du = 2σ²/(g² σ̃).
+
+        The ODE and its solution are the same; an adaptive solver's steps are not.
+        """
+        if name == 't':
+            return None
+        if name == 'log_sigma':
+            return TimeChange(
+                to_u=lambda t: 0.5 * self.log_inverse_snr(t),
+                to_t=lambda u: self.inverse_log_inverse_snr(2.0 * u),
+                dt_du=lambda t: 2.0 * self.std(t) ** 2 / self.diffusion(t) ** 2,
+            )
+        if name == 'sigma':
+            return TimeChange(
+                to_u=lambda t: jnp.exp(0.5 * self.log_inverse_snr(t)),
+                to_t=lambda u: self.inverse_log_inverse_snr(2.0 * jnp.log(u)),
+                dt_du=lambda t: (
+                    2.0
+                    * self.std(t) ** 2
+                    / (self.diffusion(t) ** 2 * jnp.exp(0.5 * self.log_inverse_snr(t)))
+                ),
+            )
+        raise UserError(f'ode_time={name!r} is not one of {", ".join(ODE_TIMES)}.')
 
     # --- importance sampling of t for likelihood weighting (ScoreFlow §4) ---------
     def log_inverse_snr(self, t: Array) -> Array:

@@ -51,6 +51,7 @@ def _sampling() -> ml_collections.ConfigDict:
             'rtol': 1e-5,  # ODE sampler tolerances
             'atol': 1e-5,
             'ode_method': 'dopri5',  # ode_solver.solver_names()
+            'ode_time': 't',  # integration variable, sde_lib.ODE_TIMES ('t': the original)
             'eps': 1e-3,  # smallest sampling time t
             'smallest_time': placeholder(float),  # score_flow's name: sets sampling.eps
             # --mode sample (controllable generation, Score SDE §5; docs/controllable.md)
@@ -87,6 +88,8 @@ def _eval() -> ml_collections.ConfigDict:
             'rtol': 1e-5,  # likelihood ODE tolerances
             'atol': 1e-5,
             'eps': 1e-5,  # smallest time of the likelihood ODE / bound
+            'ode_method': 'dopri5',  # likelihood ODE solver, ode_solver.solver_names()
+            'ode_time': 't',  # its integration variable, sde_lib.ODE_TIMES
             'hutchinson_type': 'Rademacher',  # likelihood.HUTCHINSON_TYPES ('exact': small D)
             'ckpt_timeout': 0.0,  # s to wait for a checkpoint not yet written (0: fail)
             # score_flow: the snapshot --mode train_deq trains against (unset: end_ckpt)

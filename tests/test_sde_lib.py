@@ -320,3 +320,24 @@ def test_scoreflow_linear_ve_network_convention():
     assert sde.prior_std == SIGMA_MAX
     with pytest.raises(UserError, match='no discrete form'):
         sde.network_inputs(t, continuous=False)
+
+
+@pytest.mark.parametrize('ode_time', ('log_sigma', 'sigma'))
+@pytest.mark.parametrize('name', NAMES)
+def test_ode_time_change_is_a_consistent_change_of_variable(name, ode_time):
+    """u(t) is σ̃ = σ/α or its log (float64 reference), t(u(t)) = t, and dt/du is the
+    derivative of t(u) (central differences in float64; sub-VP inverts by bisection)."""
+    sde = make_sde(name)
+    change = sde.ode_time_change(ode_time)
+    t = jnp.asarray([1e-4, 0.01, 0.3, 0.9, 0.999])  # inside [0, T]: bisection clamps there
+    alpha, sigma, _, _ = ref_coeffs(name, np.asarray(t, np.float64))
+    ref_u = sigma / alpha if ode_time == 'sigma' else np.log(sigma / alpha)
+    u = change.to_u(t)
+    np.testing.assert_allclose(u, ref_u, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(change.to_t(u), t, rtol=2e-4, atol=2e-7)
+    with jax.enable_x64(True):
+        u64 = change.to_u(jnp.asarray(t, jnp.float64))
+        h = 1e-6 * (1.0 + jnp.abs(u64))
+        dt_du = (change.to_t(u64 + h) - change.to_t(u64 - h)) / (2 * h)
+        np.testing.assert_allclose(change.dt_du(jnp.asarray(t, jnp.float64)), dt_du, rtol=1e-5)
+    assert sde.ode_time_change('t') is None
