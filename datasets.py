@@ -86,6 +86,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits, load_sample_images
 
+import file_io
 import mixture
 from errors import UserError
 
@@ -256,7 +257,7 @@ def dataset_info(config: ml_collections.ConfigDict) -> dict:
             photos={split: list(names) for split, names in PHOTOS_SPLITS.items()},
         )
     elif dataset == 'NPZ':
-        info.update(source=os.path.abspath(config.data.path))
+        info.update(source=file_io.abspath(config.data.path))
     else:
         info.update(
             source='datasets.toy_distribution',
@@ -424,7 +425,7 @@ def get_shard(
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     process_index, process_count = _hosts(process_index, process_count)
     data = config.data
-    mtime = os.path.getmtime(data.path) if data.dataset == 'NPZ' and data.path else None
+    mtime = file_io.mtime(data.path) if data.dataset == 'NPZ' and data.path else None
     key = (
         data.dataset,
         # TFRecords data have one split, read and held once for both names
@@ -578,7 +579,11 @@ def _load_toy(split: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
 def _npz_header(path: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of array ``name`` of an .npz file, read from its header only."""
     try:
-        with zipfile.ZipFile(path) as archive, archive.open(f'{name}.npy') as f:
+        with (
+            file_io.open_file(path, 'rb') as raw,
+            zipfile.ZipFile(raw) as archive,
+            archive.open(f'{name}.npy') as f,
+        ):
             version = np.lib.format.read_magic(f)
             read_header = (
                 np.lib.format.read_array_header_1_0
@@ -602,7 +607,7 @@ def _npz_labels(path: str, split: str) -> np.ndarray | None:
     """int32 array ``<split>_labels`` of the file, checked; None when the file has neither
     ``train_labels`` nor ``test_labels``."""
     num_examples = _npz_header(path, split)[0][0]
-    with np.load(path, allow_pickle=False) as archive:
+    with file_io.np_load(path) as archive:
         present = [f'{s}_labels' for s in SPLITS if f'{s}_labels' in archive.files]
         if not present:
             return None
@@ -635,7 +640,7 @@ def _check_labels(labels: np.ndarray, num_examples: int, path: str, name: str) -
 
 def _load_npz(path: str, split: str, bins: int) -> np.ndarray:
     _npz_header(path, split)  # clear errors for missing files and arrays
-    with np.load(path, allow_pickle=False) as archive:
+    with file_io.np_load(path) as archive:
         array = archive[split]
     if array.ndim == 2 and np.issubdtype(array.dtype, np.floating):
         return array.astype(np.float32)

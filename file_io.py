@@ -116,6 +116,13 @@ def open_file(path: str, mode: str = 'rb') -> IO:
     return open(path, mode)
 
 
+def mtime(path: str) -> float:
+    """Modification time of ``path`` in seconds since the epoch."""
+    if is_url(path):
+        return _on_url('stat', path).mtime_nsec / 1e9
+    return os.path.getmtime(path)
+
+
 def walk(path: str) -> Iterator[Tuple[str, List[str], List[str]]]:
     """``os.walk(path)`` for local paths and URLs: (folder, sub-folders, files)."""
     if is_url(path):

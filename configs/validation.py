@@ -9,13 +9,13 @@ registered there is valid here, and only there.
 from __future__ import annotations
 
 import difflib
-import os
 from typing import Any, Iterable
 
 import jax
 import ml_collections
 
 import datasets
+import file_io
 import likelihood
 import losses
 import ode_solver
@@ -261,7 +261,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
                 "is empty but data.dataset='NPZ' reads its 'train' "
                 "and 'test' arrays from it; set --config.data.path=/path/to/file.npz",
             )
-        if not os.path.isfile(data.path):
+        if not file_io.isfile(data.path):
             _fail('data.path', data.path, 'is not an existing file')
     if data.dataset == 'TOY' and data.dim < 1:
         _fail('data.dim', data.dim, 'must be at least 1 for the TOY vector data')

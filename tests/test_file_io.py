@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 
 import checkpointing
+import datasets
 import file_io
 import main
 import run_lib
 import train_utils
+from configs.validation import prepare_config
 from errors import UserError
 
 pytestmark = pytest.mark.timeout(300)
@@ -103,3 +105,16 @@ def test_train_sample_and_evaluate_in_a_ram_workdir(tmp_path, monkeypatch):
     assert {'config.json', 'metrics.json', 'metrics.png', 'tensorboard', 'ckpt_1'} <= names
     assert sorted(os.listdir(local)) == ['checkpoints', 'meta']
     assert not os.path.exists('ram:')  # no local folder named after the scheme
+
+
+def test_npz_data_on_ram():
+    """data.path may be a URL: validation, the header check and the loader read it."""
+    path = _ram('vectors.npz')
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(40, 3)), rng.normal(size=(10, 3))
+    file_io.save_npz(path, train=train.astype(np.float32), test=test.astype(np.float32))
+    config = prepare_config(train_utils.load_config('npz', {'data.path': path}))
+    shard = datasets.get_shard(config, 'test')
+    np.testing.assert_array_equal(shard.data, test.astype(np.float32))
+    with pytest.raises(UserError, match='data.path'):
+        prepare_config(train_utils.load_config('npz', {'data.path': _ram('missing.npz')}))
