@@ -1,6 +1,7 @@
 """Score networks (flax.linen), selected by ``config.model.name`` through a registry.
 
-Importing the package registers every model: ``ncsnpp`` (NCSN++ / DDPM++), ``ddpm``,
+Importing the package registers every model: ``ncsnpp`` (NCSN++ / DDPM++), ``ddpm``
+(score_sde's DDPM; ``ddpm_ho``: Ho et al.'s attention layout of it),
 ``ncsnv2_64`` / ``ncsnv2_128`` / ``ncsnv2_256`` and ``mlp``.  Use
 ``models.utils.create_model(config)`` / ``init_model(rng, config)`` to build one and
 ``models.utils.get_score_fn(sde, model, variables, ...)`` to turn it into a score

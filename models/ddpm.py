@@ -1,17 +1,25 @@
-"""The DDPM U-Net (Ho et al., 2020) as in the Score SDE code base, registered ``ddpm``.
+"""The DDPM U-Net (Ho et al., 2020) as the Score SDE code base builds it (``ddpm``), and
+as Ho et al. built it (``ddpm_ho``).
 
 Sinusoidal embedding of the label (a timestep) → Dense(4nf) → act → Dense(4nf);
 conv3x3, then per resolution ``num_res_blocks`` residual blocks (attention after each
 at ``attn_resolutions``) and a Downsample; middle block–attention–block; up path with
-``num_res_blocks + 1`` blocks on [h, skip] (attention after each) and Upsample;
-GroupNorm(32) → act → conv3x3 (zero-initialised).  With ``scale_by_sigma`` the output
-is divided by σ_label (NCSN-style training).  CIFAR-10 (nf 128, ch_mult (1,2,2,2),
-2 blocks, attention at 16): 35.7M parameters.
+``num_res_blocks + 1`` blocks on [h, skip] and Upsample; GroupNorm(32) → act → conv3x3
+(zero-initialised).  With ``scale_by_sigma`` the output is divided by σ_label
+(NCSN-style training).
+
+The two differ on the up path only. score_sde's ``models/ddpm.py`` (and its PyTorch port)
+applies one attention block per resolution, after the level's last block (an indentation
+slip there): 35,218,947 parameters on CIFAR-10 (nf 128, ch_mult (1,2,2,2), 2 blocks,
+attention at 16). Its config files name that network ``ddpm`` and its released
+checkpoints have that layout, so ``ddpm`` here is it. Ho et al.'s ``unet2d16b2`` applies
+attention after each up-path block: ``ddpm_ho``, 35,746,307 parameters ("35.7M").
 """
 
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -33,6 +41,9 @@ class DDPM(nn.Module):
     config: ModelConfig
 
     check_config = staticmethod(check_unet_config)
+    # score_sde: attention once per up-path resolution, after its last block; Ho et al.:
+    # after each up-path block at attn_resolutions (DDPMHo).
+    attention_after_each_up_block: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
@@ -70,8 +81,10 @@ class DDPM(nn.Module):
                 h = resnet(out_ch=cfg.nf * cfg.ch_mult[i_level])(
                     jnp.concatenate([h, hs.pop()], axis=-1), temb, train
                 )
-                if h.shape[1] in cfg.attn_resolutions:
+                if self.attention_after_each_up_block and h.shape[1] in cfg.attn_resolutions:
                     h = attn()(h)
+            if not self.attention_after_each_up_block and h.shape[1] in cfg.attn_resolutions:
+                h = attn()(h)
             if i_level != 0:
                 h = layerspp.Upsample(with_conv=cfg.resamp_with_conv)(h)
         assert not hs
@@ -82,3 +95,10 @@ class DDPM(nn.Module):
             sigmas = jnp.asarray(get_sigmas(cfg))
             h = layerspp.divide_by_sigma(h, sigmas[labels.astype(jnp.int32)])
         return h
+
+
+@register_model('ddpm_ho')
+class DDPMHo(DDPM):
+    """Ho et al.'s DDPM: attention after each up-path block (see the module doc)."""
+
+    attention_after_each_up_block: ClassVar[bool] = True

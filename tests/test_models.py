@@ -150,12 +150,13 @@ def shapes_of(model, x_shape, labels_dtype=jnp.float32):
         # diffusion_tf/models/unet.py, model 'unet2d16b2' of scripts/run_cifar.py (commented
         # "35.7M" there), built with tf.compat.v1 (TF 2.21 CPU, tensorflow.contrib's
         # group_norm stubbed with its beta/gamma of C entries) and counted over
-        # tf.trainable_variables() outside this repository.  NOT the score_sde count: both
+        # tf.trainable_variables() outside this repository: model 'ddpm_ho' here.
+        (dict(name='ddpm_ho', num_res_blocks=2, dropout=0.1), 35_746_307),  # DDPM (35.7M)
         # score_sde's models/ddpm.py and the port's (configs/vp/ddpm/cifar10.py) give
-        # 35_218_947, as they put one attention block after the up path's blocks at 16x16
-        # where Ho et al. (and this repository) put one after each of its 3 blocks: 2 x
-        # AttnBlock(256) = 2 x 263_680 = 527_360 fewer.
-        (dict(name='ddpm', num_res_blocks=2, dropout=0.1), 35_746_307),  # DDPM (35.7M)
+        # 35_218_947: one attention block after the up path's blocks at 16x16 where Ho et
+        # al. put one after each of its 3 blocks, 2 x AttnBlock(256) = 527_360 fewer.
+        # Model 'ddpm' here, the network of score_sde's config files and checkpoints.
+        (dict(name='ddpm', num_res_blocks=2, dropout=0.1), 35_218_947),
     ],
     ids=[
         'ddpmpp',
@@ -166,6 +167,7 @@ def shapes_of(model, x_shape, labels_dtype=jnp.float32):
         've_config_ncsnpp_deep',
         'vp_config_ncsnpp',
         'vp_config_ncsnpp_deep',
+        'ddpm_ho',
         'ddpm',
     ],
 )
