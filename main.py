@@ -1,5 +1,6 @@
 """Command line: train, evaluate, train the variational dequantizer or the noise-conditional
-classifier, sample (unconditional, class-conditional, inpainting, colorization).
+classifier, sample (unconditional, class-conditional, inpainting, colorization), import a
+checkpoint of the original score_sde / score_flow code.
 
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode train
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode eval \
@@ -9,6 +10,8 @@ classifier, sample (unconditional, class-conditional, inpainting, colorization).
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode train_classifier
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode sample \
         --config.sampling.task=class_conditional [--sample_folder sample]
+    python main.py --config configs/vp/cifar10_ddpmpp_continuous.py --workdir W --mode import \
+        --original_checkpoint=PATH/checkpoints/checkpoint_26 [--snapshot_number=26]
 
 Every config field can be overridden as ``--config.<section>.<field>=value``. Logs go to
 the console and to ``W/stdout.txt``; the resolved config is written to ``W/config.json``
@@ -38,7 +41,7 @@ from configs.base import get_base_config
 from errors import UserError
 
 FLAGS = flags.FLAGS
-MODES = ('train', 'eval', 'train_deq', 'train_classifier', 'sample')
+MODES = ('train', 'eval', 'train_deq', 'train_classifier', 'sample', 'import')
 EVAL_FOLDER, SCORE_FLOW_EVAL_FOLDER = 'eval', 'eval_test_bpd'
 
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -60,6 +63,15 @@ flags.DEFINE_string(
     'flowpp_dequantizer',
     'Folder of W for the variational dequantizer (--mode train_deq; read by --mode eval '
     'with --config.eval.dequantizer=True).',
+)
+flags.DEFINE_string(
+    'original_checkpoint',
+    None,
+    '--mode import: a checkpoint_<n> file of the original score_sde / score_flow code, '
+    "written as snapshot W/checkpoints/<n> (score_flow's dequantizer: into --deq_folder).",
+)
+flags.DEFINE_integer(
+    'snapshot_number', -1, '--mode import: the snapshot to write (-1: the n of checkpoint_<n>).'
 )
 flags.DEFINE_string(
     'coordinator_address',
@@ -231,6 +243,15 @@ def run(argv) -> None:
     elif mode == 'train_classifier':
         _prepare_subfolder(workdir, FLAGS.classifier_folder)
         run_lib.train_classifier(config, workdir, FLAGS.classifier_folder)
+    elif mode == 'import':
+        if not FLAGS.original_checkpoint:
+            raise UserError(
+                '--mode import needs --original_checkpoint=PATH, a checkpoint_<n> file of '
+                'score_sde or score_flow.'
+            )
+        run_lib.import_checkpoint(
+            config, workdir, FLAGS.original_checkpoint, FLAGS.snapshot_number, FLAGS.deq_folder
+        )
     else:
         _prepare_subfolder(workdir, FLAGS.sample_folder)
         run_lib.sample(config, workdir, FLAGS.sample_folder, FLAGS.classifier_folder)

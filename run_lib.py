@@ -1,5 +1,5 @@
 """The entry points of ``main.py``, one per ``--mode``: ``train``, ``evaluate``, ``train_deq``,
-``train_classifier``, ``sample``.
+``train_classifier``, ``sample``, ``import_checkpoint`` (``--mode import``).
 
 Each prepares the config once (``configs.validation.prepare_config``: validated against
 the schema and the registries, resolved from the data) and hands it to the module that
@@ -7,7 +7,8 @@ does the work:
 
     main.py → run_lib → trainer (--mode train), eval_runner (--mode eval),
                         dequantizer (--mode train_deq),
-                        classifier (--mode train_classifier), sample_runner (--mode sample)
+                        classifier (--mode train_classifier), sample_runner (--mode sample),
+                        original_checkpoint (--mode import)
 
 A bad config stops with one :class:`errors.UserError` before any work starts.
 """
@@ -24,6 +25,7 @@ import classifier
 import dequantizer
 import eval_runner
 import file_io
+import original_checkpoint
 import sample_runner
 from configs.validation import prepare_config
 from eval_store import METRICS_FILE
@@ -95,6 +97,22 @@ def sample(
     runner = sample_runner.SampleRunner(config, workdir, folder, classifier_folder)
     save_config(config, os.path.join(workdir, folder, f'config_{config.sampling.task}.json'))
     return runner.run()
+
+
+def import_checkpoint(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    path: str,
+    number: int = -1,
+    deq_folder: str = dequantizer.DEQ_FOLDER,
+) -> TrainState:
+    """``--mode import``: writes the original score_sde / score_flow checkpoint ``path``
+    (``checkpoint_<n>``) into ``workdir``: a score model as snapshot ``number`` (-1: n), for
+    ``--mode eval``, ``--mode sample`` and fine-tuning (``--mode train``); score_flow's
+    Flow++ dequantizer into ``W/<deq_folder>``. Writes ``W/config.json``."""
+    config = prepare_config(config)
+    save_config(config, os.path.join(workdir, 'config.json'))
+    return original_checkpoint.import_checkpoint(config, workdir, path, number, deq_folder)
 
 
 def read_metrics(workdir: str, eval_folder: str = 'eval') -> Dict[str, Any]:
