@@ -141,7 +141,14 @@ def np_load(path: str) -> Any:
 
 
 def read_bytes(path: str) -> bytes:
-    with open_file(path, 'rb') as f:
+    """The content of ``path``; OSError if it cannot be read (URLs too)."""
+    if is_url(path):
+        try:
+            with _gfile().GFile(path, 'rb') as f:
+                return f.read()
+        except gfile_errors() as e:
+            raise OSError(errno.EIO, getattr(e, 'message', str(e))) from e
+    with open(path, 'rb') as f:
         return f.read()
 
 

@@ -52,6 +52,7 @@ from absl import logging
 
 import checkpointing
 import dequantizer
+import file_io
 import models  # noqa: F401  (registers the networks)
 import train_state
 from errors import UserError
@@ -251,13 +252,12 @@ def read_original(path: str) -> Dict[str, Any]:
         'pass a checkpoint_<n> file of score_sde or score_flow (their W/checkpoints/ '
         'or W/checkpoints-meta/ folder)'
     )
-    if os.path.isdir(path):
-        found = sorted(n for n in os.listdir(path) if n.startswith('checkpoint_'))
+    if file_io.isdir(path):
+        found = sorted(n for n in file_io.listdir(path) if n.startswith('checkpoint_'))
         listing = f' (it holds {", ".join(found[:5])})' if found else ''
         raise UserError(f'--original_checkpoint={path} is a folder{listing}; {fix}.')
     try:
-        with open(path, 'rb') as f:
-            data = f.read()
+        data = file_io.read_bytes(path)
     except OSError as e:
         raise UserError(
             f'--original_checkpoint={path} cannot be read ({e.strerror}); {fix}.'

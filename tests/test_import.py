@@ -49,6 +49,7 @@ import pytest
 
 import checkpointing
 import dequantizer
+import file_io
 import original_checkpoint as oc
 import train_utils
 from configs.validation import prepare_config
@@ -301,6 +302,16 @@ def test_files_that_are_no_original_checkpoint_give_one_line(tmp_path):
         oc.read_original(str(tmp_path))
     with pytest.raises(UserError, match='--snapshot_number'):
         oc.snapshot_number(str(tmp_path / 'model.bin'), -1)
+
+
+@pytest.mark.timeout(60)
+def test_an_original_checkpoint_is_read_from_a_url(imported):
+    """gs:// and the like through file_io (tested on TensorFlow's in-memory ram://)."""
+    url = 'ram://import_test/checkpoints/checkpoint_7'
+    file_io.atomic_write(url, imported[4].read_bytes())
+    assert int(oc.read_original(url)['step']) == 1234
+    with pytest.raises(UserError, match='cannot be read'):
+        oc.read_original('ram://import_test/checkpoints/checkpoint_8')
 
 
 @pytest.mark.timeout(120)
