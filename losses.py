@@ -239,6 +239,8 @@ class LossOptions:
       objective: 'dsm' (denoising) or 'ssm' (sliced score matching).
       importance_normalizer: keep the constant Z of importance sampling.
       n_projections, projection: SSM's probes per example and their distribution.
+      precision: the network's compute type in training ('float32', or 'bfloat16':
+        mixed precision, ``models.utils.get_model_fn``); the loss is float32.
     """
 
     reduce_mean: bool = True
@@ -250,6 +252,7 @@ class LossOptions:
     importance_normalizer: bool = False
     n_projections: int = 1
     projection: str = 'rademacher'
+    precision: str = 'float32'
 
     def __post_init__(self):
         _check_choice('objective', self.objective, OBJECTIVES)
@@ -278,6 +281,7 @@ class LossOptions:
             importance_weighting=bool(t.importance_weighting),
             eps=float(t.eps),
             objective=str(t.objective),
+            precision=str(t.precision),
         )
 
     @property
@@ -353,6 +357,7 @@ def get_sde_loss_fn(
             train=train,
             continuous=opts.continuous,
             rng=dropout_rng if train else None,
+            precision=opts.precision if train else 'float32',
         )
         return jnp.mean(core(loss_rng, score_fn, _batch_data(batch)))
 

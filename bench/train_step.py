@@ -9,7 +9,11 @@ with likelihood weighting (``losses.get_step_fn``), on random 32×32×3 images. 
   The matmul rate is re-measured between steps (alternated), and the fraction is the
   median of the per-pair ratios, so it stays meaningful on a shared, loaded machine.
 
-    python bench/train_step.py [--which small,paper] [--iters 10]
+    python bench/train_step.py [--which small,paper] [--iters 10] \
+        [--precisions float32,bfloat16]
+
+With several ``--precisions`` (``config.training.precision``: bfloat16 is mixed precision)
+each setup is timed in each, and the images/s ratio to the first is printed.
 
 ``small``: nf 32, ch_mult (1,2,2), 1 res block, attention at 16, batch 32.
 ``paper``: vp/cifar10_ddpmpp_continuous's network (61.8M parameters), batch 8.
@@ -104,7 +108,7 @@ def flops(compiled: Any) -> float:
     return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
-def bench(which: str, iters: int, probe: Callable[[], float]) -> Dict[str, float]:
+def bench(which: str, iters: int, probe: Callable[[], float], precision: str) -> Dict[str, float]:
     """Builds, compiles and times one setup; returns its measurements."""
     model_kw, batch_size = SETUPS[which]
     config = make_config(**model_kw)
@@ -120,6 +124,7 @@ def bench(which: str, iters: int, probe: Callable[[], float]) -> Dict[str, float
         continuous=True,
         likelihood_weighting=True,
         ema_rate=0.9999,
+        precision=precision,
     )
     batch = jax.random.uniform(jax.random.PRNGKey(2), (batch_size, 32, 32, 3)) * 2 - 1
     labels = jnp.full((batch_size,), 500.0)
@@ -163,20 +168,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--which', default='small,paper')
     parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--precisions', default='float32', help=', '.join(mutils.PRECISIONS))
     args = parser.parse_args()
     probe = matmul_probe()
     print(f'device: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs', flush=True)
     for which in args.which.split(','):
-        r = bench(which, args.iters, probe)
-        print(
-            f'{which}: {r["params"]:,} params, batch {r["batch"]}: '
-            f'{r["img_per_s"]:.2f} img/s ({r["step_s"] * 1e3:.0f} ms/step, '
-            f'compile {r["compile_s"]:.0f} s); forward {r["fwd_gflop_per_img"]:.2f} '
-            f'GFLOP/img, step {r["step_gflop"]:.1f} GFLOP → '
-            f'{r["step_gflop"] / r["step_s"]:.0f} GFLOP/s; f32 matmul (2048²) '
-            f'{r["matmul_gflops"]:.0f} GFLOP/s; step/matmul rate {r["fraction"]:.0%}',
-            flush=True,
-        )
+        first = None
+        for precision in args.precisions.split(','):
+            r = bench(which, args.iters, probe, precision)
+            first = first or r
+            report(which, precision, r, r['img_per_s'] / first['img_per_s'])
+
+
+def report(which: str, precision: str, r: Dict[str, float], ratio: float) -> None:
+    print(
+        f'{which} {precision}: {r["params"]:,} params, batch {r["batch"]}: '
+        f'{r["img_per_s"]:.2f} img/s ({r["step_s"] * 1e3:.0f} ms/step, '
+        f'compile {r["compile_s"]:.0f} s); forward {r["fwd_gflop_per_img"]:.2f} '
+        f'GFLOP/img, step {r["step_gflop"]:.1f} GFLOP → '
+        f'{r["step_gflop"] / r["step_s"]:.0f} GFLOP/s; f32 matmul (2048²) '
+        f'{r["matmul_gflops"]:.0f} GFLOP/s; step/matmul rate {r["fraction"]:.0%}; '
+        f'{ratio:.2f}x the first precision',
+        flush=True,
+    )
 
 
 if __name__ == '__main__':

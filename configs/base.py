@@ -34,6 +34,10 @@ def _training() -> ml_collections.ConfigDict:
             # (training.eps and eval.eps, as its run_lib passes it to both)
             'smallest_time': placeholder(float),
             'objective': 'dsm',  # losses.OBJECTIVES: denoising or sliced score matching
+            # the network's compute type in training, models.utils.PRECISIONS ('bfloat16':
+            # mixed precision with float32 parameters, optimizer and loss; evaluation,
+            # likelihoods and sampling stay float32)
+            'precision': 'float32',
         }
     )
 

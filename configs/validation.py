@@ -61,6 +61,7 @@ def choices() -> tuple:
         ('sampling.task', sampling.SAMPLING_TASKS),
         ('classifier.name', mutils.registered_classifiers()),
         ('training.objective', losses.OBJECTIVES),
+        ('training.precision', mutils.PRECISIONS),
         ('deq.name', mutils.registered_dequantizers()),
         ('deq.layout', flowpp.LAYOUTS),
     )

@@ -37,10 +37,13 @@ class GaussianFourierProjection(nn.Module):
     embedding_size: int = 256
     scale: float = 1.0
     trainable: bool = False
+    # 2π W log σ reaches ~10²: its phase needs float32 under mixed precision as well.
+    keeps_float32_inputs = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         w = self.param('W', nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
+        w = w.astype(jnp.float32)
         if not self.trainable:
             w = jax.lax.stop_gradient(w)
         proj = x[:, None] * w[None, :] * np.float32(2 * np.pi)

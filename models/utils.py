@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 import sde_lib
 from errors import UserError
@@ -491,15 +492,79 @@ def get_sigmas(config: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------
 # Adapters: model → model_fn(x, labels) → score_fn(x, t)
 # ------------------------------------------------------------------------------------
+PRECISIONS = ('float32', 'bfloat16')  # config.training.precision
+
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree
+    )
+
+
+# Parameters kept in float32 under mixed precision: the Fourier frequencies W (|2π W log σ|
+# reaches ~10³ rad, far beyond bfloat16's 8 bits).
+_FLOAT32_SCOPES = ('GaussianFourierProjection',)
+
+
+def _cast_params(variables: Any, dtype: Any) -> Any:
+    """``variables`` with every floating leaf in ``dtype`` except under _FLOAT32_SCOPES."""
+    flat = traverse_util.flatten_dict(variables)
+    return traverse_util.unflatten_dict(
+        {
+            path: leaf
+            if any(str(p).startswith(_FLOAT32_SCOPES) for p in path)
+            else _cast_floats(leaf, dtype)
+            for path, leaf in flat.items()
+        }
+    )
+
+
+def _compute_in(dtype: Any):
+    """A flax method interceptor: every module's floating inputs are cast to ``dtype``
+    (modules with ``keeps_float32_inputs``, such as the Fourier features of a log σ, keep
+    theirs), so that with parameters in ``dtype`` every layer computes in it."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name != '__call__' or getattr(
+            context.module, 'keeps_float32_inputs', False
+        ):
+            return next_fun(*args, **kwargs)
+        return next_fun(*_cast_floats(args, dtype), **_cast_floats(kwargs, dtype))
+
+    return interceptor
+
+
 def get_model_fn(
-    model: nn.Module, variables: Dict[str, Any], train: bool = False, rng: Optional[Array] = None
+    model: nn.Module,
+    variables: Dict[str, Any],
+    train: bool = False,
+    rng: Optional[Array] = None,
+    precision: str = 'float32',
 ) -> ModelFn:
     """``model_fn(x, labels)`` = the network output; with ``train`` dropout is active and
-    draws from ``rng``."""
+    draws from ``rng``.
+
+    ``precision='bfloat16'`` is mixed precision: the network computes in bfloat16 (its
+    parameters and every layer's inputs cast to it; normalisation statistics and the
+    softmax stay float32 inside their layers) while the parameters, their gradients and
+    the output (cast back) are float32.
+    """
     rngs = {'dropout': rng} if rng is not None else {}
+    if precision not in PRECISIONS:
+        raise UserError(f'config.training.precision={precision!r} is not one of {PRECISIONS}.')
 
     def model_fn(x: Array, labels: Array) -> Array:
-        return model.apply(variables, x, labels, train=train, rngs=rngs)
+        if precision == 'float32':
+            return model.apply(variables, x, labels, train=train, rngs=rngs)
+        with nn.intercept_methods(_compute_in(jnp.bfloat16)):
+            out = model.apply(
+                _cast_params(variables, jnp.bfloat16),
+                x.astype(jnp.bfloat16),
+                labels,
+                train=train,
+                rngs=rngs,
+            )
+        return out.astype(jnp.float32)
 
     return model_fn
 
@@ -511,10 +576,12 @@ def get_score_fn(
     train: bool = False,
     continuous: bool = True,
     rng: Optional[Array] = None,
+    precision: str = 'float32',
 ) -> ScoreFn:
     """The score ``s_θ(x, t) = scale(t) · net(x, labels(t))`` of a network trained with the
-    paper's conventions, which the SDE states (``sde.network_inputs``; module docstring)."""
-    model_fn = get_model_fn(model, variables, train=train, rng=rng)
+    paper's conventions, which the SDE states (``sde.network_inputs``; module docstring);
+    the network computes in ``precision`` (:func:`get_model_fn`), the score is float32."""
+    model_fn = get_model_fn(model, variables, train=train, rng=rng, precision=precision)
 
     def score_fn(x: Array, t: Array) -> Array:
         labels, scale = sde.network_inputs(t, continuous)

@@ -401,9 +401,11 @@ class TinyNet(nn.Module):
         return nn.Dense(int(np.prod(x.shape[1:])))(h).reshape(x.shape)
 
 
-def _stand_in_get_score_fn(sde, model, variables, train=False, continuous=True, rng=None):
+def _stand_in_get_score_fn(
+    sde, model, variables, train=False, continuous=True, rng=None, precision='float32'
+):
     """The VP/sub-VP continuous convention (docs/MATH.md): labels 999 t, score −out/σ(t)."""
-    assert continuous and isinstance(sde, sde_lib._VPFamily)
+    assert continuous and isinstance(sde, sde_lib._VPFamily) and precision == 'float32'
     rngs = {'dropout': rng} if rng is not None else {}
 
     def score_fn(x, t):
