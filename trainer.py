@@ -315,6 +315,22 @@ class Trainer(TrainLoop):
         self.eval_fn = self._eval_loss_fn(eval_step)
         self._sample_fn = None
         self._eval_rows: Optional[int] = None
+        self._save_missing_snapshot()
+
+    def _save_missing_snapshot(self) -> None:
+        """Writes the snapshot of the restored step if it is due there and missing.
+
+        At a multiple of ``snapshot_freq`` the preemption checkpoint is written before the
+        snapshot; a kill between the two resumes after that step, which would never be
+        saved as a snapshot (and ``--mode eval`` would stop at the gap). The restored state
+        is the state of that step, so its snapshot is the one the run would have written.
+        """
+        step = int(jax.device_get(self.state.step))
+        freq = int(self.config.training.snapshot_freq)
+        if step > 0 and step % freq == 0:
+            if step // freq not in checkpointing.list_checkpoints(self.workdir):
+                logging.info('Saving snapshot %d of the restored step %d.', step // freq, step)
+                checkpointing.save_snapshot(self.workdir, step // freq, self.state)
 
     def batches(self, start_step: int) -> Iterator[np.ndarray]:
         return datasets.get_train_iterator(self.config, start_step=start_step)

@@ -128,6 +128,25 @@ def test_npz_vectors_outputs_and_exact_resume(tmp_path):
     assert int(again.run().step) == 20 and not again.history
 
 
+def test_resume_writes_a_snapshot_lost_to_a_kill(tmp_path):
+    """A kill between the preemption checkpoint and the snapshot of the same step (the
+    former is written first): resuming writes the missing snapshot from the restored
+    state, so that --mode eval finds every snapshot (seen with scripts/scoreflow_table.py)."""
+    config = train_utils.load_config('toy', {'training.n_iters': 10, 'training.eval_freq': 10})
+    workdir = str(tmp_path)
+    run_lib.train(config, workdir)
+    assert checkpointing.list_checkpoints(workdir) == [1]
+    shutil.rmtree(os.path.join(workdir, 'checkpoints', '1'))  # the kill's window
+    resumed = trainer.Trainer(prepare_config(config), workdir)
+    assert checkpointing.list_checkpoints(workdir) == [1]
+    _, _, template = create_train_state(prepare_config(config), get_mesh())
+    snapshot = checkpointing.restore_checkpoint(workdir, 1, template)
+    train_utils.assert_trees_close(
+        train_utils.flat_params(snapshot.params), train_utils.flat_params(resumed.state.params)
+    )
+    assert int(snapshot.step) == 10
+
+
 def test_scan_chunk_equals_per_step_dispatch(tmp_path):
     """The lax.scan chunk (GPU / TPU default) and the per-step loop (CPU) agree."""
     config = prepare_config(_npz_config(tmp_path))

@@ -1,0 +1,1156 @@
+"""ScoreFlow's experiment in miniature: {VP, sub-VP} × {baseline, lw, lw_is} × seeds.
+
+Trains and evaluates a grid of leaf configs ``configs/<sde>/<dataset>_<objective>.py``
+(σ²-weighting; likelihood weighting λ = g² with t ~ U(ε, T); λ = g² with importance
+sampling t ~ p(t) ∝ g²/σ²) over several seeds through ``main.py`` subprocesses, then
+writes ``OUT/table.md`` (+ ``OUT/table.json``), the curves ``OUT/bpd_curves.png`` (TOY:
+``OUT/kl_curves.png``) and the variance measurement ``OUT/loss_variance.png``.
+
+    python scripts/scoreflow_table.py --out runs/scoreflow_digits            # DIGITS grid
+    python scripts/scoreflow_table.py --dataset toy --out runs/scoreflow_toy # TOY, 3 seeds
+    python scripts/scoreflow_table.py --out runs/scoreflow_digits --report_only
+
+Each run has its own work directory ``OUT/runs/<sde>_<objective>_seed<k>`` and is run as
+
+    main.py --mode train                 (--config.seed=k, n_iters, snapshot_freq, ...)
+    main.py --mode eval --eval_folder eval                 every snapshot 1 … n_iters/snapshot_freq:
+                                                           eval loss, ODE bits/dim (+ the bound
+                                                           with --curve_bound)
+    main.py --mode eval --eval_folder eval_bound           last snapshot: the bound with
+                                                           importance-sampled t (without
+                                                           --curve_bound)
+    main.py --mode eval --eval_folder eval_bound_uniform   last snapshot: the bound, t ~ U(ε, T)
+    main.py --mode eval --eval_folder eval_samples         last snapshot (DIGITS): samples and
+                                                           FD_digits / KID / classifier score
+
+Resumable: a run whose ``metrics.json`` files have every checkpoint is skipped without
+starting a process; an interrupted run (killed training or evaluation) is continued,
+since ``main.py`` resumes both. ``OUT/runs/<run>/scoreflow_run.json`` records the command
+of a run; a rerun with another budget or other overrides in the same ``--out`` stops with
+a message instead of mixing results. A failed run does not stop the grid: the others
+continue, the report is written from what exists, and the exit status is 1.
+
+Metrics (``metrics.json`` keys, README, Usage): ``bpd`` / ``bpd_stderr`` (probability-flow
+ODE, standard error over test images), ``bound_bpd`` / ``bound_stderr`` (ScoreFlow's bound,
+``eval.bound_importance_weighting`` True or False), ``loss`` (the run's own training
+objective on the test split: its weighting differs between objectives, so it compares
+checkpoints of one objective, not objectives), ``fid`` (FD_digits on DIGITS), ``kid``,
+``is``. TOY data are continuous: ``bpd`` is nll / (D ln 2) and ``nll`` = −log p_model(x) in
+nats (the model density at time ε). The exact data density (``datasets.toy_distribution``)
+gives KL(data ‖ model) = E_x[log p_data(x) + nll(x)] over the test points, with a paired
+standard error from the per-example results (``ckpt_<n>/bpd_h0.npz``), and the bound's KL
+likewise (an upper bound on KL up to Monte Carlo noise).
+
+The mechanism (``--variance``): on the last snapshot of the seed-0 run of each SDE trained
+with λ = g² (lw and lw_is), the per-example and per-batch variance of the likelihood-
+weighted DSM loss ``losses.dsm_loss`` with t ~ U(ε, T) (weight g²/σ², times T − ε) and
+with t ~ p(t) ∝ g²/σ² (``importance_normalizer=True``, weight Z): both are unbiased
+estimators of the same integral ∫_ε^T g² E‖s_θ(x_t, t) + z/σ‖² dt (reduced as in
+training) on the same model and training data, so their variances compare directly; per
+t-bin, each estimator's share of the mean (equal for both, a check) and of the second
+moment (where the variance comes from). See :func:`loss_variance`.
+
+Cost, measured on this project's machine: 2 CPU cores shared with other jobs (load
+average 4–5 during the measurements, so roughly half the cores'), JAX on the CPU.
+
+* DIGITS training, default model (0.72M parameters, batch 128): 0.36–0.49 s/step
+  (2.1–2.7 steps/s over a 300-step run), plus ≈ 35 s of start-up and compilation.
+  2000 steps (the default budget, the quick start's) ≈ 12–17 min per run.
+* DIGITS evaluation of one snapshot (that of step 300; 197 test images, eval.eps 1e-5):
+  the probability-flow ODE (NFE 640) and the bound (1000 times per image) together 802 s,
+  the bound alone 356 s, so the ODE ≈ 7.5 min and one bound ≈ 6 min; the eval loss 8 s.
+  The 1024 ODE samples of FD_digits were not timed at full size; at ≈ 3× the bound's
+  network evaluations expect ≈ 15–20 min.
+* The loss-variance measurement: ≈ 30 s per run (4096 draws).
+
+Default DIGITS grid (12 runs; per run: training, ODE bits/dim at 4 snapshots, the bound
+with importance-sampled and with uniform t at the last, samples): ≈ 15 + 30 + 12 + 18
+≈ 75 min per run under that load, ≈ 15 h for the grid; on 2 idle cores about half
+(the quick start, 2000 steps and one ODE evaluation, takes 13 min there). Cheaper:
+``--snapshot_freq 1000`` (2 snapshots), ``--no-uniform_bound``, ``--no-sample_quality``.
+
+TOY (default MLP, 0.72M parameters, batch 512): 29 steps/s, so 10000 steps ≈ 6 min per
+run; one snapshot's ODE and bound on the 2000 test points (step 1000, NFE 620) 98 s, so
+≈ 1 min for the ODE alone. Per run (5 snapshots, two bounds at the last) ≈ 15 min, the
+grid (18 runs) ≈ 4–5 h under that load.
+
+CIFAR-10 on an accelerator (ScoreFlow's Table 2 rows, DDPM++):
+
+    python scripts/scoreflow_table.py --dataset cifar10 --out runs/scoreflow_cifar10 \\
+        --seeds 0 --n_iters 1300000 --snapshot_freq 100000 --no-sample_quality
+
+with ``configs/{vp,subvp}/cifar10_{baseline,lw,lw_is}.py`` and their evaluation settings
+(bits/dim on the 10000 test images, 5 repeats). The paper trains 1.3M steps at batch 128
+per run. Its cost was not measured (no accelerator here): run one short job first, e.g.
+``--sdes vp --objectives lw_is --n_iters 5000 --snapshot_freq 5000`` in another --out, and
+multiply its training rate by 6 × 1.3M steps, its evaluation time by 6 × 13 snapshots.
+FD / FID needs the Inception weights (``--config.eval.inception_path=…``, README); with
+them, drop ``--no-sample_quality``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # project imports (the variance measurement, TOY's density)
+    sys.path.insert(0, REPO)
+
+SDES = ('vp', 'subvp')
+OBJECTIVES = ('baseline', 'lw', 'lw_is')
+OBJECTIVE_NAMES = {
+    'baseline': 'σ² weighting (baseline)',
+    'lw': 'λ = g², t ~ U',
+    'lw_is': 'λ = g², IS t',
+}
+SDE_NAMES = {'vp': 'VP', 'subvp': 'sub-VP'}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetDefaults:
+    n_iters: int
+    snapshot_freq: int
+    seeds: Tuple[int, ...]
+    sample_quality: bool  # FD_digits etc. (image data with a feature network)
+
+
+DEFAULTS = {
+    'digits': DatasetDefaults(n_iters=2000, snapshot_freq=500, seeds=(0, 1), sample_quality=True),
+    'toy': DatasetDefaults(
+        n_iters=10000, snapshot_freq=2000, seeds=(0, 1, 2), sample_quality=False
+    ),
+    'cifar10': DatasetDefaults(
+        n_iters=1300000, snapshot_freq=50000, seeds=(0,), sample_quality=True
+    ),
+    'imagenet32': DatasetDefaults(
+        n_iters=1300000, snapshot_freq=50000, seeds=(0,), sample_quality=True
+    ),
+}
+
+CURVES, BOUND, BOUND_UNIFORM, SAMPLES = 'eval', 'eval_bound', 'eval_bound_uniform', 'eval_samples'
+RUN_FILE = 'scoreflow_run.json'
+VARIANCE_FILE = 'loss_variance.json'
+TIMES_FILE = 'scoreflow_times.json'  # wall seconds per phase
+METRICS_FILE = 'metrics.json'
+
+
+# --------------------------------------------------------------------------- the grid
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One ``main.py`` invocation of a run and how to tell it is done."""
+
+    name: str
+    mode: str  # 'train' or 'eval'
+    eval_folder: Optional[str]
+    overrides: Tuple[str, ...]  # --config.a.b=v
+    ckpts: Tuple[int, ...]  # the snapshots its metrics.json must hold (eval)
+    keys: Tuple[str, ...]  # the keys each of those entries must hold
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    dataset: str
+    sde: str
+    objective: str
+    seed: int
+    workdir: str
+    config: str  # the leaf config file, relative to the repository
+    overrides: Tuple[str, ...]  # --config.a.b=v, common to every phase
+    phases: Tuple[Phase, ...]
+
+    @property
+    def name(self) -> str:
+        return run_name(self.sde, self.objective, self.seed)
+
+    def command(self, phase: Phase, python: str = sys.executable) -> List[str]:
+        cmd = [python, os.path.join(REPO, 'main.py'), '--config', self.config]
+        cmd += ['--workdir', self.workdir, '--mode', phase.mode]
+        if phase.eval_folder:
+            cmd += ['--eval_folder', phase.eval_folder]
+        return cmd + list(self.overrides) + list(phase.overrides)
+
+    def record(self) -> Dict[str, Any]:
+        """What a rerun must agree with (written to ``scoreflow_run.json``)."""
+        return {'config': self.config, 'overrides': list(self.overrides)}
+
+
+def run_name(sde: str, objective: str, seed: int) -> str:
+    return f'{sde}_{objective}_seed{seed}'
+
+
+def config_path(dataset: str, sde: str, objective: str) -> str:
+    return os.path.join('configs', sde, f'{dataset}_{objective}.py')
+
+
+def build_grid(args: argparse.Namespace, extra: Sequence[str]) -> List[Run]:
+    """The runs of the grid, with their phases."""
+    if args.n_iters % args.snapshot_freq:
+        raise SystemExit(
+            f'--n_iters={args.n_iters} must be a multiple of --snapshot_freq='
+            f'{args.snapshot_freq} (snapshot i is saved at step i·snapshot_freq).'
+        )
+    last = args.n_iters // args.snapshot_freq
+    ckpts = tuple(range(1, last + 1))
+    budget = (
+        f'--config.training.n_iters={args.n_iters}',
+        f'--config.training.snapshot_freq={args.snapshot_freq}',
+        '--config.training.snapshot_sampling=False',
+    )
+    off = ('--config.eval.enable_sampling=False',)
+    curve_keys = ('step', 'loss', 'bpd', 'bpd_stderr', 'nll')
+    curve_keys += ('bound_bpd', 'bound_stderr') if args.curve_bound else ()
+    phases = [
+        Phase('train', 'train', None, (), (), ()),
+        Phase(
+            'curves',
+            'eval',
+            CURVES,
+            (
+                '--config.eval.begin_ckpt=1',
+                f'--config.eval.end_ckpt={last}',
+                '--config.eval.enable_loss=True',
+                '--config.eval.enable_bpd=True',
+                f'--config.eval.bound={args.curve_bound}',
+                '--config.eval.bound_importance_weighting=True',
+            )
+            + off,
+            ckpts,
+            curve_keys,
+        ),
+    ]
+    final = (f'--config.eval.begin_ckpt={last}', f'--config.eval.end_ckpt={last}')
+    bound_only = ('--config.eval.enable_loss=False', '--config.eval.enable_bpd=False')
+    bound_only += ('--config.eval.bound=True',)
+    if not args.curve_bound:  # the bound with importance-sampled t at the last snapshot
+        phases.append(
+            Phase(
+                'bound',
+                'eval',
+                BOUND,
+                final + bound_only + ('--config.eval.bound_importance_weighting=True',) + off,
+                (last,),
+                ('bound_bpd', 'bound_stderr'),
+            )
+        )
+    if args.uniform_bound:
+        phases.append(
+            Phase(
+                'bound_uniform',
+                'eval',
+                BOUND_UNIFORM,
+                final + bound_only + ('--config.eval.bound_importance_weighting=False',) + off,
+                (last,),
+                ('bound_bpd', 'bound_stderr'),
+            )
+        )
+    if args.sample_quality:
+        phases.append(
+            Phase(
+                'samples',
+                'eval',
+                SAMPLES,
+                final
+                + (
+                    '--config.eval.enable_loss=False',
+                    '--config.eval.enable_bpd=False',
+                    '--config.eval.bound=False',
+                    '--config.eval.enable_sampling=True',
+                ),
+                (last,),
+                ('num_samples',),
+            )
+        )
+    runs = []
+    for sde in args.sdes:
+        for objective in args.objectives:
+            path = config_path(args.dataset, sde, objective)
+            if not os.path.exists(os.path.join(REPO, path)):
+                raise SystemExit(f'{path} does not exist: no {sde} / {objective} leaf config.')
+            for seed in args.seeds:
+                runs.append(
+                    Run(
+                        dataset=args.dataset,
+                        sde=sde,
+                        objective=objective,
+                        seed=seed,
+                        workdir=os.path.join(args.out, 'runs', run_name(sde, objective, seed)),
+                        config=path,
+                        overrides=(f'--config.seed={seed}',) + budget + tuple(extra),
+                        phases=tuple(phases),
+                    )
+                )
+    return runs
+
+
+def read_metrics(workdir: str, folder: str) -> Dict[str, Any]:
+    path = os.path.join(workdir, folder, METRICS_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def phase_done(run: Run, phase: Phase) -> bool:
+    """An eval phase is done when its metrics.json has every key at every checkpoint; the
+    training phase when the curves phase is (it evaluates the last snapshot)."""
+    if phase.mode == 'train':
+        curves = [p for p in run.phases if p.name == 'curves']
+        return bool(curves) and phase_done(run, curves[0])
+    metrics = read_metrics(run.workdir, phase.eval_folder)
+    return all(
+        all(metrics.get(str(c), {}).get(k) is not None for k in phase.keys) for c in phase.ckpts
+    )
+
+
+def run_done(run: Run) -> bool:
+    return all(phase_done(run, p) for p in run.phases)
+
+
+Launcher = Callable[[List[str], str], int]  # (command, log path) -> return code
+
+
+def launch(command: List[str], log_path: str) -> int:
+    """Runs ``command`` from the repository root (JAX_PLATFORMS and the rest of the
+    environment inherited), appending its output to ``log_path``; returns its exit
+    status."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = REPO + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    with open(log_path, 'a') as log:
+        log.write(f'\n$ {shlex.join(command)}\n')
+        log.flush()
+        return subprocess.call(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def check_record(run: Run) -> None:
+    """Creates the run's work directory and ``scoreflow_run.json``, or checks that an
+    existing one was made by the same command (same config file and overrides)."""
+    os.makedirs(run.workdir, exist_ok=True)
+    path = os.path.join(run.workdir, RUN_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != run.record():
+            raise SystemExit(
+                f'{run.workdir} was started with another command ({path}: {old}); now '
+                f'{run.record()}. Use another --out, or the same flags as before.'
+            )
+        return
+    with open(path + '.tmp', 'w') as f:
+        json.dump(run.record(), f, indent=2)
+    os.replace(path + '.tmp', path)
+
+
+def execute(runs: Sequence[Run], launcher: Launcher = launch, log=print) -> List[str]:
+    """Trains and evaluates every run not yet done; returns the failed runs' names."""
+    failed = []
+    for i, run in enumerate(runs):
+        check_record(run)
+        if run_done(run):
+            log(f'[{i + 1}/{len(runs)}] {run.name}: done, skipped.')
+            continue
+        for phase in run.phases:
+            if phase_done(run, phase):
+                continue
+            log(f'[{i + 1}/{len(runs)}] {run.name}: {phase.name} …')
+            start = time.time()
+            code = launcher(run.command(phase), os.path.join(run.workdir, 'scoreflow_log.txt'))
+            if code != 0:
+                add_time(run, phase.name, time.time() - start)
+                log(
+                    f'  {phase.name} failed (exit status {code}); see '
+                    f'{run.workdir}/scoreflow_log.txt. Rerun the same command to continue.'
+                )
+                failed.append(run.name)
+                break
+            add_time(run, phase.name, time.time() - start)
+            log(f'  {phase.name} took {time.time() - start:.0f} s.')
+    return failed
+
+
+def add_time(run: Run, phase: str, seconds: float) -> None:
+    """Adds a phase's wall time to ``W/scoreflow_times.json`` (summed over invocations: an
+    interrupted phase counts its lost part too)."""
+    path = os.path.join(run.workdir, TIMES_FILE)
+    times = _read_json(path) or {}
+    times[phase] = times.get(phase, 0.0) + seconds
+    with open(path + '.tmp', 'w') as f:
+        json.dump(times, f, indent=2)
+    os.replace(path + '.tmp', path)
+
+
+# --------------------------------------------------------------------------- statistics
+def mean_and_stderr(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and standard error over seeds (nan when fewer than two)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if len(v) == 0:
+        return math.nan, math.nan
+    if len(v) == 1:
+        return float(v[0]), math.nan
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def _fmt(mean: float, se: float = math.nan, digits: int = 3) -> str:
+    if mean is None or not np.isfinite(mean):
+        return '—'
+    if se is None or not np.isfinite(se):
+        return f'{mean:.{digits}f}'
+    return f'{mean:.{digits}f} ± {se:.{digits}f}'
+
+
+# --------------------------------------------------------------------------- TOY's KL
+class ToyKL:
+    """KL(data ‖ model) of TOY runs from the exact log p_data of the test points."""
+
+    def __init__(self):
+        self._log_p: Dict[Tuple[int, int], np.ndarray] = {}
+
+    def log_p_data(self, config) -> np.ndarray:
+        """log p_data of the test split, by global example index (float64)."""
+        import jax.numpy as jnp
+
+        import datasets
+        import sde_lib
+
+        dim = int(config.data.dim)
+        key = (dim, int(datasets.split_size(config, 'test')))
+        if key not in self._log_p:
+            shard = datasets.get_shard(config, 'test', process_index=0, process_count=1)
+            mix = datasets.toy_distribution(config)
+            # p_0 = p_data: a VP SDE at t = 0 has α = 1 and σ = 0 exactly.
+            x = jnp.asarray(shard.data, jnp.float32)
+            logp = mix.log_prob(sde_lib.VPSDE(), x, jnp.zeros(len(x)))
+            self._log_p[key] = np.asarray(logp, np.float64)
+        return self._log_p[key]
+
+    def entry(self, workdir: str, folder: str, ckpt: int, metrics: Dict[str, Any], which: str):
+        """(KL, its paired standard error) in nats for ``which`` ('bpd': the ODE,
+        'bound_bpd': the bound) at ``ckpt``; the standard error is nan without the
+        per-example file."""
+        config = load_run_config(workdir)
+        logp = self.log_p_data(config)
+        dim = int(config.data.dim)
+        value = metrics.get(which)
+        if value is None:
+            return math.nan, math.nan
+        nll_mean = value * dim * math.log(2)  # continuous data: bpd = nll / (D ln 2)
+        kl = nll_mean + float(logp.mean())
+        se = math.nan
+        per_example = load_per_example(os.path.join(workdir, folder, f'ckpt_{ckpt}'), 'bpd')
+        if per_example is not None and which in per_example:
+            nll = np.asarray(per_example[which], np.float64) * dim * math.log(2)
+            diff = nll + logp[np.asarray(per_example['index'], np.int64)]
+            index = np.asarray(per_example['index'], np.int64)
+            import eval_store
+
+            _, se = eval_store.mean_and_stderr_over_images(diff, index)
+        return kl, se
+
+
+def load_per_example(folder: str, tag: str) -> Optional[Dict[str, np.ndarray]]:
+    """The per-example results of an evaluation pass (``<tag>_h<host>.npz``, all hosts)."""
+    import eval_store
+
+    if not os.path.isdir(folder):
+        return None
+    store = eval_store.ResultStore(folder)
+    parts, host = [], 0
+    while os.path.exists(path := store.summary_path(tag, host)):
+        part = eval_store.load_npz(path)
+        if part is None:
+            break
+        parts.append(part)
+        host += 1
+    return eval_store.concat_results(parts) if parts else None
+
+
+def load_run_config(workdir: str):
+    """The resolved config ``W/config.json`` of a run, as a ConfigDict."""
+    import ml_collections
+
+    with open(os.path.join(workdir, 'config.json')) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+# --------------------------------------------------------------------------- mechanism
+ESTIMATORS = ('uniform', 'importance')
+
+
+def loss_variance(
+    sde,
+    score_fn,
+    x,
+    key,
+    *,
+    eps: float,
+    reduce_mean: bool = True,
+    batch_size: int = 128,
+    num_bins: int = 10,
+    chunk: int = 512,
+) -> Dict[str, Any]:
+    """Variance of the likelihood-weighted DSM loss with uniform vs importance-sampled t.
+
+    Both estimators are ``losses.dsm_loss`` per example on the same data ``x`` [N, ...]
+    (model space) and the same ``score_fn``:
+
+    * 'uniform': weighting 'likelihood' (t ~ U(ε, T), weight g²/σ²) times (T − ε);
+    * 'importance': weighting 'importance' with ``importance_normalizer=True``
+      (t ~ p(t) = g²/(σ² Z), weight Z);
+
+    so that both are unbiased for I = ∫_ε^T g² E‖s(x_t, t) + z/σ‖² dt (reduced as in
+    training: mean over dimensions with ``reduce_mean``, else half the sum). The paper's
+    training drops the constant Z (loss = I / Z) and the uniform one has I / (T − ε); these
+    scale each variance by a constant and do not change which is smaller at equal mean.
+
+    Returns, per estimator: ``mean``, ``mean_stderr``, ``var`` (per example), its
+    standard error, ``batch_var`` = var / ``batch_size`` (the variance of a training
+    batch's mean loss), ``batch_var_empirical`` (over the N / batch_size disjoint batches
+    of the draws), ``relative_std`` = √var / mean; and per t-bin (``bin_edges``,
+    log-spaced on [ε, T]): ``bin_count``, ``bin_mean`` (the bin's contribution
+    E[L 1{t ∈ bin}], the same for both estimators up to noise) and ``bin_second_moment``
+    (E[L² 1{t ∈ bin}]; they sum to E[L²] = var + mean²). Also ``ratio`` = var(uniform) /
+    var(importance), and for the uniform estimator ``var_from_importance_draws``: its
+    variance from the importance-sampled draws reweighted (below), the more reliable
+    value when ε is small (its plain sample variance is dominated by rare small t), and
+    ``ratio_from_importance_draws``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import losses
+
+    T = float(sde.T)
+    n = int(x.shape[0])
+    edges = np.geomspace(eps, T, num_bins + 1)
+    settings = {
+        'uniform': ('likelihood', False, T - eps),
+        'importance': ('importance', True, 1.0),
+    }
+
+    def make(weighting: str, normalizer: bool, scale: float):
+        def per_example(k, xb):
+            times = []
+
+            def recording_score(x_t, t):  # dsm_loss's own t, kept for the binning
+                times.append(t)
+                return score_fn(x_t, t)
+
+            loss = losses.dsm_loss(
+                k,
+                recording_score,
+                xb,
+                sde,
+                reduce_mean=reduce_mean,
+                weighting=weighting,
+                eps=eps,
+                importance_normalizer=normalizer,
+            )
+            return scale * loss, times[0]
+
+        return jax.jit(per_example)
+
+    out: Dict[str, Any] = {
+        'num_draws': n,
+        'batch_size': int(batch_size),
+        'eps': float(eps),
+        'T': T,
+        'bin_edges': edges.tolist(),
+    }
+    draws: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    for e_index, name in enumerate(ESTIMATORS):
+        fn = make(*settings[name])
+        values, times = [], []
+        for c, start in enumerate(range(0, n, chunk)):
+            k = jax.random.fold_in(jax.random.fold_in(key, e_index), c)
+            v, t = fn(k, jnp.asarray(x[start : start + chunk]))
+            values.append(np.asarray(v, np.float64))
+            times.append(np.asarray(t, np.float64))
+        v, t = np.concatenate(values), np.concatenate(times)
+        draws[name] = (v, t)
+        mean, var = float(v.mean()), float(v.var(ddof=1))
+        m4 = float(np.mean((v - mean) ** 4))
+        num_batches = n // batch_size
+        batch_means = v[: num_batches * batch_size].reshape(num_batches, batch_size).mean(1)
+        which = np.clip(np.searchsorted(edges, t, side='right') - 1, 0, num_bins - 1)
+        out[name] = {
+            'mean': mean,
+            'mean_stderr': math.sqrt(var / n),
+            'var': var,
+            'var_stderr': math.sqrt(max(m4 - var**2, 0.0) / n),
+            'batch_var': var / batch_size,
+            'batch_var_empirical': float(batch_means.var(ddof=1)) if num_batches > 1 else None,
+            'relative_std': math.sqrt(var) / abs(mean) if mean else None,
+            'bin_count': np.bincount(which, minlength=num_bins).tolist(),
+            'bin_mean': (np.bincount(which, v, num_bins) / n).tolist(),
+            'bin_second_moment': (np.bincount(which, v**2, num_bins) / n).tolist(),
+        }
+    # The uniform-t estimator's variance from the importance-sampled draws: with
+    # L_U = (T − ε) w(t) h and L_IS = Z h (w = g²/σ²), E_U[L_U²] = E_p[r(t) L_IS²] with
+    # r = (T − ε) w / Z. Its tail at small t is sampled densely there, where uniform t
+    # rarely goes: at ε = 1e-5 the plain sample variance of L_U falls far short of the
+    # true one (heavy tail: E_U[L_U⁴] grows like 1/ε³), this one much less.
+    with jax.ensure_compile_time_eval():
+        z_norm = float(sde.likelihood_importance_cum_weight(jnp.asarray(T), eps))
+    t_is = jnp.asarray(draws['importance'][1], jnp.float32)
+    r = np.asarray((T - eps) * sde.diffusion(t_is) ** 2 / sde.std(t_is) ** 2, np.float64) / z_norm
+    l_is = draws['importance'][0]
+    second = r * l_is**2
+    out['uniform']['var_from_importance_draws'] = float(second.mean() - l_is.mean() ** 2)
+    out['uniform']['var_from_importance_draws_stderr'] = float(second.std(ddof=1) / math.sqrt(n))
+    out['ratio'] = out['uniform']['var'] / out['importance']['var']
+    out['ratio_from_importance_draws'] = (
+        out['uniform']['var_from_importance_draws'] / out['importance']['var']
+    )
+    return out
+
+
+def measure_run_variance(
+    workdir: str, ckpt: int, num_draws: int = 4096, seed: int = 0
+) -> Dict[str, Any]:
+    """:func:`loss_variance` on snapshot ``ckpt`` of a run (EMA parameters, no dropout) and
+    ``num_draws`` training examples drawn with replacement, dequantized and scaled as in
+    training."""
+    import jax
+
+    import checkpointing
+    import datasets
+    import sde_lib
+    from devices import local_mesh
+    from models import utils as mutils
+    from train_state import create_train_state
+
+    config = load_run_config(workdir)  # resolved and validated by main.py
+    sde = sde_lib.get_sde(config)
+    model, _, template = create_train_state(config, local_mesh())
+    state = checkpointing.restore_checkpoint(workdir, ckpt, template)
+    score_fn = mutils.get_score_fn(
+        sde, model, {'params': state.ema_params}, train=False, continuous=True
+    )
+    data = datasets.DataSpec.from_config(config)
+    raw = datasets.get_shard(config, 'train', process_index=0, process_count=1).data
+    rng = np.random.default_rng(seed)
+    rows = raw[rng.integers(0, len(raw), num_draws)]
+    key = jax.random.key(seed)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(num_draws, dtype=np.uint32))
+    x = np.asarray(data.train_input(jax.numpy.asarray(rows), keys))
+    result = loss_variance(
+        sde,
+        score_fn,
+        x,
+        jax.random.fold_in(key, 1 << 20),
+        eps=float(config.training.eps),
+        reduce_mean=bool(config.training.reduce_mean),
+        batch_size=int(config.training.batch_size),
+    )
+    result.update({'ckpt': int(ckpt), 'step': int(state.step), 'seed': int(seed)})
+    return result
+
+
+def variance_runs(runs: Sequence[Run]) -> List[Run]:
+    """The runs measured: each SDE's lw and lw_is runs of the smallest seed."""
+    seed = min((r.seed for r in runs), default=0)
+    return [r for r in runs if r.seed == seed and r.objective in ('lw', 'lw_is')]
+
+
+def execute_variance(runs: Sequence[Run], num_draws: int, log=print) -> None:
+    for run in variance_runs(runs):
+        path = os.path.join(run.workdir, VARIANCE_FILE)
+        last = max(run.phases[1].ckpts)
+        old = _read_json(path)
+        if old and old.get('ckpt') == last and old.get('num_draws') == num_draws:
+            continue
+        if not phase_done(run, run.phases[0]):
+            log(f'{run.name}: not trained, no variance measurement.')
+            continue
+        log(f'{run.name}: loss variance on snapshot {last} ({num_draws} draws) …')
+        result = measure_run_variance(run.workdir, last, num_draws)
+        with open(path + '.tmp', 'w') as f:
+            json.dump(result, f, indent=2)
+        os.replace(path + '.tmp', path)
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+# --------------------------------------------------------------------------- report
+def collect(runs: Sequence[Run]) -> Dict[str, Any]:
+    """Every run's numbers at its last checkpoint and its curves, from its metrics.json."""
+    toy = ToyKL() if runs and runs[0].dataset == 'toy' else None
+    per_run = []
+    for run in runs:
+        curves_phase = run.phases[1]
+        last = max(curves_phase.ckpts)
+        curves = read_metrics(run.workdir, CURVES)
+        final = curves.get(str(last), {})
+        row: Dict[str, Any] = {
+            'run': run.name,
+            'sde': run.sde,
+            'objective': run.objective,
+            'seed': run.seed,
+            'ckpt': last,
+            'done': run_done(run),
+            'step': final.get('step'),
+            'bpd': final.get('bpd'),
+            'bpd_stderr': final.get('bpd_stderr'),
+            'bound_bpd': final.get('bound_bpd'),
+            'bound_stderr': final.get('bound_stderr'),
+            'loss': final.get('loss'),
+        }
+        bound_folder = CURVES
+        if any(p.name == 'bound' for p in run.phases):
+            bound_folder = BOUND
+            bound = read_metrics(run.workdir, BOUND).get(str(last), {})
+            row['bound_bpd'], row['bound_stderr'] = (
+                bound.get('bound_bpd'),
+                bound.get('bound_stderr'),
+            )
+        uniform = read_metrics(run.workdir, BOUND_UNIFORM).get(str(last), {})
+        row['bound_uniform_bpd'] = uniform.get('bound_bpd')
+        row['bound_uniform_stderr'] = uniform.get('bound_stderr')
+        samples = read_metrics(run.workdir, SAMPLES).get(str(last), {})
+        row['fd_digits' if run.dataset == 'digits' else 'fid'] = samples.get('fid')
+        row['kid'] = samples.get('kid')
+        row['classifier_score' if run.dataset == 'digits' else 'is'] = samples.get('is')
+        curve = []
+        for c in sorted(curves, key=int):
+            m = curves[c]
+            point = {'ckpt': int(c), 'step': m.get('step'), 'bpd': m.get('bpd')}
+            point['bound_bpd'] = m.get('bound_bpd')
+            if toy is not None and m.get('bpd') is not None:
+                point['kl'], point['kl_stderr'] = toy.entry(run.workdir, CURVES, int(c), m, 'bpd')
+            curve.append(point)
+        row['curve'] = curve
+        if toy is not None and final.get('bpd') is not None:  # KL, ODE and bounds
+            row['kl'], row['kl_stderr'] = toy.entry(run.workdir, CURVES, last, final, 'bpd')
+            row['bound_kl'], row['bound_kl_stderr'] = toy.entry(
+                run.workdir, bound_folder, last, {'bound_bpd': row['bound_bpd']}, 'bound_bpd'
+            )
+            row['bound_uniform_kl'], row['bound_uniform_kl_stderr'] = toy.entry(
+                run.workdir, BOUND_UNIFORM, last, uniform, 'bound_bpd'
+            )
+        row['variance'] = _read_json(os.path.join(run.workdir, VARIANCE_FILE))
+        row['seconds'] = _read_json(os.path.join(run.workdir, TIMES_FILE))
+        per_run.append(row)
+    return {'runs': per_run}
+
+
+def columns(dataset: str) -> List[Tuple[str, str, Optional[str]]]:
+    """(header, value key, within-run standard error key) of the summary table."""
+    if dataset == 'toy':
+        return [
+            ('KL(data‖model), ODE [nats]', 'kl', 'kl_stderr'),
+            ('KL via bound, IS t [nats]', 'bound_kl', 'bound_kl_stderr'),
+            ('KL via bound, uniform t [nats]', 'bound_uniform_kl', 'bound_uniform_kl_stderr'),
+            ('eval loss (own objective)', 'loss', None),
+        ]
+    cols = [
+        ('ODE bits/dim', 'bpd', 'bpd_stderr'),
+        ('bound, IS t [bits/dim]', 'bound_bpd', 'bound_stderr'),
+        ('bound, uniform t [bits/dim]', 'bound_uniform_bpd', 'bound_uniform_stderr'),
+        ('eval loss (own objective)', 'loss', None),
+    ]
+    if dataset == 'digits':
+        cols.append(('FD_digits', 'fd_digits', None))
+    else:
+        cols.append(('FID', 'fid', None))
+    return cols
+
+
+def summarize(collected: Dict[str, Any], runs: Sequence[Run]) -> List[Dict[str, Any]]:
+    """Rows SDE × objective: mean ± standard error over seeds of each column, the mean
+    within-run standard error, the number of seeds with a value."""
+    dataset = runs[0].dataset if runs else 'digits'
+    rows = []
+    order = []
+    for r in runs:
+        if (r.sde, r.objective) not in order:
+            order.append((r.sde, r.objective))
+    for sde, objective in order:
+        mine = [x for x in collected['runs'] if x['sde'] == sde and x['objective'] == objective]
+        row: Dict[str, Any] = {'sde': sde, 'objective': objective}
+        done = [x for x in mine if x['done']]
+        row['num_seeds'] = len(done)
+        row['num_seeds_planned'] = len(mine)
+        for _, key, se_key in columns(dataset):
+            mean, se = mean_and_stderr([x.get(key) for x in done])
+            row[key] = {'mean': mean, 'stderr_over_seeds': se}
+            if se_key:
+                within = [x.get(se_key) for x in done if x.get(se_key) is not None]
+                row[key]['mean_within_run_stderr'] = float(np.mean(within)) if within else math.nan
+        rows.append(row)
+    return rows
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def write_report(args: argparse.Namespace, runs: Sequence[Run], command: str) -> Dict[str, Any]:
+    """``OUT/table.md``, ``OUT/table.json`` and the PNG plots from the runs' files."""
+    collected = collect(runs)
+    rows = summarize(collected, runs)
+    os.makedirs(args.out, exist_ok=True)
+    plots = []
+    name = 'kl_curves.png' if args.dataset == 'toy' else 'bpd_curves.png'
+    if plot_curves(collected, runs, os.path.join(args.out, name), args.dataset):
+        plots.append(name)
+    if plot_variance(collected, os.path.join(args.out, 'loss_variance.png')):
+        plots.append('loss_variance.png')
+    text = markdown(args, runs, collected, rows, command, plots)
+    with open(os.path.join(args.out, 'table.md.tmp'), 'w') as f:
+        f.write(text)
+    os.replace(os.path.join(args.out, 'table.md.tmp'), os.path.join(args.out, 'table.md'))
+    report = _nan_to_none({'summary': rows, **collected, 'plots': plots})
+    with open(os.path.join(args.out, 'table.json.tmp'), 'w') as f:
+        json.dump(report, f, indent=2)
+    os.replace(os.path.join(args.out, 'table.json.tmp'), os.path.join(args.out, 'table.json'))
+    return report
+
+
+def markdown(args, runs, collected, rows, command, plots) -> str:
+    dataset = args.dataset
+    cols = columns(dataset)
+    last = max(runs[0].phases[1].ckpts) if runs else 0
+    lines = [
+        f'# ScoreFlow objectives in miniature: {dataset.upper()}',
+        '',
+        f'Command: `{command}`',
+        '',
+        f'Budget: {args.n_iters} training steps per run, snapshots every '
+        f'{args.snapshot_freq} steps; values at the last snapshot ({last}). '
+        'Each cell: mean ± standard error over seeds (the seeds of finished runs; one '
+        'seed: no error). In brackets: the mean within-run standard error over test '
+        'examples (the evaluation noise of one run).',
+        '',
+        '| SDE | objective | seeds | ' + ' | '.join(c[0] for c in cols) + ' |',
+        '|' + '---|' * (3 + len(cols)),
+    ]
+    for row in rows:
+        cells = [SDE_NAMES[row['sde']], OBJECTIVE_NAMES[row['objective']]]
+        cells.append(f'{row["num_seeds"]}/{row["num_seeds_planned"]}')
+        for _, key, se_key in cols:
+            v = row[key]
+            cell = _fmt(v['mean'], v['stderr_over_seeds'])
+            if se_key and np.isfinite(v.get('mean_within_run_stderr', math.nan)):
+                cell += f' [{v["mean_within_run_stderr"]:.3f}]'
+            cells.append(cell)
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += [
+        '',
+        "The eval loss is each run's own training objective on the test split; the "
+        'objectives weight t differently, so it compares checkpoints, not objectives.',
+    ]
+    if dataset == 'toy':
+        lines.append(
+            'KL(data‖model) = E_test[log p_data(x) + nll(x)] in nats, with the exact '
+            "mixture density and the model's ODE (or bound) nll at time ε; its standard "
+            'error is paired over test points.'
+        )
+    lines += ['', '## Runs', '']
+    keys = [c[1] for c in cols]
+    lines.append('| run | done | step | ' + ' | '.join(keys) + ' | wall time [min] |')
+    lines.append('|' + '---|' * (4 + len(keys)))
+    for r in collected['runs']:
+        cells = [r['run'], 'yes' if r['done'] else 'no', str(r['step'])]
+        for _, key, se_key in cols:
+            cells.append(_fmt(r.get(key), r.get(se_key) if se_key else math.nan, 4))
+        seconds = r.get('seconds') or {}
+        cells.append(', '.join(f'{k} {v / 60:.1f}' for k, v in seconds.items()) if seconds else '—')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += variance_markdown(collected)
+    if plots:
+        lines += ['', '## Plots', '']
+        lines += [f'![{p}]({p})' for p in plots]
+    return '\n'.join(lines) + '\n'
+
+
+def variance_markdown(collected: Dict[str, Any]) -> List[str]:
+    measured = [r for r in collected['runs'] if r.get('variance')]
+    if not measured:
+        return []
+    lines = [
+        '',
+        '## The mechanism: variance of the likelihood-weighted loss',
+        '',
+        'Per-example values L of `losses.dsm_loss` with λ = g² on the last snapshot (EMA '
+        'parameters) and training data: t ~ U(ε, T) with weight (T − ε) g²/σ², and t ~ '
+        'p(t) ∝ g²/σ² with weight Z; both estimate the same integral ∫ g² E‖s + z/σ‖² dt. '
+        'Per-batch variance = per-example variance / batch size, ± its standard error. '
+        'With a small ε the uniform estimator is heavy-tailed (rare small t carry huge '
+        'weights): its sample variance understates the true one; the column "reweighted" '
+        'computes it from the importance-sampled draws (E_U[L_U²] = E_p[r L_IS²], r = '
+        '(T − ε) g²/(σ² Z)), which sample small t densely.',
+        '',
+        '| model (trained with) | draws | mean, uniform t | mean, IS t | var/batch, uniform t '
+        '| var/batch, uniform t (reweighted) | var/batch, IS t | ratio uniform / IS '
+        '(sample; reweighted) |',
+        '|---|---|---|---|---|---|---|---|',
+    ]
+    for r in measured:
+        v = r['variance']
+        u, i, b = v['uniform'], v['importance'], v['batch_size']
+        lines.append(
+            f'| {SDE_NAMES[r["sde"]]} {OBJECTIVE_NAMES[r["objective"]]} (step {v["step"]}) '
+            f'| {v["num_draws"]} | {_fmt(u["mean"], u["mean_stderr"], 4)} '
+            f'| {_fmt(i["mean"], i["mean_stderr"], 4)} '
+            f'| {u["batch_var"]:.4g} ± {u["var_stderr"] / b:.2g} '
+            f'| {u["var_from_importance_draws"] / b:.4g} '
+            f'± {u["var_from_importance_draws_stderr"] / b:.2g} '
+            f'| {i["batch_var"]:.4g} ± {i["var_stderr"] / b:.2g} '
+            f'| {v["ratio"]:.3g}; {v["ratio_from_importance_draws"]:.3g} |'
+        )
+    for r in measured:
+        v = r['variance']
+        edges = v['bin_edges']
+        lines += [
+            '',
+            f"Per t-bin (log-spaced on [ε, T]) for {r['run']}: the bin's part of the mean "
+            '(the same for both estimators up to noise) and of the second moment E[L²] '
+            '(where the variance comes from); n = draws in the bin.',
+            '',
+            '| t-bin | n, uniform | n, IS | E[L·1], uniform | E[L·1], IS | E[L²·1], uniform '
+            '| E[L²·1], IS |',
+            '|---|---|---|---|---|---|---|',
+        ]
+        u, i = v['uniform'], v['importance']
+        for k in range(len(edges) - 1):
+            lines.append(
+                f'| [{edges[k]:.2g}, {edges[k + 1]:.2g}) | {u["bin_count"][k]} '
+                f'| {i["bin_count"][k]} | {u["bin_mean"][k]:.4g} | {i["bin_mean"][k]:.4g} '
+                f'| {u["bin_second_moment"][k]:.4g} | {i["bin_second_moment"][k]:.4g} |'
+            )
+    return lines
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(collected, runs, path: str, dataset: str) -> bool:
+    """bits/dim (TOY: KL) vs training step: one panel per SDE, one colour per objective,
+    thin lines per seed and the mean over seeds with a ± standard error band."""
+    key = 'kl' if dataset == 'toy' else 'bpd'
+    sdes = [s for s in SDES if any(r.sde == s for r in runs)]
+    if not any(p.get(key) is not None for r in collected['runs'] for p in r['curve']):
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(sdes), figsize=(5.5 * len(sdes), 4), squeeze=False)
+    colors = {'baseline': 'tab:gray', 'lw': 'tab:blue', 'lw_is': 'tab:red'}
+    for ax, sde in zip(axes[0], sdes):
+        for objective in OBJECTIVES:
+            mine = [r for r in collected['runs'] if r['sde'] == sde and r['objective'] == objective]
+            series = {}
+            for r in mine:
+                pts = [(p['step'], p[key]) for p in r['curve'] if p.get(key) is not None]
+                if not pts:
+                    continue
+                s, v = zip(*pts)
+                ax.plot(s, v, color=colors[objective], alpha=0.3, lw=0.8)
+                for a, b in pts:
+                    series.setdefault(a, []).append(b)
+            if not series:
+                continue
+            steps = sorted(series)
+            stats = [mean_and_stderr(series[s]) for s in steps]
+            m = np.array([x[0] for x in stats])
+            se = np.nan_to_num(np.array([x[1] for x in stats]))
+            ax.plot(
+                steps,
+                m,
+                'o-',
+                color=colors[objective],
+                label=f'{OBJECTIVE_NAMES[objective]} (n = {len(series[steps[-1]])} seeds)',
+            )
+            ax.fill_between(steps, m - se, m + se, color=colors[objective], alpha=0.2)
+        ax.set_title(f'{dataset.upper()}, {SDE_NAMES[sde]} SDE')
+        ax.set_xlabel('training step')
+        ax.set_ylabel('KL(data‖model) [nats]' if key == 'kl' else 'test bits/dim (ODE)')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_variance(collected, path: str) -> bool:
+    """Per t-bin (log-spaced) of both estimators, one column per measured model: the
+    second moment E[L² 1{t ∈ bin}] (top, log scale: where the variance comes from) and
+    the mean E[L 1{t ∈ bin}] (bottom: the same integrand for both, up to noise)."""
+    measured = [r for r in collected['runs'] if r.get('variance')]
+    if not measured:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        2, len(measured), figsize=(4.5 * len(measured), 6.5), squeeze=False, sharex='col'
+    )
+    for col, r in enumerate(measured):
+        v = r['variance']
+        edges = np.asarray(v['bin_edges'])
+        b = v['batch_size']
+        labels = {
+            'uniform': f'uniform t: var/batch {v["uniform"]["batch_var"]:.3g} (reweighted '
+            f'{v["uniform"]["var_from_importance_draws"] / b:.3g})',
+            'importance': f'importance t: var/batch {v["importance"]["batch_var"]:.3g}',
+        }
+        for name, color in (('uniform', 'tab:blue'), ('importance', 'tab:red')):
+            sm = np.asarray(v[name]['bin_second_moment'], np.float64)
+            mean = np.asarray(v[name]['bin_mean'], np.float64)
+            empty = np.asarray(v[name]['bin_count']) == 0
+            axes[0, col].stairs(np.where(empty, np.nan, sm), edges, color=color, label=labels[name])
+            axes[1, col].stairs(np.where(empty, np.nan, mean), edges, color=color, label=name)
+        top, bottom = axes[0, col], axes[1, col]
+        top.set_yscale('log')
+        top.set_ylabel('E[L² · 1{t in bin}]')
+        top.set_title(
+            f'{SDE_NAMES[r["sde"]]}, model trained {r["objective"]} (step {v["step"]})', fontsize=9
+        )
+        top.legend(fontsize=7)
+        bottom.set_ylabel('E[L · 1{t in bin}]')
+        bottom.set_xlabel('t (bins log-spaced on [ε, T])')
+        bottom.set_xscale('log')
+        bottom.legend(fontsize=7)
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        epilog='Any --config.a.b=value is passed to every main.py run '
+        '(e.g. --config.training.batch_size=64).',
+    )
+    parser.add_argument('--out', required=True, help='output folder: runs/, table.md, PNGs')
+    parser.add_argument('--dataset', default='digits', choices=sorted(DEFAULTS))
+    parser.add_argument('--sdes', default=','.join(SDES), help='comma-separated: vp,subvp')
+    parser.add_argument(
+        '--objectives', default=','.join(OBJECTIVES), help='comma-separated: baseline,lw,lw_is'
+    )
+    parser.add_argument(
+        '--seeds', default=None, help='comma-separated seeds (default: digits 0,1; toy 0,1,2)'
+    )
+    parser.add_argument(
+        '--n_iters',
+        type=int,
+        default=None,
+        help='training steps per run (default: digits 2000, toy 10000)',
+    )
+    parser.add_argument(
+        '--snapshot_freq',
+        type=int,
+        default=None,
+        help='steps between evaluated snapshots (default: digits 500, toy 2000)',
+    )
+    parser.add_argument(
+        '--curve_bound',
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='the bound (importance-sampled t) at every snapshot, besides the ODE bits/dim '
+        '(default: at the last snapshot only, folder eval_bound)',
+    )
+    parser.add_argument(
+        '--uniform_bound',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='the bound with t ~ U(ε, T) at the last snapshot',
+    )
+    parser.add_argument(
+        '--sample_quality',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='samples and FD_digits / FID at the last snapshot (default: on for images)',
+    )
+    parser.add_argument(
+        '--variance',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='measure the loss variance, uniform vs importance-sampled t',
+    )
+    parser.add_argument(
+        '--variance_draws', type=int, default=4096, help='examples per variance estimate'
+    )
+    parser.add_argument(
+        '--report_only', action='store_true', help='only rebuild table and plots from OUT/runs'
+    )
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if not a.startswith('--config.')]
+    if bad:
+        parser.error(f'unrecognized arguments: {" ".join(bad)}')
+    d = DEFAULTS[args.dataset]
+    args.sdes = _names(args.sdes, SDES, '--sdes', parser)
+    args.objectives = _names(args.objectives, OBJECTIVES, '--objectives', parser)
+    args.seeds = (
+        tuple(int(s) for s in args.seeds.split(',') if s.strip()) if args.seeds else d.seeds
+    )
+    args.n_iters = d.n_iters if args.n_iters is None else args.n_iters
+    args.snapshot_freq = d.snapshot_freq if args.snapshot_freq is None else args.snapshot_freq
+    if args.sample_quality is None:
+        args.sample_quality = d.sample_quality
+    if args.dataset == 'toy' and args.sample_quality:
+        parser.error('--sample_quality applies to images; TOY has KL(data‖model) instead.')
+    args.out = os.path.abspath(args.out)
+    return args, extra
+
+
+def _names(text: str, allowed: Sequence[str], flag: str, parser) -> Tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(',') if s.strip())
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        parser.error(f'{flag}: {unknown or "empty"}; choose among {", ".join(allowed)}')
+    return names
+
+
+def main(argv: Sequence[str], launcher: Launcher = launch, log=print) -> int:
+    args, extra = parse_args(argv)
+    runs = build_grid(args, extra)
+    shown = [a for a in argv if a != '--report_only']  # the command that made the runs
+    command = shlex.join(['python', 'scripts/scoreflow_table.py', *shown])
+    failed: List[str] = []
+    if not args.report_only:
+        start = time.time()
+        failed = execute(runs, launcher, log)
+        if args.variance:
+            execute_variance(runs, args.variance_draws, log)
+        log(f'Grid finished in {time.time() - start:.0f} s.')
+    write_report(args, runs, command)
+    log(f'Wrote {os.path.join(args.out, "table.md")}.')
+    if failed:
+        log(f'Failed runs (rerun the command to continue them): {", ".join(failed)}')
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,313 @@
+"""scripts/scoreflow_table.py: the grid of main.py runs on tiny budgets (a killed run is
+continued, finished runs are skipped without a process, the table holds the runs'
+metrics.json numbers, the plots are PNGs), and the loss-variance measurement against a
+closed form."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import sde_lib
+from train_utils import REPO, TINY
+
+_spec = importlib.util.spec_from_file_location(
+    'scoreflow_table', os.path.join(REPO, 'scripts', 'scoreflow_table.py')
+)
+sft = importlib.util.module_from_spec(_spec)
+sys.modules['scoreflow_table'] = sft  # dataclasses look their module up there
+_spec.loader.exec_module(sft)
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# The script sets the schedule (n_iters, snapshot_freq, snapshot_sampling) itself. TOY:
+# the cheapest main.py runs (a small MLP); a loose ODE tolerance keeps the untrained
+# models' likelihoods quick (at the default 1e-5 an untrained network needs ~850 NFE).
+_SET_BY_SCRIPT = ('training.n_iters', 'training.snapshot_freq', 'training.snapshot_sampling')
+TINY_TOY = [f'--config.{k}={v}' for k, v in TINY['toy'].items() if k not in _SET_BY_SCRIPT] + [
+    '--config.training.eval_freq=1000',  # no eval-loss compile during training
+    '--config.training.snapshot_freq_for_preemption=20',  # fewer saves
+    '--config.eval.rtol=1e-3',
+    '--config.eval.atol=1e-3',
+]
+
+
+def _argv(out, *more):
+    return [
+        '--out',
+        str(out),
+        '--dataset',
+        'toy',
+        '--sdes',
+        'vp',
+        '--objectives',
+        'lw,lw_is',
+        '--seeds',
+        '0',
+        '--n_iters',
+        '40',
+        '--snapshot_freq',
+        '20',
+        '--no-uniform_bound',
+        '--curve_bound',  # in the curves' process: no process for the bound alone
+        '--variance_draws',
+        '256',
+        *more,
+        *TINY_TOY,
+    ]
+
+
+def _env():
+    return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+
+
+def _killing_launcher(victim: str, killed: list):
+    """Runs main.py, but SIGKILLs the training of run ``victim`` once it has written its
+    first preemption checkpoint."""
+
+    def launcher(command, log_path):
+        workdir = command[command.index('--workdir') + 1]
+        if os.path.basename(workdir) != victim or command[command.index('--mode') + 1] != 'train':
+            return sft.launch(command, log_path)
+        meta = os.path.join(workdir, 'checkpoints-meta')
+        with open(log_path, 'a') as log:
+            proc = subprocess.Popen(
+                command, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT
+            )
+            while proc.poll() is None:
+                if os.path.isdir(meta) and any(n.isdigit() for n in os.listdir(meta)):
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.01)
+            code = proc.wait()
+        killed.append(code)
+        return code
+
+    return launcher
+
+
+def _recording_launcher(calls: list):
+    def launcher(command, log_path):
+        calls.append(command)
+        return sft.launch(command, log_path)
+
+    return launcher
+
+
+def _no_launcher(command, log_path):
+    raise AssertionError(f'no process expected, got {command}')
+
+
+def _toy_log_p_data() -> np.ndarray:
+    """log p_data of TOY's test points, from the mixture directly (numpy, float64)."""
+    import datasets
+    from train_utils import load_config
+
+    config = load_config('toy')
+    x = datasets.get_shard(config, 'test').data.astype(np.float64)
+    mix = datasets.toy_distribution(config)
+    var = mix.covs[:, 0, 0]  # isotropic components
+    sq = np.sum((x[:, None, :] - mix.means[None]) ** 2, -1)
+    log_n = -0.5 * sq / var - 0.5 * x.shape[1] * np.log(2 * np.pi * var)
+    return np.logaddexp.reduce(np.log(mix.weights) + log_n, axis=1)
+
+
+@pytest.fixture(scope='module')
+def grid(tmp_path_factory):
+    """Three invocations on one --out: the first with vp_lw's training killed, the second
+    continues it, the third has nothing left to do."""
+    out = tmp_path_factory.mktemp('scoreflow')
+    # The runs' processes share compiled programs (the same ODE for both objectives, the
+    # same training step on resuming) through JAX's persistent cache.
+    saved = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path_factory.mktemp('jax_cache'))
+    try:
+        return _run_grid(out)
+    finally:
+        if saved is None:
+            del os.environ['JAX_COMPILATION_CACHE_DIR']
+        else:
+            os.environ['JAX_COMPILATION_CACHE_DIR'] = saved
+
+
+def _run_grid(out):
+    logs: list = []
+    killed: list = []
+    first = sft.main(_argv(out), _killing_launcher('vp_lw_seed0', killed), logs.append)
+    finished = os.path.join(out, 'runs', 'vp_lw_is_seed0', 'eval', 'metrics.json')
+    mtime = os.path.getmtime(finished)
+    second_calls: list = []
+    # (the variance measurement, in this process, is done once: in the first invocation)
+    second = sft.main(_argv(out, '--no-variance'), _recording_launcher(second_calls), logs.append)
+    third_calls: list = []
+    third = sft.main(_argv(out, '--no-variance'), _recording_launcher(third_calls), logs.append)
+    return {
+        'out': out,
+        'codes': (first, second, third),
+        'killed': killed,
+        'mtime': mtime,
+        'finished': finished,
+        'second_calls': second_calls,
+        'third_calls': third_calls,
+        'logs': logs,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_killed_run_is_continued(grid):
+    assert grid['killed'] == [-signal.SIGKILL]  # really killed mid-training
+    assert grid['codes'][0] == 1 and grid['codes'][1] == 0  # the failure, then the rest
+    workdirs = [c[c.index('--workdir') + 1] for c in grid['second_calls']]
+    assert {os.path.basename(w) for w in workdirs} == {'vp_lw_seed0'}
+    modes = [c[c.index('--mode') + 1] for c in grid['second_calls']]
+    assert modes == ['train', 'eval']
+    with open(os.path.join(grid['out'], 'runs', 'vp_lw_seed0', 'stdout.txt')) as f:
+        log = f.read()
+    resumed = [line for line in log.splitlines() if 'steps ' in line and '-> 40' in line]
+    assert len(resumed) == 2 and 'steps 0 -> 40' not in resumed[1], resumed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_rerun_skips_finished_runs(grid):
+    assert grid['third_calls'] == [] and grid['codes'][2] == 0
+    assert os.path.getmtime(grid['finished']) == grid['mtime']
+    assert any('vp_lw_is_seed0: done, skipped.' in line for line in grid['logs'])
+    # --report_only starts no process either
+    assert sft.main(_argv(grid['out'], '--report_only'), _no_launcher, lambda s: None) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_table_holds_the_runs_metrics(grid):
+    out = grid['out']
+    with open(os.path.join(out, 'table.json')) as f:
+        table = json.load(f)
+    assert [(r['sde'], r['objective']) for r in table['summary']] == [
+        ('vp', 'lw'),
+        ('vp', 'lw_is'),
+    ]
+    text = open(os.path.join(out, 'table.md')).read()
+    for row, objective in zip(table['summary'], ('lw', 'lw_is')):
+        with open(os.path.join(out, 'runs', f'vp_{objective}_seed0', 'eval', 'metrics.json')) as f:
+            metrics = json.load(f)
+        assert sorted(metrics, key=int) == ['1', '2']  # both snapshots: a curve
+        final = metrics['2']
+        assert row['num_seeds'] == 1
+        run = next(r for r in table['runs'] if r['objective'] == objective)
+        assert row['loss']['mean'] == final['loss']
+        assert row['loss']['stderr_over_seeds'] is None  # one seed
+        assert [p['bpd'] for p in run['curve']] == [metrics['1']['bpd'], final['bpd']]
+        # KL = E_test[log p_data + nll]: nll in nats is bpd · D ln 2 for vector data.
+        log_p = _toy_log_p_data()
+        for key, kl in (('bpd', 'kl'), ('bound_bpd', 'bound_kl')):
+            expected = final[key] * 2 * math.log(2) + float(log_p.mean())
+            assert math.isclose(row[kl]['mean'], expected, abs_tol=1e-5)  # float32 log p
+            assert row[kl]['mean'] == run[kl]
+        assert run['kl_stderr'] > 0 and row['kl']['mean_within_run_stderr'] == run['kl_stderr']
+        assert math.isclose(final['nll'], final['bpd'] * 2 * math.log(2), rel_tol=1e-6)
+        cell = f'| VP | {sft.OBJECTIVE_NAMES[objective]} | 1/1 | {run["kl"]:.3f} ['
+        assert cell in text
+    assert '## The mechanism' in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_plots_are_png(grid):
+    for name in ('kl_curves.png', 'loss_variance.png'):
+        path = os.path.join(grid['out'], name)
+        with open(path, 'rb') as f:
+            assert f.read(8) == PNG_SIGNATURE
+        with Image.open(path) as image:
+            image.verify()
+
+
+@pytest.mark.timeout(60)
+def test_grid_phases_and_flags(tmp_path):
+    args, extra = sft.parse_args(
+        ['--out', str(tmp_path), '--n_iters', '2000', '--config.training.batch_size=64']
+    )
+    runs = sft.build_grid(args, extra)
+    assert [r.name for r in runs][:3] == ['vp_baseline_seed0', 'vp_baseline_seed1', 'vp_lw_seed0']
+    assert len(runs) == 12 and {r.config for r in runs} == {
+        f'configs/{s}/digits_{o}.py' for s in sft.SDES for o in sft.OBJECTIVES
+    }
+    run = runs[0]
+    names = ['train', 'curves', 'bound', 'bound_uniform', 'samples']
+    assert [p.name for p in run.phases] == names
+    assert run.phases[1].ckpts == (1, 2, 3, 4)
+    assert '--config.training.batch_size=64' in run.command(run.phases[0])
+    assert '--config.eval.bound=False' in run.command(run.phases[1])
+    bound = run.command(run.phases[2])
+    assert '--config.eval.bound_importance_weighting=True' in bound and 'eval_bound' in bound
+    uniform = run.command(run.phases[3])
+    assert '--config.eval.bound_importance_weighting=False' in uniform
+    assert '--config.eval.begin_ckpt=4' in uniform and 'eval_bound_uniform' in uniform
+    toy, _ = sft.parse_args(['--out', str(tmp_path), '--dataset', 'toy'])
+    assert toy.seeds == (0, 1, 2) and not toy.sample_quality
+    with pytest.raises(SystemExit):
+        sft.parse_args(['--out', str(tmp_path), '--bogus=1'])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize('eps', [1e-2, 1e-5])
+def test_loss_variance_closed_form(eps):
+    """Data N(0, I) in D dims on the VP SDE: the exact score is −x at every t, and the
+    per-dimension residual σ s + z has variance α², so h = mean over dims of its square has
+    E[h|t] = α², E[h²|t] = α⁴ (1 + 2/D). Both estimators have the mean
+    I = ∫ g²/σ² α² dt; their second moments are (T − ε) ∫ (g²/σ²)² α⁴ (1 + 2/D) dt
+    (uniform t) and Z ∫ g²/σ² α⁴ (1 + 2/D) dt (importance-sampled t). At ε = 1e-5 the
+    uniform estimator is so heavy-tailed (E[L⁴] ~ 1/ε³) that its sample variance and
+    mean are unreliable (measured: variance 6e3 for a true 1.5e5); the variance
+    reweighted from the importance-sampled draws is checked instead."""
+    sde, D, n = sde_lib.VPSDE(), 4, 8192
+    x = np.asarray(jax.random.normal(jax.random.key(1), (n, D)))
+    res = sft.loss_variance(
+        sde, lambda y, t: -y, x, jax.random.key(2), eps=eps, batch_size=128, chunk=4096
+    )
+    t = np.geomspace(eps, 1.0, 400001)
+    b0, b1 = 0.1, 20.0
+    g2 = b0 + t * (b1 - b0)
+    a2 = np.exp(-(b0 * t + 0.5 * (b1 - b0) * t**2))
+    w = g2 / (1 - a2)
+    integral = np.trapezoid(w * a2, t)
+    Z = np.trapezoid(w, t)
+    var = {
+        'uniform': (1 - eps) * np.trapezoid(w**2 * a2**2 * (1 + 2 / D), t) - integral**2,
+        'importance': Z * np.trapezoid(w * a2**2 * (1 + 2 / D), t) - integral**2,
+    }
+    heavy = eps < 1e-3
+    for name in sft.ESTIMATORS:
+        r = res[name]
+        if not (heavy and name == 'uniform'):
+            assert abs(r['mean'] - integral) < 4 * r['mean_stderr'], (name, r['mean'], integral)
+            assert abs(r['var'] - var[name]) < 4 * r['var_stderr'], (name, r['var'], var[name])
+        assert math.isclose(r['batch_var'], r['var'] / 128)
+        assert math.isclose(sum(r['bin_mean']), r['mean'], rel_tol=1e-9)
+        second_moment = r['var'] * (n - 1) / n + r['mean'] ** 2
+        assert math.isclose(sum(r['bin_second_moment']), second_moment, rel_tol=1e-6)
+        assert sum(r['bin_count']) == n
+    u = res['uniform']
+    rw, rw_se = u['var_from_importance_draws'], u['var_from_importance_draws_stderr']
+    assert abs(rw - var['uniform']) < 4 * rw_se, (rw, rw_se, var['uniform'])
+    # The importance-sampled loss is the quieter: closed-form ratio 4.0 (ε = 1e-2), 567
+    # (ε = 1e-5).
+    ratio = var['uniform'] / var['importance']
+    assert ratio > (100 if heavy else 3)
+    assert abs(res['ratio_from_importance_draws'] / ratio - 1) < 0.2
+    # The estimators agree bin by bin on the mean (the same integrand), not on E[L²].
+    i = res['importance']
+    for b in range(len(u['bin_mean'])):
+        if u['bin_count'][b] > 200 and i['bin_count'][b] > 200:
+            assert math.isclose(u['bin_mean'][b], i['bin_mean'][b], rel_tol=0.25), b
