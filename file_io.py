@@ -16,11 +16,13 @@ once. No pickle: ``.npz`` files are read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import logging as py_logging
 import os
+import sys
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 import jax
@@ -35,27 +37,30 @@ def is_url(path: str) -> bool:
     return '://' in str(path)
 
 
-def _gfile():
-    """``tf.io.gfile``, imported on first use (only URL paths need TensorFlow)."""
+def _tf():
+    """TensorFlow, imported on first use (only URL paths need it)."""
     import tensorflow as tf  # noqa: PLC0415  (5 s import, needed for URLs only)
 
-    return tf.io.gfile
+    return tf
 
 
-def _on_url(name: str, *args, **kwargs):
-    """``tf.io.gfile.<name>(*args)``; TensorFlow's errors become OSError (strerror = its
-    message), as for local paths."""
+@contextlib.contextmanager
+def _url_errors() -> Iterator[None]:
+    """tf.io.gfile's errors inside become OSError (strerror = its message), as for local
+    paths. Other errors pass unchanged, without importing TensorFlow to check them."""
     try:
-        return getattr(_gfile(), name)(*args, **kwargs)
-    except gfile_errors() as e:
+        yield
+    except Exception as e:
+        tf = sys.modules.get('tensorflow')
+        if tf is None or not isinstance(e, tf.errors.OpError):
+            raise
         raise OSError(errno.EIO, getattr(e, 'message', str(e))) from e
 
 
-def gfile_errors() -> tuple:
-    """The exception classes of tf.io.gfile failures."""
-    import tensorflow as tf  # noqa: PLC0415  (see _gfile)
-
-    return (tf.errors.OpError,)
+def _on_url(name: str, *args, **kwargs):
+    """``tf.io.gfile.<name>(*args)``, failing with OSError."""
+    with _url_errors():
+        return getattr(_tf().io.gfile, name)(*args, **kwargs)
 
 
 def abspath(path: str) -> str:
@@ -112,7 +117,7 @@ def rename(src: str, dst: str, overwrite: bool = False) -> None:
 def open_file(path: str, mode: str = 'rb') -> IO:
     """``open(path, mode)`` for local paths, ``tf.io.gfile.GFile`` for URLs."""
     if is_url(path):
-        return _gfile().GFile(path, mode)
+        return _tf().io.gfile.GFile(path, mode)
     return open(path, mode)
 
 
@@ -142,13 +147,7 @@ def np_load(path: str) -> Any:
 
 def read_bytes(path: str) -> bytes:
     """The content of ``path``; OSError if it cannot be read (URLs too)."""
-    if is_url(path):
-        try:
-            with _gfile().GFile(path, 'rb') as f:
-                return f.read()
-        except gfile_errors() as e:
-            raise OSError(errno.EIO, getattr(e, 'message', str(e))) from e
-    with open(path, 'rb') as f:
+    with _url_errors(), open_file(path, 'rb') as f:
         return f.read()
 
 
@@ -157,16 +156,10 @@ def atomic_write(path: str, payload: bytes) -> None:
     makedirs(os.path.dirname(path) or '.')
     # Hosts may share a work directory: the temporary name is unique per process.
     tmp = f'{path}.tmp-{jax.process_index()}-{os.getpid()}'
-    if is_url(tmp):
-        try:
-            with _gfile().GFile(tmp, 'wb') as f:
-                f.write(payload)
-        except gfile_errors() as e:
-            raise OSError(errno.EIO, getattr(e, 'message', str(e))) from e
-    else:
-        with open(tmp, 'wb') as f:
-            f.write(payload)
-            f.flush()
+    with _url_errors(), open_file(tmp, 'wb') as f:
+        f.write(payload)
+        f.flush()
+        if not is_url(tmp):
             os.fsync(f.fileno())
     rename(tmp, path, overwrite=True)
 
