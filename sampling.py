@@ -425,15 +425,14 @@ def _flow_solve(
     rtol: float,
     atol: float,
     method: str,
-    ode_time: str = 't',
+    time_change: Optional[sde_lib.TimeChange] = None,
 ) -> Tuple[Array, Array]:
     """Integrates dx/dt = f(x, t) − ½ g(t)² s(x, t) from t0 to t1, one adaptive solve per
     example (vmapped, so an example's steps do not depend on the rest of the batch; only
     a batch of one, which XLA compiles differently, can differ by rounding, within the
-    tolerances), in the variable ``ode_time`` (``SDE.ode_time_change``).  Returns
+    tolerances), in the variable of ``time_change`` (``SDE.ode_time_change``; None: t).  Returns
     (x(t1), max NFE over the batch)."""
     rsde = sde.reverse(score_fn, probability_flow=True)
-    time_change = sde.ode_time_change(ode_time)
 
     def field(t, y):
         return rsde.sde(y[None], jnp.full((1,), t, y.dtype))[0][0]
@@ -469,13 +468,13 @@ def get_ode_sampler(
       score evaluations (+1 for ``denoise``), an int32 scalar array.
     """
     _check_ode_method(method)
-    sde.ode_time_change(ode_time)  # an unknown name fails here, not inside the jit
+    time_change = sde.ode_time_change(ode_time)  # an unknown name fails here, not in the jit
 
     def decode(rng, z, score_fn):
         if z is None:
             keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(shape[0]))
             z = jax.vmap(lambda k: sde.prior_sampling(k, tuple(shape[1:])))(keys)
-        x, nfe = _flow_solve(sde, score_fn, z, sde.T, eps, rtol, atol, method, ode_time)
+        x, nfe = _flow_solve(sde, score_fn, z, sde.T, eps, rtol, atol, method, time_change)
         if denoise:
             x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps))
             nfe = nfe + 1
@@ -500,10 +499,10 @@ def get_ode_encoder(
     """``encode(score_fn, x) -> (z, nfe)``: the probability-flow ODE from ε to T, the
     inverse of :func:`get_ode_sampler` without denoising (nfe: max over the batch)."""
     _check_ode_method(method)
-    sde.ode_time_change(ode_time)
+    time_change = sde.ode_time_change(ode_time)
 
     def run(x, score_fn):
-        return _flow_solve(sde, score_fn, x, eps, sde.T, rtol, atol, method, ode_time)
+        return _flow_solve(sde, score_fn, x, eps, sde.T, rtol, atol, method, time_change)
 
     jitted = _JitPerScoreFn(run)
 
