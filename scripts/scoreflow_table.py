@@ -797,6 +797,54 @@ def summarize(collected: Dict[str, Any], runs: Sequence[Run]) -> List[Dict[str, 
     return rows
 
 
+def differences(rows: Sequence[Dict[str, Any]], dataset: str) -> List[Dict[str, Any]]:
+    """Each objective against its SDE's first one (the baseline): per likelihood column,
+    Δ = mean − mean_baseline over seeds, its standard error √(se² + se_baseline²) (the
+    seeds' spread, which includes each run's evaluation noise; nan with one seed on a
+    side) and z = Δ / se. Negative Δ: lower KL or bits/dim than the baseline."""
+    keys = [key for _, key, se_key in columns(dataset) if se_key]
+    out = []
+    for row in rows:
+        base = next(r for r in rows if r['sde'] == row['sde'])
+        if base is row:
+            continue
+        entry: Dict[str, Any] = {
+            'sde': row['sde'],
+            'objective': row['objective'],
+            'baseline': base['objective'],
+        }
+        for key in keys:
+            a, b = row[key], base[key]
+            delta = a['mean'] - b['mean']
+            se = math.sqrt(a['stderr_over_seeds'] ** 2 + b['stderr_over_seeds'] ** 2)
+            z = delta / se if se > 0 else math.nan
+            entry[key] = {'delta': delta, 'stderr': se, 'z': z}
+        out.append(entry)
+    return out
+
+
+def differences_markdown(diffs: Sequence[Dict[str, Any]], dataset: str) -> List[str]:
+    cols = [(header, key) for header, key, se_key in columns(dataset) if se_key]
+    lines = [
+        '',
+        '## Against the baseline',
+        '',
+        "Δ = objective − baseline (same SDE), ± the standard error from both rows' "
+        'spread over seeds; z = Δ / standard error (|z| < 2: within noise).',
+        '',
+        '| SDE | objective | ' + ' | '.join(f'Δ {h} (z)' for h, _ in cols) + ' |',
+        '|' + '---|' * (2 + len(cols)),
+    ]
+    for d in diffs:
+        cells = [SDE_NAMES[d['sde']], OBJECTIVE_NAMES[d['objective']]]
+        for _, key in cols:
+            v = d[key]
+            z = f' ({v["z"]:+.1f})' if np.isfinite(v['z']) else ''
+            cells.append(_fmt(v['delta'], v['stderr']) + z if np.isfinite(v['delta']) else '—')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 def _nan_to_none(obj):
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
@@ -822,7 +870,8 @@ def write_report(args: argparse.Namespace, runs: Sequence[Run], command: str) ->
     with open(os.path.join(args.out, 'table.md.tmp'), 'w') as f:
         f.write(text)
     os.replace(os.path.join(args.out, 'table.md.tmp'), os.path.join(args.out, 'table.md'))
-    report = _nan_to_none({'summary': rows, **collected, 'plots': plots})
+    diffs = differences(rows, args.dataset)
+    report = _nan_to_none({'summary': rows, 'differences': diffs, **collected, 'plots': plots})
     with open(os.path.join(args.out, 'table.json.tmp'), 'w') as f:
         json.dump(report, f, indent=2)
     os.replace(os.path.join(args.out, 'table.json.tmp'), os.path.join(args.out, 'table.json'))
@@ -868,6 +917,7 @@ def markdown(args, runs, collected, rows, command, plots) -> str:
             "mixture density and the model's ODE (or bound) nll at time ε; its standard "
             'error is paired over test points.'
         )
+    lines += differences_markdown(differences(rows, dataset), dataset)
     lines += ['', '## Runs', '']
     keys = [c[1] for c in cols]
     lines.append('| run | done | step | ' + ' | '.join(keys) + ' | wall time [min] |')

@@ -222,6 +222,40 @@ def test_table_holds_the_runs_metrics(grid):
     assert '## The mechanism' in text
 
 
+@pytest.mark.timeout(60)
+def test_differences_against_the_baseline():
+    def row(sde, objective, kl, se):
+        cell = {'mean': kl, 'stderr_over_seeds': se}
+        nan = {'mean': math.nan, 'stderr_over_seeds': math.nan}
+        return {
+            'sde': sde,
+            'objective': objective,
+            'kl': cell,
+            'bound_kl': dict(cell),
+            'bound_uniform_kl': nan,
+            'loss': nan,
+        }
+
+    rows = [
+        row('vp', 'baseline', 0.05, 0.003),
+        row('vp', 'lw', 0.04, 0.004),
+        row('subvp', 'baseline', 0.02, 0.001),
+        row('subvp', 'lw_is', 0.03, math.nan),  # one seed: no standard error
+    ]
+    diffs = sft.differences(rows, 'toy')
+    assert [(d['sde'], d['objective'], d['baseline']) for d in diffs] == [
+        ('vp', 'lw', 'baseline'),
+        ('subvp', 'lw_is', 'baseline'),
+    ]
+    kl = diffs[0]['kl']
+    assert kl['delta'] == pytest.approx(-0.01)
+    assert kl['stderr'] == pytest.approx(0.005)  # √(0.003² + 0.004²)
+    assert kl['z'] == pytest.approx(-2.0)
+    assert diffs[1]['kl']['delta'] == pytest.approx(0.01) and math.isnan(diffs[1]['kl']['z'])
+    text = '\n'.join(sft.differences_markdown(diffs, 'toy'))
+    assert '| VP | λ = g², t ~ U | -0.010 ± 0.005 (-2.0) | -0.010 ± 0.005 (-2.0) | — |' in text
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_plots_are_png(grid):
