@@ -69,10 +69,11 @@ with importance-sampled and with uniform t at the last, samples): ≈ 15 + 30 + 
 (the quick start, 2000 steps and one ODE evaluation, takes 13 min there). Cheaper:
 ``--snapshot_freq 1000`` (2 snapshots), ``--no-uniform_bound``, ``--no-sample_quality``.
 
-TOY (default MLP, 0.72M parameters, batch 512): 29 steps/s, so 10000 steps ≈ 6 min per
-run; one snapshot's ODE and bound on the 2000 test points (step 1000, NFE 620) 98 s, so
-≈ 1 min for the ODE alone. Per run (5 snapshots, two bounds at the last) ≈ 15 min, the
-grid (18 runs) ≈ 4–5 h under that load.
+TOY (default MLP, 0.72M parameters, batch 512): 29 steps/s, so 10000 steps ≈ 5–6 min
+per run; the ODE with the exact 2-D divergence (the TOY configs' ``eval.hutchinson_type``)
+on the 2000 test points ≈ 1 min per snapshot, each bound ≈ 0.5–1.5 min. Per run (5
+snapshots, two bounds at the last) ≈ 12 min, the grid (18 runs) ≈ 3.5 h under that load
+(measured 2026-12-04).
 
 CIFAR-10 on an accelerator (ScoreFlow's Table 2 rows, DDPM++):
 
