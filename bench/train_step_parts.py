@@ -43,7 +43,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 import losses  # noqa: E402
 import sde_lib  # noqa: E402
@@ -502,5 +501,4 @@ def print_summary(total: Dict[str, Dict[str, float]], stages: Dict[str, float]) 
 
 
 if __name__ == '__main__':
-    np.set_printoptions(precision=3)
     main()
