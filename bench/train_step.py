@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -108,26 +108,42 @@ def flops(compiled: Any) -> float:
     return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
-def bench(which: str, iters: int, probe: Callable[[], float], precision: str) -> Dict[str, float]:
-    """Builds, compiles and times one setup; returns its measurements."""
-    model_kw, batch_size = SETUPS[which]
+class Setup(NamedTuple):
+    """One benchmark setup: the network, its train state, the VP λ = g² DSM loss and
+    train step (``losses``), and a batch of random images with labels for the forward."""
+
+    model: Any
+    variables: Dict[str, Any]
+    state: Any
+    loss_fn: Callable[..., Any]
+    step_fn: Callable[..., Any]
+    batch: jax.Array
+    labels: jax.Array
+
+
+def build(which: str, precision: str = 'float32', batch_size: Optional[int] = None) -> Setup:
+    """The setup ``which`` of ``SETUPS`` (its batch size unless ``batch_size`` is given)."""
+    model_kw, default_batch = SETUPS[which]
+    batch_size = batch_size or default_batch
     config = make_config(**model_kw)
     model, variables = mutils.init_model(jax.random.PRNGKey(0), config)
     optimizer = train_state.get_optimizer(config)
     state = train_state.init_train_state(jax.random.PRNGKey(1), variables['params'], optimizer)
+    sde = sde_lib.VPSDE()
+    options = dict(reduce_mean=True, continuous=True, likelihood_weighting=True)
+    loss_fn = losses.get_sde_loss_fn(sde, model, True, **options, precision=precision)
     step_fn = losses.get_step_fn(
-        sde_lib.VPSDE(),
-        model,
-        optimizer,
-        train=True,
-        reduce_mean=True,
-        continuous=True,
-        likelihood_weighting=True,
-        ema_rate=0.9999,
-        precision=precision,
+        sde, model, optimizer, True, ema_rate=0.9999, **options, precision=precision
     )
     batch = jax.random.uniform(jax.random.PRNGKey(2), (batch_size, 32, 32, 3)) * 2 - 1
     labels = jnp.full((batch_size,), 500.0)
+    return Setup(model, variables, state, loss_fn, step_fn, batch, labels)
+
+
+def bench(which: str, iters: int, probe: Callable[[], float], precision: str) -> Dict[str, float]:
+    """Builds, compiles and times one setup; returns its measurements."""
+    model, variables, state, _, step_fn, batch, labels = build(which, precision)
+    batch_size = len(batch)
 
     start = time.perf_counter()
     step = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()

@@ -44,15 +44,11 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import losses  # noqa: E402
-import sde_lib  # noqa: E402
-import train_state  # noqa: E402
-from bench.train_step import SETUPS, make_config  # noqa: E402
+from bench.train_step import build  # noqa: E402
 from models import (
     layers,  # noqa: E402
     normalization,  # noqa: E402
 )
-from models import utils as mutils  # noqa: E402
 
 try:  # the optional peer
     import torch
@@ -236,23 +232,13 @@ class Stages:
     """The small DDPM++ train step and its stages, jitted and compiled."""
 
     def __init__(self, batch_size: int):
-        model_kw, _ = SETUPS['small']
-        config = make_config(**model_kw)
-        self.model, self.variables = mutils.init_model(jax.random.PRNGKey(0), config)
-        optimizer = train_state.get_optimizer(config)
-        params = self.variables['params']
-        self.state = train_state.init_train_state(jax.random.PRNGKey(1), params, optimizer)
-        options = dict(reduce_mean=True, continuous=True, likelihood_weighting=True)
-        sde = sde_lib.VPSDE()
-        loss_fn = losses.get_sde_loss_fn(sde, self.model, True, **options)
-        step_fn = losses.get_step_fn(sde, self.model, optimizer, True, ema_rate=0.9999, **options)
-        self.batch = jax.random.uniform(jax.random.PRNGKey(2), (batch_size, 32, 32, 3)) * 2 - 1
-        self.labels = jnp.full((batch_size,), 500.0)
-        rng = jax.random.PRNGKey(3)
-        args = (rng, params, self.batch)
-        loss = jax.jit(loss_fn).lower(*args).compile()
-        grad = jax.jit(jax.value_and_grad(loss_fn, argnums=1)).lower(*args).compile()
-        self.step = jax.jit(step_fn).lower(self.state, self.batch).compile()
+        setup = build('small', batch_size=batch_size)
+        self.model, self.variables, self.state = setup.model, setup.variables, setup.state
+        self.batch, self.labels = setup.batch, setup.labels
+        args = (jax.random.PRNGKey(3), self.state.params, self.batch)
+        loss = jax.jit(setup.loss_fn).lower(*args).compile()
+        grad = jax.jit(jax.value_and_grad(setup.loss_fn, argnums=1)).lower(*args).compile()
+        self.step = jax.jit(setup.step_fn).lower(self.state, self.batch).compile()
         self.fns = {
             'loss (forward)': lambda: loss(*args),
             'loss + gradient': lambda: grad(*args),

@@ -16,6 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench import train_step_parts as parts  # noqa: E402
+from bench.train_step import SETUPS, make_config  # noqa: E402
+from models import utils as mutils  # noqa: E402
 
 
 def _conv(x, w):
@@ -68,9 +70,6 @@ def test_conv_kind_and_source_from_hlo_lines():
 
 @pytest.mark.timeout(120)
 def test_layer_recorder_counts_the_small_ddpmpp():
-    from bench.train_step import SETUPS, make_config
-    from models import utils as mutils
-
     config = make_config(**SETUPS['small'][0])
     model, variables = mutils.init_model(jax.random.PRNGKey(0), config)
     x, y = jnp.zeros((2, 32, 32, 3)), jnp.zeros((2,))
