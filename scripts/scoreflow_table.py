@@ -799,15 +799,17 @@ def summarize(collected: Dict[str, Any], runs: Sequence[Run]) -> List[Dict[str, 
 
 
 def differences(rows: Sequence[Dict[str, Any]], dataset: str) -> List[Dict[str, Any]]:
-    """Each objective against its SDE's first one (the baseline): per likelihood column,
+    """Each objective against its SDE's baseline (σ² weighting): per likelihood column,
     Δ = mean − mean_baseline over seeds, its standard error √(se² + se_baseline²) (the
     seeds' spread, which includes each run's evaluation noise; nan with one seed on a
     side) and z = Δ / se. Negative Δ: lower KL or bits/dim than the baseline."""
     keys = [key for _, key, se_key in columns(dataset) if se_key]
     out = []
     for row in rows:
-        base = next(r for r in rows if r['sde'] == row['sde'])
-        if base is row:
+        base = next(
+            (r for r in rows if r['sde'] == row['sde'] and r['objective'] == OBJECTIVES[0]), None
+        )
+        if base is None or base is row:  # a grid without the baseline has no differences
             continue
         entry: Dict[str, Any] = {
             'sde': row['sde'],

@@ -252,6 +252,11 @@ def test_differences_against_the_baseline():
     assert kl['stderr'] == pytest.approx(0.005)  # √(0.003² + 0.004²)
     assert kl['z'] == pytest.approx(-2.0)
     assert diffs[1]['kl']['delta'] == pytest.approx(0.01) and math.isnan(diffs[1]['kl']['z'])
+    # a grid without the baseline (--objectives lw,lw_is) has nothing to compare against
+    assert (
+        sft.differences([row('vp', 'lw', 0.04, 0.004), row('vp', 'lw_is', 0.03, 0.002)], 'toy')
+        == []
+    )
     text = '\n'.join(sft.differences_markdown(diffs, 'toy'))
     assert '| VP | λ = g², t ~ U | -0.010 ± 0.005 (-2.0) | -0.010 ± 0.005 (-2.0) | — |' in text
 
