@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -297,6 +298,48 @@ def test_grid_phases_and_flags(tmp_path):
     assert toy.seeds == (0, 1, 2) and not toy.sample_quality
     with pytest.raises(SystemExit):
         sft.parse_args(['--out', str(tmp_path), '--bogus=1'])
+
+
+@pytest.mark.timeout(60)
+def test_jobs_run_concurrently(tmp_path):
+    """--jobs 2: two runs' processes at once (each run's first launch waits for the
+    other's), each run's phases in order, a failure stops only its own run, after_run sees
+    the finished runs."""
+    args, extra = sft.parse_args(
+        _argv(tmp_path, '--objectives', 'baseline,lw,lw_is', '--jobs', '2')
+    )
+    runs = sft.build_grid(args, extra)
+    barrier = threading.Barrier(2, timeout=20)
+    calls, finished, lock = [], [], threading.Lock()
+
+    def launcher(command, log_path):
+        workdir = command[command.index('--workdir') + 1]
+        name, mode = os.path.basename(workdir), command[command.index('--mode') + 1]
+        with lock:
+            calls.append((name, mode))
+        if mode == 'train' and name != 'vp_lw_is_seed0':
+            barrier.wait()  # raises BrokenBarrierError unless both runs are in flight
+        if name == 'vp_lw_seed0':
+            return 3
+        if mode == 'eval':
+            folder = command[command.index('--eval_folder') + 1]
+            os.makedirs(os.path.join(workdir, folder), exist_ok=True)
+            entry = {k: 1.0 for k in runs[0].phases[1].keys}
+            with open(os.path.join(workdir, folder, sft.METRICS_FILE), 'w') as f:
+                json.dump({'1': entry, '2': entry}, f)
+        return 0
+
+    failed = sft.execute(runs, launcher, lambda s: None, args.jobs, finished.append)
+    assert failed == ['vp_lw_seed0']
+    assert sorted(r.name for r in finished) == ['vp_baseline_seed0', 'vp_lw_is_seed0']
+    for name in ('vp_baseline_seed0', 'vp_lw_is_seed0'):
+        assert [m for n, m in calls if n == name] == ['train', 'eval']
+    assert [m for n, m in calls if n == 'vp_lw_seed0'] == ['train']
+    # a second pass finds the finished runs done and retries the failed one only
+    calls.clear()
+    barrier = threading.Barrier(1)
+    assert sft.execute(runs, launcher, lambda s: None, 2) == ['vp_lw_seed0']
+    assert calls == [('vp_lw_seed0', 'train')]
 
 
 @pytest.mark.timeout(120)
