@@ -1078,7 +1078,8 @@ def plot_curves(collected, runs, path: str, dataset: str) -> bool:
         ax.set_xlabel('training step')
         ax.set_ylabel('KL(data‖model) [nats]' if key == 'kl' else 'test bits/dim (ODE)')
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # an SDE with no finished run has none
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
