@@ -17,9 +17,10 @@ name then works everywhere (config validation, training, sampling, likelihoods).
 | VP     | −½β(t)  | β(t)                         | exp(−½B(t))  | √(1−α²)       |
 | sub-VP | −½β(t)  | β(t)(1−α⁴)                   | exp(−½B(t))  | 1−α²          |
 
-with β(t) = β₀ + t(β₁−β₀) and B(t) = ∫₀ᵗ β = β₀t + ½(β₁−β₀)t².  Near t = 0 the VP and
-sub-VP forms use ``expm1`` so that σ stays accurate in float32 (1 − exp(−B) is 1.2 % off
-at t = 1e-5, and up to 6 % near there: a float32 step of 1 is 6e-8 against B ≈ 1e-6).
+with β(t) = β₀ + t(β₁−β₀) and B(t) = ∫₀ᵗ β = β₀t + ½(β₁−β₀)t². Near t = 0 the VP and sub-VP
+forms compute 1 − α² without cancellation so that σ stays accurate in float32 (1 − exp(−B)
+is 1.2 % off at t = 1e-5, and up to 6 % near there: a float32 step of 1 is 6e-8 against B ≈
+1e-6).
 """
 
 from __future__ import annotations
@@ -401,8 +402,16 @@ class _VPFamily(SDE):
         return -0.5 * self.beta(t)
 
     def one_minus_alpha_sq(self, t: Array) -> Array:
-        """1 − α(t)² = −expm1(−B(t)), accurate for small t."""
-        return -jnp.expm1(-self.integrated_beta(t))
+        """1 − α(t)² = 1 − e^{−B} = 2 tanh(B/2) / (1 + tanh(B/2)), accurate for small t.
+
+        Not ``-expm1(-B)``: XLA:CPU (jax 0.10) returns one value for two ``expm1`` (or two
+        ``log1p``) with different arguments that share a fusion with a reduction, so
+        σ = −expm1(−B) next to VP's log(expm1(B)) or sub-VP's 1 − e^{−2B} came out
+        wrong inside jitted losses (sub-VP's g²/σ² up to 4× too small at small t).
+        ``tests/test_sde_lib.py`` checks the coefficients jitted inside a reduction.
+        """
+        th = jnp.tanh(0.5 * self.integrated_beta(t))
+        return 2.0 * th / (1.0 + th)
 
     def time_of_integrated_beta(self, b: Array) -> Array:
         """Solves B(t) = b without cancellation: t = 2b / (β₀ + √(β₀² + 2(β₁−β₀) b))."""
@@ -437,8 +446,8 @@ class VPSDE(_VPFamily):
         return jnp.sqrt(self.beta(t))
 
     def log_inverse_snr(self, t: Array) -> Array:
-        """log(σ²/α²) = log(e^B − 1)."""
-        return jnp.log(jnp.expm1(self.integrated_beta(t)))
+        """log(σ²/α²) = log(e^B − 1) = B + log(1 − e^{−B})."""
+        return self.integrated_beta(t) + jnp.log(self.one_minus_alpha_sq(t))
 
     def inverse_log_inverse_snr(self, c: Array) -> Array:
         """Closed form: B(t) = log(1 + e^c), then the quadratic in t."""
@@ -478,7 +487,10 @@ class subVPSDE(_VPFamily):  # noqa: N801  (the name of the paper code)
         return self.one_minus_alpha_sq(t)
 
     def diffusion(self, t: Array) -> Array:
-        return jnp.sqrt(self.beta(t) * -jnp.expm1(-2.0 * self.integrated_beta(t)))
+        """g = √(β(1 − α⁴)) with 1 − α⁴ = (1 − α²)(2 − (1 − α²)), through σ's own
+        1 − α² (see :meth:`one_minus_alpha_sq` for why not −expm1(−2B))."""
+        s = self.one_minus_alpha_sq(t)
+        return jnp.sqrt(self.beta(t) * s * (2.0 - s))
 
 
 class _VEFamily(SDE):

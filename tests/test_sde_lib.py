@@ -87,6 +87,31 @@ def test_coefficients_match_reference(name):
     np.testing.assert_allclose(diffusion**2, g2, rtol=3e-5)
 
 
+@pytest.mark.parametrize('name', NAMES)
+def test_coefficients_inside_a_jitted_reduction(name):
+    """g²/σ², α and σ multiplied with a per-example reduction, as in the jitted
+    likelihood-weighted loss, against float64. XLA:CPU (jax 0.10) once returned one value
+    for two ``expm1`` with different arguments in such a fusion: sub-VP's g²/σ² came out
+    up to 4× too small at small t, though each coefficient alone was right."""
+    sde = make_sde(name)
+    t = np.geomspace(EPS, 1.0, 4096)  # a batch large enough for XLA's vectorised loops
+    alpha, sigma, _, g2 = ref_coeffs(name, t)
+    x = np.asarray(jax.random.normal(jax.random.key(0), (len(t), 4)), np.float64)
+    m = np.mean(x**2, axis=-1)
+
+    tj, xj = jnp.asarray(t, jnp.float32), jnp.asarray(x, jnp.float32)
+    h = lambda x: jnp.mean(x**2, axis=-1)  # noqa: E731
+    # one output each: a second output can split the fusion and hide the fault
+    w_h = jax.jit(lambda t, x: sde.diffusion(t) ** 2 / sde.std(t) ** 2 * h(x))(tj, xj)
+    np.testing.assert_allclose(w_h, g2 / sigma**2 * m, rtol=1e-4)
+    a_s_h = jax.jit(lambda t, x: jnp.exp(sde.log_mean_coeff(t)) * sde.std(t) * h(x))(tj, xj)
+    np.testing.assert_allclose(a_s_h, alpha * sigma * m, rtol=1e-4)
+    g_s_h = jax.jit(lambda t, x: sde.diffusion(t) / sde.std(t) * h(x))(tj, xj)
+    np.testing.assert_allclose(g_s_h, np.sqrt(g2) / sigma * m, rtol=1e-4)
+    snr_s_h = jax.jit(lambda t, x: jnp.exp(sde.log_inverse_snr(t)) / sde.std(t) * h(x))(tj, xj)
+    np.testing.assert_allclose(snr_s_h, sigma / alpha**2 * m, rtol=1e-4)
+
+
 def _euler_maruyama_moments(sde, x0, times, n_paths, n_steps, rng):
     """Mean and variance of x(t) for t in ``times`` from x(0) = x0 (fine EM, midpoint t)."""
     dt = 1.0 / n_steps
