@@ -387,7 +387,7 @@ def execute(
                 after_run(run)
         return ok
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         done = list(pool.map(one, range(len(runs)), runs))
     return [run.name for run, ok in zip(runs, done) if not ok]
 
@@ -1203,6 +1203,8 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     bad = [a for a in extra if not a.startswith('--config.')]
     if bad:
         parser.error(f'unrecognized arguments: {" ".join(bad)}')
+    if args.jobs < 1:
+        parser.error(f'--jobs {args.jobs}: give at least 1 (runs trained at the same time).')
     d = DEFAULTS[args.dataset]
     args.sdes = _names(args.sdes, SDES, '--sdes', parser)
     args.objectives = _names(args.objectives, OBJECTIVES, '--objectives', parser)

@@ -299,6 +299,8 @@ def test_grid_phases_and_flags(tmp_path):
     assert toy.seeds == (0, 1, 2) and not toy.sample_quality
     with pytest.raises(SystemExit):
         sft.parse_args(['--out', str(tmp_path), '--bogus=1'])
+    with pytest.raises(SystemExit):
+        sft.parse_args(['--out', str(tmp_path), '--jobs', '0'])
 
 
 @pytest.mark.timeout(60)
