@@ -705,7 +705,9 @@ def measure_variance(run: Run, num_draws: int, log=print) -> None:
     old = _read_json(path)
     if old and old.get('ckpt') == last and old.get('num_draws') == num_draws:
         return
-    if not os.path.isdir(os.path.join(run.workdir, 'checkpoints', str(last))):
+    import checkpointing  # deferred like the measurement's own imports (JAX, orbax)
+
+    if last not in checkpointing.list_checkpoints(run.workdir):
         log(f'{run.name}: snapshot {last} is not in {run.workdir}, no variance measurement.')
         return
     log(f'{run.name}: loss variance on snapshot {last} ({num_draws} draws) …')

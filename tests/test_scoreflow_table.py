@@ -345,6 +345,19 @@ def test_jobs_run_concurrently(tmp_path):
     assert calls == [('vp_lw_seed0', 'train')]
 
 
+@pytest.mark.timeout(60)
+def test_variance_skips_a_run_without_its_snapshot(tmp_path):
+    """A finished run carried over without checkpoints keeps its results; the variance
+    measurement says why it is not made instead of failing."""
+    args, extra = sft.parse_args(_argv(tmp_path))
+    run = sft.variance_runs(sft.build_grid(args, extra))[0]
+    os.makedirs(run.workdir)
+    logs = []
+    sft.measure_variance(run, 256, logs.append)
+    assert logs == [f'{run.name}: snapshot 2 is not in {run.workdir}, no variance measurement.']
+    assert not os.path.exists(os.path.join(run.workdir, sft.VARIANCE_FILE))
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     'sde_name, eps', [('vp', 1e-2), ('vp', 1e-5), ('subvp', 1e-2), ('subvp', 1e-5)]
