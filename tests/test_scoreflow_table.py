@@ -307,7 +307,7 @@ def test_grid_phases_and_flags(tmp_path):
 def test_jobs_run_concurrently(tmp_path):
     """--jobs 2: two runs' processes at once (each run's first launch waits for the
     other's), each run's phases in order, a failure stops only its own run, after_run sees
-    the finished runs."""
+    the finished runs (in the order they finish)."""
     args, extra = sft.parse_args(
         _argv(tmp_path, '--objectives', 'baseline,lw,lw_is', '--jobs', '2')
     )
