@@ -74,9 +74,9 @@ average 4–5 during the measurements, so roughly half the cores'), JAX on the C
 Default DIGITS grid (12 runs; per run: training, ODE bits/dim at 4 snapshots, the bound
 with importance-sampled and with uniform t at the last, samples): estimated ≈ 15 + 30 +
 12 + 18 ≈ 75 min per run under that load. Measured on 2 otherwise idle cores with
-``--jobs 2`` (2026-12-04, the VP half): 30–32 min per pair of runs (training 9.5–12 min,
-curves 9–15 min, each bound ≈ 3 min, samples 3–4 min, all with the other run beside
-it), so ≈ 3 h for the grid. Cheaper: ``--snapshot_freq 1000`` (2 snapshots),
+``--jobs 2`` (2026-12-04, the whole grid): 28–32 min per pair of runs (training
+9.5–12 min, curves 8–15 min, each bound ≈ 3 min, samples 3–4 min, all with the other
+run beside it), so ≈ 3 h for the grid. Cheaper: ``--snapshot_freq 1000`` (2 snapshots),
 ``--no-uniform_bound``, ``--no-sample_quality``.
 
 TOY (default MLP, 0.72M parameters, batch 512): 29 steps/s, so 10000 steps ≈ 5–6 min
