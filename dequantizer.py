@@ -67,7 +67,7 @@ TRAIN_BOUND_TIMES = 4
 # --------------------------------------------------------------------------- the flow
 def get_dequantizer_fn(model: nn.Module, num_bins: int) -> Callable[..., Tuple[Array, Array]]:
     """``fn(variables, keys [B], x̄, dropout_rng=None) -> (u, log q(u|x̄))`` with ε drawn
-    from each key (the ``eval_runner.Dequantizer`` interface); a ``dropout_rng`` applies
+    from each key (the ``eval_quantities.Dequantizer`` interface); a ``dropout_rng`` applies
     the flow in training mode (dropout)."""
 
     def fn(variables, keys, levels, dropout_rng=None):

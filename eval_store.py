@@ -8,9 +8,10 @@ with the same numbers as an uninterrupted one. Hosts exchange their results thro
 summary files in the shared work directory (:meth:`ResultStore.gather`).
 
 ``<eval_dir>/eval_meta.json`` (:func:`check_fingerprint`) records the settings that the
-per-batch files depend on: a restart with other settings is refused instead of mixing
-results. ``<eval_dir>/metrics.json`` (:func:`update_metrics`) holds one entry per
-checkpoint with the scalars of the CLI contract (README, Usage).
+per-batch files depend on (the fields the caller names: ``eval_quantities.fingerprint_fields``
+for ``--mode eval``): a restart with other settings is refused instead of mixing results.
+``<eval_dir>/metrics.json`` (:func:`update_metrics`) holds one entry per checkpoint with
+the scalars of the CLI contract (README, Usage).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -33,33 +34,6 @@ Results = Dict[str, np.ndarray]
 
 META_FILE = 'eval_meta.json'
 METRICS_FILE = 'metrics.json'
-# Config fields that change the content of a per-batch file: a restart with any of
-# them changed must not mix old and new files (see ``check_fingerprint``).
-FINGERPRINT_FIELDS = (
-    'seed',
-    'data',
-    'model',
-    'training.sde',
-    'training.continuous',
-    'training.reduce_mean',
-    'training.likelihood_weighting',
-    'training.importance_weighting',
-    'training.eps',
-    'training.objective',
-    'sampling',
-    'eval.batch_size',
-    'eval.bpd_dataset',
-    'eval.dsm',
-    'eval.bound_importance_weighting',
-    'eval.offset',
-    'eval.dequantizer',
-    'eval.rtol',
-    'eval.atol',
-    'eval.eps',
-    'eval.ode_method',
-    'eval.ode_time',
-    'eval.hutchinson_type',
-)
 
 
 # --------------------------------------------------------------------------- files
@@ -220,29 +194,6 @@ def mean_and_stderr_over_images(values: np.ndarray, index: np.ndarray) -> Tuple[
     return mean_and_stderr(per_image_means(values, index))
 
 
-def likelihood_metrics(results: Results) -> Dict[str, float]:
-    """bpd, bpd_stderr, nll, nfe_mean, bound_bpd, bound_stderr (standard errors over
-    images, repeats averaged first), num_examples (= num_images × num_repeats),
-    num_images, num_repeats."""
-    results = sorted_results(results)
-    index = results['index']
-    num_images = int(len(np.unique(index)))
-    out: Dict[str, float] = {
-        'num_examples': int(len(index)),
-        'num_images': num_images,
-        'num_repeats': int(len(index) // max(num_images, 1)),
-    }
-    if 'bpd' in results:
-        out['bpd'], out['bpd_stderr'] = mean_and_stderr_over_images(results['bpd'], index)
-        out['nll'] = float(np.mean(results['nll'].astype(np.float64)))
-        out['nfe_mean'] = float(np.mean(results['nfe'].astype(np.float64)))
-    if 'bound_bpd' in results:
-        out['bound_bpd'], out['bound_stderr'] = mean_and_stderr_over_images(
-            results['bound_bpd'], index
-        )
-    return out
-
-
 def check_complete(results: Results, num_examples: int, num_repeats: int, what: str) -> None:
     """Every example evaluated exactly once per repeat, or a clear error."""
     seen = len(results['index'])
@@ -255,8 +206,9 @@ def check_complete(results: Results, num_examples: int, num_repeats: int, what: 
 
 
 # --------------------------------------------------------------------------- meta
-def config_fingerprint(config) -> Dict[str, Any]:
-    """The config fields that per-batch files depend on, as JSON-comparable values."""
+def config_fingerprint(config, fields: Sequence[str]) -> Dict[str, Any]:
+    """The config fields named by ``fields`` (a section name takes all its fields), as
+    flat JSON-comparable values ``{'eval.rtol': 1e-05, ...}``."""
     flat: Dict[str, Any] = {}
 
     def walk(prefix, value):
@@ -267,21 +219,27 @@ def config_fingerprint(config) -> Dict[str, Any]:
             flat[prefix] = value
 
     walk('', config)
-    keep = {
-        k: v
-        for k, v in flat.items()
-        if any(k == f or k.startswith(f + '.') for f in FINGERPRINT_FIELDS)
-    }
+    keep = {k: v for k, v in flat.items() if any(k == f or k.startswith(f + '.') for f in fields)}
     return json.loads(json.dumps(keep, default=str))
 
 
 def check_fingerprint(
-    eval_dir: str, config, write: bool = True, extra: Optional[Mapping[str, Any]] = None
+    eval_dir: str,
+    config,
+    fields: Sequence[str],
+    write: bool = True,
+    extra: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Loads (or, if ``write``, creates) the meta-checkpoint; a changed setting (of the
-    config, or in ``extra``) raises ``UserError``."""
+    """Loads (or, if ``write``, creates) the meta-checkpoint of ``eval_dir``; a setting
+    that its stored results were made with and that differs now (a config field of
+    ``fields``, or a key of ``extra``) raises ``UserError``.
+
+    Only settings recorded on both sides are compared: a field that a newer quantity
+    depends on is recorded when it first appears (no stored result can depend on it yet),
+    and a field no longer listed no longer matters.
+    """
     path = os.path.join(eval_dir, META_FILE)
-    fingerprint = dict(config_fingerprint(config), **(extra or {}))
+    fingerprint = dict(config_fingerprint(config, fields), **(extra or {}))
     meta = read_json(path, None)
     if meta is None:
         meta = {'fingerprint': fingerprint, 'position': None}
@@ -289,13 +247,17 @@ def check_fingerprint(
             write_json(path, meta)
         return meta
     old = meta.get('fingerprint', {})
-    changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    changed = sorted(k for k in set(old) & set(fingerprint) if old[k] != fingerprint[k])
     if changed:
         raise UserError(
             f'{eval_dir} holds results made with other settings ({", ".join(changed[:5])}'
             f'{" …" if len(changed) > 5 else ""} changed); use another --eval_folder, or '
             'delete that folder to start over.'
         )
+    if set(fingerprint) - set(old):
+        meta['fingerprint'] = dict(old, **fingerprint)
+        if write:
+            write_json(path, meta)
     return meta
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -19,15 +19,6 @@ from PIL import Image
 import file_io
 
 MIN_PNG_WIDTH = 256  # tiny images (8×8 digits) are scaled up with visible pixels
-# metrics.json keys plotted by plot_metrics (with their standard errors where known).
-PLOTTED_METRICS = (
-    ('bpd', 'bpd_stderr'),
-    ('bound_bpd', 'bound_stderr'),
-    ('loss', None),
-    ('fid', None),
-    ('is', None),
-    ('kid', None),
-)
 
 
 def image_grid(images: np.ndarray, ncol: Optional[int] = None, pad: int = 1) -> np.ndarray:
@@ -88,13 +79,14 @@ def save_samples(folder: str, samples: np.ndarray) -> None:
 def plot_metrics(
     path: str,
     metrics: Mapping[str, Mapping[str, Optional[float]]],
-    keys: Sequence[tuple] = PLOTTED_METRICS,
+    keys: Sequence[Tuple[str, Optional[str]]],
 ) -> bool:
     """Plots a metrics.json object ``{ckpt: {name: value}}`` over checkpoints as a PNG.
 
-    One panel per metric of ``keys`` present in some entry, against the training step
-    (``step``, else the checkpoint number), with ±1 standard error bars where the entry
-    has one. Returns False (and writes nothing) when there is nothing to plot.
+    One panel per ``(key, standard-error key or None)`` of ``keys`` (``--mode eval``: the
+    plotted metrics of ``eval_quantities.plotted_metrics``) present in some entry, against
+    the training step (``step``, else the checkpoint number), with ±1 standard error bars
+    where the entry has one. Returns False (and writes nothing) when there is nothing to plot.
     """
     ckpts = sorted(metrics, key=int)
     panels = [(k, se) for k, se in keys if any(metrics[c].get(k) is not None for c in ckpts)]

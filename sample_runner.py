@@ -78,6 +78,16 @@ METRICS_FILE = 'metrics.json'
 GRID_ROWS = 10  # rows of a picture (classes, or image triples)
 GRID_COLS = 10  # samples per class in a class-conditional picture
 _TASK_STREAM = {task: i for i, task in enumerate(sampling.SAMPLING_TASKS)}
+# Config fields that a task's stored rounds depend on (a restart with one changed is refused).
+FINGERPRINT_FIELDS = (
+    'seed',
+    'data',
+    'model',
+    'training.sde',
+    'training.continuous',
+    'sampling',
+    'eval.batch_size',
+)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -320,7 +330,9 @@ class SampleRunner:
         extra = {'score_ckpt': self.ckpt, 'hosts': self.num_hosts}
         if self.classifier is not None:
             extra['classifier_step'] = self.classifier[2]
-        check_fingerprint(task_dir, self.config, write=self.host == 0, extra=extra)
+        check_fingerprint(
+            task_dir, self.config, FINGERPRINT_FIELDS, write=self.host == 0, extra=extra
+        )
         store = ResultStore(task_dir, 0)
         self._sample_rounds(store, cond, rounds)
         if self.host != 0:

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import eval_quantities
 import eval_runner
 import eval_store
 import mixture
@@ -201,16 +202,18 @@ def test_results_reach_tensorboard_and_a_plot(vector_eval):
         ((s, value),) = scalars[f'eval/{name}']
         assert s == step and value == pytest.approx(entry[name], rel=1e-6)
     with Image.open(os.path.join(workdir, 'eval', 'metrics.png')) as img:
-        assert img.format == 'PNG' and img.width == 3 * 400  # 3 panels: bpd, bound_bpd, loss
+        assert img.format == 'PNG' and img.width == 3 * 400  # 3 panels: loss, bpd, bound_bpd
 
 
 def _per_image(workdir, key, folder='eval'):
-    """Per-example values ``key`` of the bits/dim passes, averaged over repeats, by index."""
+    """Per-example values ``key`` of the bits/dim passes (ODE: ``bpd_r*`` files, bound:
+    ``bound_r*``), averaged over repeats, by index."""
     ckpt = os.path.join(workdir, folder, 'ckpt_1')
+    tag = 'bound' if key.startswith('bound') else 'bpd'
     parts = [
         np.load(os.path.join(ckpt, f), allow_pickle=False)
         for f in sorted(os.listdir(ckpt))
-        if f.startswith('bpd_r')
+        if f.startswith(f'{tag}_r')
     ]
     index = np.concatenate([p['index'] for p in parts])
     return eval_store.per_image_means(np.concatenate([p[key] for p in parts]), index)
@@ -289,7 +292,8 @@ def test_resume_after_interruption_gives_same_metrics(vector_data, vector_eval, 
     computed = []
     _evaluator(config, tmp_path, gm, hook=lambda t, b: computed.append((t, b))).run()
     # Only the batches not done before are computed again ...
-    assert computed == [('bpd_r0', b) for b in range(2, 5)] + [('bpd_r1', b) for b in range(5)]
+    odes = [('bpd_r0', b) for b in range(2, 5)] + [('bpd_r1', b) for b in range(5)]
+    assert computed == odes + [(f'bound_r{r}', b) for r in range(2) for b in range(5)]
     # ... and the metrics are those of an uninterrupted evaluation.
     assert _metrics(tmp_path) == _metrics(full)
 
@@ -337,6 +341,12 @@ def _repeated_results(per_image, num_repeats, noise_sd, seed=0):
     return {k: v[order] for k, v in out.items()}
 
 
+def _bound_metrics(results):
+    """The bound's metrics.json values from its per-example results (any order)."""
+    results = dict(results, bound_nll=np.zeros(len(results['index'])))
+    return eval_quantities.get_quantity('bound').aggregate(eval_store.sorted_results(results))
+
+
 def test_stderr_is_over_images_not_over_repeats():
     """Repeats of one image are averaged before the standard error is taken."""
     per_image = np.random.RandomState(1).randn(50)
@@ -345,7 +355,7 @@ def test_stderr_is_over_images_not_over_repeats():
     # one, so the error must not shrink (treating the 8 × 50 values as independent
     # would report se_images / √8).
     for repeats in (1, 8):
-        m = eval_store.likelihood_metrics(_repeated_results(per_image, repeats, 0.0))
+        m = _bound_metrics(_repeated_results(per_image, repeats, 0.0))
         assert m['bound_stderr'] == pytest.approx(se_images, rel=1e-12)
         assert m['bound_bpd'] == pytest.approx(per_image.mean(), rel=1e-12)
         assert (m['num_images'], m['num_repeats'], m['num_examples']) == (
@@ -356,7 +366,7 @@ def test_stderr_is_over_images_not_over_repeats():
     # Independent values (all images alike, only pass-to-pass noise of sd 1): the error
     # is 1/√(n R) and halves when the images are four times as many.
     for n, repeats in ((400, 4), (1600, 4), (1600, 1)):
-        m = eval_store.likelihood_metrics(_repeated_results(np.zeros(n), repeats, 1.0, n))
+        m = _bound_metrics(_repeated_results(np.zeros(n), repeats, 1.0, n))
         # The sample std of n values of per-image variance 1/R is within ±3.5 % (n = 400).
         assert m['bound_stderr'] == pytest.approx(1 / math.sqrt(n * repeats), rel=0.1)
 
