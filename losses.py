@@ -257,12 +257,7 @@ class LossOptions:
     def __post_init__(self):
         _check_choice('objective', self.objective, OBJECTIVES)
         _check_choice('projection', self.projection, PROJECTIONS)
-        if self.importance_weighting and not self.likelihood_weighting:
-            raise UserError(
-                'config.training.importance_weighting=True needs '
-                'config.training.likelihood_weighting=True (it importance-samples '
-                'the likelihood weighting); set both, or neither.'
-            )
+        sde_lib.weighting_of(self.likelihood_weighting, self.importance_weighting)
         if not self.continuous and (self.likelihood_weighting or self.objective != 'dsm'):
             raise UserError(
                 'Discrete (continuous=False) SMLD/DDPM training supports only the '
@@ -287,7 +282,7 @@ class LossOptions:
     @property
     def weighting(self) -> str:
         """'sigma2', 'likelihood' or 'importance' (:data:`sde_lib.WEIGHTINGS`)."""
-        return get_weighting(self.likelihood_weighting, self.importance_weighting)
+        return sde_lib.weighting_of(self.likelihood_weighting, self.importance_weighting)
 
 
 def _options(options: Optional[LossOptions], fields: Dict[str, Any]) -> LossOptions:
@@ -295,13 +290,6 @@ def _options(options: Optional[LossOptions], fields: Dict[str, Any]) -> LossOpti
     if options is not None and fields:
         raise TypeError(f'pass LossOptions or its fields, not both ({sorted(fields)})')
     return options if options is not None else LossOptions(**fields)
-
-
-def get_weighting(likelihood_weighting: bool, importance_weighting: bool) -> str:
-    """Maps the config flags to a weighting name ('sigma2', 'likelihood', 'importance')."""
-    if likelihood_weighting:
-        return 'importance' if importance_weighting else 'likelihood'
-    return 'sigma2'
 
 
 def get_core_loss_fn(

@@ -37,7 +37,15 @@ from errors import UserError
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
-WEIGHTINGS = ('sigma2', 'likelihood', 'importance')
+# The one vocabulary of training weightings λ(t) and their time sampling
+# (:meth:`SDE.sample_time_and_weight`), with the config flags of the original code
+# (training.likelihood_weighting, training.importance_weighting) that select each.
+WEIGHTING_FLAGS = {
+    'sigma2': (False, False),  # Score SDE: λ = σ², t ~ U(ε, T)
+    'likelihood': (True, False),  # ScoreFlow: λ = g², t ~ U(ε, T)
+    'importance': (True, True),  # ScoreFlow: λ = g², t ~ p(t) ∝ g²/σ²
+}
+WEIGHTINGS = tuple(WEIGHTING_FLAGS)
 # Integration variables of the probability-flow ODE (config eval.ode_time, sampling.ode_time).
 ODE_TIMES = ('t', 'log_sigma', 'sigma')
 _SDES: Dict[str, Type[SDE]] = {}
@@ -69,6 +77,20 @@ def get_sde_class(name: str) -> Type[SDE]:
             f'config.training.sde={name!r} is not a known SDE; use one of {", ".join(sde_names())}.'
         )
     return _SDES[key]
+
+
+def weighting_of(likelihood_weighting: bool, importance_weighting: bool) -> str:
+    """The weighting (:data:`WEIGHTINGS`) that the config flags select; the one check that
+    importance sampling of t comes with likelihood weighting (it samples t for λ = g²)."""
+    flags = (bool(likelihood_weighting), bool(importance_weighting))
+    if flags == (False, True):
+        raise UserError(
+            'config.training.importance_weighting=True needs '
+            'config.training.likelihood_weighting=True (it importance-samples t for the '
+            'likelihood weighting g(t)²); also pass '
+            '--config.training.likelihood_weighting=True, or set neither.'
+        )
+    return next(name for name, f in WEIGHTING_FLAGS.items() if f == flags)
 
 
 def discrete_sde_name(objective: str) -> str:

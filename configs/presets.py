@@ -2,12 +2,14 @@
 
 ``ddpmpp_style`` / ``ncsnpp_style`` set the architecture flags of DDPM++ (VP, sub-VP) and
 NCSN++ (VE) from Score SDE (Song et al., 2021, Table 3 / configs); ``paper_size`` sets the
-CIFAR-10 network size; ``set_weighting`` the ScoreFlow training objective.
+CIFAR-10 network size; ``set_weighting`` the training weighting (``sde_lib.WEIGHTINGS``).
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+import sde_lib
 
 # Flags shared by NCSN++ and DDPM++ (everything but the width and depth).
 _COMMON_STYLE = {
@@ -46,13 +48,6 @@ _NCSNPP_STYLE = {
 # Smallest time ε of sub-VP in yang-song/score_flow (training, sampling and likelihoods):
 # near t = 0 sub-VP's σ(t) ≈ β₀t is far below VP's √(β₀t) (1e-6 vs 1e-3 at t = 1e-5).
 SUBVP_EPS = 1e-2
-
-# ScoreFlow's three training objectives: (likelihood_weighting, importance_weighting).
-WEIGHTINGS = {
-    'baseline': (False, False),  # Score SDE: λ(t) = σ(t)²
-    'lw': (True, False),  # likelihood weighting λ(t) = g(t)², t ~ U(ε, 1)
-    'lw_is': (True, True),  # likelihood weighting, t ~ p(t) ∝ g(t)²/σ(t)²
-}
 
 
 def score_sde_defaults(config: ml_collections.ConfigDict) -> None:
@@ -225,9 +220,11 @@ def paper_size(config: ml_collections.ConfigDict, deep: bool) -> None:
 
 
 def set_weighting(config: ml_collections.ConfigDict, weighting: str) -> None:
-    """Set the objective: one of ``WEIGHTINGS`` ('baseline', 'lw', 'lw_is')."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f'unknown weighting {weighting!r}; known: {sorted(WEIGHTINGS)}')
-    lw, iw = WEIGHTINGS[weighting]
+    """Set the training weighting: one of ``sde_lib.WEIGHTINGS`` ('sigma2': Score SDE's
+    baseline, the ``*_baseline`` files; 'likelihood': λ = g², ``*_lw``; 'importance':
+    λ = g² with importance-sampled t, ``*_lw_is``), through the original code's flags."""
+    if weighting not in sde_lib.WEIGHTING_FLAGS:
+        raise ValueError(f'unknown weighting {weighting!r}; known: {sde_lib.WEIGHTINGS}')
+    lw, iw = sde_lib.WEIGHTING_FLAGS[weighting]
     config.training.likelihood_weighting = lw
     config.training.importance_weighting = iw

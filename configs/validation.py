@@ -231,13 +231,7 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
                 f'{training.sde!r}, which has no discrete (SMLD / DDPM) counterpart; set '
                 'it to True',
             )
-    if training.importance_weighting and not training.likelihood_weighting:
-        _fail(
-            'training.importance_weighting',
-            True,
-            'samples t for the likelihood weighting '
-            'g(t)²; also set --config.training.likelihood_weighting=True',
-        )
+    sde_lib.weighting_of(training.likelihood_weighting, training.importance_weighting)
 
 
 def _check_deq(deq: ml_collections.ConfigDict) -> None:

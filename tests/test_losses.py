@@ -379,9 +379,11 @@ def test_discrete_and_weighting_options_are_checked():
         losses.smld_loss(None, None, jnp.ones((1, 2)), vp())
     with pytest.raises(UserError, match='VPSDE'):
         losses.ddpm_loss(None, None, jnp.ones((1, 2)), sde_lib.VESDE())
-    assert losses.get_weighting(True, True) == 'importance'
-    assert losses.get_weighting(True, False) == 'likelihood'
-    assert losses.get_weighting(False, False) == 'sigma2'
+    assert sde_lib.weighting_of(True, True) == 'importance'
+    assert sde_lib.weighting_of(True, False) == 'likelihood'
+    assert sde_lib.weighting_of(False, False) == 'sigma2'
+    with pytest.raises(UserError, match='likelihood_weighting=True'):
+        sde_lib.weighting_of(False, True)
 
 
 # --- the train step on a tiny network --------------------------------------------

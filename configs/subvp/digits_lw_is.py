@@ -8,6 +8,6 @@ from configs.default_digits_configs import get_default_configs
 def get_config():
     config = get_default_configs()
     config.training.sde = 'subvpsde'
-    presets.set_weighting(config, 'lw_is')
+    presets.set_weighting(config, 'importance')
     config.training.eps = config.sampling.eps = config.eval.eps = presets.SUBVP_EPS
     return config

@@ -7,5 +7,5 @@ from configs.score_flow.subvp import imagenet32_ddpmpp_deep_continuous as score_
 
 def get_config():
     config = score_flow.get_config()
-    presets.set_weighting(config, 'lw')
+    presets.set_weighting(config, 'likelihood')
     return config

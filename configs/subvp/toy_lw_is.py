@@ -1,4 +1,4 @@
-"""TOY (2-D ring of 8 Gaussians), sub-VP SDE, MLP, weighting 'lw_is' (see configs.presets);
+"""TOY (2-D ring of 8 Gaussians), sub-VP SDE, MLP, weighting 'importance' (λ = g², IS of t);
 ε = 1e-2 for training, sampling and likelihoods, as score_flow's sub-VP configs."""
 
 from configs import presets
@@ -8,6 +8,6 @@ from configs.default_toy_configs import get_default_configs
 def get_config():
     config = get_default_configs()
     config.training.sde = 'subvpsde'
-    presets.set_weighting(config, 'lw_is')
+    presets.set_weighting(config, 'importance')
     config.training.eps = config.sampling.eps = config.eval.eps = presets.SUBVP_EPS
     return config

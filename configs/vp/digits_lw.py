@@ -1,4 +1,4 @@
-"""DIGITS (8×8, 17 levels), VP SDE, small DDPM++, weighting 'lw' (see configs.presets)."""
+"""DIGITS (8×8, 17 levels), VP SDE, small DDPM++, weighting 'likelihood' (λ = g²)."""
 
 from configs import presets
 from configs.default_digits_configs import get_default_configs
@@ -6,5 +6,5 @@ from configs.default_digits_configs import get_default_configs
 
 def get_config():
     config = get_default_configs()
-    presets.set_weighting(config, 'lw')
+    presets.set_weighting(config, 'likelihood')
     return config

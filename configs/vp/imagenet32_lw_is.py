@@ -7,7 +7,7 @@ from configs.score_flow.vp import imagenet32_ddpmpp_continuous as score_flow
 
 def get_config():
     config = score_flow.get_config()
-    presets.set_weighting(config, 'lw_is')
+    presets.set_weighting(config, 'importance')
     # score_flow's file meant ε = 5e-5 with likelihood weighting + importance sampling,
     # but tested the flags before the command line set them: it only took effect when the
     # file was edited. Here it takes effect.

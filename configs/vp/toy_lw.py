@@ -1,4 +1,4 @@
-"""TOY (2-D ring of 8 Gaussians), VP SDE, MLP, weighting 'lw' (see configs.presets)."""
+"""TOY (2-D ring of 8 Gaussians), VP SDE, MLP, weighting 'likelihood' (λ = g²)."""
 
 from configs import presets
 from configs.default_toy_configs import get_default_configs
@@ -6,5 +6,5 @@ from configs.default_toy_configs import get_default_configs
 
 def get_config():
     config = get_default_configs()
-    presets.set_weighting(config, 'lw')
+    presets.set_weighting(config, 'likelihood')
     return config
