@@ -47,7 +47,7 @@ checkpoints of one objective, not objectives), ``fid`` (FD_digits on DIGITS), ``
 nats (the model density at time ε). The exact data density (``datasets.toy_distribution``)
 gives KL(data ‖ model) = E_x[log p_data(x) + nll(x)] over the test points, with a paired
 standard error from the per-example results (``ckpt_<n>/bpd_h0.npz``), and the bound's KL
-likewise (an upper bound on KL up to Monte Carlo noise).
+likewise (an upper bound on KL up to Monte Carlo noise): ``diagnostics.ToyKL``.
 
 The mechanism (``--variance``): on the last snapshot of the seed-0 run of each SDE trained
 with λ = g² (lw and lw_is), measured as soon as the run is finished, the per-example and
@@ -56,7 +56,7 @@ per-batch variance of the likelihood-weighted DSM loss ``losses.dsm_loss`` with 
 weight Z): both are unbiased estimators of the same integral ∫_ε^T g² E‖s_θ(x_t, t) + z/σ‖²
 dt (reduced as in training) on the same model and training data, so their variances compare
 directly; per t-bin, each estimator's share of the mean (equal for both, a check) and of the
-second moment (where the variance comes from). See :func:`loss_variance`.
+second moment (where the variance comes from). See ``diagnostics.loss_variance``.
 
 Cost, measured on this project's machine: 2 CPU cores shared with other jobs (load
 average 4–5 during the measurements, so roughly half the cores'), JAX on the CPU.
@@ -117,8 +117,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # project imports (the variance measurement, TOY's density)
+if REPO not in sys.path:  # project imports (diagnostics: the variance, TOY's KL)
     sys.path.insert(0, REPO)
+
+import checkpointing  # noqa: E402  (the repository is on sys.path now)
+import diagnostics  # noqa: E402
 
 SDES = ('vp', 'subvp')
 OBJECTIVES = ('baseline', 'lw', 'lw_is')
@@ -444,254 +447,7 @@ def _fmt(mean: float, se: float = math.nan, digits: int = 3) -> str:
     return f'{mean:.{digits}f} ± {se:.{digits}f}'
 
 
-# --------------------------------------------------------------------------- TOY's KL
-class ToyKL:
-    """KL(data ‖ model) of TOY runs from the exact log p_data of the test points."""
-
-    def __init__(self):
-        self._log_p: Dict[Tuple[int, int], np.ndarray] = {}
-
-    def log_p_data(self, config) -> np.ndarray:
-        """log p_data of the test split, by global example index (float64)."""
-        import jax.numpy as jnp
-
-        import datasets
-        import sde_lib
-
-        dim = int(config.data.dim)
-        key = (dim, int(datasets.split_size(config, 'test')))
-        if key not in self._log_p:
-            shard = datasets.get_shard(config, 'test', process_index=0, process_count=1)
-            mix = datasets.toy_distribution(config)
-            # p_0 = p_data: a VP SDE at t = 0 has α = 1 and σ = 0 exactly.
-            x = jnp.asarray(shard.data, jnp.float32)
-            logp = mix.log_prob(sde_lib.VPSDE(), x, jnp.zeros(len(x)))
-            self._log_p[key] = np.asarray(logp, np.float64)
-        return self._log_p[key]
-
-    def entry(self, workdir: str, folder: str, ckpt: int, metrics: Dict[str, Any], which: str):
-        """(KL, its paired standard error) in nats for ``which`` ('bpd': the ODE,
-        'bound_bpd': the bound) at ``ckpt``; the standard error is nan without the
-        per-example file."""
-        config = load_run_config(workdir)
-        logp = self.log_p_data(config)
-        dim = int(config.data.dim)
-        value = metrics.get(which)
-        if value is None:
-            return math.nan, math.nan
-        nll_mean = value * dim * math.log(2)  # continuous data: bpd = nll / (D ln 2)
-        kl = nll_mean + float(logp.mean())
-        se = math.nan
-        per_example = load_per_example(os.path.join(workdir, folder, f'ckpt_{ckpt}'), 'bpd')
-        if per_example is not None and which in per_example:
-            nll = np.asarray(per_example[which], np.float64) * dim * math.log(2)
-            diff = nll + logp[np.asarray(per_example['index'], np.int64)]
-            index = np.asarray(per_example['index'], np.int64)
-            import eval_store
-
-            _, se = eval_store.mean_and_stderr_over_images(diff, index)
-        return kl, se
-
-
-def load_per_example(folder: str, tag: str) -> Optional[Dict[str, np.ndarray]]:
-    """The per-example results of an evaluation pass (``<tag>_h<host>.npz``, all hosts)."""
-    import eval_store
-
-    if not os.path.isdir(folder):
-        return None
-    store = eval_store.ResultStore(folder)
-    parts, host = [], 0
-    while os.path.exists(path := store.summary_path(tag, host)):
-        part = eval_store.load_npz(path)
-        if part is None:
-            break
-        parts.append(part)
-        host += 1
-    return eval_store.concat_results(parts) if parts else None
-
-
-def load_run_config(workdir: str):
-    """The resolved config ``W/config.json`` of a run, as a ConfigDict."""
-    import ml_collections
-
-    with open(os.path.join(workdir, 'config.json')) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 # --------------------------------------------------------------------------- mechanism
-ESTIMATORS = ('uniform', 'importance')
-
-
-def loss_variance(
-    sde,
-    score_fn,
-    x,
-    key,
-    *,
-    eps: float,
-    reduce_mean: bool = True,
-    batch_size: int = 128,
-    num_bins: int = 10,
-    chunk: int = 512,
-) -> Dict[str, Any]:
-    """Variance of the likelihood-weighted DSM loss with uniform vs importance-sampled t.
-
-    Both estimators are ``losses.dsm_loss`` per example on the same data ``x`` [N, ...]
-    (model space) and the same ``score_fn``:
-
-    * 'uniform': weighting 'likelihood' (t ~ U(ε, T), weight g²/σ²) times (T − ε);
-    * 'importance': weighting 'importance' with ``importance_normalizer=True``
-      (t ~ p(t) = g²/(σ² Z), weight Z);
-
-    so that both are unbiased for I = ∫_ε^T g² E‖s(x_t, t) + z/σ‖² dt (reduced as in
-    training: mean over dimensions with ``reduce_mean``, else half the sum). The paper's
-    training drops the constant Z (loss = I / Z) and the uniform one has I / (T − ε); these
-    scale each variance by a constant and do not change which is smaller at equal mean.
-
-    Returns, per estimator: ``mean``, ``mean_stderr``, ``var`` (per example), its
-    standard error, ``batch_var`` = var / ``batch_size`` (the variance of a training
-    batch's mean loss), ``batch_var_empirical`` (over the N / batch_size disjoint batches
-    of the draws), ``relative_std`` = √var / mean; and per t-bin (``bin_edges``,
-    log-spaced on [ε, T]): ``bin_count``, ``bin_mean`` (the bin's contribution
-    E[L 1{t ∈ bin}], the same for both estimators up to noise) and ``bin_second_moment``
-    (E[L² 1{t ∈ bin}]; they sum to E[L²] = var + mean²). Also ``ratio`` = var(uniform) /
-    var(importance), and for the uniform estimator ``var_from_importance_draws``: its
-    variance from the importance-sampled draws reweighted (below), the more reliable
-    value when ε is small (its plain sample variance is dominated by rare small t), and
-    ``ratio_from_importance_draws``.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    import losses
-
-    T = float(sde.T)
-    n = int(x.shape[0])
-    edges = np.geomspace(eps, T, num_bins + 1)
-    settings = {
-        'uniform': ('likelihood', False, T - eps),
-        'importance': ('importance', True, 1.0),
-    }
-
-    def make(weighting: str, normalizer: bool, scale: float):
-        def per_example(k, xb):
-            times = []
-
-            def recording_score(x_t, t):  # dsm_loss's own t, kept for the binning
-                times.append(t)
-                return score_fn(x_t, t)
-
-            loss = losses.dsm_loss(
-                k,
-                recording_score,
-                xb,
-                sde,
-                reduce_mean=reduce_mean,
-                weighting=weighting,
-                eps=eps,
-                importance_normalizer=normalizer,
-            )
-            return scale * loss, times[0]
-
-        return jax.jit(per_example)
-
-    out: Dict[str, Any] = {
-        'num_draws': n,
-        'batch_size': int(batch_size),
-        'eps': float(eps),
-        'T': T,
-        'bin_edges': edges.tolist(),
-    }
-    draws: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-    for e_index, name in enumerate(ESTIMATORS):
-        fn = make(*settings[name])
-        values, times = [], []
-        for c, start in enumerate(range(0, n, chunk)):
-            k = jax.random.fold_in(jax.random.fold_in(key, e_index), c)
-            v, t = fn(k, jnp.asarray(x[start : start + chunk]))
-            values.append(np.asarray(v, np.float64))
-            times.append(np.asarray(t, np.float64))
-        v, t = np.concatenate(values), np.concatenate(times)
-        draws[name] = (v, t)
-        mean, var = float(v.mean()), float(v.var(ddof=1))
-        m4 = float(np.mean((v - mean) ** 4))
-        num_batches = n // batch_size
-        batch_means = v[: num_batches * batch_size].reshape(num_batches, batch_size).mean(1)
-        which = np.clip(np.searchsorted(edges, t, side='right') - 1, 0, num_bins - 1)
-        out[name] = {
-            'mean': mean,
-            'mean_stderr': math.sqrt(var / n),
-            'var': var,
-            'var_stderr': math.sqrt(max(m4 - var**2, 0.0) / n),
-            'batch_var': var / batch_size,
-            'batch_var_empirical': float(batch_means.var(ddof=1)) if num_batches > 1 else None,
-            'relative_std': math.sqrt(var) / abs(mean) if mean else None,
-            'bin_count': np.bincount(which, minlength=num_bins).tolist(),
-            'bin_mean': (np.bincount(which, v, num_bins) / n).tolist(),
-            'bin_second_moment': (np.bincount(which, v**2, num_bins) / n).tolist(),
-        }
-    # The uniform-t estimator's variance from the importance-sampled draws: with
-    # L_U = (T − ε) w(t) h and L_IS = Z h (w = g²/σ²), E_U[L_U²] = E_p[r(t) L_IS²] with
-    # r = (T − ε) w / Z. Its tail at small t is sampled densely there, where uniform t
-    # rarely goes: at ε = 1e-5 the plain sample variance of L_U falls far short of the
-    # true one (heavy tail: E_U[L_U⁴] grows like 1/ε³), this one much less.
-    with jax.ensure_compile_time_eval():
-        z_norm = float(sde.likelihood_importance_cum_weight(jnp.asarray(T), eps))
-    t_is = jnp.asarray(draws['importance'][1], jnp.float32)
-    r = np.asarray((T - eps) * sde.diffusion(t_is) ** 2 / sde.std(t_is) ** 2, np.float64) / z_norm
-    l_is = draws['importance'][0]
-    second = r * l_is**2
-    out['uniform']['var_from_importance_draws'] = float(second.mean() - l_is.mean() ** 2)
-    out['uniform']['var_from_importance_draws_stderr'] = float(second.std(ddof=1) / math.sqrt(n))
-    out['ratio'] = out['uniform']['var'] / out['importance']['var']
-    out['ratio_from_importance_draws'] = (
-        out['uniform']['var_from_importance_draws'] / out['importance']['var']
-    )
-    return out
-
-
-def measure_run_variance(
-    workdir: str, ckpt: int, num_draws: int = 4096, seed: int = 0
-) -> Dict[str, Any]:
-    """:func:`loss_variance` on snapshot ``ckpt`` of a run (EMA parameters, no dropout) and
-    ``num_draws`` training examples drawn with replacement, dequantized and scaled as in
-    training."""
-    import jax
-
-    import checkpointing
-    import datasets
-    import sde_lib
-    from devices import local_mesh
-    from models import utils as mutils
-    from train_state import create_train_state
-
-    config = load_run_config(workdir)  # resolved and validated by main.py
-    sde = sde_lib.get_sde(config)
-    model, _, template = create_train_state(config, local_mesh())
-    state = checkpointing.restore_checkpoint(workdir, ckpt, template)
-    score_fn = mutils.get_score_fn(
-        sde, model, {'params': state.ema_params}, train=False, continuous=True
-    )
-    data = datasets.DataSpec.from_config(config)
-    raw = datasets.get_shard(config, 'train', process_index=0, process_count=1).data
-    rng = np.random.default_rng(seed)
-    rows = raw[rng.integers(0, len(raw), num_draws)]
-    key = jax.random.key(seed)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(num_draws, dtype=np.uint32))
-    x = np.asarray(data.train_input(jax.numpy.asarray(rows), keys))
-    result = loss_variance(
-        sde,
-        score_fn,
-        x,
-        jax.random.fold_in(key, 1 << 20),
-        eps=float(config.training.eps),
-        reduce_mean=bool(config.training.reduce_mean),
-        batch_size=int(config.training.batch_size),
-    )
-    result.update({'ckpt': int(ckpt), 'step': int(state.step), 'seed': int(seed)})
-    return result
-
-
 def variance_runs(runs: Sequence[Run]) -> List[Run]:
     """The runs measured: each SDE's lw and lw_is runs of the smallest seed."""
     seed = min((r.seed for r in runs), default=0)
@@ -705,13 +461,11 @@ def measure_variance(run: Run, num_draws: int, log=print) -> None:
     old = _read_json(path)
     if old and old.get('ckpt') == last and old.get('num_draws') == num_draws:
         return
-    import checkpointing  # deferred like the measurement's own imports (JAX, orbax)
-
     if last not in checkpointing.list_checkpoints(run.workdir):
         log(f'{run.name}: snapshot {last} is not in {run.workdir}, no variance measurement.')
         return
     log(f'{run.name}: loss variance on snapshot {last} ({num_draws} draws) …')
-    result = measure_run_variance(run.workdir, last, num_draws)
+    result = diagnostics.measure_run_variance(run.workdir, last, num_draws)
     with open(path + '.tmp', 'w') as f:
         json.dump(result, f, indent=2)
     os.replace(path + '.tmp', path)
@@ -728,7 +482,7 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
 # --------------------------------------------------------------------------- report
 def collect(runs: Sequence[Run]) -> Dict[str, Any]:
     """Every run's numbers at its last checkpoint and its curves, from its metrics.json."""
-    toy = ToyKL() if runs and runs[0].dataset == 'toy' else None
+    toy = diagnostics.ToyKL() if runs and runs[0].dataset == 'toy' else None
     per_run = []
     for run in runs:
         curves_phase = run.phases[1]
