@@ -5,8 +5,8 @@ miniature, ``scripts/scoreflow_table.py``), read from the run's work directory W
   importance-sampled t ~ p(t) ∝ g²/σ² on a snapshot (:func:`loss_variance`,
   :func:`measure_run_variance`): the mechanism of ScoreFlow's importance sampling.
 * KL(data ‖ model) of TOY runs (:class:`ToyKL`): TOY data have an exact density, so
-  KL = E_x[log p_data(x) + nll(x)] over the test points, from the per-example results of
-  an evaluation (the ODE's, or the bound's: an upper bound on KL up to Monte Carlo noise).
+  KL = E_x[log p_data(x) + nll(x)] over the test points, from the per-example nll of an
+  evaluation (the ODE's, or the bound's: an upper bound on KL up to Monte Carlo noise).
 """
 
 from __future__ import annotations
@@ -236,6 +236,12 @@ def training_draws(config, num_draws: int, seed: int, key) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- TOY's KL
+# The summary files (``<tag>_h<host>.npz``) holding each per-example nll, in the order
+# looked at: the bound's own tag first, then the ODE's (where runs before the bound had
+# its own tag kept the bound's results).
+NLL_TAGS = {'nll': ('bpd',), 'bound_nll': ('bound', 'bpd')}
+
+
 class ToyKL:
     """KL(data ‖ model) of TOY runs from the exact log p_data of the test points."""
 
@@ -254,26 +260,39 @@ class ToyKL:
             self._log_p[key] = np.asarray(logp, np.float64)
         return self._log_p[key]
 
-    def entry(self, workdir: str, folder: str, ckpt: int, metrics: Dict[str, Any], which: str):
-        """(KL, its paired standard error) in nats for ``which`` ('bpd': the ODE,
-        'bound_bpd': the bound) at ``ckpt``; the standard error is nan without the
-        per-example file."""
-        config = load_run_config(workdir)
-        logp = self.log_p_data(config)
-        dim = int(config.data.dim)
-        value = metrics.get(which)
-        if value is None:
+    def entry(
+        self, workdir: str, folder: str, ckpt: int, metrics: Dict[str, Any], which: str
+    ) -> Tuple[float, float]:
+        """(KL, its standard error) in nats at ``ckpt`` of ``W/<folder>``, for ``which``:
+        'nll' (the ODE) or 'bound_nll' (the bound), nats per example.
+
+        KL = mean nll + mean_x log p_data(x) over the test split: the mean nll from
+        ``metrics`` (the checkpoint's metrics.json entry) when it has ``which``, else the
+        mean of the per-example file (as metrics.json's). The standard error is paired:
+        that of d_i = nll_i + log p_data(x_i) over test images (repeats averaged first),
+        nan without the per-example file; both are nan without either.
+        """
+        logp = self.log_p_data(load_run_config(workdir))
+        results = per_example_nll(os.path.join(workdir, folder, f'ckpt_{ckpt}'), which)
+        nll_mean, se = metrics.get(which), math.nan
+        if results is not None:
+            index = np.asarray(results['index'], np.int64)
+            nll = np.asarray(results[which], np.float64)
+            _, se = eval_store.mean_and_stderr_over_images(nll + logp[index], index)
+            nll_mean = float(np.mean(nll)) if nll_mean is None else nll_mean
+        if nll_mean is None:
             return math.nan, math.nan
-        nll_mean = value * dim * math.log(2)  # continuous data: bpd = nll / (D ln 2)
-        kl = nll_mean + float(logp.mean())
-        se = math.nan
-        per_example = load_per_example(os.path.join(workdir, folder, f'ckpt_{ckpt}'), 'bpd')
-        if per_example is not None and which in per_example:
-            nll = np.asarray(per_example[which], np.float64) * dim * math.log(2)
-            diff = nll + logp[np.asarray(per_example['index'], np.int64)]
-            index = np.asarray(per_example['index'], np.int64)
-            _, se = eval_store.mean_and_stderr_over_images(diff, index)
-        return kl, se
+        return nll_mean + float(logp.mean()), se
+
+
+def per_example_nll(folder: str, which: str) -> Optional[eval_store.Results]:
+    """The per-example results in ``folder`` (a ``ckpt_<n>`` folder) that hold ``which``
+    ('nll' or 'bound_nll', see ``NLL_TAGS``), with their ``index``; None if none does."""
+    for tag in NLL_TAGS[which]:
+        results = load_per_example(folder, tag)
+        if results is not None and which in results:
+            return results
+    return None
 
 
 def load_per_example(folder: str, tag: str) -> Optional[eval_store.Results]:

@@ -43,11 +43,12 @@ ODE, standard error over test images), ``bound_bpd`` / ``bound_stderr`` (ScoreFl
 ``eval.bound_importance_weighting`` True or False), ``loss`` (the run's own training
 objective on the test split: its weighting differs between objectives, so it compares
 checkpoints of one objective, not objectives), ``fid`` (FD_digits on DIGITS), ``kid``,
-``is``. TOY data are continuous: ``bpd`` is nll / (D ln 2) and ``nll`` = −log p_model(x) in
-nats (the model density at time ε). The exact data density (``datasets.toy_distribution``)
+``is``. TOY data are continuous: ``nll`` = −log p_model(x) in nats (the model density at
+time ε; ``bpd`` is nll / (D ln 2)). The exact data density (``datasets.toy_distribution``)
 gives KL(data ‖ model) = E_x[log p_data(x) + nll(x)] over the test points, with a paired
 standard error from the per-example results (``ckpt_<n>/bpd_h0.npz``), and the bound's KL
-likewise (an upper bound on KL up to Monte Carlo noise): ``diagnostics.ToyKL``.
+likewise from ``bound_nll`` (``ckpt_<n>/bound_h0.npz``, or ``bpd_h0.npz`` in older runs;
+an upper bound on KL up to Monte Carlo noise): ``diagnostics.ToyKL``.
 
 The mechanism (``--variance``): on the last snapshot of the seed-0 run of each SDE trained
 with λ = g² (lw and lw_is), measured as soon as the run is finished, the per-example and
@@ -483,62 +484,66 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
 def collect(runs: Sequence[Run]) -> Dict[str, Any]:
     """Every run's numbers at its last checkpoint and its curves, from its metrics.json."""
     toy = diagnostics.ToyKL() if runs and runs[0].dataset == 'toy' else None
-    per_run = []
-    for run in runs:
-        curves_phase = run.phases[1]
-        last = max(curves_phase.ckpts)
-        curves = read_metrics(run.workdir, CURVES)
-        final = curves.get(str(last), {})
-        row: Dict[str, Any] = {
-            'run': run.name,
-            'sde': run.sde,
-            'objective': run.objective,
-            'seed': run.seed,
-            'ckpt': last,
-            'done': run_done(run),
-            'step': final.get('step'),
-            'bpd': final.get('bpd'),
-            'bpd_stderr': final.get('bpd_stderr'),
-            'bound_bpd': final.get('bound_bpd'),
-            'bound_stderr': final.get('bound_stderr'),
-            'loss': final.get('loss'),
-        }
-        bound_folder = CURVES
-        if any(p.name == 'bound' for p in run.phases):
-            bound_folder = BOUND
-            bound = read_metrics(run.workdir, BOUND).get(str(last), {})
-            row['bound_bpd'], row['bound_stderr'] = (
-                bound.get('bound_bpd'),
-                bound.get('bound_stderr'),
-            )
-        uniform = read_metrics(run.workdir, BOUND_UNIFORM).get(str(last), {})
-        row['bound_uniform_bpd'] = uniform.get('bound_bpd')
-        row['bound_uniform_stderr'] = uniform.get('bound_stderr')
-        samples = read_metrics(run.workdir, SAMPLES).get(str(last), {})
-        row['fd_digits' if run.dataset == 'digits' else 'fid'] = samples.get('fid')
-        row['kid'] = samples.get('kid')
-        row['classifier_score' if run.dataset == 'digits' else 'is'] = samples.get('is')
-        curve = []
-        for c in sorted(curves, key=int):
-            m = curves[c]
-            point = {'ckpt': int(c), 'step': m.get('step'), 'bpd': m.get('bpd')}
-            point['bound_bpd'] = m.get('bound_bpd')
-            if toy is not None and m.get('bpd') is not None:
-                point['kl'], point['kl_stderr'] = toy.entry(run.workdir, CURVES, int(c), m, 'bpd')
-            curve.append(point)
-        row['curve'] = curve
-        if toy is not None and final.get('bpd') is not None:  # KL, ODE and bounds
-            row['kl'], row['kl_stderr'] = toy.entry(run.workdir, CURVES, last, final, 'bpd')
-            row['bound_kl'], row['bound_kl_stderr'] = toy.entry(
-                run.workdir, bound_folder, last, {'bound_bpd': row['bound_bpd']}, 'bound_bpd'
-            )
-            row['bound_uniform_kl'], row['bound_uniform_kl_stderr'] = toy.entry(
-                run.workdir, BOUND_UNIFORM, last, uniform, 'bound_bpd'
-            )
-        row['variance'] = _read_json(os.path.join(run.workdir, VARIANCE_FILE))
-        row['seconds'] = _read_json(os.path.join(run.workdir, TIMES_FILE))
-        per_run.append(row)
-    return {'runs': per_run}
+    return {'runs': [collect_run(run, toy) for run in runs]}
+
+
+def collect_run(run: Run, toy: Optional[diagnostics.ToyKL]) -> Dict[str, Any]:
+    """One run's row: its phases' metrics at the last checkpoint, its curve, TOY's KLs (with
+    ``toy``), the variance measurement and the wall times."""
+    last = max(run.phases[1].ckpts)
+    curves = read_metrics(run.workdir, CURVES)
+    final = curves.get(str(last), {})
+    bound_folder = BOUND if any(p.name == 'bound' for p in run.phases) else CURVES
+    bound = read_metrics(run.workdir, bound_folder).get(str(last), {})
+    uniform = read_metrics(run.workdir, BOUND_UNIFORM).get(str(last), {})
+    samples = read_metrics(run.workdir, SAMPLES).get(str(last), {})
+    digits = run.dataset == 'digits'
+    row: Dict[str, Any] = {
+        'run': run.name,
+        'sde': run.sde,
+        'objective': run.objective,
+        'seed': run.seed,
+        'ckpt': last,
+        'done': run_done(run),
+        'step': final.get('step'),
+        'bpd': final.get('bpd'),
+        'bpd_stderr': final.get('bpd_stderr'),
+        'bound_bpd': bound.get('bound_bpd'),
+        'bound_stderr': bound.get('bound_stderr'),
+        'loss': final.get('loss'),
+        'bound_uniform_bpd': uniform.get('bound_bpd'),
+        'bound_uniform_stderr': uniform.get('bound_stderr'),
+        'fd_digits' if digits else 'fid': samples.get('fid'),
+        'kid': samples.get('kid'),
+        'classifier_score' if digits else 'is': samples.get('is'),
+        'curve': curve_points(run, curves, toy),
+    }
+    if toy is not None and final.get('bpd') is not None:  # KL, ODE and bounds
+        sources = [
+            ('kl', CURVES, final, 'nll'),
+            ('bound_kl', bound_folder, bound, 'bound_nll'),
+            ('bound_uniform_kl', BOUND_UNIFORM, uniform, 'bound_nll'),
+        ]
+        for name, folder, metrics, which in sources:
+            row[name], row[f'{name}_stderr'] = toy.entry(run.workdir, folder, last, metrics, which)
+    row['variance'] = _read_json(os.path.join(run.workdir, VARIANCE_FILE))
+    row['seconds'] = _read_json(os.path.join(run.workdir, TIMES_FILE))
+    return row
+
+
+def curve_points(
+    run: Run, curves: Dict[str, Any], toy: Optional[diagnostics.ToyKL]
+) -> List[Dict[str, Any]]:
+    """The curves phase's bits/dim (and bound, TOY's KL with ``toy``) at every snapshot."""
+    points = []
+    for c in sorted(curves, key=int):
+        m = curves[c]
+        point = {'ckpt': int(c), 'step': m.get('step'), 'bpd': m.get('bpd')}
+        point['bound_bpd'] = m.get('bound_bpd')
+        if toy is not None and m.get('bpd') is not None:
+            point['kl'], point['kl_stderr'] = toy.entry(run.workdir, CURVES, int(c), m, 'nll')
+        points.append(point)
+    return points
 
 
 def columns(dataset: str) -> List[Tuple[str, str, Optional[str]]]:

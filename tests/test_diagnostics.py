@@ -1,9 +1,10 @@
 """diagnostics.py: the loss variance of uniform vs importance-sampled t against a closed
-form."""
+form, and TOY's KL(data ‖ model) from the per-example nll of either file layout."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,95 @@ import numpy as np
 import pytest
 
 import diagnostics
+import file_io
 import sde_lib
+from configs.validation import prepare_config
+from train_utils import load_config, toy_log_p_data
+
+
+@pytest.fixture(scope='module')
+def toy_run(tmp_path_factory):
+    """A TOY work directory with its resolved config.json (as main.py writes it) and
+    log p_data of its test points."""
+    workdir = tmp_path_factory.mktemp('toy_run')
+    config = prepare_config(load_config('toy'))
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    return str(workdir), toy_log_p_data()
+
+
+def _nll(n: int, offset: float, seed: int):
+    """Per-example nll of two repeats over n images: (values float32, index, repeat)."""
+    rng = np.random.default_rng(seed)
+    nll = (offset + rng.standard_normal(2 * n)).astype(np.float32)
+    return nll, np.tile(np.arange(n), 2), np.repeat([0, 1], n)
+
+
+def _paired(nll, log_p):
+    """Mean and standard error over images of d = nll + log p_data (repeats averaged)."""
+    d = (nll.astype(np.float64) + np.tile(log_p, 2)).reshape(2, -1).mean(0)
+    return d.mean(), d.std(ddof=1) / math.sqrt(len(d))
+
+
+def _save(folder, name, **arrays):
+    file_io.save_npz(os.path.join(folder, name), **arrays)
+
+
+@pytest.mark.timeout(120)
+def test_toy_kl_older_layout_bound_in_the_bpd_file(toy_run):
+    """Runs before the bound had its own tag: ``bpd_h0.npz`` holds the ODE's and the
+    bound's nll; metrics.json has ``nll`` (used for the mean) and no ``bound_nll`` (the
+    mean is the file's)."""
+    workdir, log_p = toy_run
+    n = len(log_p)
+    nll, index, repeat = _nll(n, 2.5, 0)
+    bound_nll, _, _ = _nll(n, 3.0, 1)
+    folder = os.path.join(workdir, 'eval', 'ckpt_1')
+    _save(folder, 'bpd_h0.npz', nll=nll, bound_nll=bound_nll, index=index, repeat=repeat)
+    kl = diagnostics.ToyKL()
+    value, se = kl.entry(workdir, 'eval', 1, {'nll': 2.0, 'bpd': 1.0}, 'nll')
+    assert math.isclose(value, 2.0 + log_p.mean(), abs_tol=1e-5)  # float32 log p
+    assert math.isclose(se, _paired(nll, log_p)[1], rel_tol=1e-4)
+    value, se = kl.entry(workdir, 'eval', 1, {'bound_bpd': 1.0}, 'bound_nll')
+    mean, stderr = _paired(bound_nll, log_p)
+    assert math.isclose(value, mean, abs_tol=1e-5) and se > 0
+    assert math.isclose(se, stderr, rel_tol=1e-4)
+
+
+@pytest.mark.timeout(120)
+def test_toy_kl_bound_tag_first_over_hosts(toy_run):
+    """The bound's own summaries (``bound_h<host>.npz``, every host) come before a
+    ``bound_nll`` in ``bpd_h0.npz``; metrics.json's ``bound_nll`` gives the mean."""
+    workdir, log_p = toy_run
+    n = len(log_p)
+    bound_nll, index, repeat = _nll(n, 3.0, 2)
+    folder = os.path.join(workdir, 'eval_bound', 'ckpt_2')
+    half = n  # host 0: repeat 0, host 1: repeat 1
+    for host in (0, 1):
+        part = slice(host * half, (host + 1) * half)
+        _save(
+            folder,
+            f'bound_h{host}.npz',
+            bound_nll=bound_nll[part],
+            bound_bpd=bound_nll[part] / (2 * math.log(2)),
+            index=index[part],
+            repeat=repeat[part],
+        )
+    stale, _, _ = _nll(n, 9.0, 3)
+    _save(folder, 'bpd_h0.npz', nll=stale, bound_nll=stale, index=index, repeat=repeat)
+    value, se = diagnostics.ToyKL().entry(workdir, 'eval_bound', 2, {'bound_nll': 3.5}, 'bound_nll')
+    assert math.isclose(value, 3.5 + log_p.mean(), abs_tol=1e-5)
+    assert math.isclose(se, _paired(bound_nll, log_p)[1], rel_tol=1e-4)
+
+
+@pytest.mark.timeout(120)
+def test_toy_kl_without_results(toy_run):
+    """No per-example file: the mean from metrics.json alone (no standard error); neither:
+    nan."""
+    workdir, log_p = toy_run
+    kl = diagnostics.ToyKL()
+    value, se = kl.entry(workdir, 'eval_missing', 1, {'nll': 2.0}, 'nll')
+    assert math.isclose(value, 2.0 + log_p.mean(), abs_tol=1e-5) and math.isnan(se)
+    assert all(math.isnan(v) for v in kl.entry(workdir, 'eval_missing', 1, {}, 'bound_nll'))
 
 
 @pytest.mark.timeout(120)

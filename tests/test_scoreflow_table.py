@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train_utils import REPO, TINY
+import file_io
+from configs.validation import prepare_config
+from train_utils import REPO, TINY, load_config, toy_log_p_data
 
 _spec = importlib.util.spec_from_file_location(
     'scoreflow_table', os.path.join(REPO, 'scripts', 'scoreflow_table.py')
@@ -105,20 +107,6 @@ def _recording_launcher(calls: list):
 
 def _no_launcher(command, log_path):
     raise AssertionError(f'no process expected, got {command}')
-
-
-def _toy_log_p_data() -> np.ndarray:
-    """log p_data of TOY's test points, from the mixture directly (numpy, float64)."""
-    import datasets
-    from train_utils import load_config
-
-    config = load_config('toy')
-    x = datasets.get_shard(config, 'test').data.astype(np.float64)
-    mix = datasets.toy_distribution(config)
-    var = mix.covs[:, 0, 0]  # isotropic components
-    sq = np.sum((x[:, None, :] - mix.means[None]) ** 2, -1)
-    log_n = -0.5 * sq / var - 0.5 * x.shape[1] * np.log(2 * np.pi * var)
-    return np.logaddexp.reduce(np.log(mix.weights) + log_n, axis=1)
 
 
 @pytest.fixture(scope='module')
@@ -209,7 +197,7 @@ def test_table_holds_the_runs_metrics(grid):
         assert row['loss']['stderr_over_seeds'] is None  # one seed
         assert [p['bpd'] for p in run['curve']] == [metrics['1']['bpd'], final['bpd']]
         # KL = E_test[log p_data + nll]: nll in nats is bpd · D ln 2 for vector data.
-        log_p = _toy_log_p_data()
+        log_p = toy_log_p_data()
         for key, kl in (('bpd', 'kl'), ('bound_bpd', 'bound_kl')):
             expected = final[key] * 2 * math.log(2) + float(log_p.mean())
             assert math.isclose(row[kl]['mean'], expected, abs_tol=1e-5)  # float32 log p
@@ -353,3 +341,34 @@ def test_variance_skips_a_run_without_its_snapshot(tmp_path):
     sft.measure_variance(run, 256, logs.append)
     assert logs == [f'{run.name}: snapshot 2 is not in {run.workdir}, no variance measurement.']
     assert not os.path.exists(os.path.join(run.workdir, sft.VARIANCE_FILE))
+
+
+@pytest.mark.timeout(120)
+def test_toy_kl_of_each_phase(tmp_path):
+    """The report's KLs come from each phase's own folder and nll: the ODE's from the
+    curves (``eval``), the bounds' from ``eval_bound`` (its own ``bound_h0.npz``, mean
+    from the file) and ``eval_bound_uniform`` (an older run's ``bpd_h0.npz``, mean from
+    metrics.json's ``bound_nll``)."""
+    args, extra = sft.parse_args(_argv(tmp_path, '--uniform_bound', '--no-curve_bound'))
+    run = sft.build_grid(args, extra)[0]
+    os.makedirs(run.workdir)
+    config = prepare_config(load_config('toy'))
+    with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    log_p = toy_log_p_data()
+    index, ones = np.arange(len(log_p)), np.ones(len(log_p), np.float32)
+    files = {
+        sft.CURVES: ({'bpd': 1.0, 'nll': 2.0}, 'bpd_h0.npz', {'nll': 2.0 * ones}),
+        sft.BOUND: ({'bound_bpd': 1.1}, 'bound_h0.npz', {'bound_nll': 2.25 * ones}),
+        sft.BOUND_UNIFORM: ({'bound_nll': 2.5}, 'bpd_h0.npz', {'bound_nll': 9.0 * ones}),
+    }
+    for folder, (metrics, name, arrays) in files.items():
+        entries = {str(c): metrics for c in (1, 2)}
+        file_io.write_json(os.path.join(run.workdir, folder, sft.METRICS_FILE), entries)
+        file_io.save_npz(os.path.join(run.workdir, folder, 'ckpt_2', name), index=index, **arrays)
+    row = sft.collect([run])['runs'][0]
+    for key, nll in (('kl', 2.0), ('bound_kl', 2.25), ('bound_uniform_kl', 2.5)):
+        assert math.isclose(row[key], nll + log_p.mean(), abs_tol=1e-5), key
+        stderr = np.std(log_p, ddof=1) / len(log_p) ** 0.5  # paired: nll is constant
+        assert math.isclose(row[f'{key}_stderr'], stderr, rel_tol=1e-4)  # float32 log p
+    assert row['curve'][1]['kl'] == row['kl'] and math.isnan(row['curve'][0]['kl_stderr'])
