@@ -116,6 +116,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot, no global backend
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # project imports (diagnostics: the variance, TOY's KL)
@@ -792,15 +793,6 @@ def variance_markdown(collected: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(collected, runs, path: str, dataset: str) -> bool:
     """bits/dim (TOY: KL) vs training step: one panel per SDE, one colour per objective,
     thin lines per seed and the mean over seeds with a ± standard error band."""
@@ -808,8 +800,8 @@ def plot_curves(collected, runs, path: str, dataset: str) -> bool:
     sdes = [s for s in SDES if any(r.sde == s for r in runs)]
     if not any(p.get(key) is not None for r in collected['runs'] for p in r['curve']):
         return False
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(sdes), figsize=(5.5 * len(sdes), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(sdes), 4))
+    axes = fig.subplots(1, len(sdes), squeeze=False)
     colors = {'baseline': 'tab:gray', 'lw': 'tab:blue', 'lw_is': 'tab:red'}
     for ax, sde in zip(axes[0], sdes):
         for objective in OBJECTIVES:
@@ -845,7 +837,6 @@ def plot_curves(collected, runs, path: str, dataset: str) -> bool:
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 
@@ -856,10 +847,8 @@ def plot_variance(collected, path: str) -> bool:
     measured = [r for r in collected['runs'] if r.get('variance')]
     if not measured:
         return False
-    plt = _pyplot()
-    fig, axes = plt.subplots(
-        2, len(measured), figsize=(4.5 * len(measured), 6.5), squeeze=False, sharex='col'
-    )
+    fig = Figure(figsize=(4.5 * len(measured), 6.5))
+    axes = fig.subplots(2, len(measured), squeeze=False, sharex='col')
     for col, r in enumerate(measured):
         v = r['variance']
         edges = np.asarray(v['bin_edges'])
@@ -890,7 +879,6 @@ def plot_variance(collected, path: str) -> bool:
             ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 
