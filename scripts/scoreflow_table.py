@@ -43,11 +43,12 @@ ODE, standard error over test images), ``bound_bpd`` / ``bound_stderr`` (ScoreFl
 ``eval.bound_importance_weighting`` True or False), ``loss`` (the run's own training
 objective on the test split: its weighting differs between objectives, so it compares
 checkpoints of one objective, not objectives), ``fid`` (FD_digits on DIGITS), ``kid``,
-``is``. TOY data are continuous: ``bpd`` is nll / (D ln 2) and ``nll`` = −log p_model(x) in
-nats (the model density at time ε). The exact data density (``datasets.toy_distribution``)
+``is``. TOY data are continuous: ``nll`` = −log p_model(x) in nats (the model density at
+time ε; ``bpd`` is nll / (D ln 2)). The exact data density (``datasets.toy_distribution``)
 gives KL(data ‖ model) = E_x[log p_data(x) + nll(x)] over the test points, with a paired
 standard error from the per-example results (``ckpt_<n>/bpd_h0.npz``), and the bound's KL
-likewise (an upper bound on KL up to Monte Carlo noise).
+likewise from ``bound_nll`` (``ckpt_<n>/bound_h0.npz``, or ``bpd_h0.npz`` in older runs;
+an upper bound on KL up to Monte Carlo noise): ``diagnostics.ToyKL``.
 
 The mechanism (``--variance``): on the last snapshot of the seed-0 run of each SDE trained
 with λ = g² (lw and lw_is), measured as soon as the run is finished, the per-example and
@@ -56,7 +57,7 @@ per-batch variance of the likelihood-weighted DSM loss ``losses.dsm_loss`` with 
 weight Z): both are unbiased estimators of the same integral ∫_ε^T g² E‖s_θ(x_t, t) + z/σ‖²
 dt (reduced as in training) on the same model and training data, so their variances compare
 directly; per t-bin, each estimator's share of the mean (equal for both, a check) and of the
-second moment (where the variance comes from). See :func:`loss_variance`.
+second moment (where the variance comes from). See ``diagnostics.loss_variance``.
 
 Cost, measured on this project's machine: 2 CPU cores shared with other jobs (load
 average 4–5 during the measurements, so roughly half the cores'), JAX on the CPU.
@@ -115,10 +116,14 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot, no global backend
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # project imports (the variance measurement, TOY's density)
+if REPO not in sys.path:  # project imports (diagnostics: the variance, TOY's KL)
     sys.path.insert(0, REPO)
+
+import checkpointing  # noqa: E402  (the repository is on sys.path now)
+import diagnostics  # noqa: E402
 
 SDES = ('vp', 'subvp')
 OBJECTIVES = ('baseline', 'lw', 'lw_is')
@@ -444,254 +449,7 @@ def _fmt(mean: float, se: float = math.nan, digits: int = 3) -> str:
     return f'{mean:.{digits}f} ± {se:.{digits}f}'
 
 
-# --------------------------------------------------------------------------- TOY's KL
-class ToyKL:
-    """KL(data ‖ model) of TOY runs from the exact log p_data of the test points."""
-
-    def __init__(self):
-        self._log_p: Dict[Tuple[int, int], np.ndarray] = {}
-
-    def log_p_data(self, config) -> np.ndarray:
-        """log p_data of the test split, by global example index (float64)."""
-        import jax.numpy as jnp
-
-        import datasets
-        import sde_lib
-
-        dim = int(config.data.dim)
-        key = (dim, int(datasets.split_size(config, 'test')))
-        if key not in self._log_p:
-            shard = datasets.get_shard(config, 'test', process_index=0, process_count=1)
-            mix = datasets.toy_distribution(config)
-            # p_0 = p_data: a VP SDE at t = 0 has α = 1 and σ = 0 exactly.
-            x = jnp.asarray(shard.data, jnp.float32)
-            logp = mix.log_prob(sde_lib.VPSDE(), x, jnp.zeros(len(x)))
-            self._log_p[key] = np.asarray(logp, np.float64)
-        return self._log_p[key]
-
-    def entry(self, workdir: str, folder: str, ckpt: int, metrics: Dict[str, Any], which: str):
-        """(KL, its paired standard error) in nats for ``which`` ('bpd': the ODE,
-        'bound_bpd': the bound) at ``ckpt``; the standard error is nan without the
-        per-example file."""
-        config = load_run_config(workdir)
-        logp = self.log_p_data(config)
-        dim = int(config.data.dim)
-        value = metrics.get(which)
-        if value is None:
-            return math.nan, math.nan
-        nll_mean = value * dim * math.log(2)  # continuous data: bpd = nll / (D ln 2)
-        kl = nll_mean + float(logp.mean())
-        se = math.nan
-        per_example = load_per_example(os.path.join(workdir, folder, f'ckpt_{ckpt}'), 'bpd')
-        if per_example is not None and which in per_example:
-            nll = np.asarray(per_example[which], np.float64) * dim * math.log(2)
-            diff = nll + logp[np.asarray(per_example['index'], np.int64)]
-            index = np.asarray(per_example['index'], np.int64)
-            import eval_store
-
-            _, se = eval_store.mean_and_stderr_over_images(diff, index)
-        return kl, se
-
-
-def load_per_example(folder: str, tag: str) -> Optional[Dict[str, np.ndarray]]:
-    """The per-example results of an evaluation pass (``<tag>_h<host>.npz``, all hosts)."""
-    import eval_store
-
-    if not os.path.isdir(folder):
-        return None
-    store = eval_store.ResultStore(folder)
-    parts, host = [], 0
-    while os.path.exists(path := store.summary_path(tag, host)):
-        part = eval_store.load_npz(path)
-        if part is None:
-            break
-        parts.append(part)
-        host += 1
-    return eval_store.concat_results(parts) if parts else None
-
-
-def load_run_config(workdir: str):
-    """The resolved config ``W/config.json`` of a run, as a ConfigDict."""
-    import ml_collections
-
-    with open(os.path.join(workdir, 'config.json')) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 # --------------------------------------------------------------------------- mechanism
-ESTIMATORS = ('uniform', 'importance')
-
-
-def loss_variance(
-    sde,
-    score_fn,
-    x,
-    key,
-    *,
-    eps: float,
-    reduce_mean: bool = True,
-    batch_size: int = 128,
-    num_bins: int = 10,
-    chunk: int = 512,
-) -> Dict[str, Any]:
-    """Variance of the likelihood-weighted DSM loss with uniform vs importance-sampled t.
-
-    Both estimators are ``losses.dsm_loss`` per example on the same data ``x`` [N, ...]
-    (model space) and the same ``score_fn``:
-
-    * 'uniform': weighting 'likelihood' (t ~ U(ε, T), weight g²/σ²) times (T − ε);
-    * 'importance': weighting 'importance' with ``importance_normalizer=True``
-      (t ~ p(t) = g²/(σ² Z), weight Z);
-
-    so that both are unbiased for I = ∫_ε^T g² E‖s(x_t, t) + z/σ‖² dt (reduced as in
-    training: mean over dimensions with ``reduce_mean``, else half the sum). The paper's
-    training drops the constant Z (loss = I / Z) and the uniform one has I / (T − ε); these
-    scale each variance by a constant and do not change which is smaller at equal mean.
-
-    Returns, per estimator: ``mean``, ``mean_stderr``, ``var`` (per example), its
-    standard error, ``batch_var`` = var / ``batch_size`` (the variance of a training
-    batch's mean loss), ``batch_var_empirical`` (over the N / batch_size disjoint batches
-    of the draws), ``relative_std`` = √var / mean; and per t-bin (``bin_edges``,
-    log-spaced on [ε, T]): ``bin_count``, ``bin_mean`` (the bin's contribution
-    E[L 1{t ∈ bin}], the same for both estimators up to noise) and ``bin_second_moment``
-    (E[L² 1{t ∈ bin}]; they sum to E[L²] = var + mean²). Also ``ratio`` = var(uniform) /
-    var(importance), and for the uniform estimator ``var_from_importance_draws``: its
-    variance from the importance-sampled draws reweighted (below), the more reliable
-    value when ε is small (its plain sample variance is dominated by rare small t), and
-    ``ratio_from_importance_draws``.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    import losses
-
-    T = float(sde.T)
-    n = int(x.shape[0])
-    edges = np.geomspace(eps, T, num_bins + 1)
-    settings = {
-        'uniform': ('likelihood', False, T - eps),
-        'importance': ('importance', True, 1.0),
-    }
-
-    def make(weighting: str, normalizer: bool, scale: float):
-        def per_example(k, xb):
-            times = []
-
-            def recording_score(x_t, t):  # dsm_loss's own t, kept for the binning
-                times.append(t)
-                return score_fn(x_t, t)
-
-            loss = losses.dsm_loss(
-                k,
-                recording_score,
-                xb,
-                sde,
-                reduce_mean=reduce_mean,
-                weighting=weighting,
-                eps=eps,
-                importance_normalizer=normalizer,
-            )
-            return scale * loss, times[0]
-
-        return jax.jit(per_example)
-
-    out: Dict[str, Any] = {
-        'num_draws': n,
-        'batch_size': int(batch_size),
-        'eps': float(eps),
-        'T': T,
-        'bin_edges': edges.tolist(),
-    }
-    draws: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-    for e_index, name in enumerate(ESTIMATORS):
-        fn = make(*settings[name])
-        values, times = [], []
-        for c, start in enumerate(range(0, n, chunk)):
-            k = jax.random.fold_in(jax.random.fold_in(key, e_index), c)
-            v, t = fn(k, jnp.asarray(x[start : start + chunk]))
-            values.append(np.asarray(v, np.float64))
-            times.append(np.asarray(t, np.float64))
-        v, t = np.concatenate(values), np.concatenate(times)
-        draws[name] = (v, t)
-        mean, var = float(v.mean()), float(v.var(ddof=1))
-        m4 = float(np.mean((v - mean) ** 4))
-        num_batches = n // batch_size
-        batch_means = v[: num_batches * batch_size].reshape(num_batches, batch_size).mean(1)
-        which = np.clip(np.searchsorted(edges, t, side='right') - 1, 0, num_bins - 1)
-        out[name] = {
-            'mean': mean,
-            'mean_stderr': math.sqrt(var / n),
-            'var': var,
-            'var_stderr': math.sqrt(max(m4 - var**2, 0.0) / n),
-            'batch_var': var / batch_size,
-            'batch_var_empirical': float(batch_means.var(ddof=1)) if num_batches > 1 else None,
-            'relative_std': math.sqrt(var) / abs(mean) if mean else None,
-            'bin_count': np.bincount(which, minlength=num_bins).tolist(),
-            'bin_mean': (np.bincount(which, v, num_bins) / n).tolist(),
-            'bin_second_moment': (np.bincount(which, v**2, num_bins) / n).tolist(),
-        }
-    # The uniform-t estimator's variance from the importance-sampled draws: with
-    # L_U = (T − ε) w(t) h and L_IS = Z h (w = g²/σ²), E_U[L_U²] = E_p[r(t) L_IS²] with
-    # r = (T − ε) w / Z. Its tail at small t is sampled densely there, where uniform t
-    # rarely goes: at ε = 1e-5 the plain sample variance of L_U falls far short of the
-    # true one (heavy tail: E_U[L_U⁴] grows like 1/ε³), this one much less.
-    with jax.ensure_compile_time_eval():
-        z_norm = float(sde.likelihood_importance_cum_weight(jnp.asarray(T), eps))
-    t_is = jnp.asarray(draws['importance'][1], jnp.float32)
-    r = np.asarray((T - eps) * sde.diffusion(t_is) ** 2 / sde.std(t_is) ** 2, np.float64) / z_norm
-    l_is = draws['importance'][0]
-    second = r * l_is**2
-    out['uniform']['var_from_importance_draws'] = float(second.mean() - l_is.mean() ** 2)
-    out['uniform']['var_from_importance_draws_stderr'] = float(second.std(ddof=1) / math.sqrt(n))
-    out['ratio'] = out['uniform']['var'] / out['importance']['var']
-    out['ratio_from_importance_draws'] = (
-        out['uniform']['var_from_importance_draws'] / out['importance']['var']
-    )
-    return out
-
-
-def measure_run_variance(
-    workdir: str, ckpt: int, num_draws: int = 4096, seed: int = 0
-) -> Dict[str, Any]:
-    """:func:`loss_variance` on snapshot ``ckpt`` of a run (EMA parameters, no dropout) and
-    ``num_draws`` training examples drawn with replacement, dequantized and scaled as in
-    training."""
-    import jax
-
-    import checkpointing
-    import datasets
-    import sde_lib
-    from devices import local_mesh
-    from models import utils as mutils
-    from train_state import create_train_state
-
-    config = load_run_config(workdir)  # resolved and validated by main.py
-    sde = sde_lib.get_sde(config)
-    model, _, template = create_train_state(config, local_mesh())
-    state = checkpointing.restore_checkpoint(workdir, ckpt, template)
-    score_fn = mutils.get_score_fn(
-        sde, model, {'params': state.ema_params}, train=False, continuous=True
-    )
-    data = datasets.DataSpec.from_config(config)
-    raw = datasets.get_shard(config, 'train', process_index=0, process_count=1).data
-    rng = np.random.default_rng(seed)
-    rows = raw[rng.integers(0, len(raw), num_draws)]
-    key = jax.random.key(seed)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(num_draws, dtype=np.uint32))
-    x = np.asarray(data.train_input(jax.numpy.asarray(rows), keys))
-    result = loss_variance(
-        sde,
-        score_fn,
-        x,
-        jax.random.fold_in(key, 1 << 20),
-        eps=float(config.training.eps),
-        reduce_mean=bool(config.training.reduce_mean),
-        batch_size=int(config.training.batch_size),
-    )
-    result.update({'ckpt': int(ckpt), 'step': int(state.step), 'seed': int(seed)})
-    return result
-
-
 def variance_runs(runs: Sequence[Run]) -> List[Run]:
     """The runs measured: each SDE's lw and lw_is runs of the smallest seed."""
     seed = min((r.seed for r in runs), default=0)
@@ -705,13 +463,11 @@ def measure_variance(run: Run, num_draws: int, log=print) -> None:
     old = _read_json(path)
     if old and old.get('ckpt') == last and old.get('num_draws') == num_draws:
         return
-    import checkpointing  # deferred like the measurement's own imports (JAX, orbax)
-
     if last not in checkpointing.list_checkpoints(run.workdir):
         log(f'{run.name}: snapshot {last} is not in {run.workdir}, no variance measurement.')
         return
     log(f'{run.name}: loss variance on snapshot {last} ({num_draws} draws) …')
-    result = measure_run_variance(run.workdir, last, num_draws)
+    result = diagnostics.measure_run_variance(run.workdir, last, num_draws)
     with open(path + '.tmp', 'w') as f:
         json.dump(result, f, indent=2)
     os.replace(path + '.tmp', path)
@@ -728,63 +484,67 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
 # --------------------------------------------------------------------------- report
 def collect(runs: Sequence[Run]) -> Dict[str, Any]:
     """Every run's numbers at its last checkpoint and its curves, from its metrics.json."""
-    toy = ToyKL() if runs and runs[0].dataset == 'toy' else None
-    per_run = []
-    for run in runs:
-        curves_phase = run.phases[1]
-        last = max(curves_phase.ckpts)
-        curves = read_metrics(run.workdir, CURVES)
-        final = curves.get(str(last), {})
-        row: Dict[str, Any] = {
-            'run': run.name,
-            'sde': run.sde,
-            'objective': run.objective,
-            'seed': run.seed,
-            'ckpt': last,
-            'done': run_done(run),
-            'step': final.get('step'),
-            'bpd': final.get('bpd'),
-            'bpd_stderr': final.get('bpd_stderr'),
-            'bound_bpd': final.get('bound_bpd'),
-            'bound_stderr': final.get('bound_stderr'),
-            'loss': final.get('loss'),
-        }
-        bound_folder = CURVES
-        if any(p.name == 'bound' for p in run.phases):
-            bound_folder = BOUND
-            bound = read_metrics(run.workdir, BOUND).get(str(last), {})
-            row['bound_bpd'], row['bound_stderr'] = (
-                bound.get('bound_bpd'),
-                bound.get('bound_stderr'),
-            )
-        uniform = read_metrics(run.workdir, BOUND_UNIFORM).get(str(last), {})
-        row['bound_uniform_bpd'] = uniform.get('bound_bpd')
-        row['bound_uniform_stderr'] = uniform.get('bound_stderr')
-        samples = read_metrics(run.workdir, SAMPLES).get(str(last), {})
-        row['fd_digits' if run.dataset == 'digits' else 'fid'] = samples.get('fid')
-        row['kid'] = samples.get('kid')
-        row['classifier_score' if run.dataset == 'digits' else 'is'] = samples.get('is')
-        curve = []
-        for c in sorted(curves, key=int):
-            m = curves[c]
-            point = {'ckpt': int(c), 'step': m.get('step'), 'bpd': m.get('bpd')}
-            point['bound_bpd'] = m.get('bound_bpd')
-            if toy is not None and m.get('bpd') is not None:
-                point['kl'], point['kl_stderr'] = toy.entry(run.workdir, CURVES, int(c), m, 'bpd')
-            curve.append(point)
-        row['curve'] = curve
-        if toy is not None and final.get('bpd') is not None:  # KL, ODE and bounds
-            row['kl'], row['kl_stderr'] = toy.entry(run.workdir, CURVES, last, final, 'bpd')
-            row['bound_kl'], row['bound_kl_stderr'] = toy.entry(
-                run.workdir, bound_folder, last, {'bound_bpd': row['bound_bpd']}, 'bound_bpd'
-            )
-            row['bound_uniform_kl'], row['bound_uniform_kl_stderr'] = toy.entry(
-                run.workdir, BOUND_UNIFORM, last, uniform, 'bound_bpd'
-            )
-        row['variance'] = _read_json(os.path.join(run.workdir, VARIANCE_FILE))
-        row['seconds'] = _read_json(os.path.join(run.workdir, TIMES_FILE))
-        per_run.append(row)
-    return {'runs': per_run}
+    toy = diagnostics.ToyKL() if runs and runs[0].dataset == 'toy' else None
+    return {'runs': [collect_run(run, toy) for run in runs]}
+
+
+def collect_run(run: Run, toy: Optional[diagnostics.ToyKL]) -> Dict[str, Any]:
+    """One run's row: its phases' metrics at the last checkpoint, its curve, TOY's KLs (with
+    ``toy``), the variance measurement and the wall times."""
+    last = max(run.phases[1].ckpts)
+    curves = read_metrics(run.workdir, CURVES)
+    final = curves.get(str(last), {})
+    bound_folder = BOUND if any(p.name == 'bound' for p in run.phases) else CURVES
+    bound = read_metrics(run.workdir, bound_folder).get(str(last), {})
+    uniform = read_metrics(run.workdir, BOUND_UNIFORM).get(str(last), {})
+    samples = read_metrics(run.workdir, SAMPLES).get(str(last), {})
+    digits = run.dataset == 'digits'
+    row: Dict[str, Any] = {
+        'run': run.name,
+        'sde': run.sde,
+        'objective': run.objective,
+        'seed': run.seed,
+        'ckpt': last,
+        'done': run_done(run),
+        'step': final.get('step'),
+        'bpd': final.get('bpd'),
+        'bpd_stderr': final.get('bpd_stderr'),
+        'bound_bpd': bound.get('bound_bpd'),
+        'bound_stderr': bound.get('bound_stderr'),
+        'loss': final.get('loss'),
+        'bound_uniform_bpd': uniform.get('bound_bpd'),
+        'bound_uniform_stderr': uniform.get('bound_stderr'),
+        'fd_digits' if digits else 'fid': samples.get('fid'),
+        'kid': samples.get('kid'),
+        'classifier_score' if digits else 'is': samples.get('is'),
+        'curve': curve_points(run, curves, toy),
+    }
+    if toy is not None and final.get('bpd') is not None:  # KL, ODE and bounds
+        sources = [
+            ('kl', CURVES, final, 'nll'),
+            ('bound_kl', bound_folder, bound, 'bound_nll'),
+            ('bound_uniform_kl', BOUND_UNIFORM, uniform, 'bound_nll'),
+        ]
+        for name, folder, metrics, which in sources:
+            row[name], row[f'{name}_stderr'] = toy.entry(run.workdir, folder, last, metrics, which)
+    row['variance'] = _read_json(os.path.join(run.workdir, VARIANCE_FILE))
+    row['seconds'] = _read_json(os.path.join(run.workdir, TIMES_FILE))
+    return row
+
+
+def curve_points(
+    run: Run, curves: Dict[str, Any], toy: Optional[diagnostics.ToyKL]
+) -> List[Dict[str, Any]]:
+    """The curves phase's bits/dim (and bound, TOY's KL with ``toy``) at every snapshot."""
+    points = []
+    for c in sorted(curves, key=int):
+        m = curves[c]
+        point = {'ckpt': int(c), 'step': m.get('step'), 'bpd': m.get('bpd')}
+        point['bound_bpd'] = m.get('bound_bpd')
+        if toy is not None and m.get('bpd') is not None:
+            point['kl'], point['kl_stderr'] = toy.entry(run.workdir, CURVES, int(c), m, 'nll')
+        points.append(point)
+    return points
 
 
 def columns(dataset: str) -> List[Tuple[str, str, Optional[str]]]:
@@ -1033,15 +793,6 @@ def variance_markdown(collected: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(collected, runs, path: str, dataset: str) -> bool:
     """bits/dim (TOY: KL) vs training step: one panel per SDE, one colour per objective,
     thin lines per seed and the mean over seeds with a ± standard error band."""
@@ -1049,8 +800,8 @@ def plot_curves(collected, runs, path: str, dataset: str) -> bool:
     sdes = [s for s in SDES if any(r.sde == s for r in runs)]
     if not any(p.get(key) is not None for r in collected['runs'] for p in r['curve']):
         return False
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(sdes), figsize=(5.5 * len(sdes), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(sdes), 4))
+    axes = fig.subplots(1, len(sdes), squeeze=False)
     colors = {'baseline': 'tab:gray', 'lw': 'tab:blue', 'lw_is': 'tab:red'}
     for ax, sde in zip(axes[0], sdes):
         for objective in OBJECTIVES:
@@ -1086,7 +837,6 @@ def plot_curves(collected, runs, path: str, dataset: str) -> bool:
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 
@@ -1097,10 +847,8 @@ def plot_variance(collected, path: str) -> bool:
     measured = [r for r in collected['runs'] if r.get('variance')]
     if not measured:
         return False
-    plt = _pyplot()
-    fig, axes = plt.subplots(
-        2, len(measured), figsize=(4.5 * len(measured), 6.5), squeeze=False, sharex='col'
-    )
+    fig = Figure(figsize=(4.5 * len(measured), 6.5))
+    axes = fig.subplots(2, len(measured), squeeze=False, sharex='col')
     for col, r in enumerate(measured):
         v = r['variance']
         edges = np.asarray(v['bin_edges'])
@@ -1131,7 +879,6 @@ def plot_variance(collected, path: str) -> bool:
             ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 

@@ -1,7 +1,7 @@
 """scripts/scoreflow_table.py: the grid of main.py runs on tiny budgets (a killed run is
 continued, finished runs are skipped without a process, the table holds the runs'
-metrics.json numbers, the plots are PNGs), and the loss-variance measurement against a
-closed form."""
+metrics.json numbers, the plots are PNGs). The measurements it calls are tested in
+test_diagnostics.py."""
 
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ import sys
 import threading
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-import sde_lib
-from train_utils import REPO, TINY
+import file_io
+from configs.validation import prepare_config
+from train_utils import REPO, TINY, load_config, toy_log_p_data
 
 _spec = importlib.util.spec_from_file_location(
     'scoreflow_table', os.path.join(REPO, 'scripts', 'scoreflow_table.py')
@@ -108,20 +107,6 @@ def _recording_launcher(calls: list):
 
 def _no_launcher(command, log_path):
     raise AssertionError(f'no process expected, got {command}')
-
-
-def _toy_log_p_data() -> np.ndarray:
-    """log p_data of TOY's test points, from the mixture directly (numpy, float64)."""
-    import datasets
-    from train_utils import load_config
-
-    config = load_config('toy')
-    x = datasets.get_shard(config, 'test').data.astype(np.float64)
-    mix = datasets.toy_distribution(config)
-    var = mix.covs[:, 0, 0]  # isotropic components
-    sq = np.sum((x[:, None, :] - mix.means[None]) ** 2, -1)
-    log_n = -0.5 * sq / var - 0.5 * x.shape[1] * np.log(2 * np.pi * var)
-    return np.logaddexp.reduce(np.log(mix.weights) + log_n, axis=1)
 
 
 @pytest.fixture(scope='module')
@@ -212,7 +197,7 @@ def test_table_holds_the_runs_metrics(grid):
         assert row['loss']['stderr_over_seeds'] is None  # one seed
         assert [p['bpd'] for p in run['curve']] == [metrics['1']['bpd'], final['bpd']]
         # KL = E_test[log p_data + nll]: nll in nats is bpd · D ln 2 for vector data.
-        log_p = _toy_log_p_data()
+        log_p = toy_log_p_data()
         for key, kl in (('bpd', 'kl'), ('bound_bpd', 'bound_kl')):
             expected = final[key] * 2 * math.log(2) + float(log_p.mean())
             assert math.isclose(row[kl]['mean'], expected, abs_tol=1e-5)  # float32 log p
@@ -359,65 +344,31 @@ def test_variance_skips_a_run_without_its_snapshot(tmp_path):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(
-    'sde_name, eps', [('vp', 1e-2), ('vp', 1e-5), ('subvp', 1e-2), ('subvp', 1e-5)]
-)
-def test_loss_variance_closed_form(sde_name, eps):
-    """Data N(0, I) in D dims: with α² = exp(−∫β), σ² = 1 − α² (VP) or (1 − α²)² (sub-VP)
-    and v = α² + σ², the exact score is −x/v, and the per-dimension residual σ s + z
-    = (1 − σ²/v) z − (σα/v) x₀ has variance m = (1 − σ²/v)² + σ²α²/v² (VP: m = α²), so h =
-    mean over dims of its square has E[h|t] = m, E[h²|t] = m² (1 + 2/D). Both estimators
-    have the mean I = ∫ g²/σ² m dt; their second moments are (T − ε) ∫ (g²/σ²)² m² (1 + 2/D)
-    dt (uniform t) and Z ∫ g²/σ² m² (1 + 2/D) dt (importance-sampled t). At ε = 1e-5 the
-    uniform estimator is so heavy-tailed (E[L⁴] ~ 1/ε³) that its sample variance and
-    mean are unreliable (measured: variance 6e3 for a true 1.5e5); the variance
-    reweighted from the importance-sampled draws is checked instead."""
-    sde, D, n = sde_lib.get_sde_class(f'{sde_name}sde')(), 4, 8192
-    x = np.asarray(jax.random.normal(jax.random.key(1), (n, D)))
-
-    def score(y, t):  # −y / v(t), from the SDE's own marginal
-        v = jnp.exp(2 * sde.log_mean_coeff(t)) + sde.std(t) ** 2
-        return -y / v[:, None]
-
-    res = sft.loss_variance(sde, score, x, jax.random.key(2), eps=eps, batch_size=128, chunk=4096)
-    t = np.geomspace(eps, 1.0, 400001)
-    b0, b1 = 0.1, 20.0
-    beta = b0 + t * (b1 - b0)
-    a2 = np.exp(-(b0 * t + 0.5 * (b1 - b0) * t**2))
-    if sde_name == 'vp':
-        s2, g2 = 1 - a2, beta
-    else:  # sub-VP: σ = 1 − α², g² = β (1 − α⁴)
-        s2, g2 = (1 - a2) ** 2, beta * (1 - a2**2)
-    v = a2 + s2
-    m = (1 - s2 / v) ** 2 + s2 * a2 / v**2
-    w = g2 / s2
-    integral = np.trapezoid(w * m, t)
-    Z = np.trapezoid(w, t)
-    var = {
-        'uniform': (1 - eps) * np.trapezoid(w**2 * m**2 * (1 + 2 / D), t) - integral**2,
-        'importance': Z * np.trapezoid(w * m**2 * (1 + 2 / D), t) - integral**2,
+def test_toy_kl_of_each_phase(tmp_path):
+    """The report's KLs come from each phase's own folder and nll: the ODE's from the
+    curves (``eval``), the bounds' from ``eval_bound`` (its own ``bound_h0.npz``, mean
+    from the file) and ``eval_bound_uniform`` (an older run's ``bpd_h0.npz``, mean from
+    metrics.json's ``bound_nll``)."""
+    args, extra = sft.parse_args(_argv(tmp_path, '--uniform_bound', '--no-curve_bound'))
+    run = sft.build_grid(args, extra)[0]
+    os.makedirs(run.workdir)
+    config = prepare_config(load_config('toy'))
+    with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    log_p = toy_log_p_data()
+    index, ones = np.arange(len(log_p)), np.ones(len(log_p), np.float32)
+    files = {
+        sft.CURVES: ({'bpd': 1.0, 'nll': 2.0}, 'bpd_h0.npz', {'nll': 2.0 * ones}),
+        sft.BOUND: ({'bound_bpd': 1.1}, 'bound_h0.npz', {'bound_nll': 2.25 * ones}),
+        sft.BOUND_UNIFORM: ({'bound_nll': 2.5}, 'bpd_h0.npz', {'bound_nll': 9.0 * ones}),
     }
-    heavy = eps < 1e-3
-    for name in sft.ESTIMATORS:
-        r = res[name]
-        if not (heavy and name == 'uniform'):
-            assert abs(r['mean'] - integral) < 4 * r['mean_stderr'], (name, r['mean'], integral)
-            assert abs(r['var'] - var[name]) < 4 * r['var_stderr'], (name, r['var'], var[name])
-        assert math.isclose(r['batch_var'], r['var'] / 128)
-        assert math.isclose(sum(r['bin_mean']), r['mean'], rel_tol=1e-9)
-        second_moment = r['var'] * (n - 1) / n + r['mean'] ** 2
-        assert math.isclose(sum(r['bin_second_moment']), second_moment, rel_tol=1e-6)
-        assert sum(r['bin_count']) == n
-    u = res['uniform']
-    rw, rw_se = u['var_from_importance_draws'], u['var_from_importance_draws_stderr']
-    assert abs(rw - var['uniform']) < 4 * rw_se, (rw, rw_se, var['uniform'])
-    # The importance-sampled loss is the quieter: closed-form ratio VP 4.0 (ε = 1e-2), 567
-    # (ε = 1e-5); sub-VP 6.3 and 820. The tail near t = 0 that ε cuts off decides the gain.
-    ratio = var['uniform'] / var['importance']
-    assert ratio > (100 if heavy else 3)
-    assert abs(res['ratio_from_importance_draws'] / ratio - 1) < 0.2
-    # The estimators agree bin by bin on the mean (the same integrand), not on E[L²].
-    i = res['importance']
-    for b in range(len(u['bin_mean'])):
-        if u['bin_count'][b] > 200 and i['bin_count'][b] > 200:
-            assert math.isclose(u['bin_mean'][b], i['bin_mean'][b], rel_tol=0.25), b
+    for folder, (metrics, name, arrays) in files.items():
+        entries = {str(c): metrics for c in (1, 2)}
+        file_io.write_json(os.path.join(run.workdir, folder, sft.METRICS_FILE), entries)
+        file_io.save_npz(os.path.join(run.workdir, folder, 'ckpt_2', name), index=index, **arrays)
+    row = sft.collect([run])['runs'][0]
+    for key, nll in (('kl', 2.0), ('bound_kl', 2.25), ('bound_uniform_kl', 2.5)):
+        assert math.isclose(row[key], nll + log_p.mean(), abs_tol=1e-5), key
+        stderr = np.std(log_p, ddof=1) / len(log_p) ** 0.5  # paired: nll is constant
+        assert math.isclose(row[f'{key}_stderr'], stderr, rel_tol=1e-4)  # float32 log p
+    assert row['curve'][1]['kl'] == row['kl'] and math.isnan(row['curve'][0]['kl_stderr'])
