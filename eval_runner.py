@@ -59,6 +59,7 @@ from absl import logging
 import checkpointing
 import datasets
 import dequantizer
+import digits_classifier  # noqa: F401  (registers the feature network 'digits_mlp')
 import evaluation
 import file_io
 import likelihood
@@ -346,7 +347,7 @@ class Evaluator:
         extra = {'dequantizer_sha1': deq_digest} if deq_digest else {}
         self.meta = check_fingerprint(self.eval_dir, config, write=self.host == 0, extra=extra)
         if self._wants_sample_quality():  # missing Inception weights: fail before sampling
-            evaluation.check_feature_net(config.data.dataset, config)
+            evaluation.check_feature_net(workdir, config)
         self._model = None
         self._template = None
         self._fns: Dict[str, Any] = {}
@@ -602,10 +603,7 @@ class Evaluator:
         start = time.time()
         try:
             metrics = evaluation.sample_quality(
-                self.data.levels_to_unit(samples),
-                self.config.data.dataset,
-                self.workdir,
-                self.config,
+                self.data.levels_to_unit(samples), self.workdir, self.config
             )
         except UserError as err:
             logging.warning('Skipping FID/IS/KID: %s', err)
