@@ -12,7 +12,8 @@ a fixed feature network:
 
 Feature networks (:class:`FeatureNet`, inputs are images in [0, 1], NHWC):
 
-* Real images (CIFAR-10, SVHN, CelebA, ImageNet 32, NPZ images): an Inception network
+* Real images (the sources naming 'inception': the TFDS and TFRecords datasets, PHOTOS,
+  NPZ images): an Inception network
   read from the LOCAL path ``config.eval.inception_path`` (nothing is downloaded at run
   time), chosen by what the path is:
 
