@@ -17,10 +17,10 @@ loop's ``split(key, 300)[n]``, so the parameters agree to 3e-6 and FD_digits of 
 committed DIGITS grid (docs/results/digits) to 1.5e-5. Test accuracy 98.5 % (194 of the
 197 test digits). Its 64-d penultimate features give FD_digits and KID, its 10 logits the
 classifier score (``evaluation``), and ``sample_runner`` uses it as the independent judge
-of class-conditional and inpainted DIGITS samples. Its train state lives in ``<workdir>/stats/digits_classifier_v2/``
-(``checkpoints-meta``: a run killed midway resumes; ``tensorboard``); the recipe's
-version is part of the network's fingerprint, so reference statistics of another
-classifier are recomputed.
+of class-conditional and inpainted DIGITS samples. Its train state lives in
+``<workdir>/stats/digits_classifier_v2/`` (``checkpoints-meta``: a run killed midway
+resumes; ``tensorboard``); the recipe's version is part of the network's fingerprint, so
+reference statistics of another classifier are recomputed.
 
 Importing this module registers 'digits_mlp' in ``evaluation``'s feature-network registry
 (the DIGITS source names it); ``eval_runner`` and ``sample_runner`` import it. Its check

@@ -38,9 +38,7 @@ from datasets.base import (
     EvalBatch,
     InMemorySource,
     Shard,
-    _load_shard,
     check_config,
-    check_shape,
     data_shape,
     dataset_info,
     dataset_names,
@@ -56,6 +54,7 @@ from datasets.base import (
     shard_bounds,
     split_size,
 )
+from datasets.base import _load_shard as _load_shard  # its cache_clear(), for tests
 from datasets.bundled import (
     DIGITS_NUM_TRAIN,
     DIGITS_SEED,
@@ -116,10 +115,8 @@ __all__ = [
     'InMemorySource',
     'Shard',
     'TfdsSource',
-    '_load_shard',
     'bundled',
     'check_config',
-    'check_shape',
     'data_shape',
     'dataset_info',
     'dataset_names',

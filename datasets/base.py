@@ -73,7 +73,7 @@ class DataSource(abc.ABC):
         ``data.num_bins = K``); None: ``data.num_bins`` levels, or continuous vectors.
       num_classes: the fixed number of classes; None for data without labels (sources
         whose count depends on the data override :meth:`classes`).
-      labels: where the class labels come from, for messages ('' = no labels).
+      labels_from: where the class labels come from, for messages ('' = no labels).
       feature_net: the name of the ``evaluation`` feature network that judges samples
         (FID / KID / IS): 'inception', 'digits_mlp', …; None: none.
       fields: the ``config.data`` fields, besides ``SHAPE_FIELDS``, that the loaded data
@@ -87,7 +87,7 @@ class DataSource(abc.ABC):
     name: str = ''
     num_levels: Optional[int] = None
     num_classes: Optional[int] = None
-    labels: str = ''
+    labels_from: str = ''
     feature_net: Optional[str] = 'inception'
     fields: Tuple[str, ...] = ()
 
@@ -243,7 +243,7 @@ def dataset_info(config: ml_collections.ConfigDict) -> dict:
 
 def no_labels_message(config: ml_collections.ConfigDict) -> str:
     """The error of asking for the labels of data without them: which data have labels."""
-    labelled = ', '.join(f'{s.name} ({s.labels})' for s in _SOURCES.values() if s.labels)
+    labelled = ', '.join(f'{s.name} ({s.labels_from})' for s in _SOURCES.values() if s.labels_from)
     return (
         f'config.data.dataset={config.data.dataset!r} has no class labels; labels come '
         f'with {labelled}'

@@ -46,7 +46,7 @@ class DigitsData(InMemorySource):
     name = 'DIGITS'
     num_levels = 17
     num_classes = 10
-    labels = 'the digit'
+    labels_from = 'the digit'
     feature_net = 'digits_mlp'
 
     def info(self, config: ml_collections.ConfigDict) -> Dict[str, Any]:

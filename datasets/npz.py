@@ -26,7 +26,7 @@ class NpzData(InMemorySource):
     """The arrays of ``data.path``: images with ``data.num_bins`` levels, or vectors."""
 
     name = 'NPZ'
-    labels = 'integer arrays train_labels and test_labels'
+    labels_from = 'integer arrays train_labels and test_labels'
     fields = ('path', 'num_bins')
 
     def shape(self, config: ml_collections.ConfigDict) -> Tuple[int, ...]:

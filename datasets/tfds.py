@@ -95,7 +95,7 @@ class TfdsData(DataSource):
 
     def __init__(self, name: str, num_classes: Optional[int] = None):
         self.name, self.num_classes = name, num_classes
-        self.labels = 'the TFDS label' if num_classes else ''
+        self.labels_from = 'the TFDS label' if num_classes else ''
 
     def tfds_source(self, data: Any) -> TfdsSource:
         """The TFDS dataset of the config's ``data`` section."""

@@ -32,7 +32,7 @@ class ToyData(InMemorySource):
     """Samples of the ring mixture, float32 ``[n, data.dim]``, labelled by component."""
 
     name = 'TOY'
-    labels = 'the mixture component'
+    labels_from = 'the mixture component'
     feature_net = None
 
     def shape(self, config: ml_collections.ConfigDict) -> Tuple[int, ...]:
