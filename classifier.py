@@ -82,9 +82,8 @@ def check_labelled(config: ml_collections.ConfigDict) -> int:
     n = datasets.num_classes(config)
     if not n:
         raise UserError(
-            f'config.data.dataset={config.data.dataset!r} has no class labels, so there is '
-            'no classifier to train or condition on; use labelled data (DIGITS, CIFAR10, '
-            'SVHN, TOY, or NPZ with train_labels / test_labels arrays).'
+            'there is no classifier to train or condition on without class labels: '
+            + datasets.no_labels_message(config)
         )
     return int(n)
 

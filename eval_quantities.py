@@ -47,6 +47,7 @@ import numpy as np
 from absl import logging
 
 import datasets
+import digits_classifier  # noqa: F401  (registers the feature network 'digits_mlp')
 import evaluation
 import likelihood
 import losses
@@ -534,7 +535,7 @@ class SampleQuality(Quantity):
 
     def check(self, ctx):
         if self._wants_quality(ctx):  # missing Inception weights: fail before sampling
-            evaluation.check_feature_net(ctx.config.data.dataset, ctx.config)
+            evaluation.check_feature_net(ctx.workdir, ctx.config)
 
     def compute(self, ctx, ckpt, variables, store):
         e = ctx.config.eval
@@ -600,7 +601,7 @@ class SampleQuality(Quantity):
         start = time.time()
         try:
             metrics = evaluation.sample_quality(
-                ctx.data.levels_to_unit(samples), ctx.config.data.dataset, ctx.workdir, ctx.config
+                ctx.data.levels_to_unit(samples), ctx.workdir, ctx.config
             )
         except UserError as err:
             logging.warning('Skipping FID/IS/KID: %s', err)

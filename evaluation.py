@@ -12,7 +12,8 @@ a fixed feature network:
 
 Feature networks (:class:`FeatureNet`, inputs are images in [0, 1], NHWC):
 
-* Real images (CIFAR-10, SVHN, CelebA, ImageNet 32, NPZ images): an Inception network
+* Real images (the sources naming 'inception': the TFDS and TFRecords datasets, PHOTOS,
+  NPZ images): an Inception network
   read from the LOCAL path ``config.eval.inception_path`` (nothing is downloaded at run
   time), chosen by what the path is:
 
@@ -42,10 +43,18 @@ Feature networks (:class:`FeatureNet`, inputs are images in [0, 1], NHWC):
   from the file (a ``predictions`` layer). Compare models with one feature network.
 
 * DIGITS (8×8 scikit-learn digits, which Inception cannot judge): a small MLP classifier
-  trained deterministically on the digits training split (> 98 % test accuracy, a few
-  seconds on CPU), cached in ``<workdir>/stats/digits_classifier.npz``. Its 64-d penultimate
-  features give "FD_digits" and KID, its 10 class probabilities the classifier-based
-  Inception-score analogue (between 1 and 10).
+  trained on the digits training split ('digits_mlp', registered by
+  ``digits_classifier.py``). Its 64-d penultimate features give "FD_digits" and KID, its
+  10 class probabilities the classifier-based Inception-score analogue (between 1 and 10).
+
+Which network judges a dataset's samples is the data source's choice
+(``datasets.feature_net``: a name in this module's registry, :func:`register_feature_net`,
+or None for data no network judges). A registered network is built by
+``build(workdir, config)``; its ``check(workdir, config)``, run on every process before
+samples are drawn, fails at once when the network cannot be had (missing weights) and may
+prepare it (the digits classifier is trained there); a ``judge`` description marks a
+network whose logits classify the data's own labels (``sample_runner`` then uses it as the
+independent judge of class-conditional samples).
 
 Samples (in [0, 1], the data space the model was trained in) are first quantized to the
 data's K levels and mapped to x̄/(K−1), like the training images they are compared with
@@ -63,17 +72,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
-from flax import traverse_util
 from scipy.special import logsumexp
-from sklearn.datasets import load_digits
 
 import datasets
 import file_io
@@ -90,7 +93,6 @@ TFGAN_HOW_TO = (
     f'{TFGAN_INCEPTION_URL}?tf-hub-format=compressed, unpack the .tar.gz into a folder, '
     'copy it here and pass --config.eval.inception_path=/path/to/that/folder.'
 )
-DIGITS_CLASSIFIER_VERSION = 'digits_mlp_v1(64-128-64-10,gelu,adamw3e-3,300 steps)'
 
 ImageSource = Union[np.ndarray, Iterable[np.ndarray]]
 
@@ -570,104 +572,105 @@ def _allow_tf_gpu_memory_growth(tf: Any) -> None:
         pass
 
 
-# ------------------------------------------------------------------ digits classifier
-class DigitsMLP(nn.Module):
-    """64 → 128 → 64 (features) → 10 (logits) MLP with GELU, on 8×8 images in [0, 1]."""
+# ----------------------------------------------------------- feature-network registry
+@dataclasses.dataclass(frozen=True)
+class FeatureNetEntry:
+    """A registered feature network (:func:`register_feature_net`).
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
-        x = x.reshape(x.shape[0], -1)
-        x = nn.gelu(nn.Dense(128)(x))
-        features = nn.gelu(nn.Dense(64)(x))
-        return features, nn.Dense(10)(features)
-
-
-def digits_split() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """DIGITS (train_images, train_labels, test_images, test_labels), images [N,8,8,1] in
-    [0, 1] (levels / 16), with the labels that :mod:`datasets` drops: the same fixed
-    1600 / 197 split, ``datasets.DIGITS_SEED`` and ``datasets.DIGITS_NUM_TRAIN``."""
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[..., None]
-    perm = np.random.default_rng(datasets.DIGITS_SEED).permutation(images.shape[0])
-    train, test = perm[: datasets.DIGITS_NUM_TRAIN], perm[datasets.DIGITS_NUM_TRAIN :]
-    return images[train], digits.target[train], images[test], digits.target[test]
-
-
-def train_digits_classifier(
-    images: np.ndarray, labels: np.ndarray, seed: int = 0, num_steps: int = 300, lr: float = 3e-3
-) -> dict:
-    """Trains :class:`DigitsMLP` full-batch with AdamW (deterministic given ``seed``).
-
-    Inputs get uniform noise of one grey level, x + (u − ½)/16 clipped to [0, 1], so the
-    classifier also reads continuous samples of a generative model.
+    Attributes:
+      build: ``build(workdir, config) -> FeatureNet`` (may train and cache it in
+        ``workdir``).
+      check: ``check(workdir, config)``, on every process before samples are drawn:
+        :class:`UserError` now when ``build`` would fail for want of files; may prepare
+        the network (train it) so that ``build`` then only loads it.
+      judge: non-empty when the network's logits classify the data's own labels: its
+        description as the independent judge of class-conditional samples.
     """
-    model = DigitsMLP()
-    x, y = jnp.asarray(images, jnp.float32), jnp.asarray(labels)
-    init_key, noise_key = jax.random.split(jax.random.PRNGKey(seed))
-    params = model.init(init_key, x[:1])['params']
-    opt = optax.adamw(lr, weight_decay=1e-3)
 
-    def loss(p, xb):
-        logits = model.apply({'params': p}, xb)[1]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def step(carry, key):
-        p, state = carry
-        xb = jnp.clip(x + (jax.random.uniform(key, x.shape) - 0.5) / 16.0, 0.0, 1.0)
-        updates, state = opt.update(jax.grad(loss)(p, xb), state, p)
-        return (optax.apply_updates(p, updates), state), None
-
-    @jax.jit
-    def train(p):
-        carry, _ = jax.lax.scan(step, (p, opt.init(p)), jax.random.split(noise_key, num_steps))
-        return carry[0]
-
-    return jax.tree.map(np.asarray, train(params))
+    build: Callable[[str, Any], FeatureNet]
+    check: Callable[[str, Any], None]
+    judge: str = ''
 
 
-class DigitsFeatureNet(FeatureNet):
-    """Penultimate features (64-d) and logits (10) of a trained :class:`DigitsMLP`."""
-
-    name = 'digits_mlp'
-
-    def __init__(self, params: dict, batch_size: int = 500):
-        self.params, self.batch_size = params, batch_size
-        flat = traverse_util.flatten_dict(params, sep='/')
-        h = hashlib.sha256(DIGITS_CLASSIFIER_VERSION.encode())
-        for key in sorted(flat):
-            h.update(key.encode())
-            h.update(np.ascontiguousarray(flat[key], np.float32).tobytes())
-        self.fingerprint = h.hexdigest()[:16]
-        self._fn = jax.jit(lambda p, x: DigitsMLP().apply({'params': p}, x))
-
-    def _apply(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        if images.shape[1:] != (8, 8, 1):
-            raise UserError(
-                f'The digits classifier reads [N, 8, 8, 1] images; got '
-                f'{images.shape}. Use it only with config.data.dataset=DIGITS.'
-            )
-        features, logits = self._fn(self.params, jnp.asarray(images))
-        return np.asarray(features), np.asarray(logits)
+_FEATURE_NETS: Dict[str, FeatureNetEntry] = {}
 
 
-def get_digits_classifier(workdir: str, seed: int = 0) -> DigitsFeatureNet:
-    """Loads ``<workdir>/stats/digits_classifier.npz`` or trains the classifier and saves it
-    there (parameters flattened with '/' keys, plus a version string; no pickle)."""
-    path = os.path.join(workdir, 'stats', 'digits_classifier.npz')
-    if file_io.exists(path):
-        with file_io.np_load(path) as f:
-            if str(f['version']) == DIGITS_CLASSIFIER_VERSION:
-                flat = {k: f[k] for k in f.files if k != 'version'}
-                return DigitsFeatureNet(traverse_util.unflatten_dict(flat, sep='/'))
-    images, labels, _, _ = digits_split()
-    params = train_digits_classifier(images, labels, seed)
-    file_io.save_npz(
-        path,
-        version=np.array(DIGITS_CLASSIFIER_VERSION),
-        **traverse_util.flatten_dict(params, sep='/'),
-    )
-    logging.info('Trained the digits classifier for FD/KID/IS; saved %s', path)
-    return DigitsFeatureNet(params)
+def register_feature_net(
+    name: str,
+    build: Callable[[str, Any], FeatureNet],
+    check: Optional[Callable[[str, Any], None]] = None,
+    judge: str = '',
+) -> None:
+    """Makes ``name`` a feature network that a data source can name
+    (``datasets.DataSource.feature_net``); see :class:`FeatureNetEntry`."""
+    if name in _FEATURE_NETS:
+        raise ValueError(f'A feature network named {name!r} is already registered.')
+    _FEATURE_NETS[name] = FeatureNetEntry(build, check or (lambda workdir, config: None), judge)
+
+
+def feature_net_names() -> Tuple[str, ...]:
+    """The registered feature networks."""
+    return tuple(sorted(_FEATURE_NETS))
+
+
+def feature_net_entry(config: Any) -> Optional[FeatureNetEntry]:
+    """The registered network that judges samples of ``config.data.dataset``; None when
+    its source names none; :class:`UserError` when the name is not registered."""
+    name = datasets.feature_net(config)
+    if name is None:
+        return None
+    if name not in _FEATURE_NETS:
+        raise UserError(
+            f'config.data.dataset={config.data.dataset!r} is judged by the feature network '
+            f'{name!r}, which is not registered (known: {", ".join(feature_net_names())}); '
+            'import the module that registers it (e.g. digits_classifier) before evaluating'
+        )
+    return _FEATURE_NETS[name]
+
+
+def check_feature_net(workdir: str, config: Any) -> None:
+    """Raises :class:`UserError` now if :func:`get_feature_net` would fail for want of
+    weights (e.g. Inception's), or ``eval.stats_path`` is unreadable — before samples are
+    drawn, not after; prepares the network (:class:`FeatureNetEntry`). Call it on every
+    process. Data that no network judges pass (their metrics are skipped)."""
+    entry = feature_net_entry(config)
+    if entry is not None:
+        entry.check(workdir, config)
+    if config.eval.get('stats_path', ''):
+        open_stats(config.eval.stats_path).close()  # readable, a known layout
+
+
+def get_feature_net(workdir: str, config: Any) -> FeatureNet:
+    """The feature network that judges samples of ``config.data.dataset`` (the digits
+    classifier for DIGITS, Inception from ``config.eval.inception_path`` for other images);
+    :class:`UserError` when it cannot be loaded or the data have none."""
+    entry = feature_net_entry(config)
+    if entry is None:
+        raise UserError(
+            f'config.data.dataset={config.data.dataset!r} has no feature network for '
+            'FID/KID/IS; sample without these metrics: --config.eval.sample_metrics=False'
+        )
+    return entry.build(workdir, config)
+
+
+def label_judge(workdir: str, config: Any) -> Optional[Tuple[FeatureNet, str]]:
+    """(network, description) when the data's feature network classifies their labels
+    (an independent judge of class-conditional samples: argmax of its logits); else None."""
+    entry = feature_net_entry(config)
+    if entry is None or not entry.judge:
+        return None
+    return entry.build(workdir, config), entry.judge
+
+
+def _inception(workdir: str, config: Any) -> FeatureNet:
+    return load_inception(config.eval.get('inception_path', ''))
+
+
+register_feature_net(
+    'inception',
+    _inception,
+    check=lambda workdir, config: check_inception_file(config.eval.get('inception_path', '')),
+)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -690,23 +693,6 @@ def training_images(
         yield datasets.to_unit_interval(
             levels[start : start + batch_size], int(config.data.num_bins)
         )
-
-
-def check_feature_net(dataset_name: str, config: Any) -> None:
-    """Raises :class:`UserError` now if :func:`get_feature_net` would fail for want of
-    Inception weights — before samples are drawn, not after."""
-    if dataset_name.upper() != 'DIGITS':
-        check_inception_file(config.eval.get('inception_path', ''))
-    if config.eval.get('stats_path', ''):
-        open_stats(config.eval.stats_path).close()  # readable, a known layout
-
-
-def get_feature_net(dataset_name: str, workdir: str, config: Any) -> FeatureNet:
-    """The digits classifier for DIGITS, Inception-v3 from config.eval.inception_path
-    otherwise (:class:`UserError` when that file is missing)."""
-    if dataset_name.upper() == 'DIGITS':
-        return get_digits_classifier(workdir, seed=0)
-    return load_inception(config.eval.get('inception_path', ''))
 
 
 def reference_stats(
@@ -741,7 +727,6 @@ def reference_stats(
 
 def sample_quality(
     samples_in_unit_interval: np.ndarray,
-    dataset_name: str,
     workdir: str,
     config: Any,
     reference_images: Optional[ImageSource] = None,
@@ -754,17 +739,18 @@ def sample_quality(
     classifier, Inception top weights). For DIGITS 'fid' is FD_digits and 'is' the
     10-class classifier score. ``reference_images`` (the training split as x̄/(K−1), an
     array or an iterable of batches) overrides :func:`training_images` when the cache
-    is built. Raises :class:`UserError` when Inception weights are needed and missing,
-    or for vector data.
+    is built. The feature network is the data source's (:func:`get_feature_net`).
+    Raises :class:`UserError` when Inception weights are needed and missing, for data
+    that no network judges, or for vector data.
     """
     samples = np.asarray(samples_in_unit_interval)
     if samples.ndim != 4 or samples.shape[-1] not in (1, 3):
         raise UserError(
             f'FID/KID/IS apply to images [N, H, W, 1 or 3]; got samples of shape '
-            f'{samples.shape} for {dataset_name}. Set --config.eval.enable_sampling=False.'
+            f'{samples.shape} for {config.data.dataset}. Set --config.eval.enable_sampling=False.'
         )
-    net = get_feature_net(dataset_name, workdir, config)
-    ref = reference_stats(net, dataset_name, workdir, config, reference_images)
+    net = get_feature_net(workdir, config)
+    ref = reference_stats(net, config.data.dataset, workdir, config, reference_images)
     images = quantize(samples, int(config.data.num_bins), bool(config.data.uniform_dequantization))
     features, logits = net(images)
     if features.shape[1] != ref.mu.shape[0]:

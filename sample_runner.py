@@ -31,9 +31,10 @@ its EMA parameters. Output in ``W/<sample_folder>/`` (default ``sample``):
 * ``<task>/`` — the per-round files: a run killed midway resumes where it stopped
   (same config required, checked with a fingerprint).
 
-Metrics. A *judge* classifier on clean images: for DIGITS the independent digits
-classifier of ``evaluation``; otherwise the trained noise-conditional classifier at t = ε
-when there is one (then not independent of the sampler, said in ``judge``).
+Metrics. A *judge* classifier on clean images: the data's feature network when it
+classifies their labels (``evaluation.label_judge``; DIGITS: the independent digits
+classifier of ``digits_classifier``); otherwise the trained noise-conditional classifier
+at t = ε when there is one (then not independent of the sampler, said in ``judge``).
 Class-conditional: the fraction of samples the judge assigns to the requested class, per
 class and overall. Inpainting: the judge's accuracy on the inpainted images, on the
 originals and on a naive fill (the masked pixels set to the training mean), and the mean
@@ -57,6 +58,7 @@ from absl import logging
 import checkpointing
 import classifier as classifier_lib
 import datasets
+import digits_classifier  # noqa: F401  (registers the feature network 'digits_mlp')
 import evaluation
 import file_io
 import pictures
@@ -445,9 +447,10 @@ def class_grid(samples: np.ndarray, labels: np.ndarray) -> Optional[np.ndarray]:
 def judge(runner: SampleRunner) -> Tuple[Optional[Callable[[np.ndarray], np.ndarray]], str]:
     """(predict(images in [0, 1]) -> class ids, its description), or (None, reason)."""
     config = runner.config
-    if config.data.dataset == 'DIGITS':
-        net = evaluation.get_digits_classifier(runner.workdir)
-        return (lambda x: np.argmax(net(x)[1], -1)), 'digits classifier (independent, clean)'
+    independent = evaluation.label_judge(runner.workdir, config)
+    if independent is not None:
+        net, description = independent
+        return (lambda x: np.argmax(net(x)[1], -1)), f'{description} (independent, clean)'
     if not datasets.has_labels(config):
         return None, 'none: the data have no labels'
     try:

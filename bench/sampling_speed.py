@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from snapshot import load_snapshot  # noqa: E402
 
 import datasets  # noqa: E402
+import digits_classifier  # noqa: E402, F401  (registers the feature network 'digits_mlp')
 import evaluation  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
@@ -81,7 +82,7 @@ def main() -> None:
     snap = load_snapshot(args.config, args.workdir, args.ckpt)
 
     def fd(images: np.ndarray) -> float:
-        return evaluation.sample_quality(images, 'DIGITS', args.workdir, snap.config)['fid']
+        return evaluation.sample_quality(images, args.workdir, snap.config)['fid']
 
     for split in ('train', 'test'):
         levels = datasets.get_shard(snap.config, split, process_index=0, process_count=1).data[

@@ -105,7 +105,7 @@ def _eval() -> ml_collections.ConfigDict:
 def _data() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
-            'dataset': 'CIFAR10',  # datasets.DATASET_NUM_BINS: TFDS, TFRecords, DIGITS, NPZ…
+            'dataset': 'CIFAR10',  # datasets.dataset_names(): TFDS, TFRecords, DIGITS, NPZ…
             'image_size': 32,
             'num_channels': 3,
             'centered': False,  # scale [0, 1] data to [-1, 1]

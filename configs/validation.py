@@ -15,14 +15,13 @@ import jax
 import ml_collections
 
 import datasets
-import file_io
 import likelihood
 import losses
 import ode_solver
 import sampling
 import sde_lib
 from configs.base import get_base_config
-from errors import UserError
+from errors import UserError, config_error
 from models import flowpp
 from models import utils as mutils
 
@@ -48,7 +47,7 @@ def choices() -> tuple:
     return (
         ('training.sde', sde_lib.sde_names()),
         ('model.name', mutils.registered_models()),
-        ('data.dataset', tuple(datasets.DATASET_NUM_BINS)),
+        ('data.dataset', datasets.dataset_names()),
         ('sampling.method', sampling.SAMPLING_METHODS),
         ('sampling.predictor', sampling.predictor_names()),
         ('sampling.corrector', sampling.corrector_names()),
@@ -120,10 +119,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     Checks: no unknown (typo) or missing field; known SDE, model, dataset, sampling method,
     predictor, corrector, Hutchinson type and bpd split; positive sizes and learning rate;
     likelihood / importance weighting only with ``continuous=True`` and importance
-    weighting only with likelihood weighting; sub-VP only continuous; NPZ with an existing
-    ``data.path``, LSUN with a known ``data.category``, CelebA-HQ / FFHQ with a
-    ``data.tfrecords_path`` (whether it exists is checked when the data are read); the
-    fixed number of levels of each dataset; training and evaluation batch sizes divisible
+    weighting only with likelihood weighting; sub-VP only continuous; the data source's
+    own checks (``datasets.DataSource.check``: e.g. NPZ with an existing ``data.path``,
+    LSUN with a known ``data.category``, CelebA-HQ / FFHQ with a ``data.tfrecords_path``
+    (whether it exists is checked when the data are read), the fixed number of levels of
+    each dataset); training and evaluation batch sizes divisible
     by the number of devices; logging / checkpoint frequencies divisible by
     ``training.n_jitted_steps``.
 
@@ -163,9 +163,7 @@ def _get(config: Any, field: str) -> Any:
 
 
 def _fail(field: str, value: Any, problem: str) -> None:
-    raise UserError(
-        f'config.{field}={value!r} {problem}; fix the config file or pass --config.{field}=...'
-    )
+    raise config_error(field, value, problem)
 
 
 def _is_section(value: Any) -> bool:
@@ -247,43 +245,8 @@ def _check_deq(deq: ml_collections.ConfigDict) -> None:
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
-    data = config.data
-    if data.dataset == 'NPZ':
-        if not data.path:
-            _fail(
-                'data.path',
-                data.path,
-                "is empty but data.dataset='NPZ' reads its 'train' "
-                "and 'test' arrays from it; set --config.data.path=/path/to/file.npz",
-            )
-        if not file_io.isfile(data.path):
-            _fail('data.path', data.path, 'is not an existing file')
-    if data.dataset == 'TOY' and data.dim < 1:
-        _fail('data.dim', data.dim, 'must be at least 1 for the TOY vector data')
-    if data.dataset == 'LSUN' and data.category not in datasets.LSUN_CATEGORIES:
-        _fail(
-            'data.category',
-            data.category,
-            f"names no LSUN scene category of TFDS 'lsun'; use one of "
-            f'{", ".join(datasets.LSUN_CATEGORIES)}',
-        )
-    if data.dataset in datasets.TFRECORD_DATASETS and not data.tfrecords_path:
-        _fail(
-            'data.tfrecords_path',
-            data.tfrecords_path,
-            f'is empty but data.dataset={data.dataset!r} reads its images from '
-            'TFRecords; set --config.data.tfrecords_path=/path/to/<name>-rNN.tfrecords',
-        )
-    expected_bins = datasets.DATASET_NUM_BINS[data.dataset]
-    if expected_bins is not None and data.num_bins != expected_bins:
-        _fail(
-            'data.num_bins',
-            data.num_bins,
-            f'does not match {data.dataset}, which has {expected_bins} levels; '
-            f'set it to {expected_bins}',
-        )
-    if data.dataset == 'NPZ' and not 2 <= data.num_bins <= 65536:
-        _fail('data.num_bins', data.num_bins, 'must be between 2 and 65536')
+    """The data source's own checks (``datasets.check_config``)."""
+    datasets.check_config(config)
 
 
 def _check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int | None) -> None:

@@ -282,7 +282,7 @@ def test_lsun_128_shrinks_the_shorter_side_then_crops_the_centre(monkeypatch, tr
     """At LSUN_SHRINK_SIZE (here patched to 8): 16×20 → 8×10 (bilinear, antialiased: a
     ramp stays a ramp inside), then columns 1…8. Slope 2: pixel j of the 8×10 image
     samples x = 2j + 0.5, value 4j + 1; after the crop 4j + 5."""
-    monkeypatch.setattr(datasets, 'LSUN_SHRINK_SIZE', 8)
+    monkeypatch.setattr(datasets.tfds, 'LSUN_SHRINK_SIZE', 8)
     image = ramp(16, 20, slope_x=2, offset=10)
     out = datasets.lsun_resize(image.transpose(1, 0, 2) if transpose else image, 8).numpy()
     out = out.transpose(1, 0, 2) if transpose else out
@@ -446,6 +446,41 @@ def test_train_resume_is_exact(start):
     )
     np.testing.assert_array_equal(resumed, from_zero[start : start + 9])
     assert not np.array_equal(from_zero[0], from_zero[1])
+
+
+@pytest.mark.parametrize(
+    'random_flip, sha256, total, pixels',
+    [
+        (
+            False,
+            '3ff81f46d2623aff26a1d6ded168a1383f37ed398f7ce6d247deba437b4c5c2b',
+            5208.28857421875,
+            [0.5793703198432922, 0.7989718317985535, 0.9929726719856262, 0.7917264699935913],
+        ),
+        (
+            True,
+            'df8854ddb2d2244b64d9913525bc5f1e7009dec51538c9816a02e82319febbf8',
+            5207.8916015625,
+            [0.5324382781982422, 0.7880851626396179, 0.9773221611976624, 0.7870208024978638],
+        ),
+    ],
+)
+def test_digits_train_batches_are_pinned(random_flip, sha256, total, pixels):
+    """The training data, bit for bit, as before datasets became a package of sources
+    (values of that code): DIGITS, dequantized, host 1 of 2, steps 11–14 (an epoch
+    boundary at 12), with and without flips."""
+    import hashlib
+
+    config = digits_config()
+    config.training.n_jitted_steps, config.data.random_flip = 2, random_flip
+    iterator = datasets.get_train_iterator(config, 11, process_index=1, process_count=2)
+    x = np.concatenate([next(iterator) for _ in range(2)])
+    assert x.shape == (4, 64, 8, 8, 1) and x.dtype == np.float32
+    assert hashlib.sha256(x.tobytes()).hexdigest() == sha256
+    assert float(x.sum()) == total and x[1, 3, 2:6, 4, 0].tolist() == pixels
+    shard = datasets.get_shard(config, 'train', process_index=1, process_count=2)
+    labels = datasets.train_labels(config, shard, 13, 64, 1)
+    assert labels[:12].tolist() == [3, 1, 4, 7, 7, 4, 3, 0, 2, 7, 1, 5]
 
 
 def test_train_epochs_visit_each_example_once(id_vectors):

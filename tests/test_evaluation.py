@@ -9,7 +9,7 @@ import scipy.linalg
 
 import datasets
 import evaluation
-from configs import default_cifar10_configs, default_digits_configs
+from configs import default_cifar10_configs
 from errors import UserError
 
 
@@ -186,52 +186,6 @@ def test_quantize_inverts_the_training_map(dequantized):
     )
 
 
-# --------------------------------------------------------------------- digits classifier
-@pytest.fixture(scope='module')
-def digits_workdir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp('digits_work'))
-
-
-def test_digits_split_is_the_datasets_split():
-    train_x, train_y, test_x, test_y = evaluation.digits_split()
-    config = default_digits_configs.get_default_configs()
-    for split, x in (('train', train_x), ('test', test_x)):
-        shard = datasets.get_shard(config, split, process_index=0, process_count=1)
-        np.testing.assert_array_equal(x, shard.data / np.float32(16))
-    assert train_x.shape[0] == 1600 and test_y.shape == (197,)
-    assert np.bincount(train_y).min() > 140  # labels follow the images: all classes
-
-
-def test_digits_classifier_accuracy_and_cache(digits_workdir):
-    net = evaluation.get_digits_classifier(digits_workdir)
-    _, _, test_x, test_y = evaluation.digits_split()
-    features, logits = net(test_x)
-    assert features.shape == (197, 64) and logits.shape == (197, 10)
-    accuracy = np.mean(logits.argmax(axis=1) == test_y)
-    assert accuracy > 0.95
-    again = evaluation.get_digits_classifier(digits_workdir)  # from the .npz cache
-    assert again.fingerprint == net.fingerprint
-    np.testing.assert_array_equal(again(test_x[:5])[1], logits[:5])
-
-
-def test_digits_sample_quality_separates_real_from_noise(digits_workdir):
-    """Test digits in the model's (dequantized) data space, (x̄ + u)/17, score like
-    training data; uniform noise scores far worse."""
-    config = default_digits_configs.get_default_configs()
-    assert config.data.uniform_dequantization
-    _, _, test_x, _ = evaluation.digits_split()
-    rng = np.random.default_rng(5)
-    real_samples = (test_x * 16 + rng.uniform(size=test_x.shape)) / 17
-    noise = rng.uniform(size=test_x.shape).astype(np.float32)
-    real = evaluation.sample_quality(real_samples, 'DIGITS', digits_workdir, config)
-    fake = evaluation.sample_quality(noise, 'DIGITS', digits_workdir, config)
-    assert os.path.exists(evaluation.stats_path(digits_workdir, 'DIGITS', 'train', 'digits_mlp'))
-    assert set(real) == {'fid', 'kid', 'is'}
-    assert real['fid'] < 0.05 * fake['fid']  # measured 4.3 vs 315
-    assert real['kid'] < 0.01 * fake['kid']
-    assert real['is'] > 8.0 > fake['is']
-
-
 # ------------------------------------------------------------------------- Inception
 @pytest.mark.parametrize('path', ['', '/nonexistent/inception.h5', 'not_hdf5.h5'])
 def test_missing_inception_weights_raise_user_error(tmp_path, path):
@@ -243,7 +197,7 @@ def test_missing_inception_weights_raise_user_error(tmp_path, path):
     config.eval.inception_path = path
     samples = np.zeros((4, 32, 32, 3), np.float32)
     with pytest.raises(UserError, match=r'eval\.inception_path'):
-        evaluation.sample_quality(samples, 'CIFAR10', str(tmp_path), config)
+        evaluation.sample_quality(samples, str(tmp_path), config)
 
 
 def test_image_pipeline_with_a_feature_net_without_logits(tmp_path, monkeypatch):
@@ -255,20 +209,49 @@ def test_image_pipeline_with_a_feature_net_without_logits(tmp_path, monkeypatch)
     rng = np.random.default_rng(10)
     reference = np.round(rng.uniform(size=(40, 2, 2, 3)) * 255) / 255
     jitter = rng.uniform(-0.4, 0.4, size=reference.shape) / 255  # rounds back
-    same = evaluation.sample_quality(
-        reference + jitter, 'CIFAR10', str(tmp_path), config, reference
-    )
-    other = evaluation.sample_quality(
-        reference[:, ::-1] ** 2, 'CIFAR10', str(tmp_path), config
-    )  # statistics from the cache
+    same = evaluation.sample_quality(reference + jitter, str(tmp_path), config, reference)
+    # the reference statistics from the cache
+    other = evaluation.sample_quality(reference[:, ::-1] ** 2, str(tmp_path), config)
     assert set(same) == {'fid', 'kid'}
     assert abs(same['fid']) < 1e-9 * other['fid'] and same['kid'] < 0 < other['kid']
+
+
+def test_the_data_source_names_its_feature_network(tmp_path, monkeypatch):
+    """Which network judges samples is the data source's choice: a registered name is
+    checked (on every process, before sampling) and built; None means no FID/KID/IS (a
+    one-line error that eval logs and skips); an unregistered name is a one-line error."""
+    config = default_cifar10_configs.get_default_configs()
+    source = datasets.get_source(config)
+    calls = []
+    monkeypatch.setattr(evaluation, '_FEATURE_NETS', dict(evaluation._FEATURE_NETS))
+    evaluation.register_feature_net(
+        'linear',
+        lambda workdir, config: calls.append(('build', workdir)) or _LinearNet(),
+        check=lambda workdir, config: calls.append(('check', workdir)),
+    )
+    assert 'linear' in evaluation.feature_net_names()
+    monkeypatch.setattr(source, 'feature_net', 'linear')
+    workdir = str(tmp_path)
+    evaluation.check_feature_net(workdir, config)
+    reference = np.random.default_rng(11).uniform(size=(20, 2, 2, 3))
+    assert set(evaluation.sample_quality(reference, workdir, config, reference)) == {'fid', 'kid'}
+    assert calls == [('check', workdir), ('build', workdir)]
+    assert evaluation.label_judge(workdir, config) is None  # no judge description
+    monkeypatch.setattr(source, 'feature_net', None)
+    evaluation.check_feature_net(workdir, config)  # nothing to check
+    assert evaluation.label_judge(workdir, config) is None
+    with pytest.raises(UserError, match='has no feature network for FID/KID/IS') as info:
+        evaluation.sample_quality(reference, workdir, config, reference)
+    assert '\n' not in str(info.value) and 'sample_metrics=False' in str(info.value)
+    monkeypatch.setattr(source, 'feature_net', 'unknown_net')
+    with pytest.raises(UserError, match="'unknown_net', which is not registered"):
+        evaluation.check_feature_net(workdir, config)
 
 
 def test_vector_samples_raise_user_error(tmp_path):
     config = default_cifar10_configs.get_default_configs()
     with pytest.raises(UserError, match='images'):
-        evaluation.sample_quality(np.zeros((4, 2)), 'TOY', str(tmp_path), config)
+        evaluation.sample_quality(np.zeros((4, 2)), str(tmp_path), config)
 
 
 def _save_legacy_h5(model, path: str, skip: tuple = ()) -> None:
@@ -361,7 +344,7 @@ def test_tfgan_inception_module_fid_is_and_original_stats(tmp_path):
     np.savez(stats_file, pool_3=ref_pool)  # the originals' layout: one key
     config = default_cifar10_configs.get_default_configs()
     config.eval.inception_path, config.eval.stats_path = module, stats_file
-    result = evaluation.sample_quality(_constant_images(colours), 'CIFAR10', str(tmp_path), config)
+    result = evaluation.sample_quality(_constant_images(colours), str(tmp_path), config)
     mu1, mu2 = (2 * colours - 1).mean(0), ref_pool.astype(np.float64).mean(0)
     s1 = np.cov(2 * colours - 1, rowvar=False)
     s2 = np.cov(ref_pool.astype(np.float64), rowvar=False)
@@ -373,9 +356,9 @@ def test_tfgan_inception_module_fid_is_and_original_stats(tmp_path):
     np.testing.assert_allclose(net(_constant_images(colours))[0], 2 * colours - 1, atol=1e-6)
     # Three pure colours, ten each: logits ±50 put p(y|x) on one class, IS → 3.
     pure = np.repeat(np.eye(3), 10, axis=0)
-    assert evaluation.sample_quality(_constant_images(pure), 'CIFAR10', str(tmp_path), config)[
-        'is'
-    ] == (pytest.approx(3.0, rel=1e-6))
+    assert evaluation.sample_quality(_constant_images(pure), str(tmp_path), config)['is'] == (
+        pytest.approx(3.0, rel=1e-6)
+    )
 
 
 def test_statistics_files_layouts_and_errors(tmp_path):
@@ -405,11 +388,11 @@ def test_statistics_files_layouts_and_errors(tmp_path):
     _save_tfgan_like_module(module)
     config.eval.inception_path = module
     with pytest.raises(UserError, match='7-d features, tfgan_inception gives 3-d'):
-        evaluation.sample_quality(np.zeros((4, 2, 2, 3)), 'CIFAR10', str(tmp_path), config)
+        evaluation.sample_quality(np.zeros((4, 2, 2, 3)), str(tmp_path), config)
     config.eval.stats_path = wrong  # found before any sample is drawn
     with pytest.raises(UserError, match=r"holds \['activations'\]"):
-        evaluation.check_feature_net('CIFAR10', config)
+        evaluation.check_feature_net(str(tmp_path), config)
     (tmp_path / 'empty').mkdir()
     config.eval.inception_path = str(tmp_path / 'empty')
     with pytest.raises(UserError, match='without saved_model.pb'):
-        evaluation.check_feature_net('CIFAR10', config)
+        evaluation.check_feature_net(str(tmp_path), config)

@@ -19,11 +19,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Optional or heavy third-party imports that may stay inside functions (tens of seconds of
 # TensorFlow import for users who never read TFDS or compute FID).
 LAZY_OK = {'tensorflow', 'tensorflow_datasets', 'h5py', 'skimage'}
+PACKAGES = ('models', 'configs', 'datasets')  # their top-level modules (not configs/vp/… leaves)
 
 
 def project_modules() -> dict[str, pathlib.Path]:
     """Dotted name → path of every project module (leaf configs excluded)."""
-    paths = [*ROOT.glob('*.py'), *ROOT.glob('models/*.py'), *ROOT.glob('configs/*.py')]
+    paths = [*ROOT.glob('*.py'), *(f for pkg in PACKAGES for f in ROOT.glob(f'{pkg}/*.py'))]
     return {
         '.'.join(p.relative_to(ROOT).with_suffix('').parts).removesuffix('.__init__'): p
         for p in paths

@@ -29,7 +29,7 @@ def test_validation_lists_are_the_registries():
     assert allowed['training.sde'] == sde_lib.sde_names()
     assert 'vesde_linear' in allowed['training.sde']  # accepted by get_sde, so valid
     assert allowed['model.name'] == mutils.registered_models()
-    assert allowed['data.dataset'] == tuple(datasets.DATASET_NUM_BINS)
+    assert allowed['data.dataset'] == datasets.dataset_names()
     assert allowed['sampling.method'] == sampling.SAMPLING_METHODS
     assert allowed['sampling.predictor'] == sampling.predictor_names()
     assert allowed['sampling.corrector'] == sampling.corrector_names()
