@@ -77,7 +77,7 @@ class Evaluator:
     """``--mode eval``: the enabled quantities of each checkpoint, resumable batch by batch.
 
     Args:
-      config: the prepared config (``configs.validation.prepare_config``).
+      config: the prepared config (``validation.prepare_config``).
       workdir: the training work directory ``W`` (checkpoints in ``W/checkpoints``).
       eval_folder: results go to ``W/<eval_folder>``.
       hook: called as ``hook(tag, batch)`` after each newly saved batch (tests).

@@ -1,7 +1,7 @@
 """The entry points of ``main.py``, one per ``--mode``: ``train``, ``evaluate``, ``train_deq``,
 ``train_classifier``, ``sample``, ``import_checkpoint`` (``--mode import``).
 
-Each prepares the config once (``configs.validation.prepare_config``: validated against
+Each prepares the config once (``validation.prepare_config``: validated against
 the schema and the registries, resolved from the data) and hands it to the module that
 does the work:
 
@@ -27,10 +27,10 @@ import eval_runner
 import file_io
 import original_checkpoint
 import sample_runner
-from configs.validation import prepare_config
 from eval_store import METRICS_FILE
 from train_state import TrainState
 from trainer import Trainer
+from validation import prepare_config
 
 
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:

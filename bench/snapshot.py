@@ -13,9 +13,9 @@ import ml_collections  # noqa: E402
 
 import checkpointing  # noqa: E402
 import sde_lib  # noqa: E402
-from configs.validation import prepare_config  # noqa: E402
 from devices import local_mesh  # noqa: E402
 from train_state import create_train_state  # noqa: E402
+from validation import prepare_config  # noqa: E402
 
 
 class Snapshot(NamedTuple):

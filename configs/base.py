@@ -3,7 +3,7 @@
 Field names follow yang-song/score_sde and yang-song/score_flow, so their command lines
 (``--config.training.likelihood_weighting=True`` ...) work unchanged. Dataset defaults
 (``configs/default_<dataset>_configs.py``) and leaf configs (``configs/<sde>/*.py``) only
-override fields defined here; ``configs.validation`` rejects any other field as a typo.
+override fields defined here; ``validation`` rejects any other field as a typo.
 The defaults below are the CIFAR-10 settings of the papers.
 """
 

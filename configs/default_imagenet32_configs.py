@@ -1,5 +1,5 @@
 """ImageNet 32×32 defaults (the "old" ImageNet32 of the flow literature and ScoreFlow,
-TFDS ``downsampled_imagenet/32x32``; see ``datasets.py``)."""
+TFDS ``downsampled_imagenet/32x32``; see ``datasets/tfds.py``)."""
 
 import ml_collections
 

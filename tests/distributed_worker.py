@@ -42,7 +42,7 @@ def main() -> None:
 
     import train_utils  # puts the repository on sys.path
     import trainer
-    from configs.validation import prepare_config
+    from validation import prepare_config
 
     if args.coordinator:
         jax.distributed.initialize(

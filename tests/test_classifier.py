@@ -25,9 +25,9 @@ import classifier
 import run_lib
 import sde_lib
 import train_utils
-from configs.validation import prepare_config
 from devices import get_mesh
 from errors import UserError
+from validation import prepare_config
 
 _TOY_CLASSIFIER = {
     'classifier.name': 'mlp',

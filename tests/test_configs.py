@@ -13,8 +13,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import base
-from configs.validation import prepare_config, validate_config
 from errors import UserError
+from validation import prepare_config, validate_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LEAVES = sorted(

@@ -23,7 +23,7 @@ import checkpointing
 import datasets
 import run_lib
 import train_utils
-from configs import validation
+import validation
 from errors import UserError
 
 

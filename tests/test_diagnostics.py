@@ -14,8 +14,8 @@ import pytest
 import diagnostics
 import file_io
 import sde_lib
-from configs.validation import prepare_config
 from train_utils import load_config, toy_log_p_data
+from validation import prepare_config
 
 
 @pytest.fixture(scope='module')

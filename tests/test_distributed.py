@@ -20,9 +20,9 @@ import pytest
 
 import train_utils
 import trainer
-from configs.validation import prepare_config
 from devices import get_mesh
 from train_state import create_train_state
+from validation import prepare_config
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'distributed_worker.py')
 # Two steps per jitted call, a log line per call: a 10-point loss trajectory.

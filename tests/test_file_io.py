@@ -22,8 +22,8 @@ import file_io
 import main
 import run_lib
 import train_utils
-from configs.validation import prepare_config
 from errors import UserError
+from validation import prepare_config
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -23,10 +23,10 @@ from scipy.stats import norm
 
 import configs.base
 import dequantizer
-from configs.validation import validate_config
 from errors import UserError
 from models import flowpp
 from models import utils as mutils
+from validation import validate_config
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 

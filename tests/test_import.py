@@ -52,11 +52,11 @@ import dequantizer
 import file_io
 import original_checkpoint as oc
 import train_utils
-from configs.validation import prepare_config
 from devices import get_mesh
 from errors import UserError
 from models import utils as mutils
 from train_state import STREAM_TRAIN, get_optimizer, replicated_state, stream_key
+from validation import prepare_config
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'original_param_paths.json')
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 import subprocess
 import sys
+import tomllib
 from graphlib import CycleError, TopologicalSorter
 
 import pytest
@@ -19,6 +21,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Optional or heavy third-party imports that may stay inside functions (tens of seconds of
 # TensorFlow import for users who never read TFDS or compute FID).
 LAZY_OK = {'tensorflow', 'tensorflow_datasets', 'h5py', 'skimage'}
+# Benchmarks may also import their optional PyTorch peer inside functions.
+BENCH_LAZY_OK = LAZY_OK | {'torch', 'torch.nn.functional'}
+DESIGN = ROOT / 'docs' / 'DESIGN.md'
 PACKAGES = ('models', 'configs', 'datasets')  # their top-level modules (not configs/vp/… leaves)
 
 
@@ -65,21 +70,61 @@ def test_project_imports_are_at_the_top_of_files():
     assert {m: n for m, n in nested.items() if n} == {}
 
 
+def _inner_imports(path: pathlib.Path) -> set[str]:
+    """Modules imported anywhere but at the top level of the file (``from a import b``
+    counts as ``a``)."""
+    tree = ast.parse(path.read_text(encoding='utf-8'))
+    inner = set()
+    for node in ast.walk(tree):
+        if node in tree.body:
+            continue
+        if isinstance(node, ast.Import):
+            inner |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            inner.add(node.module)
+    return inner
+
+
 def test_third_party_imports_inside_functions_are_the_optional_heavy_ones():
     for name, path in project_modules().items():
-        tree = ast.parse(path.read_text(encoding='utf-8'))
-        inner = {
-            n
-            for node in ast.walk(tree)
-            for n in _imported(node)
-            if node not in tree.body and not isinstance(node, ast.ImportFrom)
-        }
-        inner |= {
-            node.module
-            for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and node not in tree.body
-        }
+        inner = _inner_imports(path)
         assert inner <= LAZY_OK, (name, inner - LAZY_OK)
+
+
+@pytest.mark.parametrize('folder', ['scripts', 'bench'])
+def test_scripts_and_benchmarks_import_at_the_top_too(folder):
+    for path in sorted((ROOT / folder).glob('*.py')):
+        inner = _inner_imports(path)
+        assert inner <= BENCH_LAZY_OK, (path.name, inner - BENCH_LAZY_OK)
+
+
+def design_levels() -> dict[str, int]:
+    """Module → level of the table in docs/DESIGN.md's "Import graph" section: the
+    backticked names of each ``| level | modules |`` row."""
+    text = DESIGN.read_text(encoding='utf-8')
+    section = text[text.index('## Import graph') :]
+    section = section[: section.index('\n## ', 1)]
+    levels: dict[str, int] = {}
+    for level, cells in re.findall(r'^\| (\d+) \| (.*) \|$', section, flags=re.M):
+        for name in re.findall(r'`([\w.]+)`', cells):
+            assert name not in levels, f'{name} is in two lines of the level table'
+            levels[name] = int(level)
+    return levels
+
+
+def test_the_level_table_of_the_design_doc_is_true():
+    """Every project module is in exactly one line, and imports only from lines above."""
+    graph, _ = import_graph()
+    levels = design_levels()
+    assert sorted(set(levels) - set(graph)) == [], 'names in the table that are no modules'
+    assert sorted(set(graph) - set(levels)) == [], 'modules missing from the table'
+    upward = {
+        f'{m} (level {levels[m]}) imports {d} (level {levels[d]})'
+        for m, deps in graph.items()
+        for d in deps
+        if levels[d] >= levels[m]
+    }
+    assert sorted(upward) == []
 
 
 def test_import_graph_is_acyclic():
@@ -108,3 +153,12 @@ def test_every_module_imports_in_dependency_order_in_a_fresh_interpreter():
         env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_ruff_knows_every_project_module_as_first_party():
+    """pyproject's isort ``known-first-party``: the top-level modules and packages, and the
+    tests' shared helper ``train_utils``."""
+    settings = tomllib.loads((ROOT / 'pyproject.toml').read_text(encoding='utf-8'))
+    listed = settings['tool']['ruff']['lint']['isort']['known-first-party']
+    top_level = {name.split('.')[0] for name in project_modules()}
+    assert sorted(listed) == sorted(top_level | {'train_utils'})

@@ -22,9 +22,9 @@ import mixture
 import sde_lib
 import train_state
 from configs.base import get_base_config
-from configs.validation import validate_config
 from errors import UserError
 from models import utils as mutils
+from validation import validate_config
 
 MU = np.array([1.0, -0.5])
 SIGMA = np.array([[1.0, 0.3], [0.3, 0.5]])

@@ -11,9 +11,9 @@ import pytest
 
 import checkpointing
 import train_utils
-from configs.validation import prepare_config
 from devices import get_mesh
 from train_state import create_train_state
+from validation import prepare_config
 
 
 def _fails_cleanly(args, *expected: str) -> str:

@@ -17,8 +17,8 @@ import pathlib
 import pytest
 from test_configs import load_leaf
 
-from configs.validation import prepare_config
 from models import utils as mutils
+from validation import prepare_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COUNTS = json.loads((ROOT / 'tests/fixtures/original_param_counts.json').read_text())

@@ -20,9 +20,9 @@ import losses
 import sde_lib
 import train_utils
 import trainer
-from configs.validation import prepare_config
 from errors import UserError
 from models import utils as mutils
+from validation import prepare_config
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -18,7 +18,7 @@ import likelihood
 import ode_solver
 import sampling
 import sde_lib
-from configs import validation
+import validation
 from configs.vp import digits_lw_is
 from errors import UserError
 from models import utils as mutils

@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 import file_io
-from configs.validation import prepare_config
 from train_utils import REPO, TINY, load_config, toy_log_p_data
+from validation import prepare_config
 
 _spec = importlib.util.spec_from_file_location(
     'scoreflow_table', os.path.join(REPO, 'scripts', 'scoreflow_table.py')

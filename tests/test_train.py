@@ -31,10 +31,10 @@ import run_lib
 import sde_lib
 import train_utils
 import trainer
-from configs.validation import prepare_config
 from devices import get_mesh, to_global
 from errors import UserError
 from train_state import create_train_state
+from validation import prepare_config
 
 
 def _npz_config(tmp_path, **overrides):

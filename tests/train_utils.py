@@ -20,7 +20,7 @@ if REPO not in sys.path:
 
 import datasets  # noqa: E402  (the repository is on sys.path now)
 import sde_lib  # noqa: E402
-from configs.validation import prepare_config  # noqa: E402
+from validation import prepare_config  # noqa: E402
 
 # Leaf configs the tests start from, and the overrides that make them tiny.
 CONFIG_FILES = {
