@@ -396,6 +396,13 @@ class _BitsPerDim(PerExampleQuantity):
     def split(self, config):
         return str(config.eval.bpd_dataset).lower()
 
+    @staticmethod
+    def in_data_units(data: DataSpec, nll: Array, log_q: Array) -> Tuple[Array, Array]:
+        """(nll, bits/dim) of the discrete data from the model-space nll of y and log q(u|x̄):
+        ``likelihood.nll_in_data_units`` (the scaler's Jacobian) + log q, ``likelihood.bpd``."""
+        nll = likelihood.nll_in_data_units(nll, data.dim, data.scale) + log_q
+        return nll, likelihood.bpd(nll, data.dim, data.num_bins)
+
     def per_image(self, results: Results, key: str, stderr_key: str) -> Dict[str, Any]:
         """The mean of ``key`` with its standard error over images (repeats averaged
         first, ``eval_store.mean_and_stderr_over_images``) and the counts."""
@@ -435,7 +442,7 @@ class ODEBitsPerDim(_BitsPerDim):
         return bool(config.eval.enable_bpd)
 
     def batch_fn(self, ctx):
-        e, data = ctx.config.eval, ctx.data
+        e = ctx.config.eval
 
         def fn(variables, deq_variables, keys, x):
             y, log_q = dequantized_input(ctx, deq_variables, keys, x)
@@ -450,10 +457,10 @@ class ODEBitsPerDim(_BitsPerDim):
                 ode_time=str(e.ode_time),
             )
             nll, _, nfe = nll_fn(stream(keys, ODE_STREAM), y)
-            nll = likelihood.nll_in_data_units(nll, data.dim, data.scale) + log_q
+            nll, bpd = self.in_data_units(ctx.data, nll, log_q)
             return {
                 'nll': nll,
-                'bpd': likelihood.bpd(nll, data.dim, data.num_bins),
+                'bpd': bpd,
                 'nfe': jnp.broadcast_to(nfe, nll.shape).astype(jnp.float32),
             }
 
@@ -491,7 +498,7 @@ class BoundBitsPerDim(_BitsPerDim):
         return bool(config.eval.bound)
 
     def batch_fn(self, ctx):
-        e, data = ctx.config.eval, ctx.data
+        e = ctx.config.eval
 
         def fn(variables, deq_variables, keys, x):
             y, log_q = dequantized_input(ctx, deq_variables, keys, x)
@@ -505,9 +512,8 @@ class BoundBitsPerDim(_BitsPerDim):
                 offset=bool(e.offset),
                 hutchinson_type=str(e.hutchinson_type),
             )
-            bound = bound_fn(stream(keys, BOUND_STREAM), y)
-            nll = likelihood.nll_in_data_units(bound, data.dim, data.scale) + log_q
-            return {'bound_nll': nll, 'bound_bpd': likelihood.bpd(nll, data.dim, data.num_bins)}
+            nll, bpd = self.in_data_units(ctx.data, bound_fn(stream(keys, BOUND_STREAM), y), log_q)
+            return {'bound_nll': nll, 'bound_bpd': bpd}
 
         return fn
 

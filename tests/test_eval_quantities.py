@@ -25,8 +25,8 @@ import pytest
 import tensorflow as tf
 from absl import app
 from PIL import Image
+from test_eval_runner import _E2E, _evaluator
 from test_eval_runner import _config as _vector_eval_config
-from test_eval_runner import _evaluator
 
 import eval_quantities
 import eval_store
@@ -83,31 +83,13 @@ def registered(monkeypatch):
 # A tiny DIGITS model that stays at its initialisation (learning rate 1e-12): its score
 # output is ≈ 0, so the probability-flow ODE is dx/dt = f(t) x and z = c·y in closed form.
 OVERRIDES = {
-    'data.dataset': 'NPZ',
-    'data.num_bins': 17,
-    'data.image_size': 8,
-    'data.num_channels': 1,
-    'model.nf': 8,
-    'model.ch_mult': (1,),
-    'model.num_res_blocks': 1,
-    'model.dropout': 0.0,
+    **{k: v for k, v in _E2E.items() if not k.startswith(('deq.', 'sampling.'))},
     'training.n_iters': 5,
-    'training.n_jitted_steps': 5,
-    'training.log_freq': 5,
-    'training.eval_freq': 5,
     'training.snapshot_freq': 5,
     'training.snapshot_freq_for_preemption': 5,
-    'training.snapshot_sampling': False,
-    'training.batch_size': 16,
-    'optim.warmup': 0,
-    'optim.lr': 1e-12,
-    'eval.begin_ckpt': 1,
-    'eval.end_ckpt': 1,
-    'eval.batch_size': 4,
-    'eval.num_repeats': 2,
     'eval.enable_loss': False,
-    'eval.rtol': 1e-3,
-    'eval.atol': 1e-3,
+    'eval.enable_sampling': False,
+    'eval.dequantizer': False,
 }
 
 
