@@ -22,9 +22,13 @@ hosts, the completeness check — is the same for all of them (:meth:`PerExample
 
 Randomness. Pass ``r`` of a quantity over checkpoint ``c`` draws example ``i``'s numbers
 from ``fold_in(fold_in(fold_in(fold_in(key(seed), phase), c), r), i)``, so results do not
-depend on the batch size, the device count or a restart. Quantities with the same
-``phase`` see the same keys: the ODE and the bound (``PHASE_LIKELIHOOD``) dequantize each
-image with the same u (sub-stream ``DEQ_STREAM``) and differ only in their own sub-streams.
+depend on the batch size, the device count or a restart, and nothing else about the run
+enters them: runs of one seed — whatever their training objective, SDE flags or model —
+are evaluated on identical noise (common random numbers, so the ScoreFlow grid's
+differences between runs of one seed are paired), runs of other seeds on other noise.
+Quantities with the same ``phase`` see the same keys: the ODE and the bound
+(``PHASE_LIKELIHOOD``) dequantize each image with the same u (sub-stream ``DEQ_STREAM``)
+and differ only in their own sub-streams.
 
 ``eval_runner.Evaluator`` runs the enabled quantities in registration order on every
 checkpoint; ``eval_runner`` writes the plotted metrics of :func:`plotted_metrics` to

@@ -117,6 +117,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no global backend
+from scipy import stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # project imports (diagnostics: the variance, TOY's KL)
@@ -219,7 +220,8 @@ def build_grid(args: argparse.Namespace, extra: Sequence[str]) -> List[Run]:
             f'{args.snapshot_freq} (snapshot i is saved at step i·snapshot_freq).'
         )
     last = args.n_iters // args.snapshot_freq
-    ckpts = tuple(range(1, last + 1))
+    first = 1 if args.curves else last
+    ckpts = tuple(range(first, last + 1))
     budget = (
         f'--config.training.n_iters={args.n_iters}',
         f'--config.training.snapshot_freq={args.snapshot_freq}',
@@ -235,7 +237,7 @@ def build_grid(args: argparse.Namespace, extra: Sequence[str]) -> List[Run]:
             'eval',
             CURVES,
             (
-                '--config.eval.begin_ckpt=1',
+                f'--config.eval.begin_ckpt={first}',
                 f'--config.eval.end_ckpt={last}',
                 '--config.eval.enable_loss=True',
                 '--config.eval.enable_bpd=True',
@@ -594,53 +596,124 @@ def summarize(collected: Dict[str, Any], runs: Sequence[Run]) -> List[Dict[str, 
     return rows
 
 
-def differences(rows: Sequence[Dict[str, Any]], dataset: str) -> List[Dict[str, Any]]:
-    """Each objective against its SDE's baseline (σ² weighting): per likelihood column,
-    Δ = mean − mean_baseline over seeds, its standard error √(se² + se_baseline²) (the
-    seeds' spread, which includes each run's evaluation noise; nan with one seed on a
-    side) and z = Δ / se. Negative Δ: lower KL or bits/dim than the baseline."""
-    keys = [key for _, key, se_key in columns(dataset) if se_key]
+def paired(a: Dict[int, float], b: Dict[int, float]) -> Dict[str, Any]:
+    """Paired statistics of a − b over the seeds both have (finite values).
+
+    With d_s = a_s − b_s for n seeds: mean d̄, standard error s_d/√n (ddof 1) on
+    df = n − 1 degrees of freedom, the two-sided 95 % interval d̄ ± t_{0.975, df} · se,
+    t = d̄ / se and its two-sided p-value from Student's t (scipy), and the sign count
+    (seeds with d < 0, d > 0). Pairing removes what a seed shares across the two runs
+    (initialisation, data order, evaluation keys): its se is that of the difference, not
+    √(se_a² + se_b²). Fewer than two seeds: no se, interval or p (nan).
+    """
+    seeds = sorted(s for s in set(a) & set(b) if _finite(a[s]) and _finite(b[s]))
+    d = np.asarray([a[s] - b[s] for s in seeds], np.float64)
+    out: Dict[str, Any] = {'seeds': seeds, 'n': len(d), 'df': max(len(d) - 1, 0)}
+    out['negative'], out['positive'] = int(np.sum(d < 0)), int(np.sum(d > 0))
+    out['mean'] = float(d.mean()) if len(d) else math.nan
+    out['stderr'] = out['t'] = out['p'] = math.nan
+    out['ci95'] = [math.nan, math.nan]
+    if len(d) >= 2:
+        se = float(d.std(ddof=1) / math.sqrt(len(d)))
+        half = float(stats.t.ppf(0.975, len(d) - 1)) * se
+        out.update(stderr=se, ci95=[out['mean'] - half, out['mean'] + half])
+        if se > 0:
+            out['t'] = out['mean'] / se
+            out['p'] = float(2 * stats.t.sf(abs(out['t']), len(d) - 1))
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
+def paired_keys(dataset: str) -> List[str]:
+    """The columns compared between runs: the likelihoods (ODE, bounds; TOY: KLs) and
+    the sample quality."""
+    return [key for _, key, se_key in columns(dataset) if se_key or key in ('fd_digits', 'fid')]
+
+
+def comparisons(runs: Sequence[Run]) -> List[Tuple[Tuple[str, str], Tuple[str, str]]]:
+    """The paired comparisons ((sde, objective), (sde, objective)) of a grid: every
+    objective against its SDE's σ² baseline, and sub-VP against VP for each objective."""
+    cells = list(dict.fromkeys((r.sde, r.objective) for r in runs))
+    out = [
+        ((sde, objective), (sde, OBJECTIVES[0]))
+        for sde, objective in cells
+        if objective != OBJECTIVES[0] and (sde, OBJECTIVES[0]) in cells
+    ]
+    out += [
+        (('subvp', objective), ('vp', objective))
+        for sde, objective in cells
+        if sde == 'subvp' and ('vp', objective) in cells
+    ]
+    return out
+
+
+def differences(collected: Dict[str, Any], runs: Sequence[Run]) -> List[Dict[str, Any]]:
+    """Paired differences (:func:`paired`) per comparison (:func:`comparisons`) and column,
+    over the seeds both cells have finished. Negative mean: lower KL, bits/dim or FD than
+    the reference cell."""
+    dataset = runs[0].dataset if runs else 'digits'
+    by_cell: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    for x in collected['runs']:
+        if x['done']:
+            by_cell.setdefault((x['sde'], x['objective']), []).append(x)
     out = []
-    for row in rows:
-        base = next(
-            (r for r in rows if r['sde'] == row['sde'] and r['objective'] == OBJECTIVES[0]), None
-        )
-        if base is None or base is row:  # a grid without the baseline has no differences
-            continue
+    for cell, ref in comparisons(runs):
         entry: Dict[str, Any] = {
-            'sde': row['sde'],
-            'objective': row['objective'],
-            'baseline': base['objective'],
+            'sde': cell[0],
+            'objective': cell[1],
+            'reference_sde': ref[0],
+            'reference_objective': ref[1],
         }
-        for key in keys:
-            a, b = row[key], base[key]
-            delta = a['mean'] - b['mean']
-            se = math.sqrt(a['stderr_over_seeds'] ** 2 + b['stderr_over_seeds'] ** 2)
-            z = delta / se if se > 0 else math.nan
-            entry[key] = {'delta': delta, 'stderr': se, 'z': z}
+        for key in paired_keys(dataset):
+            a = {x['seed']: x.get(key) for x in by_cell.get(cell, [])}
+            b = {x['seed']: x.get(key) for x in by_cell.get(ref, [])}
+            entry[key] = paired(a, b)
         out.append(entry)
     return out
 
 
+def _cell_name(sde: str, objective: str) -> str:
+    return f'{SDE_NAMES[sde]} {OBJECTIVE_NAMES[objective]}'
+
+
+def _fmt_paired(v: Dict[str, Any], digits: int = 3) -> str:
+    """``mean [lo, hi] (df, p; signs −/+)`` of a :func:`paired` entry."""
+    if v['n'] == 0:
+        return '—'
+    if v['n'] == 1:
+        return f'{v["mean"]:+.{digits}f} (1 seed)'
+    lo, hi = v['ci95']
+    p = f'p {v["p"]:.2g}' if _finite(v['p']) else 'p —'
+    return (
+        f'{v["mean"]:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] '
+        f'(df {v["df"]}, {p}; {v["negative"]}−/{v["positive"]}+)'
+    )
+
+
 def differences_markdown(diffs: Sequence[Dict[str, Any]], dataset: str) -> List[str]:
-    cols = [(header, key) for header, key, se_key in columns(dataset) if se_key]
+    keys = paired_keys(dataset)
+    headers = {key: header for header, key, _ in columns(dataset)}
     lines = [
         '',
-        '## Against the baseline',
+        '## Paired differences',
         '',
-        "Δ = objective − baseline (same SDE), ± the standard error from both rows' "
-        'spread over seeds; z = Δ / standard error (|z| < 2: within noise).',
+        'Δ = run − reference run of the same seed (a seed shares initialisation, data order '
+        'and evaluation keys across objectives and SDEs), then over seeds: mean Δ, its '
+        "two-sided 95 % interval from Student's t with df = seeds − 1, the p-value of Δ = 0 "
+        'and the sign count (seeds with Δ < 0 / Δ > 0). Negative: lower than the reference.',
         '',
-        '| SDE | objective | ' + ' | '.join(f'Δ {h} (z)' for h, _ in cols) + ' |',
-        '|' + '---|' * (2 + len(cols)),
+        '| comparison | ' + ' | '.join(f'Δ {headers[k]}' for k in keys) + ' |',
+        '|' + '---|' * (1 + len(keys)),
     ]
     for d in diffs:
-        cells = [SDE_NAMES[d['sde']], OBJECTIVE_NAMES[d['objective']]]
-        for _, key in cols:
-            v = d[key]
-            z = f' ({v["z"]:+.1f})' if np.isfinite(v['z']) else ''
-            cells.append(_fmt(v['delta'], v['stderr']) + z if np.isfinite(v['delta']) else '—')
-        lines.append('| ' + ' | '.join(cells) + ' |')
+        name = (
+            f'{_cell_name(d["sde"], d["objective"])} − '
+            f'{_cell_name(d["reference_sde"], d["reference_objective"])}'
+        )
+        lines.append('| ' + ' | '.join([name] + [_fmt_paired(d[k]) for k in keys]) + ' |')
     return lines
 
 
@@ -669,7 +742,7 @@ def write_report(args: argparse.Namespace, runs: Sequence[Run], command: str) ->
     with open(os.path.join(args.out, 'table.md.tmp'), 'w') as f:
         f.write(text)
     os.replace(os.path.join(args.out, 'table.md.tmp'), os.path.join(args.out, 'table.md'))
-    diffs = differences(rows, args.dataset)
+    diffs = differences(collected, runs)
     report = _nan_to_none({'summary': rows, 'differences': diffs, **collected, 'plots': plots})
     with open(os.path.join(args.out, 'table.json.tmp'), 'w') as f:
         json.dump(report, f, indent=2)
@@ -716,7 +789,7 @@ def markdown(args, runs, collected, rows, command, plots) -> str:
             "mixture density and the model's ODE (or bound) nll at time ε; its standard "
             'error is paired over test points.'
         )
-    lines += differences_markdown(differences(rows, dataset), dataset)
+    lines += differences_markdown(differences(collected, runs), dataset)
     lines += ['', '## Runs', '']
     keys = [c[1] for c in cols]
     lines.append('| run | done | step | ' + ' | '.join(keys) + ' | wall time [min] |')
@@ -909,6 +982,13 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
         type=int,
         default=None,
         help='steps between evaluated snapshots (default: digits 500, toy 2000)',
+    )
+    parser.add_argument(
+        '--curves',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='eval loss and ODE bits/dim at every snapshot (--no-curves: at the last one '
+        'only; runs with curves count as done too)',
     )
     parser.add_argument(
         '--curve_bound',

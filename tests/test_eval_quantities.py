@@ -109,6 +109,36 @@ def _vector_config(path):
     return config
 
 
+def test_common_random_numbers_across_objectives_not_across_seeds(tmp_path):
+    """The evaluation's random numbers (dequantization noise, probes) depend on the seed,
+    the checkpoint, the repeat and the example only: runs of one seed trained with other
+    objectives or models are evaluated on identical noise (the paired comparisons of the
+    ScoreFlow grid), runs of another seed on other noise."""
+    path = tmp_path / 'images.npz'
+    images = np.random.RandomState(0).randint(0, 17, size=(6, 2, 2, 1)).astype(np.uint8)
+    np.savez(path, train=images, test=images)
+    dim = images[0].size
+    gm = mixture.GaussianMixture(np.ones(1), np.zeros((1, dim)), np.eye(dim)[None])
+
+    def per_example(name, change=lambda config: None):
+        config = _vector_eval_config(path, batch_size=4, repeats=1, num_bins=17)
+        config.data.image_size, config.data.num_channels = 2, 1
+        change(config)
+        _evaluator(config, tmp_path / name, gm).run()
+        return np.load(tmp_path / name / 'eval' / 'ckpt_1' / 'bpd_h0.npz')['bpd']
+
+    def other_objective_and_model(config):
+        config.training.likelihood_weighting = config.training.importance_weighting = True
+        config.model.name, config.model.nf = 'ddpm', 32
+
+    def other_seed(config):
+        config.seed = 1
+
+    reference = per_example('a')
+    np.testing.assert_array_equal(per_example('b', other_objective_and_model), reference)
+    assert np.all(per_example('c', other_seed) != reference)
+
+
 def _digits_npz(path, num_train=64, num_test=11):
     from sklearn.datasets import load_digits
 

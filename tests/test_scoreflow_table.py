@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
 import file_io
 from train_utils import REPO, TINY, load_config, toy_log_p_data
@@ -210,42 +211,76 @@ def test_table_holds_the_runs_metrics(grid):
 
 
 @pytest.mark.timeout(60)
-def test_differences_against_the_baseline():
-    def row(sde, objective, kl, se):
-        cell = {'mean': kl, 'stderr_over_seeds': se}
-        nan = {'mean': math.nan, 'stderr_over_seeds': math.nan}
-        return {
-            'sde': sde,
-            'objective': objective,
-            'kl': cell,
-            'bound_kl': dict(cell),
-            'bound_uniform_kl': nan,
-            'loss': nan,
-        }
+def test_paired_statistics_match_an_independent_computation():
+    """Mean, standard error, t, p and the 95 % interval of per-seed differences agree with
+    scipy's paired t-test (ttest_rel) and its confidence interval, computed here apart."""
+    rs = np.random.RandomState(3)
+    a = {s: 1.9 + 0.01 * rs.randn() for s in range(8)}
+    b = {s: a[s] + 0.02 + 0.005 * rs.randn() for s in range(8)}
+    b[8] = 2.0  # a seed only one side has is left out
+    out = sft.paired(a, b)
+    d = np.array([a[s] - b[s] for s in range(8)])
+    ref = stats.ttest_rel([a[s] for s in range(8)], [b[s] for s in range(8)])
+    ci = ref.confidence_interval(0.95)
+    assert (out['n'], out['df'], out['seeds']) == (8, 7, list(range(8)))
+    assert out['mean'] == pytest.approx(d.mean(), rel=1e-12)
+    assert out['t'] == pytest.approx(ref.statistic, rel=1e-9)
+    assert out['p'] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert out['ci95'] == pytest.approx([ci.low, ci.high], rel=1e-9)
+    assert (out['negative'], out['positive']) == (int(np.sum(d < 0)), int(np.sum(d > 0)))
+    one = sft.paired({0: 1.0}, {0: 1.5, 1: 2.0})
+    assert one['n'] == 1 and one['mean'] == -0.5 and math.isnan(one['p'])
+    assert sft.paired({0: None}, {0: 1.0})['n'] == 0
 
-    rows = [
-        row('vp', 'baseline', 0.05, 0.003),
-        row('vp', 'lw', 0.04, 0.004),
-        row('subvp', 'baseline', 0.02, 0.001),
-        row('subvp', 'lw_is', 0.03, math.nan),  # one seed: no standard error
+
+@pytest.mark.timeout(60)
+def test_paired_differences_of_a_grid(tmp_path):
+    """Every objective against its SDE's baseline and sub-VP against VP, paired by seed,
+    over the seeds both cells finished; the markdown shows interval, df, p and signs."""
+    args, extra = sft.parse_args(['--out', str(tmp_path), '--dataset', 'toy', '--seeds', '0,1,2'])
+    runs = sft.build_grid(args, extra)
+    kl = {('vp', 'baseline'): 0.05, ('vp', 'lw'): 0.04, ('vp', 'lw_is'): 0.03}
+    kl.update({('subvp', 'baseline'): 0.06, ('subvp', 'lw'): 0.05, ('subvp', 'lw_is'): 0.02})
+    collected = {
+        'runs': [
+            {
+                'sde': r.sde,
+                'objective': r.objective,
+                'seed': r.seed,
+                'done': not (r.sde == 'subvp' and r.objective == 'lw' and r.seed == 2),
+                'kl': kl[r.sde, r.objective] + 0.001 * r.seed**2 * (r.objective == 'lw'),
+                'bound_kl': None,
+            }
+            for r in runs
+        ]
+    }
+    diffs = sft.differences(collected, runs)
+    names = [
+        (d['sde'], d['objective'], d['reference_sde'], d['reference_objective']) for d in diffs
     ]
-    diffs = sft.differences(rows, 'toy')
-    assert [(d['sde'], d['objective'], d['baseline']) for d in diffs] == [
-        ('vp', 'lw', 'baseline'),
-        ('subvp', 'lw_is', 'baseline'),
+    assert names == [
+        ('vp', 'lw', 'vp', 'baseline'),
+        ('vp', 'lw_is', 'vp', 'baseline'),
+        ('subvp', 'lw', 'subvp', 'baseline'),
+        ('subvp', 'lw_is', 'subvp', 'baseline'),
+        ('subvp', 'baseline', 'vp', 'baseline'),
+        ('subvp', 'lw', 'vp', 'lw'),
+        ('subvp', 'lw_is', 'vp', 'lw_is'),
     ]
-    kl = diffs[0]['kl']
-    assert kl['delta'] == pytest.approx(-0.01)
-    assert kl['stderr'] == pytest.approx(0.005)  # √(0.003² + 0.004²)
-    assert kl['z'] == pytest.approx(-2.0)
-    assert diffs[1]['kl']['delta'] == pytest.approx(0.01) and math.isnan(diffs[1]['kl']['z'])
-    # a grid without the baseline (--objectives lw,lw_is) has nothing to compare against
-    assert (
-        sft.differences([row('vp', 'lw', 0.04, 0.004), row('vp', 'lw_is', 0.03, 0.002)], 'toy')
-        == []
-    )
+    vp_lw = diffs[0]['kl']
+    d = np.array([-0.01, -0.009, -0.006])
+    assert vp_lw['n'] == 3 and vp_lw['mean'] == pytest.approx(d.mean())
+    assert vp_lw['stderr'] == pytest.approx(d.std(ddof=1) / math.sqrt(3))
+    assert diffs[2]['kl']['n'] == 2  # sub-VP lw seed 2 is not finished
+    assert diffs[1]['kl']['stderr'] == pytest.approx(0.0, abs=1e-12)  # constant Δ
+    assert diffs[0]['bound_kl']['n'] == 0
     text = '\n'.join(sft.differences_markdown(diffs, 'toy'))
-    assert '| VP | λ = g², t ~ U | -0.010 ± 0.005 (-2.0) | -0.010 ± 0.005 (-2.0) | — |' in text
+    lo, hi = vp_lw['ci95']
+    cell = f'{vp_lw["mean"]:+.3f} [{lo:+.3f}, {hi:+.3f}] (df 2, p {vp_lw["p"]:.2g}; 3−/0+)'
+    assert f'| VP λ = g², t ~ U − VP σ² weighting (baseline) | {cell} |' in text
+    # a grid without the baseline compares only SDEs
+    args, extra = sft.parse_args(['--out', str(tmp_path), '--objectives', 'lw'])
+    assert sft.comparisons(sft.build_grid(args, extra)) == [(('subvp', 'lw'), ('vp', 'lw'))]
 
 
 @pytest.mark.slow
