@@ -4,6 +4,10 @@ miniature, ``scripts/scoreflow_table.py``), read from the run's work directory W
 * The variance of the likelihood-weighted DSM loss with t ~ U(ε, T) and with
   importance-sampled t ~ p(t) ∝ g²/σ² on a snapshot (:func:`loss_variance`,
   :func:`measure_run_variance`): the mechanism of ScoreFlow's importance sampling.
+* The variance of the training *gradient* per batch with each weighting of t (σ², λ = g²
+  with t ~ U, λ = g² with importance-sampled t) on a snapshot, and how often gradient
+  clipping fires at each objective's own scale (:func:`gradient_variance`,
+  :func:`measure_run_gradients`): where the mechanism acts, the parameter update.
 * KL(data ‖ model) of TOY runs (:class:`ToyKL`): TOY data have an exact density, so
   KL = E_x[log p_data(x) + nll(x)] over the test points, from the per-example nll of an
   evaluation (the ODE's, or the bound's: an upper bound on KL up to Monte Carlo noise).
@@ -11,6 +15,7 @@ miniature, ``scripts/scoreflow_table.py``), read from the run's work directory W
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -19,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 import checkpointing
 import datasets
@@ -233,6 +239,112 @@ def training_draws(config, num_draws: int, seed: int, key) -> np.ndarray:
     rows = raw[np.random.default_rng(seed).integers(0, len(raw), num_draws)]
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(num_draws, dtype=np.uint32))
     return np.asarray(data.train_input(jnp.asarray(rows), keys))
+
+
+# --------------------------------------------------------------------------- gradients
+def gradient_variance(
+    loss_fns: Dict[str, Callable],
+    params: Any,
+    batches: np.ndarray,
+    key,
+    *,
+    scales: Dict[str, float],
+    clip: float,
+) -> Dict[str, Any]:
+    """Per-batch gradient statistics of several training losses on the same batches.
+
+    ``loss_fns[name](rng, params, batch) -> scalar`` is a training objective at its own
+    scale; batch b (``batches[b]``) is drawn with ``fold_in(key, b)`` for every loss (the
+    same data, paired). With g_b the gradient and n batches, per loss:
+
+    * ``norm_median``, ``norm_p90``, ``norm_max`` of ‖g_b‖ and ``clip_fraction``: the
+      fraction of batches with ‖g_b‖ > ``clip`` (where global-norm clipping fires in
+      training, ``optim.grad_clip``);
+    * ``trace_var`` = Σ_b ‖g_b − ḡ‖² / (n − 1), the total variance of one batch's
+      gradient, and ``norm_of_mean`` = ‖ḡ‖, both at the unbiased scale ``scales[name]`` ·
+      g_b (so that losses estimating the same integral compare directly: likelihood
+      weighting with t ~ U times (T − ε), importance sampling times Z), with
+      ``trace_var_stderr`` from the spread of ‖g_b − ḡ‖² (delta method, ±).
+    """
+    out: Dict[str, Any] = {'num_batches': int(len(batches)), 'clip': float(clip)}
+    for name, loss_fn in loss_fns.items():
+        grad_fn = jax.jit(
+            lambda rng, batch, f=loss_fn: ravel_pytree(jax.grad(f, 1)(rng, params, batch))[0]
+        )
+        grads = np.stack(
+            [
+                np.asarray(grad_fn(jax.random.fold_in(key, b), batch), np.float64)
+                for b, batch in enumerate(batches)
+            ]
+        )
+        out[name] = _gradient_stats(grads, float(scales[name]), clip)
+    return out
+
+
+def _gradient_stats(grads: np.ndarray, scale: float, clip: float) -> Dict[str, Any]:
+    """Statistics of gradients [n, P] at their own scale (norms, clipping) and at
+    ``scale`` (mean and total variance): see :func:`gradient_variance`."""
+    grads = np.asarray(grads, np.float64)
+    norms = np.linalg.norm(grads, axis=1)
+    scaled = grads * scale
+    dev2 = np.sum((scaled - scaled.mean(0)) ** 2, axis=1)
+    n = len(grads)
+    return {
+        'norm_median': float(np.median(norms)),
+        'norm_p90': float(np.quantile(norms, 0.9)),
+        'norm_max': float(norms.max()),
+        'clip_fraction': float(np.mean(norms > clip)),
+        'norm_of_mean': float(np.linalg.norm(scaled.mean(0))),
+        'trace_var': float(dev2.sum() / (n - 1)),
+        'trace_var_stderr': float(dev2.std(ddof=1) * n / (n - 1) / math.sqrt(n)),
+        'scale': scale,
+    }
+
+
+def weighting_losses(config, sde, model) -> Tuple[Dict[str, Callable], Dict[str, float]]:
+    """The training loss of each weighting (``sde_lib.WEIGHTINGS``) with the run's other
+    settings (``losses.get_sde_loss_fn``, dropout on), and the factor to the common
+    scale of the λ = g² estimators: (T − ε) for 'likelihood', Z = ∫_ε^T g²/σ² dt for
+    'importance', 1 for 'sigma2' (another integrand)."""
+    base = losses.LossOptions.from_config(config)
+    eps, T = base.eps, float(sde.T)
+    with jax.ensure_compile_time_eval():
+        z_norm = float(sde.likelihood_importance_cum_weight(jnp.asarray(T), eps))
+    fns, scales = {}, {'sigma2': 1.0, 'likelihood': T - eps, 'importance': z_norm}
+    for name, (lw, iw) in sde_lib.WEIGHTING_FLAGS.items():
+        options = dataclasses.replace(base, likelihood_weighting=lw, importance_weighting=iw)
+        fns[name] = losses.get_sde_loss_fn(sde, model, train=True, options=options)
+    return fns, scales
+
+
+def measure_run_gradients(
+    workdir: str, ckpt: int, num_batches: int = 128, seed: int = 0
+) -> Dict[str, Any]:
+    """:func:`gradient_variance` of every weighting (:func:`weighting_losses`) on snapshot
+    ``ckpt`` of a run: its training parameters (not the EMA), ``num_batches`` batches of
+    ``training.batch_size`` training examples (:func:`training_draws`), the run's
+    ``optim.grad_clip``; with ``ckpt``, ``step``, ``seed`` and the run's own weighting."""
+    config = load_run_config(workdir)
+    sde = sde_lib.get_sde(config)
+    model, _, template = create_train_state(config, local_mesh())
+    state = checkpointing.restore_checkpoint(workdir, ckpt, template)
+    batch = int(config.training.batch_size)
+    key = jax.random.key(seed)
+    draws = training_draws(config, num_batches * batch, seed, key)
+    fns, scales = weighting_losses(config, sde, model)
+    result = gradient_variance(
+        fns,
+        state.params,
+        draws.reshape((num_batches, batch) + draws.shape[1:]),
+        jax.random.fold_in(key, 1 << 20),
+        scales=scales,
+        clip=float(config.optim.grad_clip),
+    )
+    own = sde_lib.weighting_of(
+        config.training.likelihood_weighting, config.training.importance_weighting
+    )
+    result.update({'ckpt': int(ckpt), 'step': int(state.step), 'seed': int(seed), 'own': own})
+    return result
 
 
 # --------------------------------------------------------------------------- TOY's KL

@@ -10,10 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 import diagnostics
 import file_io
 import sde_lib
+from devices import local_mesh
+from train_state import create_train_state
 from train_utils import load_config, toy_log_p_data
 from validation import prepare_config
 
@@ -168,3 +171,54 @@ def test_loss_variance_closed_form(sde_name, eps):
     for b in range(len(u['bin_mean'])):
         if u['bin_count'][b] > 200 and i['bin_count'][b] > 200:
             assert math.isclose(u['bin_mean'][b], i['bin_mean'][b], rel_tol=0.25), b
+
+
+@pytest.mark.timeout(120)
+def test_gradient_variance_against_a_closed_form():
+    """Loss ½ mean_i (θ − z_i)² with z_i ~ N(μ, 1), B per batch: the gradient θ − z̄ has
+    mean θ − μ and variance 1/B per coordinate (trace P/B); at twice the scale the
+    clipping fraction is that of 2(θ − z̄), the unbiased-scale statistics are the same."""
+    P, B, n, mu, clip = 3, 16, 400, 0.5, 0.6
+
+    def loss(rng, theta, batch):
+        z = mu + jax.random.normal(rng, (batch.shape[0], P))
+        return 0.5 * jnp.mean(jnp.sum((theta - z) ** 2, axis=1))
+
+    fns = {'one': loss, 'two': lambda rng, theta, batch: 2.0 * loss(rng, theta, batch)}
+    out = diagnostics.gradient_variance(
+        fns,
+        jnp.zeros(P),
+        np.zeros((n, B, 1), np.float32),
+        jax.random.key(0),
+        scales={'one': 1.0, 'two': 0.5},
+        clip=clip,
+    )
+    for name in ('one', 'two'):
+        v = out[name]
+        assert v['trace_var'] == pytest.approx(P / B, abs=4 * v['trace_var_stderr'])
+        assert v['trace_var_stderr'] < 0.1 * P / B
+        assert v['norm_of_mean'] == pytest.approx(mu * math.sqrt(P), abs=4 * math.sqrt(P / B / n))
+    assert out['one']['trace_var'] == pytest.approx(out['two']['trace_var'], rel=1e-6)
+    # ‖g‖² = Σ (θ − z̄)² with z̄ ~ N(μ, 1/B): B‖g‖² is noncentral χ²(P, B P μ²).
+    for name, factor in (('one', 1.0), ('two', 2.0)):
+        p_clip = stats.ncx2.sf(B * (clip / factor) ** 2, P, B * P * mu**2)
+        tol = 4 * math.sqrt(p_clip * (1 - p_clip) / n)
+        assert out[name]['clip_fraction'] == pytest.approx(p_clip, abs=tol)
+
+
+@pytest.mark.timeout(180)
+def test_weighting_losses_share_the_lambda_g2_integral():
+    """At their scales (T − ε and Z) the λ = g² losses with uniform and importance-sampled
+    t estimate the same integral: their batch means agree within the noise."""
+    config = prepare_config(load_config('toy'))
+    sde = sde_lib.get_sde(config)
+    model, _, state = create_train_state(config, local_mesh())
+    fns, scales = diagnostics.weighting_losses(config, sde, model)
+    x = jnp.asarray(diagnostics.training_draws(config, 256, 0, jax.random.key(0)))
+    values = {}
+    for name in ('likelihood', 'importance'):
+        fn = jax.jit(lambda rng, f=fns[name]: f(rng, state.params, x))
+        values[name] = scales[name] * np.array([fn(jax.random.key(k)) for k in range(64)])
+    se = math.sqrt(sum(v.var(ddof=1) / len(v) for v in values.values()))
+    assert values['likelihood'].mean() == pytest.approx(values['importance'].mean(), abs=4 * se)
+    assert scales['sigma2'] == 1.0 and scales['likelihood'] == pytest.approx(1 - 1e-5, rel=1e-3)

@@ -407,3 +407,32 @@ def test_toy_kl_of_each_phase(tmp_path):
         stderr = np.std(log_p, ddof=1) / len(log_p) ** 0.5  # paired: nll is constant
         assert math.isclose(row[f'{key}_stderr'], stderr, rel_tol=1e-4)  # float32 log p
     assert row['curve'][1]['kl'] == row['kl'] and math.isnan(row['curve'][0]['kl_stderr'])
+
+
+@pytest.mark.timeout(60)
+def test_gradient_measurement_in_the_report():
+    """Each measured snapshot is a row: both traces with their errors, their ratio, the
+    median norms and the clipped fractions at each objective's own scale."""
+
+    def stats_(trace, median, clipped):
+        return {
+            'trace_var': trace,
+            'trace_var_stderr': 0.1 * trace,
+            'norm_median': median,
+            'clip_fraction': clipped,
+        }
+
+    g = {
+        'step': 500,
+        'num_batches': 128,
+        'sigma2': stats_(1.0, 0.3, 0.0),
+        'likelihood': stats_(50.0, 2.5, 0.75),
+        'importance': stats_(2.0, 0.9, 0.125),
+    }
+    collected = {'runs': [{'run': 'vp_lw_is_seed2', 'gradients': {'1': g}}, {'run': 'x'}]}
+    text = '\n'.join(sft.gradient_markdown(collected))
+    row = '| vp_lw_is_seed2 | 500 | 128 | 50 ± 5 | 2 ± 0.2 | 25 | 0.3; 2.5; 0.9 | 0%; 75%; 12% |'
+    assert row in text
+    assert sft.gradient_markdown({'runs': [{'run': 'x'}]}) == []
+    args, _ = sft.parse_args(['--out', 'o', '--gradient_seeds', '2,3', '--measure_only'])
+    assert args.gradient_seeds == (2, 3) and args.measure_only
