@@ -24,8 +24,10 @@ losses ``[B]``; the batch loss is their mean.  With ``α = α(t)``, ``σ = σ(t)
   σ_i = ``sde.discrete_sigmas``, loss σ_i² ‖s + z/σ_i‖² = ‖σ_i s + z‖²) and DDPM on a
   VP SDE (x̃ = √ᾱ_i x_0 + √(1−ᾱ_i) z; ε-prediction loss ‖ε̂ − z‖² with
   ε̂ = −√(1−ᾱ_i) s).  The level i ~ U{0, …, N−1} is passed to ``score_fn`` as the
-  grid time t_i = T i/(N−1); the model adapter maps such a t back to the integer label
-  (VP: round(t (N−1)); VE: round((T − t)(N−1)) into the descending σ table of NCSN).
+  grid time t_i = T i/(N−1); the model adapter maps such a t back to the level i
+  (``sde.timestep_index``, ⌊t (N−1)/T + 10⁻⁴⌋) and labels the network with it (VP: the
+  float label t (N−1)/T, whose floor is i; VE: the integer N − 1 − i into the
+  descending σ table of NCSN), the same rule as the samplers' steps.
 * Sliced score matching (Song et al. 2019) at time t, for p_t::
 
       λ(t) E_v [ vᵀ ∇_x s_θ(x_t, t) v + ½ (vᵀ s_θ(x_t, t))² ]

@@ -14,7 +14,7 @@ conventions, stated by each SDE class (``sde_lib.SDE.network_inputs``):
 | VP, sub-VP, continuous | 999·t                 | −out / σ(t)                   |
 | VP, discrete   | t (N−1) (float, as the original) | −out / √(1 − ᾱ_i), i = ⌊t (N−1)⌋ |
 | VE, continuous | σ(t)                          | out                           |
-| VE, discrete   | round((T − t)(N−1)) (int32)   | out (σ table index, descending) |
+| VE, discrete   | N−1−i, i = ⌊t (N−1)/T + 10⁻⁴⌋ (int32) | out (σ table index, descending) |
 
 Noise-conditional classifiers p_t(y | x(t)) (for class-guided sampling) have their own
 registry (``register_classifier`` / ``get_classifier``, names from ``config.classifier.name``):
