@@ -140,6 +140,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     if config.seed < 0:
         _fail('seed', config.seed, 'must be non-negative')
     _check_objective(config)
+    _check_scale_by_sigma(config)
     _check_data(config)
     _check_deq(config.deq)
     for field, (default, problem) in _REFUSED.items():
@@ -230,6 +231,19 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
                 'it to True',
             )
     sde_lib.weighting_of(training.likelihood_weighting, training.importance_weighting)
+
+
+def _check_scale_by_sigma(config: ml_collections.ConfigDict) -> None:
+    """ScoreFlow's linear VE already divides the output by σ(t) (score = −output/σ(t), a
+    noise-predicting network, as VP); ``scale_by_sigma`` would divide by σ a second time
+    (score_flow stops on this combination)."""
+    if config.training.sde == 'linearvesde' and config.model.scale_by_sigma:
+        _fail(
+            'model.scale_by_sigma',
+            True,
+            "divides the network's output by σ, which training.sde='linearvesde' already "
+            'does (its score is −output/σ(t)); set it to False',
+        )
 
 
 def _check_deq(deq: ml_collections.ConfigDict) -> None:

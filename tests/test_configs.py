@@ -706,6 +706,21 @@ def test_score_flow_smallest_time_sets_our_fields():
     )
 
 
+def test_linear_ve_with_scale_by_sigma_is_refused():
+    """score_flow's linear VE divides the output by σ(t) itself; with ``scale_by_sigma``
+    NCSN++ would divide by its label again (score_flow stops on this pair)."""
+    config = digits()
+    config.training.sde = 'linearvesde'
+    validate_config(config, num_devices=1)
+    config.model.scale_by_sigma = True
+    with pytest.raises(UserError) as e:
+        validate_config(config, num_devices=1)
+    assert str(e.value).startswith('config.model.scale_by_sigma=True divides')
+    assert "training.sde='linearvesde'" in str(e.value) and 'set it to False' in str(e.value)
+    config.training.sde = 'vesde'
+    validate_config(config, num_devices=1)
+
+
 @pytest.mark.parametrize('field', ['model.data_init', 'optim.amsgrad'])
 def test_original_fields_of_unbuilt_features_are_refused(field):
     config = digits()
