@@ -12,6 +12,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import validation
 from configs import base
 from errors import UserError
 from validation import prepare_config, validate_config
@@ -669,7 +670,8 @@ def test_section_replaced_by_value():
 # yang-song/score_flow (defaults and leaves): the names of all the fields they set.
 ORIGINAL_FIELDS = json.loads((ROOT / 'tests/fixtures/original_config_fields.json').read_text())
 # Set in one or two leaf files of score_sde and read nowhere in its code; our copies of
-# those files leave them out.
+# those files leave them out, and validation accepts and drops them (validation.IGNORED),
+# so that the originals' files run as written (tests/test_original_leaves.py).
 ORIGINAL_LEAF_ONLY = {
     'model.sigma_begin',  # configs/ve/celeba_ncsnpp.py
     'device',  # a torch.device in the CelebA-HQ / FFHQ files (they import torch)
@@ -689,6 +691,7 @@ def test_every_field_of_the_originals_is_known(origin):
             unknown.append(field)
     assert set(unknown) <= ORIGINAL_LEAF_ONLY, unknown
     assert len(ORIGINAL_FIELDS[origin]) > 70
+    assert set(validation.IGNORED) == ORIGINAL_LEAF_ONLY
 
 
 def test_score_flow_smallest_time_sets_our_fields():
