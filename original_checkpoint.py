@@ -63,6 +63,9 @@ Path = Tuple[str, ...]
 # Modules of the originals whose class has another name here (same parameters).
 MODULE_RENAMES = {
     'AttnBlockpp': 'AttnBlock',  # NCSN++ / DDPM++ (layerspp.AttnBlockpp)
+    # NCSN++ / DDPM++ with resblock_type='ddpm' (layerspp.ResnetBlockDDPMpp): here
+    # layers.ResnetBlockDDPM with the DDPM++ norm (layerspp.ResnetBlockDDPMpp is a partial)
+    'ResnetBlockDDPMpp': 'ResnetBlockDDPM',
     'CondRefineBlock': 'RefineBlock',  # NCSN (v1): the conditional RefineNet blocks
     'CondCRPBlock': 'CRPBlock',
     'CondMSFBlock': 'MSFBlock',

@@ -110,10 +110,13 @@ def get_timestep_embedding(
     timesteps: Array, embedding_dim: int, max_positions: int = 10000
 ) -> Array:
     """Transformer sinusoidal embedding of a [B] vector: [sin(t ω_k), cos(t ω_k)], with
-    ω_k = max_positions^(−k/(d/2 − 1)), k = 0 … d/2 − 1 (zero-padded when d is odd)."""
+    ω_k = max_positions^(−k/(d/2 − 1)), k = 0 … d/2 − 1 (zero-padded when d is odd).
+
+    The ω_k are float32 (as the original's); t ω_k is computed in t's type, at least
+    float32 (float64 labels keep float64 phases, as in the original)."""
     half = embedding_dim // 2
     freqs = np.exp(-math.log(max_positions) / (half - 1) * np.arange(half, dtype=np.float32))
-    arg = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+    arg = timesteps.astype(jnp.promote_types(timesteps.dtype, jnp.float32))[:, None] * freqs
     emb = jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=1)
     if embedding_dim % 2 == 1:
         emb = jnp.pad(emb, [[0, 0], [0, 1]])
