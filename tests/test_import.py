@@ -57,6 +57,7 @@ import dequantizer
 import file_io
 import original_checkpoint as oc
 import train_utils
+import trainer
 from devices import get_mesh
 from errors import UserError
 from models import flowpp
@@ -306,6 +307,31 @@ def test_an_imported_checkpoint_restores_and_scores_as_the_original_parameters(i
     # a snapshot is never overwritten
     with pytest.raises(UserError, match='exists; pass another --snapshot_number'):
         oc.import_checkpoint(config, workdir, str(imported[4]))
+
+
+@pytest.mark.timeout(300)
+def test_fine_tuning_an_import_keeps_the_originals_constant_ema(tmp_path):
+    """The originals' EMA is θ_ema ← r θ_ema + (1 − r) θ at every step (score_sde's and
+    score_flow's losses.py: ``p_ema * state.ema_rate + p * (1. - state.ema_rate)``). One
+    training step after importing a checkpoint of step 50 must use r, not this
+    repository's warm-up min(r, 51/60) = 0.85 of a fresh run."""
+    overrides = {**SMALL, 'training.n_jitted_steps': 1, 'training.n_iters': 51}
+    config = prepare_config(train_utils.load_config('digits', overrides))
+    params, ema = _random_params(config, 1), _random_params(config, 3)
+    path = tmp_path / 'checkpoint_2'
+    original = (_to_original(params, 'ncsnpp'), _to_original(ema, 'ncsnpp'))
+    path.write_bytes(_original_state_bytes(*original, step=50))
+    workdir = str(tmp_path / 'w')
+    oc.import_checkpoint(config, workdir, str(path))
+    state = trainer.Trainer(config, workdir).run()
+    assert int(state.step) == 51
+    rate = float(config.model.ema_rate)
+    got, new = train_utils.flat_params(state.ema_params), train_utils.flat_params(state.params)
+    old = train_utils.flat_params(params)
+    assert any(not np.allclose(new[name], old[name]) for name in old)  # the step moved θ
+    for name, value in train_utils.flat_params(ema).items():
+        want = rate * value + (1.0 - rate) * new[name]
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 @pytest.mark.timeout(120)
