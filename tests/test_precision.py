@@ -1,9 +1,12 @@
 """Mixed precision (``config.training.precision='bfloat16'``): the network computes in
-bfloat16, parameters, gradients, the score and the loss stay float32.
+bfloat16; its labels (so its time / noise-level embedding), the normalisation statistics,
+the attention softmax, parameters, gradients, the score and the loss stay float32.
 
-References: the same network in float32 (bfloat16 keeps 8 bits: a relative error of a
-few 1e-3 per layer), and the compiled program itself (its convolutions must take bfloat16
-operands, else the option would do nothing).
+References: the formulas in float64 on the same bfloat16-rounded inputs (GroupNorm,
+attention), distinct float32 labels that must give distinct outputs, the same network in
+float32 (bfloat16 keeps 8 bits: a relative error of a few 1e-3 per layer), and the
+compiled program itself (its convolutions must take bfloat16 operands, else the option
+would do nothing).
 """
 
 from __future__ import annotations
