@@ -179,6 +179,7 @@ def test_evaluation_stays_float32_and_bad_precision_is_a_user_error():
         mutils.get_model_fn(model, variables, precision='float16')
 
 
+@pytest.mark.timeout(600)  # two 20-step runs: 232 s on 2 busy cores (2026-12-07)
 def test_a_short_digits_run_trains_in_bfloat16(tmp_path):
     """20 steps of the tiny DIGITS config in mixed precision: the logged loss falls as in
     float32 (measured: 0.9792 → 0.8792 in bfloat16, 0.9791 → 0.8792 in float32)."""
