@@ -9,10 +9,14 @@ Class-conditional sampling needs ∇_x log p_t(y | x) at every noise level
     loss = − log softmax(f_φ(x(t), σ(t)))_y      (cross-entropy, mean over the batch),
 
 with the network conditioned on σ(t), the standard deviation of p_0t (it embeds log σ,
-as the original ``wideresnet_noise_conditional``). Settings: ``config.classifier`` (network,
-``n_iters``, ``batch_size``, ``lr``, ``warmup``, ``ema_rate``, ``snapshot_freq``,
-``eval_freq``), the other optimizer settings of ``config.optim``, and ``config.training``'s
-``n_jitted_steps``, ``log_freq`` and ``snapshot_freq_for_preemption``.
+as the original ``wideresnet_noise_conditional``). Images reach the network as
+(x − μ_c)/s_c with the training images' per-channel mean and standard deviation in the
+model's data space (:class:`StandardizedClassifier`), as score_sde's ``get_logit_fn``
+normalises its classifier's input (CIFAR-10's constants there). Settings:
+``config.classifier`` (network, ``n_iters``, ``batch_size``, ``lr``, ``warmup``,
+``ema_rate``, ``snapshot_freq``, ``eval_freq``), the other optimizer settings of
+``config.optim``, and ``config.training``'s ``n_jitted_steps``, ``log_freq`` and
+``snapshot_freq_for_preemption``.
 
 Training runs in :class:`trainer.TrainLoop` (resume after preemption, log lines with ETA,
 TensorBoard, non-finite guard) in ``W/<classifier_folder>`` (default ``classifier``):
@@ -24,8 +28,9 @@ t ~ U(ε, T) with fixed per-example noise, every ``classifier.eval_freq`` steps)
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -88,6 +93,39 @@ def check_labelled(config: ml_collections.ConfigDict) -> int:
     return int(n)
 
 
+@dataclasses.dataclass(frozen=True)
+class StandardizedClassifier:
+    """A classifier network that reads images standardised per channel:
+    ``apply(variables, x, sigmas, **kw) = network.apply(variables, (x − mean)/std, sigmas,
+    **kw)``, with the same parameters (so checkpoints and parameter trees are the
+    network's). ``mean``, ``std``: C floats in the model's data space; None: x as it is."""
+
+    network: nn.Module
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+
+    def apply(self, variables: Dict[str, Any], x: Array, sigmas: Array, **kwargs) -> Array:
+        if self.mean is not None:
+            x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+        return self.network.apply(variables, x, sigmas, **kwargs)
+
+
+def standardized(config: ml_collections.ConfigDict, network: nn.Module) -> StandardizedClassifier:
+    """``network`` reading images as (x − μ_c)/s_c, with μ_c, s_c the training images'
+    per-channel mean and standard deviation (``datasets.channel_stats``, in [0, 1]) mapped
+    to the model's data space by the data scaler a x + b: μ = a μ₀₁ + b, s = a s₀₁.
+    Score SDE's ``get_logit_fn`` does this with CIFAR-10's constants on [0, 1] data.
+    Vector data are read as they are."""
+    if datasets.is_continuous(config):
+        return StandardizedClassifier(network)
+    mean, std = datasets.channel_stats(config)
+    scaler = datasets.get_data_scaler(config)
+    offset = scaler(np.zeros_like(mean))
+    return StandardizedClassifier(
+        network, tuple(map(float, scaler(mean))), tuple(map(float, scaler(std) - offset))
+    )
+
+
 def noisy_input(sde: sde_lib.SDE, rng: Array, x: Array, t: Array) -> Tuple[Array, Array]:
     """(x(t) ~ p_0t(· | x), σ(t)) for clean scaled data ``x`` and times ``t`` [B]."""
     mean, std = sde.marginal_prob(x, t)
@@ -95,7 +133,7 @@ def noisy_input(sde: sde_lib.SDE, rng: Array, x: Array, t: Array) -> Tuple[Array
 
 
 def get_classifier_loss_fn(
-    sde: sde_lib.SDE, model: nn.Module, options: losses.LossOptions
+    sde: sde_lib.SDE, model: StandardizedClassifier, options: losses.LossOptions
 ) -> Callable[[Any, Array, Tuple[Array, Array]], Tuple[Array, Array]]:
     """``loss(params, rng, (x, y)) -> (cross-entropy, accuracy)`` on noisy data, t drawn
     as the score model's objective ``options`` draws it."""
@@ -124,7 +162,7 @@ def get_classifier_step_fn(loss_fn, optimizer: optax.GradientTransformation, ema
 
 
 def get_logp_grad_fn(
-    sde: sde_lib.SDE, model: nn.Module, variables: Dict[str, Any]
+    sde: sde_lib.SDE, model: StandardizedClassifier, variables: Dict[str, Any]
 ) -> Callable[[Array, Array, Array], Array]:
     """``grad(x, t, y) = ∇_x log p_t(y | x)`` of a trained classifier (σ(t) = ``sde.std``),
     for :func:`sampling.conditional_score_fn`."""
@@ -139,16 +177,18 @@ def get_logp_grad_fn(
 
 def initial_state(
     config: ml_collections.ConfigDict, mesh
-) -> Tuple[nn.Module, optax.GradientTransformation, TrainState]:
-    """(network, optimizer, state at step 0) of the classifier of a prepared ``config``."""
+) -> Tuple[StandardizedClassifier, optax.GradientTransformation, TrainState]:
+    """(classifier, optimizer, state at step 0) of the classifier of a prepared ``config``
+    (its network behind :func:`standardized`)."""
     num_classes = check_labelled(config)
     run = run_config(config)
     optimizer = get_optimizer(run)
     key = stream_key(config.seed, STREAM_CLASSIFIER)
     init_key, train_key = jax.random.split(key)
     shape = (1,) + datasets.data_shape(config)
-    model, variables = mutils.init_classifier(init_key, config, num_classes, shape)
-    return model, optimizer, replicated_state(train_key, variables['params'], optimizer, mesh)
+    network, variables = mutils.init_classifier(init_key, config, num_classes, shape)
+    state = replicated_state(train_key, variables['params'], optimizer, mesh)
+    return standardized(config, network), optimizer, state
 
 
 class ClassifierTrainer(TrainLoop):
@@ -279,8 +319,8 @@ def train_classifier(
 
 def load_classifier(
     config: ml_collections.ConfigDict, workdir: str, folder: str = CLASSIFIER_FOLDER
-) -> Tuple[nn.Module, Dict[str, Any], int]:
-    """(network, {'params': EMA parameters}, step) of the newest classifier checkpoint in
+) -> Tuple[StandardizedClassifier, Dict[str, Any], int]:
+    """(classifier, {'params': EMA parameters}, step) of the newest classifier checkpoint in
     ``W/<folder>``; UserError (saying how to train it) when there is none."""
     path = os.path.join(workdir, folder)
     model, _, template = initial_state(config, get_mesh())

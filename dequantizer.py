@@ -51,6 +51,7 @@ from train_state import (
     STREAM_DEQ,
     TrainState,
     create_train_state,
+    ema_warmup_in,
     get_optimizer,
     replicated_state,
     stream_key,
@@ -165,14 +166,14 @@ def get_deq_loss_fn(
     return loss
 
 
-def get_deq_step_fn(loss, optimizer, ema_rate: float):
+def get_deq_step_fn(loss, optimizer, ema_rate: float, ema_warmup: bool = True):
     """``step(state, levels) -> (state, metrics)``: one guarded optimizer and EMA update
     of the flow (``losses.guarded_update``), randomness ``fold_in(state.rng, state.step)``."""
 
     def step(state: TrainState, levels: Array):
         rng = jax.random.fold_in(state.rng, state.step)
         (value, _), grads = jax.value_and_grad(loss, has_aux=True)(state.params, rng, levels)
-        return losses.guarded_update(state, value, grads, optimizer, ema_rate)
+        return losses.guarded_update(state, value, grads, optimizer, ema_rate, ema_warmup)
 
     return step
 
@@ -201,7 +202,8 @@ class DequantizerTrainer(TrainLoop):
             eps=float(config.training.eps),
             offset=bool(config.deq.offset),
         )
-        step = get_deq_step_fn(loss, optimizer, float(config.deq.ema_rate))
+        warmup = ema_warmup_in(folder)  # False: it continues score_flow's (constant EMA)
+        step = get_deq_step_fn(loss, optimizer, float(config.deq.ema_rate), warmup)
         super().__init__(config, folder, state, step, lambda levels: levels, config.deq.n_iters)
 
     def batches(self, start_step: int) -> Iterator[np.ndarray]:

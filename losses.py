@@ -24,8 +24,10 @@ losses ``[B]``; the batch loss is their mean.  With ``α = α(t)``, ``σ = σ(t)
   σ_i = ``sde.discrete_sigmas``, loss σ_i² ‖s + z/σ_i‖² = ‖σ_i s + z‖²) and DDPM on a
   VP SDE (x̃ = √ᾱ_i x_0 + √(1−ᾱ_i) z; ε-prediction loss ‖ε̂ − z‖² with
   ε̂ = −√(1−ᾱ_i) s).  The level i ~ U{0, …, N−1} is passed to ``score_fn`` as the
-  grid time t_i = T i/(N−1); the model adapter maps such a t back to the integer label
-  (VP: round(t (N−1)); VE: round((T − t)(N−1)) into the descending σ table of NCSN).
+  grid time t_i = T i/(N−1); the model adapter maps such a t back to the level i
+  (``sde.timestep_index``, ⌊t (N−1)/T + 10⁻⁴⌋) and labels the network with it (VP: the
+  float label t (N−1)/T, whose floor is i; VE: the integer N − 1 − i into the
+  descending σ table of NCSN), the same rule as the samplers' steps.
 * Sliced score matching (Song et al. 2019) at time t, for p_t::
 
       λ(t) E_v [ vᵀ ∇_x s_θ(x_t, t) v + ½ (vᵀ s_θ(x_t, t))² ]
@@ -368,11 +370,13 @@ def guarded_update(
     grads: Any,
     optimizer: optax.GradientTransformation,
     ema_rate: float,
+    ema_warmup: bool = True,
 ) -> Tuple[TrainState, Dict[str, Array]]:
-    """One optimizer and EMA update, skipped (step counter still advanced) when the loss or
-    the gradient is not finite; metrics {'loss', 'grad_norm' (before clipping), 'lr'}."""
+    """One optimizer and EMA update (``train_state.apply_gradients``), skipped (step
+    counter still advanced) when the loss or the gradient is not finite; metrics
+    {'loss', 'grad_norm' (before clipping), 'lr'}."""
     grad_norm = optax.global_norm(grads)
-    new = apply_gradients(state, grads, optimizer, ema_rate)
+    new = apply_gradients(state, grads, optimizer, ema_rate, ema_warmup)
     ok = _all_finite(loss, grad_norm)
     new_state = new.replace(
         params=keep_if(ok, new.params, state.params),
@@ -393,13 +397,15 @@ def get_step_fn(
     train: bool,
     options: Optional[LossOptions] = None,
     ema_rate: float = 0.999,
+    ema_warmup: bool = True,
     **fields,
 ) -> Callable[..., Tuple[TrainState, Dict[str, Array]]]:
     """``step_fn(state, batch, rng=None) -> (new_state, metrics)``, one step on a global batch.
 
     Train: one optimizer update of ``params`` and the EMA (:func:`guarded_update`: a
     non-finite loss or gradient leaves params, opt_state and ema_params unchanged and
-    reports the loss as is, so the caller can stop with a message).
+    reports the loss as is, so the caller can stop with a message; ``ema_warmup=False``:
+    the constant EMA rate of a run that continues an original checkpoint).
     Eval: {'loss'} of the EMA parameters; the state is returned unchanged.
     Randomness is ``fold_in(state.rng, state.step)`` unless ``rng`` is given (eval loops
     should pass one per batch), so a step is a pure function of (state, batch).
@@ -411,7 +417,7 @@ def get_step_fn(
     def train_step(state: TrainState, batch: Any, rng: Optional[Array] = None):
         rng = jax.random.fold_in(state.rng, state.step) if rng is None else rng
         loss, grads = jax.value_and_grad(loss_fn, argnums=1)(rng, state.params, batch)
-        return guarded_update(state, loss, grads, optimizer, ema_rate)
+        return guarded_update(state, loss, grads, optimizer, ema_rate, ema_warmup)
 
     def eval_step(state: TrainState, batch: Any, rng: Optional[Array] = None):
         rng = jax.random.fold_in(state.rng, state.step) if rng is None else rng

@@ -29,6 +29,9 @@ fine-tunes from it):
 - Not imported: ``rng`` (here step n draws from ``fold_in(key, n)`` with the run's
   ``config.seed``), ``lr`` and ``ema_rate`` (the config's ``optim.lr`` /
   ``model.ema_rate`` apply; a different ``ema_rate`` is logged).
+- The EMA: the originals' is constant, θ_ema ← r θ_ema + (1 − r) θ, where a run here
+  warms it up (``train_state.ema_update``); a folder whose training continues an
+  imported state is marked (``train_state.IMPORTED_FILE``) and keeps r constant.
 
 score_flow's Flow++ dequantizer (its ``DeqState``: step, optimizer, lr, ema_rate,
 params_ema, ema_train_bpd, ema_eval_bpd, rng) is imported the same way into
@@ -63,6 +66,9 @@ Path = Tuple[str, ...]
 # Modules of the originals whose class has another name here (same parameters).
 MODULE_RENAMES = {
     'AttnBlockpp': 'AttnBlock',  # NCSN++ / DDPM++ (layerspp.AttnBlockpp)
+    # NCSN++ / DDPM++ with resblock_type='ddpm' (layerspp.ResnetBlockDDPMpp): here
+    # layers.ResnetBlockDDPM with the DDPM++ norm (layerspp.ResnetBlockDDPMpp is a partial)
+    'ResnetBlockDDPMpp': 'ResnetBlockDDPM',
     'CondRefineBlock': 'RefineBlock',  # NCSN (v1): the conditional RefineNet blocks
     'CondCRPBlock': 'CRPBlock',
     'CondMSFBlock': 'MSFBlock',
@@ -455,7 +461,18 @@ def import_checkpoint(
         )
     else:
         checkpointing.save_preemption(workdir, new)
+        _record_import(workdir, path, new)
     return new
+
+
+def _record_import(folder: str, path: str, state: train_state.TrainState) -> None:
+    """Marks ``folder``'s training as the continuation of the original checkpoint
+    ``path`` (``train_state.IMPORTED_FILE``): its EMA then keeps the original's constant
+    rate instead of warming up again (``train_state.ema_warmup_in``)."""
+    file_io.write_json(
+        os.path.join(folder, train_state.IMPORTED_FILE),
+        {'checkpoint': path, 'step': int(np.asarray(state.step)), 'ema': 'constant rate'},
+    )
 
 
 def _import_dequantizer(
@@ -478,5 +495,6 @@ def _import_dequantizer(
         what = f'dequantizer of this config (deq.layout={config.deq.layout!r})'
         raise _mismatch(path, e, what) from None
     saved = checkpointing.save_preemption(folder, new)
+    _record_import(folder, path, new)
     logging.info('Imported the dequantizer %s as %s: %s.', path, saved, ', '.join(notes))
     return new

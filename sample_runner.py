@@ -272,6 +272,8 @@ class SampleRunner:
             if self.classifier is not None:
                 model = self.classifier[0]
                 grad = lambda cv: classifier_lib.get_logp_grad_fn(self.sde, model, cv)  # noqa: E731
+                if str(s.method).lower() == 'ode':
+                    return jax.jit(self._conditional_ode(grad, inverse))
 
             def run(v, cv, rng, cond):
                 score = self.score_fn(v)
@@ -301,6 +303,30 @@ class SampleRunner:
             return inverse(project(rng, self.score_fn(v), y))
 
         return jax.jit(run)
+
+    def _conditional_ode(self, grad: Callable, inverse: Callable) -> Callable:
+        """``(variables, classifier_variables, rng, labels) -> x`` of the class-conditional
+        probability-flow ODE, one solve per example with its own label.
+
+        The ODE sampler solves each example on its own (``sampling._flow_solve`` vmaps a
+        batch of one), so a score closed over the whole batch's labels would add
+        Σ_b ∇log p_t(y_b | x) to every example. Here each example i is a batch of one
+        with its label, sampled with the key ``fold_in(rng, i)``."""
+        s = self.config.sampling
+        fn = sampling.get_sampling_fn(self.config, self.sde, (1,) + self.data.shape, inverse)
+
+        def run(v, cv, rng, cond):
+            score, logp_grad = self.score_fn(v), grad(cv)
+
+            def one(i, y):
+                conditional = sampling.conditional_score_fn(
+                    score, logp_grad, y[None], float(s.classifier_scale)
+                )
+                return fn(jax.random.fold_in(rng, i), conditional)[0][0]
+
+            return jax.vmap(one)(jnp.arange(cond.shape[0]), cond)
+
+        return run
 
     def _host_batch(self) -> int:
         return datasets.host_batch_size(

@@ -27,8 +27,8 @@ meant the same for sub-VP but crashed because ``subVPSDE`` has no ``alphas``).
 Discrete index of a time t: ``sde.timestep_index(t)`` = ⌊t (N−1) / T⌋, the convention of
 ``sde_lib.*.discretize`` and of the DDPM score's √(1 − ᾱ_i) table (its network gets the
 float label t (N−1), as the original), so a DDPM network and the ancestral step read the
-same β_i. (NCSN's integer labels round((T − t)(N−1)) count the descending σ table; on
-the grid they are N−1 − ⌊t (N−1)⌋, the same σ_i.)  Since t_i (N−1) = N−1−i + i ε with i ε < 1,
+same β_i. (NCSN's integer labels N−1 − ``timestep_index(t)`` count the descending σ
+table: the same σ_i.)  Since t_i (N−1) = N−1−i + i ε with i ε < 1,
 truncation visits the indices N−1, …, 0 exactly once each (rounding, by contrast, would
 visit one index twice and never index 0 once ε (N−1) ≥ ½).
 """

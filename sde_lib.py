@@ -581,8 +581,15 @@ class VESDE(_VEFamily):
         return jnp.zeros_like(x), jnp.sqrt(sigma**2 - prev**2)
 
     def discrete_network_inputs(self, t: Array) -> Tuple[Array, Array]:
-        """SMLD: labels round((T − t)(N−1)) index the descending σ table; score = output."""
-        labels = jnp.round((self.T - t) * (self.N - 1)).astype(jnp.int32)
+        """SMLD: label N − 1 − i, i = ``timestep_index(t)``, into the descending σ table
+        (its entry N − 1 − i is σ_i, the σ of the step at t); score = output.
+
+        The original's SMLD loss trains exactly these pairs (label j with σ = the
+        descending table's j-th entry). Its samplers label round((T − t)(N−1)) instead,
+        which on the grid linspace(T, ε, N) is one level off the step's σ_i wherever
+        k ε ≥ ½ at step k (half of the steps for N = 1000, ε = 10⁻³).
+        """
+        labels = (self.N - 1) - self.timestep_index(t)
         return labels, jnp.ones_like(t)
 
     def discrete_kernel(self) -> Tuple[np.ndarray, np.ndarray]:

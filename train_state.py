@@ -8,6 +8,7 @@ original code's ``optimization_manager`` and ``ExponentialMovingAverage``.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Tuple
 
 import flax
@@ -18,6 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import file_io
 from errors import UserError
 from models import utils as mutils
 
@@ -28,6 +30,8 @@ STREAM_INIT, STREAM_TRAIN, STREAM_EVAL, STREAM_SAMPLE = range(4)
 STREAM_DEQ = 7  # the variational dequantizer's initialisation and steps
 STREAM_CLASSIFIER = 8  # the noise-conditional classifier's initialisation, steps, test noise
 OPTIMIZERS = ('Adam', 'AdamW')
+# Written by --mode import into the folder whose training continues an original checkpoint.
+IMPORTED_FILE = 'imported_original.json'
 
 
 @flax.struct.dataclass
@@ -107,27 +111,41 @@ def current_learning_rate(opt_state: Any) -> Array:
     return jnp.asarray(jnp.nan, jnp.float32)
 
 
-def ema_update(ema_params: Any, params: Any, step: Array, rate: float) -> Any:
-    """θ_ema ← d θ_ema + (1 − d) θ with d = min(rate, (1 + n)/(10 + n)), n = ``step``.
+def ema_update(ema_params: Any, params: Any, step: Array, rate: float, warmup: bool = True) -> Any:
+    """θ_ema ← d θ_ema + (1 − d) θ with d = min(rate, (1 + n)/(10 + n)), n = ``step``;
+    without ``warmup`` d = rate, the originals' constant EMA.
 
     ``step`` is the number of updates before this one (0 for the first).  The warm-up
     of d (as TensorFlow's ExponentialMovingAverage with num_updates) matters on short
     runs: a plain 0.999 EMA still weights the initial parameters by 0.999^2000 ≈ 13.5 %
-    after 2k steps (a 2-D mixture then scored KL 3+ nats); the warm-up fixes that.
+    after 2k steps (a 2-D mixture then scored KL 3+ nats); the warm-up fixes that. An
+    EMA carried on from an original checkpoint has had no warm-up and keeps d = rate.
     """
     n = jnp.asarray(step, jnp.float32)
-    decay = jnp.minimum(rate, (1.0 + n) / (10.0 + n))
+    decay = jnp.minimum(rate, (1.0 + n) / (10.0 + n)) if warmup else jnp.float32(rate)
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
 def apply_gradients(
-    state: TrainState, grads: Any, optimizer: optax.GradientTransformation, ema_rate: float
+    state: TrainState,
+    grads: Any,
+    optimizer: optax.GradientTransformation,
+    ema_rate: float,
+    ema_warmup: bool = True,
 ) -> TrainState:
-    """One optimizer update of ``params`` and the EMA, the step counter advanced."""
+    """One optimizer update of ``params`` and the EMA (:func:`ema_update`), the step
+    counter advanced."""
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, state.step, ema_rate)
+    ema = ema_update(state.ema_params, params, state.step, ema_rate, ema_warmup)
     return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+
+
+def ema_warmup_in(folder: str) -> bool:
+    """Whether training in ``folder`` warms its EMA up: not when ``--mode import`` made an
+    original checkpoint the state it continues from (:data:`IMPORTED_FILE`), whose
+    EMA the original code carries on at the constant rate."""
+    return not file_io.exists(os.path.join(folder, IMPORTED_FILE))
 
 
 def replicated_state(

@@ -51,7 +51,14 @@ import sde_lib
 from devices import get_mesh, to_global
 from errors import UserError
 from models import utils as mutils
-from train_state import STREAM_EVAL, STREAM_SAMPLE, TrainState, create_train_state, stream_key
+from train_state import (
+    STREAM_EVAL,
+    STREAM_SAMPLE,
+    TrainState,
+    create_train_state,
+    ema_warmup_in,
+    stream_key,
+)
 
 MAX_SNAPSHOT_SAMPLES = 64
 StepFn = Callable[[TrainState, jax.Array], Tuple[TrainState, Dict[str, jax.Array]]]
@@ -308,7 +315,17 @@ class Trainer(TrainLoop):
         self.model, optimizer, state = create_train_state(config, get_mesh())
         options = losses.LossOptions.from_config(config)
         ema_rate = config.model.ema_rate
-        train_step = losses.get_step_fn(self.sde, self.model, optimizer, True, options, ema_rate)
+        warmup = ema_warmup_in(workdir)
+        if not warmup:
+            logging.info(
+                '%s continues an original checkpoint (--mode import): its EMA keeps the '
+                "constant rate model.ema_rate=%g, as the original's.",
+                workdir,
+                ema_rate,
+            )
+        train_step = losses.get_step_fn(
+            self.sde, self.model, optimizer, True, options, ema_rate, ema_warmup=warmup
+        )
         super().__init__(config, workdir, state, train_step, self.scaler, config.training.n_iters)
         self.workdir = workdir
         eval_step = losses.get_step_fn(self.sde, self.model, optimizer, False, options, ema_rate)

@@ -8,11 +8,13 @@ registered there is valid here, and only there.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from typing import Any, Iterable
 
 import jax
 import ml_collections
+from absl import logging
 
 import datasets
 import likelihood
@@ -31,6 +33,15 @@ BPD_DATASETS = ('train', 'test')
 ALIASES = {
     'training.smallest_time': ('training.eps', 'eval.eps'),
     'sampling.smallest_time': ('sampling.eps',),
+}
+# Names that single leaf files of score_sde set and its code never reads; accepted (their
+# value has no effect, as there) so that those files run as written, and dropped from the
+# prepared config: every other unknown name is still refused.
+IGNORED = {
+    'model.sigma_begin': 'configs/ve/celeba_ncsnpp.py',
+    'device': 'a torch.device, in configs/ve/{celebahq,ffhq}_ncsnpp_continuous.py',
+    'training.loss': "configs/ve/ncsn/celeba.py, 'vesde' (the SDE is training.sde)",
+    'training.continuouse': 'configs/ve/ncsnv2/bedroom.py, a typo of training.continuous',
 }
 # Fields of the originals' configs whose non-default value asks for something not built.
 _REFUSED = {
@@ -98,10 +109,15 @@ def prepare_config(
     config: ml_collections.ConfigDict, num_devices: int | None = None
 ) -> ml_collections.ConfigDict:
     """The config every run works with: ``config`` validated (:func:`validate_config`) and
-    resolved — a copy with references resolved and ``data.dim = 0`` (vector data: "take
-    it from the data") replaced by the dimension of the NPZ / TOY vectors."""
-    validate_config(config, num_devices)
+    resolved — a copy with references resolved, the fields it lacks at their defaults of
+    ``configs/base.py`` (an original file that builds its config from scratch sets only
+    what its code reads; logged), the names of :data:`IGNORED` dropped (logged) and
+    ``data.dim = 0`` (vector data: "take it from the data") replaced by the dimension of
+    the NPZ / TOY vectors."""
     config = config.copy_and_resolve_references()
+    _fill_defaults(config)
+    validate_config(config, num_devices)
+    _drop_ignored(config)
     for alias, fields in ALIASES.items():
         value = _get(config, alias)
         if value is not None:
@@ -140,6 +156,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     if config.seed < 0:
         _fail('seed', config.seed, 'must be non-negative')
     _check_objective(config)
+    _check_scale_by_sigma(config)
     _check_data(config)
     _check_deq(config.deq)
     for field, (default, problem) in _REFUSED.items():
@@ -166,6 +183,63 @@ def _fail(field: str, value: Any, problem: str) -> None:
     raise config_error(field, value, problem)
 
 
+def _parent(config: Any, field: str) -> tuple:
+    """(the section holding ``field``, or {} if there is none; the field's last name)."""
+    *sections, name = field.split('.')
+    for section in sections:
+        config = config[section] if section in config and _is_section(config[section]) else {}
+    return config, name
+
+
+def _missing(config: Any, schema: ml_collections.ConfigDict, prefix: str = '') -> list:
+    """The fields (or whole sections) of ``schema`` that ``config`` lacks."""
+    out = []
+    for key in schema.keys():
+        if key not in config:
+            out.append(prefix + key)
+        elif _is_section(schema[key]) and _is_section(config[key]):
+            out += _missing(config[key], schema[key], f'{prefix}{key}.')
+    return out
+
+
+def _fill_defaults(config: ml_collections.ConfigDict) -> None:
+    """Adds the fields of ``configs/base.py`` that ``config`` lacks, with their defaults,
+    saying so in one log line."""
+    schema = get_base_config()
+    missing = _missing(config, schema)
+    if not missing:
+        return
+    with config.unlocked():
+        for field in missing:
+            section, name = _parent(config, field)
+            section[name] = copy.deepcopy(_parent(schema, field)[0][name])
+    logging.info(
+        'The config does not set %d fields (or sections) of configs/base.py; their defaults '
+        'apply: %s.',
+        len(missing),
+        ', '.join(f'config.{f}' for f in missing),
+    )
+
+
+def _drop_ignored(config: ml_collections.ConfigDict) -> None:
+    """Removes the :data:`IGNORED` names from ``config``, saying so in one log line."""
+    found = []
+    with config.unlocked():
+        for field in IGNORED:
+            section, name = _parent(config, field)
+            if name in section:
+                del section[name]
+                found.append(field)
+    if not found:
+        return
+    logging.info(
+        '%s: read nowhere, here as in the original code (set by its config files: %s); '
+        'ignored, with no effect.',
+        ', '.join(f'config.{f}' for f in found),
+        '; '.join(IGNORED[f] for f in found),
+    )
+
+
 def _is_section(value: Any) -> bool:
     return isinstance(value, (ml_collections.ConfigDict, dict))
 
@@ -174,6 +248,8 @@ def _check_schema(config: Any, schema: ml_collections.ConfigDict, prefix: str = 
     """Every field of ``config`` exists in ``schema`` and vice versa, sections as sections."""
     for key in config.keys():
         field = prefix + key
+        if field in IGNORED:
+            continue
         if key not in schema:
             # cutoff 0.75: typos (bach_size → batch_size, 0.95) yes; other names that
             # merely share a prefix (ckpt_id → ckpt_timeout, 0.63) no.
@@ -230,6 +306,19 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
                 'it to True',
             )
     sde_lib.weighting_of(training.likelihood_weighting, training.importance_weighting)
+
+
+def _check_scale_by_sigma(config: ml_collections.ConfigDict) -> None:
+    """ScoreFlow's linear VE already divides the output by σ(t) (score = −output/σ(t), a
+    noise-predicting network, as VP); ``scale_by_sigma`` would divide by σ a second time
+    (score_flow stops on this combination)."""
+    if config.training.sde == 'linearvesde' and config.model.scale_by_sigma:
+        _fail(
+            'model.scale_by_sigma',
+            True,
+            "divides the network's output by σ, which training.sde='linearvesde' already "
+            'does (its score is −output/σ(t)); set it to False',
+        )
 
 
 def _check_deq(deq: ml_collections.ConfigDict) -> None:

@@ -10,8 +10,8 @@ vectors ``[N, D]``, and class labels where the source has them (int32 ``[N]``, r
   :func:`dataset_names`, :func:`get_source`), :class:`Shard`, :class:`EvalBatch`, the
   cached host shards (:func:`get_shard`) and what the rest of the code asks about the data
   (:func:`data_shape`, :func:`num_bins`, :func:`num_classes`, :func:`is_continuous`,
-  :func:`dataset_info`, :func:`check_config`, :func:`feature_net`) — each answered by the
-  source of ``config.data.dataset``;
+  :func:`dataset_info`, :func:`check_config`, :func:`feature_net`, :func:`channel_stats`)
+  — each answered by the source of ``config.data.dataset``;
 - :mod:`datasets.transforms`: data scalers, levels ↔ [0, 1], :class:`DataSpec`;
 - :mod:`datasets.iterators`: resumable training batches, exact-once evaluation passes;
 - the sources, registered in this order (the order of the ``data.dataset`` choices):
@@ -38,6 +38,7 @@ from datasets.base import (
     EvalBatch,
     InMemorySource,
     Shard,
+    channel_stats,
     check_config,
     data_shape,
     dataset_info,
@@ -116,6 +117,7 @@ __all__ = [
     'Shard',
     'TfdsSource',
     'bundled',
+    'channel_stats',
     'check_config',
     'data_shape',
     'dataset_info',

@@ -23,6 +23,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Type, Union
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from errors import UserError, config_error
 
@@ -76,6 +77,9 @@ class DataSource(abc.ABC):
       labels_from: where the class labels come from, for messages ('' = no labels).
       feature_net: the name of the ``evaluation`` feature network that judges samples
         (FID / KID / IS): 'inception', 'digits_mlp', …; None: none.
+      channel_stats: the per-channel (mean, standard deviation) of the training images in
+        [0, 1] when they are fixed constants (CIFAR-10: score_sde's); None: computed from
+        the training split (:func:`channel_stats`).
       fields: the ``config.data`` fields, besides ``SHAPE_FIELDS``, that the loaded data
         depend on (the shard cache key; :meth:`load` reads them).
 
@@ -89,6 +93,7 @@ class DataSource(abc.ABC):
     num_classes: Optional[int] = None
     labels_from: str = ''
     feature_net: Optional[str] = 'inception'
+    channel_stats: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
     fields: Tuple[str, ...] = ()
 
     # --- what the config implies (no data read unless said) ------------------------------
@@ -248,6 +253,31 @@ def no_labels_message(config: ml_collections.ConfigDict) -> str:
         f'config.data.dataset={config.data.dataset!r} has no class labels; labels come '
         f'with {labelled}'
     )
+
+
+def channel_stats(config: ml_collections.ConfigDict) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean μ_c and standard deviation s_c ([C] each) of the training images
+    in [0, 1] (levels x̄/(K − 1)): the source's ``channel_stats``, else over every image of
+    the training split, s_c² = E[x²] − μ_c² over all examples and positions (the hosts'
+    sums added, so every host has the same values)."""
+    fixed = get_source(config).channel_stats
+    if fixed is not None:
+        return np.asarray(fixed[0], np.float64), np.asarray(fixed[1], np.float64)
+    levels = get_shard(config, 'train').data
+    axes = tuple(range(levels.ndim - 1))
+    sums = np.stack(
+        [
+            np.full(levels.shape[-1], np.prod([levels.shape[a] for a in axes]), np.float64),
+            levels.sum(axis=axes, dtype=np.float64),
+            np.square(levels, dtype=np.float64).sum(axis=axes),
+        ]
+    )
+    if jax.process_count() > 1:
+        sums = np.asarray(multihost_utils.process_allgather(sums)).sum(axis=0)
+    count, total, squares = sums
+    scale = float(num_bins(config) - 1)
+    mean = total / count / scale
+    return mean, np.sqrt(np.maximum(squares / count / scale**2 - mean**2, 0.0))
 
 
 def split_size(config: ml_collections.ConfigDict, split: str) -> int:

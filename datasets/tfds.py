@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -93,8 +93,13 @@ class TfdsData(DataSource):
     fields = ('data_dir', 'download')
     prepare_note = ''  # what else preparing the dataset needs, for the error message
 
-    def __init__(self, name: str, num_classes: Optional[int] = None):
-        self.name, self.num_classes = name, num_classes
+    def __init__(
+        self,
+        name: str,
+        num_classes: Optional[int] = None,
+        channel_stats: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None,
+    ):
+        self.name, self.num_classes, self.channel_stats = name, num_classes, channel_stats
         self.labels_from = 'the TFDS label' if num_classes else ''
 
     def tfds_source(self, data: Any) -> TfdsSource:
@@ -307,7 +312,13 @@ def lsun_resize(image, image_size: int):
     return tf.ensure_shape(image, (image_size, image_size, image.shape[-1]))
 
 
-register_source(TfdsData('CIFAR10', num_classes=10))
+# CIFAR-10's per-channel mean and std in [0, 1]: the constants with which score_sde's
+# models/utils.py:get_logit_fn normalises the input of its noise-conditional classifier.
+CIFAR10_CHANNEL_STATS = (
+    (0.49139968, 0.48215841, 0.44653091),
+    (0.24703223, 0.24348513, 0.26158784),
+)
+register_source(TfdsData('CIFAR10', num_classes=10, channel_stats=CIFAR10_CHANNEL_STATS))
 register_source(TfdsData('SVHN', num_classes=10))
 register_source(TfdsData('IMAGENET32'))
 register_source(CelebaData('CELEBA'))

@@ -46,7 +46,7 @@ class GaussianFourierProjection(nn.Module):
         w = w.astype(jnp.float32)
         if not self.trainable:
             w = jax.lax.stop_gradient(w)
-        proj = x[:, None] * w[None, :] * np.float32(2 * np.pi)
+        proj = x[:, None] * w[None, :] * (2 * np.pi)  # 2π weakly typed: in x's type
         return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 

@@ -14,7 +14,7 @@ conventions, stated by each SDE class (``sde_lib.SDE.network_inputs``):
 | VP, sub-VP, continuous | 999·t                 | −out / σ(t)                   |
 | VP, discrete   | t (N−1) (float, as the original) | −out / √(1 − ᾱ_i), i = ⌊t (N−1)⌋ |
 | VE, continuous | σ(t)                          | out                           |
-| VE, discrete   | round((T − t)(N−1)) (int32)   | out (σ table index, descending) |
+| VE, discrete   | N−1−i, i = ⌊t (N−1)/T + 10⁻⁴⌋ (int32) | out (σ table index, descending) |
 
 Noise-conditional classifiers p_t(y | x(t)) (for class-guided sampling) have their own
 registry (``register_classifier`` / ``get_classifier``, names from ``config.classifier.name``):
@@ -519,14 +519,26 @@ def _cast_params(variables: Any, dtype: Any) -> Any:
     )
 
 
+def _is_root(module: nn.Module) -> bool:
+    """Whether ``module`` is the network being applied (bound to a scope, not a parent)."""
+    return not isinstance(module.parent, nn.Module)
+
+
 def _compute_in(dtype: Any):
-    """A flax method interceptor: every module's floating inputs are cast to ``dtype``
-    (modules with ``keeps_float32_inputs``, such as the Fourier features of a log σ, keep
-    theirs), so that with parameters in ``dtype`` every layer computes in it."""
+    """A flax method interceptor: every submodule's floating inputs are cast to ``dtype``,
+    so that with parameters in ``dtype`` every layer computes in it.
+
+    Left as they are: the network's own arguments (its ``labels`` stay float32, so the
+    time embedding 999·t or the Fourier features of log σ are computed from the exact
+    label; the caller casts ``x``) and the inputs of modules with ``keeps_float32_inputs``
+    (the Fourier features, whose phase 2π W log σ needs float32)."""
 
     def interceptor(next_fun, args, kwargs, context):
-        if context.method_name != '__call__' or getattr(
-            context.module, 'keeps_float32_inputs', False
+        module = context.module
+        if (
+            context.method_name != '__call__'
+            or _is_root(module)
+            or getattr(module, 'keeps_float32_inputs', False)
         ):
             return next_fun(*args, **kwargs)
         return next_fun(*_cast_floats(args, dtype), **_cast_floats(kwargs, dtype))
@@ -545,9 +557,10 @@ def get_model_fn(
     draws from ``rng``.
 
     ``precision='bfloat16'`` is mixed precision: the network computes in bfloat16 (its
-    parameters and every layer's inputs cast to it; normalisation statistics and the
-    softmax stay float32 inside their layers) while the parameters, their gradients and
-    the output (cast back) are float32.
+    parameters, ``x`` and every layer's inputs cast to it; the labels stay float32, so
+    the time or noise-level embedding is computed from the exact label before its first
+    layer; normalisation statistics and the attention softmax are float32 inside their
+    layers) while the parameters, their gradients and the output (cast back) are float32.
     """
     rngs = {'dropout': rng} if rng is not None else {}
     if precision not in PRECISIONS:

@@ -22,6 +22,7 @@ import pytest
 
 import checkpointing
 import classifier
+import datasets
 import run_lib
 import sde_lib
 import train_utils
@@ -171,3 +172,21 @@ def test_sigkill_during_classifier_training_then_resume_is_exact(tmp_path):
         _classifier_state(str(tmp_path / 'straight'), config),
         atol=1e-6,
     )
+
+
+def test_classifier_input_is_standardized_with_the_training_images_channel_stats():
+    """DIGITS (centered: x = 2 x̄/16 − 1): the mean and standard deviation of the scaled
+    training digits, computed here with numpy; CIFAR-10 ([0, 1] data): score_sde's
+    constants (models/utils.py:get_logit_fn), no data read; vectors: read as they are."""
+    config = prepare_config(train_utils.load_config('digits'))
+    assert config.data.centered
+    levels = datasets.get_shard(config, 'train').data.astype(np.float64)
+    x = 2.0 * levels / 16.0 - 1.0
+    model = classifier.standardized(config, network=None)
+    np.testing.assert_allclose(model.mean, x.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(model.std, x.std(axis=(0, 1, 2)), rtol=1e-9)
+    cifar = prepare_config(train_utils.load_config('cifar10', {'data.centered': False}))
+    model = classifier.standardized(cifar, network=None)
+    assert model.mean == (0.49139968, 0.48215841, 0.44653091)
+    assert model.std == (0.24703223, 0.24348513, 0.26158784)
+    assert classifier.standardized(_toy(10), network=None).mean is None

@@ -29,7 +29,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from test_import import _fill
 
+import classifier
+from configs import base
 from errors import UserError
 from models import utils as mutils
 from models.wideresnet_noise_conditional import ClassifierMLP, WideResnetNoiseConditional
@@ -97,26 +100,58 @@ def test_cifar10_classifier_has_the_original_parameter_count_and_tree():
 
 
 # ------------------------------------------------------------------ Wide ResNet forward
-def test_wrn_logits_shape_and_variables(small_wrn):
-    _, variables, apply = small_wrn
-    assert set(variables) == {'params'}
-    x = images(jax.random.PRNGKey(1), batch=2)
-    logits = apply(variables, x, jnp.array([0.1, 10.0]), train=False)
-    assert logits.shape == (2, 5) and logits.dtype == jnp.float32
-    assert np.all(np.isfinite(logits))
-    # A scalar σ is used for every image; train=True changes nothing (no dropout, no BN).
-    same = apply(variables, x, jnp.full((2,), 0.5), train=False)
-    np.testing.assert_allclose(apply(variables, x, jnp.float32(0.5)), same, rtol=1e-6)
-    np.testing.assert_allclose(
-        apply(variables, x, jnp.full((2,), 0.5), train=True), same, rtol=1e-6
+# The logits of score_sde's own classifier (models/utils.py:get_logit_fn: CIFAR-10's
+# per-channel mean/std, then WideResnet(blocks_per_group=1, channel_multiplier=1,
+# num_outputs=5)) on 2 × 8×8×3 inputs, every parameter set by test_import._fill from its
+# path (the names are ours too), computed outside this repository in float64
+# (tests/fixtures/original_network_outputs.json, its '_about').
+ORIGINAL = json.loads(
+    (FIXTURE.parent / 'original_network_outputs.json').read_text(encoding='utf-8')
+)['cases']['wideresnet_classifier']
+
+
+def _original_classifier_inputs():
+    """(our classifier behind classifier.standardized for CIFAR-10, the fixture's
+    parameters in float64, x, σ) — call under jax.enable_x64."""
+    config = classifier_config(blocks_per_group=1, channel_multiplier=1)
+    config.data = base.get_base_config().data  # CIFAR-10, data in [0, 1]
+    network = mutils.create_classifier(config, num_classes=5)
+    assert flat_shapes(shapes_of(network, (2, 8, 8, 3))) == ORIGINAL['params']
+    params = flax.traverse_util.unflatten_dict(
+        {
+            tuple(p.split('/')): jnp.asarray(_fill(p, s), jnp.float64)
+            for p, s in ORIGINAL['params'].items()
+        }
     )
+    x = jnp.asarray(np.random.RandomState(2).uniform(size=(2, 8, 8, 3)))
+    sigmas = jnp.asarray(ORIGINAL['labels'], jnp.float64)
+    return classifier.standardized(config, network), {'params': params}, x, sigmas
 
 
-def test_wrn_logits_depend_on_sigma(small_wrn):
-    _, variables, apply = small_wrn
-    x = jnp.repeat(images(jax.random.PRNGKey(2), batch=1), 2, axis=0)
-    logits = apply(variables, x, jnp.array([0.01, 50.0]), train=False)
-    assert np.max(np.abs(logits[0] - logits[1])) > 1e-3
+def test_wrn_gives_the_original_logits():
+    """The network alone: the original WideResnet's logits on the same x (float64; to 1e-6,
+    as σ enters in float32 here, so the phases 2π W log σ carry float32 rounding); a
+    scalar σ is used for every image and ``train`` changes nothing (no dropout, no batch
+    statistics)."""
+    with jax.enable_x64(True):
+        model, variables, x, sigmas = _original_classifier_inputs()
+        logits = model.network.apply(variables, x, sigmas, train=False)
+        assert logits.dtype == jnp.float64
+        np.testing.assert_allclose(logits, ORIGINAL['output_without_preprocess'], atol=1e-6)
+        one = model.network.apply(variables, x, sigmas[1], train=True)
+        np.testing.assert_allclose(one[1], logits[1], atol=1e-12)
+
+
+def test_classifier_reads_its_input_standardized_as_the_original():
+    """Through ``classifier.standardized`` (CIFAR-10's per-channel mean and std, as
+    score_sde's get_logit_fn): the original's logits to 1e-6. Without the standardisation
+    they differ by up to 0.04 (the per-image standardisation inside the network undoes
+    any affine map common to the channels, not a per-channel one)."""
+    with jax.enable_x64(True):
+        model, variables, x, sigmas = _original_classifier_inputs()
+        np.testing.assert_allclose(model.mean, [0.49139968, 0.48215841, 0.44653091], rtol=1e-7)
+        logits = model.apply(variables, x, sigmas, train=False)
+        np.testing.assert_allclose(logits, ORIGINAL['output'], atol=1e-6)
 
 
 def test_wrn_is_invariant_to_affine_rescaling_of_each_image(small_wrn):

@@ -12,6 +12,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import validation
 from configs import base
 from errors import UserError
 from validation import prepare_config, validate_config
@@ -669,7 +670,8 @@ def test_section_replaced_by_value():
 # yang-song/score_flow (defaults and leaves): the names of all the fields they set.
 ORIGINAL_FIELDS = json.loads((ROOT / 'tests/fixtures/original_config_fields.json').read_text())
 # Set in one or two leaf files of score_sde and read nowhere in its code; our copies of
-# those files leave them out.
+# those files leave them out, and validation accepts and drops them (validation.IGNORED),
+# so that the originals' files run as written (tests/test_original_leaves.py).
 ORIGINAL_LEAF_ONLY = {
     'model.sigma_begin',  # configs/ve/celeba_ncsnpp.py
     'device',  # a torch.device in the CelebA-HQ / FFHQ files (they import torch)
@@ -689,6 +691,7 @@ def test_every_field_of_the_originals_is_known(origin):
             unknown.append(field)
     assert set(unknown) <= ORIGINAL_LEAF_ONLY, unknown
     assert len(ORIGINAL_FIELDS[origin]) > 70
+    assert set(validation.IGNORED) == ORIGINAL_LEAF_ONLY
 
 
 def test_score_flow_smallest_time_sets_our_fields():
@@ -704,6 +707,21 @@ def test_score_flow_smallest_time_sets_our_fields():
         digits().eval.eps,
         digits().sampling.eps,
     )
+
+
+def test_linear_ve_with_scale_by_sigma_is_refused():
+    """score_flow's linear VE divides the output by σ(t) itself; with ``scale_by_sigma``
+    NCSN++ would divide by its label again (score_flow stops on this pair)."""
+    config = digits()
+    config.training.sde = 'linearvesde'
+    validate_config(config, num_devices=1)
+    config.model.scale_by_sigma = True
+    with pytest.raises(UserError) as e:
+        validate_config(config, num_devices=1)
+    assert str(e.value).startswith('config.model.scale_by_sigma=True divides')
+    assert "training.sde='linearvesde'" in str(e.value) and 'set it to False' in str(e.value)
+    config.training.sde = 'vesde'
+    validate_config(config, num_devices=1)
 
 
 @pytest.mark.parametrize('field', ['model.data_init', 'optim.amsgrad'])

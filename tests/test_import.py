@@ -18,20 +18,21 @@ NCSN (v1) ``config.model.num_classes = config.model.num_scales`` (no config sets
 collection besides ``params``. score_flow's trees equal score_sde's for the same config
 (its ``ncsnpp.py`` differs only in the Fourier embedding's input and trainability).
 
-A one-off check outside the repository (same patched copies) applied each original
-network (small variants of the same five config files, random parameters) and this
-repository's network with the imported parameters to the same inputs: the outputs agree to
-float32 rounding (≤ 1e-5 relative), so the mapping is right in meaning, not only in names;
-and the trees of all 39 score_sde and 8 score_flow config files (built the same way) map
+The fixture ``tests/fixtures/original_network_outputs.json`` holds the original networks'
+outputs (small variants of one config file per architecture, and NCSN++ / DDPM++ with
+``resblock_type='ddpm'``), computed with the same patched copies in float64 on fixed
+inputs, every parameter set by a rule of its path (``_fill``; the fixture's '_about'). A
+one-off check there also mapped the trees of all 39 score_sde and 8 score_flow config files
 onto ours path for path and shape for shape.
 
 Here: (a) each fixture tree maps onto ours (and ours back onto it, by this module's own
-inverse of the renames); (b) checkpoints written in the originals' format (msgpack of a map
+inverse of the renames); (b) the original outputs, from their parameters imported; (c)
+checkpoints written in the originals' format (msgpack of a map
 shaped as their ``State``, or score_flow's ``DeqState`` for the Flow++ dequantizer, whose
 'cifar10' layout stores conv kernels with height and width swapped: see
 tests/test_flowpp.py) import through ``original_checkpoint.import_checkpoint`` and restore
 through ``checkpointing`` / ``dequantizer.load_dequantizer`` with the same values and
-network outputs; bad files and other architectures give one line; (c) ``main.py --mode
+network outputs; bad files and other architectures give one line; (d) ``main.py --mode
 import``.
 """
 
@@ -40,20 +41,26 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import zlib
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_flowpp import FIXTURES as FLOWPP_FIXTURES
+from test_flowpp import _fill as flowpp_fill
+from test_flowpp import _small as flowpp_small
 
 import checkpointing
 import dequantizer
 import file_io
 import original_checkpoint as oc
 import train_utils
+import trainer
 from devices import get_mesh
 from errors import UserError
+from models import flowpp
 from models import utils as mutils
 from train_state import STREAM_TRAIN, get_optimizer, replicated_state, stream_key
 from validation import prepare_config
@@ -90,9 +97,11 @@ def _original_path(path: tuple, model: str) -> tuple:
             if i + 2 < len(path) and path[i + 1].startswith('Dense_'):
                 out[i + 1] = 'NIN_' + path[i + 1].split('_')[1]
                 out[i + 2] = {'kernel': 'W', 'bias': 'b'}[path[i + 2]]
-        elif cls == 'ResnetBlockDDPM' and path[i + 1] == 'Dense_1':
-            out[i + 1] = 'NIN_0'  # Dense_0 is the time embedding's projection
-            out[i + 2] = {'kernel': 'W', 'bias': 'b'}[path[i + 2]]
+        elif cls == 'ResnetBlockDDPM':
+            out[i] = f'ResnetBlockDDPMpp_{k}' if model == 'ncsnpp' else name
+            if path[i + 1] == 'Dense_1':
+                out[i + 1] = 'NIN_0'  # Dense_0 is the time embedding's projection
+                out[i + 2] = {'kernel': 'W', 'bias': 'b'}[path[i + 2]]
         elif model == 'ncsn' and cls in ('RefineBlock', 'CRPBlock', 'MSFBlock', 'RCUBlock'):
             out[i] = f'Cond{cls}_{k}'
         elif model == 'ncsn' and cls == 'ResidualBlock':
@@ -146,7 +155,77 @@ def test_the_originals_trees_map_onto_ours_path_for_path(key):
     assert back == original['params']
 
 
-# --- (b) an original-format checkpoint through the real entry point -------------------
+# --- (b) the originals' own outputs, after import -----------------------------------------
+# tests/fixtures/original_network_outputs.json: outputs of the ORIGINAL networks (small
+# variants of one config file of each architecture) on fixed inputs, every parameter set by
+# ``_fill`` from its original path; computed outside this repository in float64 (its
+# '_about' says how). Here the same values, in the originals' names, go through the
+# importer's conversion (``original_checkpoint.score_state`` of a checkpoint in the
+# originals' format) into this repository's network.
+ORIGINAL_OUTPUTS = json.loads(
+    open(
+        os.path.join(os.path.dirname(__file__), 'fixtures', 'original_network_outputs.json')
+    ).read()
+)['cases']
+NETWORKS = sorted(c for c in ORIGINAL_OUTPUTS if c != 'wideresnet_classifier')
+# Networks with the sinusoidal embedding of a float label (700 here): its float32
+# frequencies ω_k are exp(−k log 10⁴/(d/2 − 1)) by numpy here and by XLA in the original,
+# 1 ulp apart for some k, so the phase 700 ω_k differs by up to 700 · 6e-8 ≈ 4e-5.
+POSITIONAL = {'ddpm', 'ddpmpp_vp', 'ddpmpp_ddpm_resblock'}
+
+
+def _fill(path: str, shape) -> np.ndarray:
+    """The fixture's parameter values (float32), from the original's parameter path."""
+    z = np.random.RandomState(zlib.crc32(path.encode())).standard_normal(shape)
+    leaf = path.split('/')[-1]
+    if leaf in ('scale', 'gamma', 'alpha', 'embedding'):
+        value = 1.0 + 0.1 * z
+    elif len(shape) >= 2:
+        value = z / np.sqrt(np.prod(shape[:-1]))
+    elif leaf == 'W':
+        value = z
+    else:
+        value = 0.1 * z
+    return value.astype(np.float32)
+
+
+def _case_config(case: dict):
+    config = _our_config('score_sde/configs/' + case['config'])
+    for field, value in case['overrides'].items():
+        train_utils.set_field(config, field, tuple(value) if isinstance(value, list) else value)
+    return prepare_config(config)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize('name', NETWORKS)
+def test_imported_parameters_give_the_original_networks_outputs(name, tmp_path):
+    """NCSN++ (VE), DDPM++ (VP), DDPM++ with ``resblock_type='ddpm'`` (the original's
+    ResnetBlockDDPMpp), DDPM, NCSNv2 and NCSN (v1): this repository's network with the
+    imported parameters gives the original's outputs, in float64 to 1e-6 of the output's
+    RMS (1e-4 with the sinusoidal embedding: ``POSITIONAL``). A wrong mapping (a
+    parameter to the wrong layer, a transposed kernel) moves them by O(1)."""
+    case = ORIGINAL_OUTPUTS[name]
+    config = _case_config(case)
+    params = oc.unflatten({tuple(p.split('/')): _fill(p, s) for p, s in case['params'].items()})
+    path = tmp_path / 'checkpoint_1'
+    path.write_bytes(_original_state_bytes(params, params, step=5))
+    state, _ = oc.score_state(config, oc.read_original(str(path)))
+    model = mutils.create_model(config)
+    shape = mutils.input_shape(config, 2)
+    x = np.random.RandomState(1).uniform(size=shape)
+    integer = isinstance(case['labels'][0], int)
+    with jax.enable_x64(True):
+        labels = jnp.asarray(case['labels'], jnp.int32 if integer else jnp.float64)
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state.ema_params)
+        y = np.asarray(model.apply({'params': p64}, jnp.asarray(x), labels, train=False))
+    assert y.dtype == np.float64 and list(y.shape) == case['output_shape']
+    tol = (1e-4 if name in POSITIONAL else 1e-6) * case['output_norm'] / np.sqrt(y.size)
+    np.testing.assert_allclose(y.ravel()[case['output_index']], case['output_sample'], atol=tol)
+    np.testing.assert_allclose(np.linalg.norm(y), case['output_norm'], atol=tol)
+    np.testing.assert_allclose(y.sum(), case['output_sum'], atol=tol * np.sqrt(y.size))
+
+
+# --- (c) an original-format checkpoint through the real entry point -------------------
 
 
 def _original_state_bytes(params, ema, step=1234, moments=True, **extra) -> bytes:
@@ -225,15 +304,34 @@ def test_an_imported_checkpoint_restores_and_scores_as_the_original_parameters(i
     for name, value in train_utils.flat_params(params).items():
         np.testing.assert_allclose(mu[name], 0.1 * value, rtol=1e-6, err_msg=name)
         np.testing.assert_allclose(nu[name], value * value + 1.0, rtol=1e-6, err_msg=name)
-    # the same network outputs as our model applied to the parameters directly
-    x = jax.random.uniform(jax.random.PRNGKey(0), mutils.input_shape(config, 2))
-    labels = jnp.asarray([3.0, 700.0])
-    model = mutils.create_model(config)
-    apply = jax.jit(lambda p: model.apply({'params': p}, x, labels, train=False))
-    np.testing.assert_array_equal(np.asarray(apply(state.ema_params)), np.asarray(apply(ema)))
     # a snapshot is never overwritten
     with pytest.raises(UserError, match='exists; pass another --snapshot_number'):
         oc.import_checkpoint(config, workdir, str(imported[4]))
+
+
+@pytest.mark.timeout(300)
+def test_fine_tuning_an_import_keeps_the_originals_constant_ema(tmp_path):
+    """The originals' EMA is θ_ema ← r θ_ema + (1 − r) θ at every step (score_sde's and
+    score_flow's losses.py: ``p_ema * state.ema_rate + p * (1. - state.ema_rate)``). One
+    training step after importing a checkpoint of step 50 must use r, not this
+    repository's warm-up min(r, 51/60) = 0.85 of a fresh run."""
+    overrides = {**SMALL, 'training.n_jitted_steps': 1, 'training.n_iters': 51}
+    config = prepare_config(train_utils.load_config('digits', overrides))
+    params, ema = _random_params(config, 1), _random_params(config, 3)
+    path = tmp_path / 'checkpoint_2'
+    original = (_to_original(params, 'ncsnpp'), _to_original(ema, 'ncsnpp'))
+    path.write_bytes(_original_state_bytes(*original, step=50))
+    workdir = str(tmp_path / 'w')
+    oc.import_checkpoint(config, workdir, str(path))
+    state = trainer.Trainer(config, workdir).run()
+    assert int(state.step) == 51
+    rate = float(config.model.ema_rate)
+    got, new = train_utils.flat_params(state.ema_params), train_utils.flat_params(state.params)
+    old = train_utils.flat_params(params)
+    assert any(not np.allclose(new[name], old[name]) for name in old)  # the step moved θ
+    for name, value in train_utils.flat_params(ema).items():
+        want = rate * value + (1.0 - rate) * new[name]
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 @pytest.mark.timeout(120)
@@ -314,26 +412,55 @@ def test_an_original_checkpoint_is_read_from_a_url(imported):
         oc.read_original('ram://import_test/checkpoints/checkpoint_8')
 
 
+@pytest.mark.parametrize('layout', flowpp.LAYOUTS)
+def test_imported_dequantizer_gives_the_originals_outputs(layout):
+    """score_flow's ``dequantization_<layout>.Dequantization`` (filters 8, components 3,
+    1 block, 2 heads) with every parameter ``flowpp_fill``-ed in the ORIGINAL's layout, on
+    2 × 4×8×3 inputs (non-square, so a wrong H/W rule cannot hide):
+    its u and −log q, computed by the original outside this repository in float64
+    (tests/fixtures/flowpp_original_outputs.json), from the importer's conversion
+    (``deq_converter``: the 'cifar10' original reads its conv kernels H/W-swapped, so they
+    are transposed; 'imagenet32' is taken as it is)."""
+    expected = json.loads((FLOWPP_FIXTURES / 'flowpp_original_outputs.json').read_text())[layout]
+    shape = (2, 4, 8, 3)
+    rs = np.random.RandomState(0)
+    eps, x_cond = rs.standard_normal(shape), rs.randint(0, 17, shape) / 16.0
+    model = flowpp_small(layout)
+    with jax.enable_x64(True):
+        ours = jax.eval_shape(model.init, jax.random.key(0), eps, x_cond)['params']
+        flat = oc.flatten(flax.core.unfreeze(ours))
+        # The original's tree: its kernels in its own (H/W-swapped for 'cifar10') shapes.
+        swap = lambda p, s: (s[1], s[0], *s[2:]) if _swapped(layout, p, s) else s  # noqa: E731
+        original = oc.unflatten(
+            {p: flowpp_fill('/'.join(p), swap(p, v.shape)) for p, v in flat.items()}
+        )
+        params = oc.match_params(original, ours, 'params', oc.deq_converter(layout))
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        u, log_q = jax.jit(model.apply)({'params': params}, eps, x_cond)
+    np.testing.assert_allclose(u, np.asarray(expected['u']), atol=1e-9)
+    np.testing.assert_allclose(-log_q, np.asarray(expected['neg_log_q']), rtol=1e-10)
+
+
+def _swapped(layout: str, path: tuple, shape: tuple) -> bool:
+    """A conv kernel that the 'cifar10' original stores with H and W swapped."""
+    return layout == 'cifar10' and path[-1].endswith('_W') and len(shape) == 4
+
+
 @pytest.mark.timeout(120)
 def test_score_flows_flowpp_dequantizer_imports_for_evaluation(tmp_path):
     """A DeqState (score_flow's models/utils.py) of the DIGITS-sized Flow++ ('cifar10'
-    layout, whose original reads conv kernels with height and width swapped) becomes the
-    dequantizer that evaluation loads."""
+    layout) becomes the dequantizer that evaluation loads: the converted parameters (the
+    conversion itself is checked against the original's outputs above), their EMA and
+    Adam's moments, at the state's step, in W/flowpp_dequantizer."""
     config = _small_config()
     key = stream_key(config.seed, 7)
     _, variables = dequantizer.create_dequantizer(config, key)
-    rng = np.random.default_rng(0)
-    ours = jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(a.dtype), variables['params'])
-    ema = jax.tree.map(lambda a: a + 1.0, ours)
-
-    def original(tree):  # the original's kernels: H and W swapped
-        flat = oc.flatten(flax.core.unfreeze(tree))
-        swap = lambda p, v: np.swapaxes(v, 0, 1) if p[-1].endswith('_W') and v.ndim == 4 else v  # noqa: E731
-        return oc.unflatten({p: swap(p, np.asarray(v)) for p, v in flat.items()})
-
-    params = original(ours)
-    kernels = [p for p, v in oc.flatten(params).items() if p[-1].endswith('_W') and v.ndim == 4]
-    assert len(kernels) > 4  # conv kernels whose axes the import swaps back
+    flat = oc.flatten(flax.core.unfreeze(variables['params']))
+    swap = lambda p, s: (s[1], s[0], *s[2:]) if _swapped('cifar10', p, s) else s  # noqa: E731
+    params = oc.unflatten({p: flowpp_fill('/'.join(p), swap(p, v.shape)) for p, v in flat.items()})
+    ema = jax.tree.map(lambda a: a + 1.0, params)
+    kernels = [p for p, v in oc.flatten(params).items() if _swapped('cifar10', p, v.shape)]
+    assert len(kernels) > 4
     leaf_states = jax.tree.map(lambda p: {'grad_ema': p, 'grad_sq_ema': p * p}, params)
     deq_state = {
         'step': np.asarray(900),
@@ -343,7 +470,7 @@ def test_score_flows_flowpp_dequantizer_imports_for_evaluation(tmp_path):
         },
         'lr': 1e-3,
         'ema_rate': 0.99,
-        'params_ema': original(ema),
+        'params_ema': ema,
         'ema_train_bpd': 1.5,
         'ema_eval_bpd': 1.6,
         'rng': np.asarray([0, 1], np.uint32),
@@ -356,17 +483,16 @@ def test_score_flows_flowpp_dequantizer_imports_for_evaluation(tmp_path):
     assert checkpointing.list_preemption_checkpoints(f'{workdir}/flowpp_dequantizer') == [900]
     assert not checkpointing.list_checkpoints(workdir)
     _, loaded, _ = dequantizer.load_dequantizer(config, workdir)
-    got = train_utils.flat_params(loaded['params'])
-    for name, value in train_utils.flat_params(ema).items():
-        np.testing.assert_array_equal(got[name], value, err_msg=name)
-    mu = train_utils.flat_params(state.opt_state[-1].inner_state[0].mu)
-    for name, value in train_utils.flat_params(ours).items():
-        np.testing.assert_array_equal(mu[name], value, err_msg=name)
+    convert = oc.deq_converter('cifar10')
+    for tree, got in ((ema, loaded['params']), (params, state.opt_state[-1].inner_state[0].mu)):
+        want = oc.match_params(tree, variables['params'], 'params', convert)
+        for name, value in train_utils.flat_params(want).items():
+            np.testing.assert_array_equal(train_utils.flat_params(got)[name], value, err_msg=name)
     with pytest.raises(UserError, match='already holds a dequantizer'):
         oc.import_checkpoint(config, workdir, str(path))
 
 
-# --- (c) the command line -----------------------------------------------------------------
+# --- (d) the command line -----------------------------------------------------------------
 
 
 @pytest.mark.slow

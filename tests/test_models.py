@@ -697,13 +697,34 @@ def test_vp_discrete_table_index_is_the_samplers_on_every_grid_step(eps):
 
 
 def test_ve_scores_are_the_raw_output_with_sigma_or_index_labels():
+    """Continuous: the label σ(t). Discrete: N − 1 − ⌊t (N−1) + 10⁻⁴⌋ (t = 10⁻³, ½, 1 give
+    999, 500, 0), into the descending σ table."""
     sde = sde_lib.VESDE(N=1000)
     np.testing.assert_allclose(
         echo_score(sde, True)[:, 0, 0, 0], np.asarray(sde.marginal_prob(X, T)[1]), rtol=1e-5
     )
-    np.testing.assert_array_equal(
-        echo_score(sde, False)[:, 0, 0, 0], np.round((1 - np.asarray(T)) * 999)
-    )
+    np.testing.assert_array_equal(echo_score(sde, False)[:, 0, 0, 0], [999, 500, 0])
+
+
+@pytest.mark.parametrize('eps', [1e-3, 1e-5])
+def test_ve_discrete_label_is_the_samplers_sigma_on_every_grid_step(eps):
+    """On the samplers' grid linspace(T, ε, N) the σ of the network's label (NCSN's
+    descending table, ``get_sigmas``, at the label) is the σ_i that discretize and the
+    ancestral step use, at every step, and the labels visit 0, …, N−1 once each — as the
+    original's SMLD loss pairs label j with that table's j-th σ. The original's sampler
+    label round((T − t)(N−1)) gave the next larger σ on 499 of the 1000 steps at ε = 10⁻³
+    (those with k ε ≥ ½)."""
+    sde = sde_lib.VESDE(N=1000)
+    grid = jnp.linspace(sde.T, eps, sde.N)
+    labels, scale = sde.network_inputs(grid, continuous=False)
+    labels = np.asarray(labels)
+    np.testing.assert_array_equal(labels, np.arange(sde.N))
+    np.testing.assert_array_equal(np.asarray(scale), 1.0)
+    descending = utils.get_sigmas(make_config(num_scales=sde.N))
+    step_sigma = np.asarray(sde._sigma_and_previous(grid)[0])
+    np.testing.assert_allclose(descending[labels], step_sigma, rtol=1e-6)
+    rounded = np.round((sde.T - np.asarray(grid, np.float64)) * (sde.N - 1))
+    assert np.sum(rounded != labels) == (499 if eps == 1e-3 else 0)
 
 
 def test_score_adapter_rejects_sub_vp_discrete():

@@ -80,3 +80,15 @@ def test_ema_warm_up():
     for step, decay in ((0, 0.1), (5, 6 / 15), (1000, 1001 / 1010), (10**6, 0.999)):
         got = train_state.ema_update(ema, new, jnp.asarray(step), 0.999)['a']
         np.testing.assert_allclose(got, [decay], rtol=1e-6)
+
+
+def test_ema_without_warm_up_is_the_originals_constant_rate(tmp_path):
+    """d = rate at every step (the originals' EMA) where an imported state is continued."""
+    ema, new = {'a': jnp.asarray([1.0])}, {'a': jnp.asarray([0.0])}
+    got = train_state.ema_update(ema, new, jnp.asarray(5), 0.999, warmup=False)['a']
+    np.testing.assert_allclose(got, [0.999], rtol=1e-7)
+    warm = train_state.ema_update(ema, new, jnp.asarray(5), 0.999)['a']
+    np.testing.assert_allclose(warm, [6.0 / 15.0], rtol=1e-6)
+    assert train_state.ema_warmup_in(str(tmp_path))
+    (tmp_path / train_state.IMPORTED_FILE).write_text('{}')
+    assert not train_state.ema_warmup_in(str(tmp_path))
