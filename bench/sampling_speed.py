@@ -1,5 +1,6 @@
-"""Benchmark: samples/s and sample quality against NFE for the PC and ODE samplers of a
-trained DIGITS model (not a test).
+"""Benchmark: samples/s and sample quality against NFE for the samplers of a trained DIGITS
+model: PC, the adaptive probability-flow ODE and the fast solvers (DPM-Solver, DPM-Solver++,
+DDIM, EDM's Heun) at several NFE (not a test).
 
 Every sampler of the grid draws ``--num`` samples from the same snapshot (in batches of
 ``--batch``, one compile per sampler first); reported: NFE per sample, wall time, samples/s
@@ -8,15 +9,21 @@ training digits, as ``--mode eval`` computes it), plus FD_digits of ``--num`` tr
 test digits for scale (FD of a finite sample is biased upwards).
 
 PC samplers take N = ``model.num_scales`` steps (1 score evaluation each, 2 with the
-Langevin corrector); the ODE sampler is adaptive (Dopri5, in t or σ̃ = σ/α).
+Langevin corrector); the ODE sampler is adaptive (Dopri5, in t or σ̃ = σ/α); the fast
+solvers run at each NFE of ``--nfes`` (Heun: EDM's 2N − 1, the largest odd NFE ≤ the
+target).  ``--grid`` picks the rows ('pc_ode': the original grid; 'fast': EM N = 1000, the
+ODE at 1e-3 and the fast solvers; 'all'); ``--out`` writes the rows as JSON and ``--plot``
+draws FD_digits against NFE from them (``--replot``: redraw an earlier ``--out``).
 
     python bench/sampling_speed.py --workdir runs/digits_lw_is \
-        [--config configs/vp/digits_lw_is.py] [--num 512]
+        [--config configs/vp/digits_lw_is.py] [--num 512] [--grid fast --nfes 5,10,15,20,50] \
+        [--out fast.json --plot docs/images/sampling_fd_nfe.png]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -26,11 +33,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from snapshot import load_snapshot  # noqa: E402
 
 import datasets  # noqa: E402
 import digits_classifier  # noqa: E402, F401  (registers the feature network 'digits_mlp')
 import evaluation  # noqa: E402
+import file_io  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 from models import utils as mutils  # noqa: E402
@@ -47,6 +56,67 @@ GRID: List[tuple] = [
     ('ODE σ̃ 1e-3', dict(method='ode', rtol=1e-3, atol=1e-3, ode_time='sigma'), 1000),
     ('ODE σ̃ 1e-5', dict(method='ode', rtol=1e-5, atol=1e-5, ode_time='sigma'), 1000),
 ]
+
+
+# The fast solvers (name, config.sampling fields); ``steps`` is set per NFE (:func:`steps_for`).
+FAST: List[tuple] = [
+    ('DPM-Solver-1', dict(method='dpm_solver', order=1, solver_type='singlestep')),
+    ('DPM-Solver-2S', dict(method='dpm_solver', order=2, solver_type='singlestep')),
+    ('DPM-Solver-3S', dict(method='dpm_solver', order=3, solver_type='singlestep')),
+    ('DPM-Solver-2M', dict(method='dpm_solver', order=2, solver_type='multistep')),
+    ('DPM-Solver-3M', dict(method='dpm_solver', order=3, solver_type='multistep')),
+    ('DPM-Solver++2M', dict(method='dpm_solver', order=2, solver_type='multistep')),
+    ('DPM-Solver++3M', dict(method='dpm_solver', order=3, solver_type='multistep')),
+    ('DDIM', dict(method='ddim', skip_type='time_uniform', eta=0.0)),
+    ('Heun', dict(method='heun', rho=7.0, denoise_to_zero=True)),
+]
+BASELINES = ['EM N=1000', 'ODE t 1e-3']
+
+
+def steps_for(fields: Dict[str, Any], nfe: int) -> int:
+    """``sampling.steps`` for about ``nfe`` evaluations: NFE itself, Heun (N − 1)/2 with
+    the final denoising (EDM's 2N − 1 evaluations)."""
+    return (nfe - 1) // 2 if fields['method'] == 'heun' else nfe
+
+
+def grid(which: str, nfes: List[int]) -> List[tuple]:
+    """Rows (name, family, config.sampling fields, model.num_scales) of ``--grid``."""
+    rows = [(name, name, fields, n) for name, fields, n in GRID]
+    if which == 'pc_ode':
+        return rows
+    fast = []
+    for family, fields in FAST:
+        algorithm = 'dpmsolver++' if '++' in family else 'dpmsolver'
+        for nfe in nfes:
+            f = dict(fields, steps=steps_for(fields, nfe), algorithm=algorithm)
+            fast.append((f'{family} NFE={nfe}', family, f, 1000))
+    if which == 'fast':
+        rows = [r for r in rows if r[0] in BASELINES]
+    return rows + fast
+
+
+def plot(results: List[Dict[str, Any]], reference: Dict[str, float], path: str) -> None:
+    """FD_digits against NFE (log axis): one line per fast-solver family, the baselines as
+    points, the training digits' FD as the floor."""
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    families = list(dict.fromkeys(r['family'] for r in results))
+    for family in families:
+        rows = sorted((r for r in results if r['family'] == family), key=lambda r: r['nfe'])
+        style = 'o-' if len(rows) > 1 else 's'
+        ax.plot([r['nfe'] for r in rows], [r['fd'] for r in rows], style, label=family, ms=4)
+    if 'train' in reference:
+        ax.axhline(reference['train'], color='grey', ls=':', label='training digits')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('NFE (score evaluations per sample)')
+    ax.set_ylabel('FD_digits')
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which='both', alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=110)
+    file_io.atomic_write(path, buffer.getvalue())
 
 
 def draw(snap, fields: Dict[str, Any], num_scales: int, num: int, batch: int):
@@ -78,28 +148,47 @@ def main() -> None:
     parser.add_argument('--num', type=int, default=512)
     parser.add_argument('--batch', type=int, default=256)
     parser.add_argument('--only', default='', help='comma-separated names of the grid')
+    parser.add_argument('--grid', default='pc_ode', choices=('pc_ode', 'fast', 'all'))
+    parser.add_argument('--nfes', default='5,10,15,20,50', help='NFE of the fast solvers')
+    parser.add_argument('--out', default='', help='JSON file of the rows')
+    parser.add_argument('--plot', default='', help='PNG of FD_digits against NFE')
+    parser.add_argument('--replot', action='store_true', help='only redraw --plot from --out')
     args = parser.parse_args()
+    if args.replot:
+        saved = file_io.read_json(args.out)
+        plot(saved['rows'], saved['reference'], args.plot)
+        return
     snap = load_snapshot(args.config, args.workdir, args.ckpt)
 
     def fd(images: np.ndarray) -> float:
         return evaluation.sample_quality(images, args.workdir, snap.config)['fid']
 
+    reference = {}
     for split in ('train', 'test'):
         levels = datasets.get_shard(snap.config, split, process_index=0, process_count=1).data[
             : args.num
         ]
         images = datasets.to_unit_interval(levels, int(snap.config.data.num_bins))
-        print(f'{len(levels)} {split} digits: FD_digits {fd(images):.2f}', flush=True)
-    print(f'{"sampler":>12} {"NFE":>7} {"seconds":>8} {"samples/s":>10} {"FD_digits":>10}')
+        reference[split] = fd(images)
+        print(f'{len(levels)} {split} digits: FD_digits {reference[split]:.2f}', flush=True)
+    print(f'{"sampler":>24} {"NFE":>7} {"seconds":>8} {"samples/s":>10} {"FD_digits":>10}')
     wanted = set(filter(None, args.only.split(',')))
-    for name, fields, num_scales in GRID:
+    rows = []
+    for name, family, fields, num_scales in grid(args.grid, [int(n) for n in args.nfes.split(',')]):
         if wanted and name not in wanted:
             continue
         x, nfe, seconds = draw(snap, fields, num_scales, args.num, args.batch)
+        row = dict(name=name, family=family, fields=fields, nfe=nfe, seconds=seconds)
+        row.update(samples_per_s=args.num / seconds, fd=fd(x), num=args.num)
+        rows.append(row)
         print(
-            f'{name:>12} {nfe:7.0f} {seconds:8.1f} {args.num / seconds:10.2f} {fd(x):10.2f}',
+            f'{name:>24} {nfe:7.0f} {seconds:8.1f} {row["samples_per_s"]:10.2f} {row["fd"]:10.2f}',
             flush=True,
         )
+        if args.out:
+            file_io.write_json(args.out, {'reference': reference, 'rows': rows})
+    if args.plot:
+        plot(rows, reference, args.plot)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,262 @@
+"""The fast solvers of ``sampling`` (DPM-Solver, DPM-Solver++, DDIM, EDM's Heun) against
+closed forms.
+
+The probability-flow ODE maps each prior draw to one sample, so with the exact score of a
+Gaussian mixture (``mixture.py``) every fixed-step solver must land near the adaptive ODE
+solution from the same draws (``sampling.get_ode_sampler``), closer as its steps grow at
+the rate its order claims, and its samples must have the mixture's component masses.
+
+Tolerances (measured values in each test's docstring):
+- *matching the ODE* (float32, 2000 draws, the ODE at rtol = atol = 1e-6): the RMS over the
+  draws of |x_solver − x_ODE| at 10, 15 and 20 NFE is below the bound of
+  :data:`RMS_BOUND` (about twice the largest value measured over VP, sub-VP and VE), and
+  decreases from 10 to 20 NFE;
+- *component masses*: ``test_sampling._assert_component_mass`` (4 binomial standard
+  errors + a bias allowance of 0.02) at every NFE;
+- *convergence order* (float64, 64 draws, the ODE at 1e-11; its own error ≈ 1e-9): the
+  least-squares slope of log RMS error against log NFE over NFE ∈ :data:`ORDER_NFES`
+  (where the asymptotic regime holds for every SDE) lies in :data:`ORDER_WINDOW`.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_sampling import MIX, _assert_component_mass, _counting
+
+import sampling
+import sde_lib
+import solver_plans
+from errors import UserError
+
+NUM = 2000
+# (label, get_*_sampler keyword arguments; Heun's steps are NFE // 2)
+METHODS = {
+    'DPM-Solver-1': dict(order=1, solver_type='singlestep', algorithm='dpmsolver'),
+    'DPM-Solver-2S': dict(order=2, solver_type='singlestep', algorithm='dpmsolver'),
+    'DPM-Solver-3S': dict(order=3, solver_type='singlestep', algorithm='dpmsolver'),
+    'DPM-Solver-3M': dict(order=3, solver_type='multistep', algorithm='dpmsolver'),
+    'DPM-Solver++2M': dict(order=2, solver_type='multistep', algorithm='dpmsolver++'),
+    'DPM-Solver++3M': dict(order=3, solver_type='multistep', algorithm='dpmsolver++'),
+    'DPM-Solver++3S': dict(order=3, solver_type='singlestep', algorithm='dpmsolver++'),
+    'DDIM': dict(eta=0.0),
+    'Heun': dict(rho=7.0),
+}
+# RMS bound at NFE 10 / 15 / 20: twice the largest measured over VP, VE and sub-VP
+RMS_BOUND = {
+    'DPM-Solver-1': (0.75, 0.5, 0.4),  # measured 0.364, 0.252, 0.192 (sub-VP)
+    'DPM-Solver-2S': (2.0, 0.6, 0.4),  # 0.958, 0.306, 0.202 (sub-VP)
+    'DPM-Solver-3S': (1.3, 0.3, 0.22),  # 0.641, 0.136, 0.108 (sub-VP)
+    'DPM-Solver-3M': (0.2, 0.09, 0.055),  # 0.095, 0.043, 0.026 (sub-VP)
+    'DPM-Solver++2M': (0.3, 0.16, 0.1),  # 0.146, 0.079, 0.048 (sub-VP)
+    'DPM-Solver++3M': (0.21, 0.08, 0.045),  # 0.106, 0.039, 0.021 (sub-VP)
+    'DPM-Solver++3S': (0.23, 0.09, 0.09),  # 0.112, 0.041, 0.044 (sub-VP)
+    'DDIM': (0.43, 0.3, 0.22),  # 0.212, 0.145, 0.110 (sub-VP)
+    'Heun': (3.1, 1.25, 0.55),  # 1.549, 0.617, 0.272 (sub-VP)
+}
+# The solvers whose component masses pass at 10 and 15 NFE too (all pass at 20)
+MASSES_FROM_10 = ('DPM-Solver-3M', 'DPM-Solver++2M', 'DPM-Solver++3M', 'DPM-Solver++3S')
+# (method, expected order, NFE): the asymptotic regime.  Third-order singlestep at NFE ≡ 2
+# (mod 3), whose last step is second order (≡ 0, 1 end with a first-order step: globally
+# second order); on VE its local slopes are 2.51, 2.58, 2.84, 2.92 over NFE 29 … 479.
+ORDER_NFES = {
+    'DPM-Solver-1': (1, (20, 40, 80)),
+    'DPM-Solver-2S': (2, (20, 40, 80)),
+    'DPM-Solver-3S': (3, (119, 239, 479)),
+    'DPM-Solver++2M': (2, (20, 40, 80)),
+    'DPM-Solver++3M': (3, (40, 80, 160)),
+    'Heun': (2, (20, 40, 80)),
+}
+ORDER_WINDOW = {1: (0.9, 1.1), 2: (1.8, 2.3), 3: (2.7, 3.4)}
+
+
+def _sde(name: str) -> sde_lib.SDE:
+    return {
+        've': lambda: sde_lib.VESDE(0.01, 10.0, 200),
+        'vp': lambda: sde_lib.VPSDE(0.1, 20.0, 200),
+        'subvp': lambda: sde_lib.subVPSDE(0.1, 20.0, 200),
+    }[name]()
+
+
+def _sampler(sde, shape, label: str, nfe: int, **extra):
+    kwargs = METHODS[label]
+    if label == 'DDIM':
+        return sampling.get_ddim_sampler(sde, shape, nfe, eps=1e-3, **kwargs, **extra)
+    if label == 'Heun':
+        return sampling.get_heun_sampler(sde, shape, nfe // 2, eps=1e-3, **kwargs, **extra)
+    return sampling.get_dpm_solver_sampler(sde, shape, nfe, eps=1e-3, **kwargs, **extra)
+
+
+def _rms(x, ref) -> float:
+    d = np.asarray(x, np.float64) - np.asarray(ref, np.float64)
+    return float(np.sqrt(np.mean(np.sum(d**2, -1))))
+
+
+# --- plans ----------------------------------------------------------------------------------
+def test_singlestep_orders_spend_every_evaluation():
+    """DPM-Solver-fast's orders sum to the NFE and end as Lu et al. App. D.1 says."""
+    for steps in range(1, 40):
+        for order in (1, 2, 3):
+            orders = solver_plans.singlestep_orders(steps, order)
+            assert sum(orders) == steps and max(orders) <= order
+    assert solver_plans.singlestep_orders(10, 3) == [3, 3, 3, 1]
+    assert solver_plans.singlestep_orders(11, 3) == [3, 3, 3, 2]
+    assert solver_plans.singlestep_orders(12, 3) == [3, 3, 3, 2, 1]
+    assert solver_plans.singlestep_orders(7, 2) == [2, 2, 2, 1]
+
+
+def test_multistep_orders_warm_up_and_end_low_below_ten_steps():
+    assert solver_plans.multistep_orders(12, 3) == [1, 2] + [3] * 10
+    assert solver_plans.multistep_orders(6, 3) == [1, 2, 3, 3, 2, 1]
+    assert solver_plans.multistep_orders(5, 2) == [1, 2, 2, 2, 1]
+
+
+@pytest.mark.parametrize('name', ['vp', 've', 'subvp'])
+def test_time_grids(name):
+    """logSNR steps are uniform in λ, EDM's in σ̃^{1/ρ}; all run from T to ε exactly."""
+    sched = solver_plans.Schedule(_sde(name))
+    grid = solver_plans.time_grid(sched, 'logSNR', 1.0, 1e-3, 8)
+    assert grid[0] == 1.0 and grid[-1] == 1e-3
+    np.testing.assert_allclose(np.diff(sched.lam(grid)), np.diff(sched.lam(grid)).mean(), 1e-9)
+    quad = solver_plans.time_grid(sched, 'time_quadratic', 1.0, 1e-3, 8)
+    np.testing.assert_allclose(np.diff(np.sqrt(quad)), np.diff(np.sqrt(quad))[0], 1e-12)
+    rho = solver_plans.rho_grid(sched, 7.0, 1.0, 1e-3, 8)
+    root = np.exp(-sched.lam(rho)) ** (1 / 7)
+    np.testing.assert_allclose(np.diff(root), np.diff(root).mean(), 1e-9)
+
+
+# --- NFE, compiled loop, errors ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    'label, nfe, extra, expected',
+    [
+        ('DPM-Solver-3S', 10, {}, 10),
+        ('DPM-Solver++3M', 7, {}, 7),
+        ('DPM-Solver-2S', 5, {'denoise_to_zero': True}, 6),
+        ('DDIM', 6, {}, 6),
+        ('Heun', 8, {}, 8),
+        ('Heun', 8, {'denoise_to_zero': True}, 9),
+    ],
+)
+def test_nfe_is_counted_exactly(label, nfe, extra, expected):
+    """The returned NFE (a Python int) is the number of score evaluations, counted on the
+    host; the sampler is one jitted program with one ``scan`` of NFE stages."""
+    sde = _sde('ve')
+    sampler = _sampler(sde, (4, 2), label, nfe, **extra)
+    counter = [0]
+    x, count = sampler(jax.random.PRNGKey(0), _counting(MIX.score_fn(sde), counter))
+    jax.block_until_ready(x)
+    assert count == expected == counter[0] and isinstance(count, int)
+    jaxpr = jax.make_jaxpr(lambda r: sampler(r, MIX.score_fn(sde))[0])(jax.random.PRNGKey(0))
+    assert _scan_lengths(jaxpr.jaxpr) == [expected]
+
+
+def _scan_lengths(jaxpr) -> list:
+    """Lengths of the scans of a jaxpr (inside jitted calls too, not inside scans)."""
+    lengths = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == 'scan':
+            lengths.append(eqn.params['length'])
+        elif 'jaxpr' in eqn.params:
+            lengths += _scan_lengths(getattr(eqn.params['jaxpr'], 'jaxpr', eqn.params['jaxpr']))
+    return lengths
+
+
+def test_ddim_with_noise_counts_and_needs_a_key():
+    sde = _sde('vp')
+    sampler = sampling.get_ddim_sampler(sde, (4, 2), 5, eta=1.0)
+    counter = [0]
+    x, nfe = sampler(jax.random.PRNGKey(1), _counting(MIX.score_fn(sde), counter))
+    jax.block_until_ready(x)
+    assert nfe == counter[0] == 5
+    with pytest.raises(UserError, match='rng'):
+        sampler(None, MIX.score_fn(sde), jnp.zeros((4, 2)))
+
+
+@pytest.mark.parametrize(
+    'call, match',
+    [
+        (lambda s: sampling.get_dpm_solver_sampler(s, (2, 2), 10, order=4), 'order=4'),
+        (lambda s: sampling.get_dpm_solver_sampler(s, (2, 2), 0), 'steps=0'),
+        (lambda s: sampling.get_dpm_solver_sampler(s, (2, 2), 10, 2, 'adaptive'), 'solver_type'),
+        (lambda s: sampling.get_dpm_solver_sampler(s, (2, 2), 10, 2, algorithm='x'), 'algorithm'),
+        (lambda s: sampling.get_dpm_solver_sampler(s, (2, 2), 10, skip_type='edm'), 'skip_type'),
+        (lambda s: sampling.get_dpm_solver_sampler(s, (2, 2), 10, eps=0.0), 'eps=0.0'),
+        (lambda s: sampling.get_ddim_sampler(s, (2, 2), 10, eta=1.5), 'eta=1.5'),
+        (lambda s: sampling.get_heun_sampler(s, (2, 2), 10, rho=0.0), 'rho=0.0'),
+    ],
+)
+def test_bad_arguments_name_the_argument(call, match):
+    with pytest.raises(UserError, match=match):
+        call(_sde('vp'))
+
+
+def test_order_one_is_ddim_in_both_forms():
+    """DPM-Solver-1 is DDIM (η = 0) in the noise and in the data form (the same map)."""
+    sde = _sde('subvp')
+    z = sde.prior_sampling(jax.random.PRNGKey(2), (256, 2))
+    score = MIX.score_fn(sde)
+    ddim, _ = sampling.get_ddim_sampler(sde, z.shape, 12, skip_type='logSNR')(None, score, z)
+    for algorithm in ('dpmsolver', 'dpmsolver++'):
+        x, _ = sampling.get_dpm_solver_sampler(sde, z.shape, 12, 1, 'multistep', algorithm)(
+            None, score, z
+        )
+        np.testing.assert_allclose(np.asarray(x), np.asarray(ddim), rtol=2e-5, atol=2e-5)
+
+
+def test_the_plan_is_built_inside_a_trace():
+    """get_*_sampler inside jax.jit computes its float64 coefficients eagerly."""
+    sde = _sde('vp')
+    score = MIX.score_fn(sde)
+
+    @jax.jit
+    def draw(rng):
+        return sampling.get_dpm_solver_sampler(sde, (3, 2), 6)(rng, score)[0]
+
+    direct, _ = sampling.get_dpm_solver_sampler(sde, (3, 2), 6)(jax.random.PRNGKey(3), score)
+    np.testing.assert_allclose(draw(jax.random.PRNGKey(3)), direct, rtol=1e-5, atol=1e-6)
+
+
+# --- closed forms: the ODE solution, component masses, convergence orders ------------------
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['vp', 've', 'subvp'])
+def test_fast_samplers_match_the_ode_and_the_mixture(name):
+    """Every solver from the same 2000 prior draws as the adaptive ODE (Dopri5, 1e-6): RMS
+    error below :data:`RMS_BOUND` at 10, 15 and 20 NFE (Heun: 10, 14, 20) and smaller at
+    20 than at 10; the mixture's component masses at 20 NFE, and at 10 and 15 for the
+    multistep solvers and singlestep DPM-Solver++-3 (:data:`MASSES_FROM_10`).  Measured
+    (the largest |f_k − p_k| minus 4 standard errors, against the 0.02 allowed): at 20 NFE
+    ≤ +0.012 for every solver; at 10 NFE ≤ −0.004 for those of :data:`MASSES_FROM_10`,
+    but up to +0.048 (DPM-Solver-1, sub-VP) and +0.073 (Heun, sub-VP) for the others."""
+    sde = _sde(name)
+    score = MIX.score_fn(sde)
+    z = sde.prior_sampling(jax.random.PRNGKey(3), (NUM, 2))
+    ref, _ = sampling.get_ode_sampler(sde, z.shape, 1e-6, 1e-6)(None, score, z)
+    for label in METHODS:
+        errors = []
+        for nfe, bound in zip((10, 15, 20), RMS_BOUND[label]):
+            x, _ = _sampler(sde, z.shape, label, nfe)(None, score, z)
+            errors.append(_rms(x, ref))
+            assert errors[-1] <= bound, (label, nfe, errors)
+            if nfe == 20 or label in MASSES_FROM_10:
+                _assert_component_mass(x, MIX, 0.02, (name, label, nfe))
+        assert errors[-1] < errors[0], (label, errors)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['vp', 've', 'subvp'])
+def test_convergence_orders(name):
+    """Slope of log RMS error against log NFE, float64: DPM-Solver-1 ≈ 1, DPM-Solver-2
+    and Heun ≈ 2, DPM-Solver-3 ≈ 3 (:data:`ORDER_NFES`, :data:`ORDER_WINDOW`).  Measured
+    (VP / VE / sub-VP): 0.99 / 1.00 / 0.99; 2S 2.15 / 2.06 / 2.23; 3S 2.96 / 2.88 / 2.93;
+    ++2M 1.99 / 1.88 / 1.98; ++3M 3.15 / 2.86 / 3.05; Heun 2.19 / 2.09 / 2.22."""
+    sde = _sde(name)
+    with jax.enable_x64(True):
+        score = MIX.score_fn(sde)
+        z = jnp.asarray(sde.prior_sampling(jax.random.PRNGKey(3), (64, 2)), jnp.float64)
+        ref, _ = sampling.get_ode_sampler(sde, z.shape, 1e-11, 1e-11)(None, score, z)
+        for label, (order, nfes) in ORDER_NFES.items():
+            errors = [_rms(_sampler(sde, z.shape, label, n)(None, score, z)[0], ref) for n in nfes]
+            slope = -np.polyfit(np.log(nfes), np.log(errors), 1)[0]
+            print(name, label, nfes, [f'{e:.2e}' for e in errors], f'slope {slope:.2f}')
+            lo, hi = ORDER_WINDOW[order]
+            assert lo <= slope <= hi, (label, nfes, errors, slope)
