@@ -18,6 +18,8 @@ Tolerances (measured values in each test's docstring):
   (where the asymptotic regime holds for every SDE) lies in :data:`ORDER_WINDOW`.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,13 +33,17 @@ from test_sampling import (
     _gaussian3,
 )
 
+import configs.vp.photos_lw_is as photos_config
 import mixture
+import run_lib
 import sampling
 import sde_lib
 import solver_plans
+import train_utils
 import validation
 from configs.vp import digits_lw_is
 from errors import UserError
+from file_io import load_npz
 
 NUM = 2000
 # (label, get_*_sampler keyword arguments; Heun's steps are NFE // 2)
@@ -405,3 +411,63 @@ def test_validation_names_the_fast_sampling_field(fields, field):
 @pytest.mark.parametrize('method', sampling.FAST_METHODS)
 def test_every_fast_method_validates(method):
     validation.validate_config(_config(method=method, task='inpaint'), num_devices=1)
+
+
+# --- end to end: --mode sample ---------------------------------------------------------------
+_FAST = {
+    'eval.end_ckpt': -1,
+    'eval.batch_size': 8,
+    'sampling.method': 'dpm_solver',
+    'sampling.steps': 6,
+    'sampling.num_samples': 3,
+}
+_CLASSIFIER = {
+    'classifier.blocks_per_group': 1,
+    'classifier.channel_multiplier': 1,
+    'classifier.n_iters': 10,
+    'classifier.batch_size': 16,
+    'classifier.eval_freq': 10,
+    'classifier.snapshot_freq': 10,
+    'classifier.warmup': 0,
+}
+
+
+@pytest.mark.slow
+def test_sample_mode_runs_the_digits_tasks_with_the_fast_solvers(tmp_path):
+    """A tiny DIGITS model and classifier; ``run_lib.sample`` with DPM-Solver++ multistep
+    (class-conditional, the recommended guided solver, and unconditional) and Heun
+    (inpainting, which keeps the known pixels)."""
+    workdir = str(tmp_path)
+    config = train_utils.load_config('digits', {**_FAST, **_CLASSIFIER})
+    run_lib.train(config, workdir)
+    run_lib.train_classifier(config, workdir)
+    tasks = [
+        ('class_conditional', {'sampling.classes': (1, 3)}),
+        ('unconditional', {}),
+        ('inpaint', {'sampling.method': 'heun', 'sampling.steps': 3}),
+    ]
+    for task, fields in tasks:
+        overrides = {**_FAST, **_CLASSIFIER, **fields, 'sampling.task': task}
+        metrics = run_lib.sample(train_utils.load_config('digits', overrides), workdir)
+        arrays = load_npz(os.path.join(workdir, 'sample', f'{task}.npz'))
+        assert np.isfinite(arrays['samples']).all(), task
+        if task == 'inpaint':
+            assert metrics['known_max_abs_change'] < 1e-5
+        if task == 'class_conditional':
+            np.testing.assert_array_equal(arrays['labels'], [1, 1, 1, 3, 3, 3])
+
+
+@pytest.mark.slow
+def test_sample_mode_colorizes_with_a_fast_solver(tmp_path):
+    """A tiny PHOTOS model colorized by singlestep DPM-Solver-3: the grey level is kept to
+    float32 rounding of the colour basis (as tests/test_sample_runner.py's PC run)."""
+    photos = photos_config.get_config()
+    fields = {**train_utils.TINY['digits'], **_FAST, 'sampling.task': 'colorize'}
+    fields.update({'sampling.order': 3, 'sampling.solver_type': 'singlestep'})
+    for field, value in fields.items():
+        train_utils.set_field(photos, field, value)
+    run_lib.train(photos, str(tmp_path))
+    metrics = run_lib.sample(photos, str(tmp_path))
+    samples = load_npz(str(tmp_path / 'sample' / 'colorize.npz'))['samples']
+    bound = 32 * np.finfo(np.float32).eps * max(1.0, float(np.abs(samples).max()))
+    assert metrics['grey_max_abs_change'] < bound
