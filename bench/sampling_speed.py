@@ -69,6 +69,7 @@ FAST: List[tuple] = [
     ('DPM-Solver++3M', dict(method='dpm_solver', order=3, solver_type='multistep')),
     ('DDIM', dict(method='ddim', skip_type='time_uniform', eta=0.0)),
     ('Heun', dict(method='heun', rho=7.0, denoise_to_zero=True)),
+    ('DDIM eta=1', dict(method='ddim', skip_type='time_uniform', eta=1.0)),
 ]
 BASELINES = ['EM N=1000', 'ODE t 1e-3']
 
@@ -119,7 +120,7 @@ def plot(results: List[Dict[str, Any]], reference: Dict[str, float], path: str) 
     file_io.atomic_write(path, buffer.getvalue())
 
 
-def draw(snap, fields: Dict[str, Any], num_scales: int, num: int, batch: int):
+def draw(snap, fields: Dict[str, Any], num_scales: int, num: int, batch: int, seed: int = 0):
     """(samples in [0, 1], NFE per sample, seconds after the compiling first batch)."""
     config = snap.config.copy_and_resolve_references()
     config.sampling.update(fields)
@@ -133,7 +134,8 @@ def draw(snap, fields: Dict[str, Any], num_scales: int, num: int, batch: int):
     jax.block_until_ready(sampler(jax.random.PRNGKey(99), score_fn))  # compile
     out, nfes, start = [], [], time.perf_counter()
     for i in range(-(-num // batch)):
-        x, nfe = jax.block_until_ready(sampler(jax.random.PRNGKey(i), score_fn))
+        key = jax.random.fold_in(jax.random.PRNGKey(i), seed) if seed else jax.random.PRNGKey(i)
+        x, nfe = jax.block_until_ready(sampler(key, score_fn))
         out.append(np.asarray(x))
         nfes.append(int(nfe))
     seconds = time.perf_counter() - start
@@ -153,6 +155,7 @@ def main() -> None:
     parser.add_argument('--out', default='', help='JSON file of the rows')
     parser.add_argument('--plot', default='', help='PNG of FD_digits against NFE')
     parser.add_argument('--replot', action='store_true', help='only redraw --plot from --out')
+    parser.add_argument('--seed', type=int, default=0, help='other draws (0: the default)')
     args = parser.parse_args()
     if args.replot:
         saved = file_io.read_json(args.out)
@@ -177,8 +180,9 @@ def main() -> None:
     for name, family, fields, num_scales in grid(args.grid, [int(n) for n in args.nfes.split(',')]):
         if wanted and name not in wanted:
             continue
-        x, nfe, seconds = draw(snap, fields, num_scales, args.num, args.batch)
+        x, nfe, seconds = draw(snap, fields, num_scales, args.num, args.batch, args.seed)
         row = dict(name=name, family=family, fields=fields, nfe=nfe, seconds=seconds)
+        row['seed'] = args.seed
         row.update(samples_per_s=args.num / seconds, fd=fd(x), num=args.num)
         rows.append(row)
         print(
