@@ -13,7 +13,9 @@ Langevin corrector); the ODE sampler is adaptive (Dopri5, in t or σ̃ = σ/α);
 solvers run at each NFE of ``--nfes`` (Heun: EDM's 2N − 1, the largest odd NFE ≤ the
 target).  ``--grid`` picks the rows ('pc_ode': the original grid; 'fast': EM N = 1000, the
 ODE at 1e-3 and the fast solvers; 'all'); ``--out`` writes the rows as JSON and ``--plot``
-draws FD_digits against NFE from them (``--replot``: redraw an earlier ``--out``).
+draws FD_digits against NFE from them (``--replot``: redraw an earlier ``--out``);
+``--bootstrap B`` adds the standard deviation of FD_digits over B resamples of the samples,
+``--seed`` draws other samples.
 
     python bench/sampling_speed.py --workdir runs/digits_lw_is \
         [--config configs/vp/digits_lw_is.py] [--num 512] [--grid fast --nfes 5,10,15,20,50] \
@@ -120,6 +122,25 @@ def plot(results: List[Dict[str, Any]], reference: Dict[str, float], path: str) 
     file_io.atomic_write(path, buffer.getvalue())
 
 
+def fd_spread(images: np.ndarray, workdir: str, config, draws: int, seed: int = 0) -> float:
+    """Bootstrap standard deviation of FD_digits: its spread over ``draws`` resamples (with
+    replacement) of the images, against the same reference statistics."""
+    net = evaluation.get_feature_net(workdir, config)
+    ref = evaluation.reference_stats(net, config.data.dataset, workdir, config)
+    levels = evaluation.quantize(
+        images, int(config.data.num_bins), bool(config.data.uniform_dequantization)
+    )
+    features = np.asarray(net(levels)[0], np.float64)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        mu, sigma = evaluation.feature_stats(
+            features[rng.integers(0, len(features), len(features))]
+        )
+        values.append(evaluation.frechet_distance(mu, sigma, ref.mu, ref.sigma))
+    return float(np.std(values, ddof=1))
+
+
 def draw(snap, fields: Dict[str, Any], num_scales: int, num: int, batch: int, seed: int = 0):
     """(samples in [0, 1], NFE per sample, seconds after the compiling first batch)."""
     config = snap.config.copy_and_resolve_references()
@@ -156,6 +177,7 @@ def main() -> None:
     parser.add_argument('--plot', default='', help='PNG of FD_digits against NFE')
     parser.add_argument('--replot', action='store_true', help='only redraw --plot from --out')
     parser.add_argument('--seed', type=int, default=0, help='other draws (0: the default)')
+    parser.add_argument('--bootstrap', type=int, default=0, help='resamples for FD ± sd')
     args = parser.parse_args()
     if args.replot:
         saved = file_io.read_json(args.out)
@@ -184,9 +206,13 @@ def main() -> None:
         row = dict(name=name, family=family, fields=fields, nfe=nfe, seconds=seconds)
         row['seed'] = args.seed
         row.update(samples_per_s=args.num / seconds, fd=fd(x), num=args.num)
+        if args.bootstrap:
+            row['fd_sd'] = fd_spread(x, args.workdir, snap.config, args.bootstrap)
         rows.append(row)
+        spread = f' ± {row["fd_sd"]:.2f}' if args.bootstrap else ''
         print(
-            f'{name:>24} {nfe:7.0f} {seconds:8.1f} {row["samples_per_s"]:10.2f} {row["fd"]:10.2f}',
+            f'{name:>24} {nfe:7.0f} {seconds:8.1f} {row["samples_per_s"]:10.2f} '
+            f'{row["fd"]:10.2f}{spread}',
             flush=True,
         )
         if args.out:
