@@ -99,15 +99,28 @@ def grid(which: str, nfes: List[int]) -> List[tuple]:
 
 
 def plot(results: List[Dict[str, Any]], reference: Dict[str, float], path: str) -> None:
-    """FD_digits against NFE (log axis): one line per fast-solver family, the baselines as
-    points, the training digits' FD as the floor."""
+    """FD_digits against NFE (log axis): one line per fast-solver family (± the bootstrap
+    sd where measured), the baselines as points, EM N = 1000's FD as a dashed level and the
+    training digits' FD as the floor."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     families = list(dict.fromkeys(r['family'] for r in results))
-    for family in families:
+    for i, family in enumerate(families):
         rows = sorted((r for r in results if r['family'] == family), key=lambda r: r['nfe'])
-        style = 'o-' if len(rows) > 1 else 's'
-        ax.plot([r['nfe'] for r in rows], [r['fd'] for r in rows], style, label=family, ms=4)
+        style = ('o', '-' if i < 10 else '--') if len(rows) > 1 else ('s', 'none')
+        ax.errorbar(
+            [r['nfe'] for r in rows],
+            [r['fd'] for r in rows],
+            yerr=[r.get('fd_sd', 0.0) for r in rows],
+            marker=style[0],
+            ls=style[1],
+            label=family,
+            ms=4,
+            capsize=2,
+        )
+    target = [r['fd'] for r in results if r['name'] == 'EM N=1000']
+    if target:
+        ax.axhline(target[0], color='black', ls='--', lw=0.8, label='EM N=1000 level')
     if 'train' in reference:
         ax.axhline(reference['train'], color='grey', ls=':', label='training digits')
     ax.set_xscale('log')
