@@ -77,27 +77,28 @@ class GaussianMixture:
         return x.astype(jnp.float32), k.astype(jnp.int32)
 
     # --- the diffused mixture p_t -------------------------------------------------
-    def _diffused(self, sde, t: Array):
+    def _diffused(self, sde, t: Array, dtype=jnp.float32):
         """Per-example component means [B,K,D] and covariances [B,K,D,D] of p_t."""
         alpha = jnp.exp(sde.log_mean_coeff(t))[:, None, None]
         sigma = sde.std(t)[:, None, None, None]
-        means = alpha * jnp.asarray(self.means, jnp.float32)[None]
-        covs = alpha[..., None] ** 2 * jnp.asarray(self.covs, jnp.float32)[
-            None
-        ] + sigma**2 * jnp.eye(self.dim)
+        means = alpha * jnp.asarray(self.means, dtype)[None]
+        covs = alpha[..., None] ** 2 * jnp.asarray(self.covs, dtype)[None] + sigma**2 * jnp.eye(
+            self.dim, dtype=dtype
+        )
         return means, covs
 
     def _component_terms(self, sde, x: Array, t: Array):
-        """log w_k N(x; m_k, C_k) [B,K] and C_k⁻¹(x − m_k) [B,K,D]."""
+        """log w_k N(x; m_k, C_k) [B,K] and C_k⁻¹(x − m_k) [B,K,D], in x's precision
+        (float32, or float64 under ``jax.enable_x64`` for references)."""
         x = jnp.reshape(x, (x.shape[0], -1))
-        means, covs = self._diffused(sde, t)
+        means, covs = self._diffused(sde, t, x.dtype)
         chol = jnp.linalg.cholesky(covs)
         diff = x[:, None, :] - means
         sol = jax.scipy.linalg.cho_solve((chol, True), diff[..., None])[..., 0]
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
         maha = jnp.sum(diff * sol, -1)
         logn = -0.5 * (maha + logdet + self.dim * jnp.log(2 * jnp.pi))
-        return jnp.log(jnp.asarray(self.weights, jnp.float32)) + logn, sol
+        return jnp.log(jnp.asarray(self.weights, x.dtype)) + logn, sol
 
     def log_prob(self, sde, x: Array, t: Array) -> Array:
         """log p_t(x) per example [B] (x may be [B, ...] with prod(...) = D)."""

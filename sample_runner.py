@@ -17,7 +17,9 @@ Score SDE §5: one unconditional score model s_θ(x, t) ≈ ∇log p_t(x) become
 Inpainting and colorization use the PC projector of ``sampling`` with
 ``sampling.predictor`` / ``corrector`` / ``snr`` / ``n_steps_each`` and
 ``sampling.inpaint_resample`` RePaint rounds per step (1 = the original replacement
-method; docs/controllable.md measures how exact each is).
+method; docs/controllable.md measures how exact each is), or, when ``sampling.method`` is a
+fast solver (``dpm_solver``, ``ddim``, ``heun``), that solver with the same replacement
+(``sampling.get_inpainting_fn`` / ``get_colorizing_fn``).
 
 The score model is snapshot ``eval.end_ckpt`` of ``W/checkpoints`` (−1: the newest), with
 its EMA parameters. Output in ``W/<sample_folder>/`` (default ``sample``):
@@ -284,16 +286,8 @@ class SampleRunner:
                 return fn(rng, score)[0]
 
             return jax.jit(run)
-        make = sampling.get_pc_inpainter if self.task == 'inpaint' else sampling.get_pc_colorizer
-        project = make(
-            self.sde,
-            s.predictor,
-            s.corrector,
-            float(s.snr),
-            int(s.n_steps_each),
-            float(s.eps),
-            resample=int(s.inpaint_resample),
-        )
+        make = sampling.get_inpainting_fn if self.task == 'inpaint' else sampling.get_colorizing_fn
+        project = make(self.config, self.sde)
         mask = jnp.asarray(parse_mask(s.mask, self.data.shape, self.config.seed))
 
         def run(v, cv, rng, cond):

@@ -45,13 +45,20 @@ import numpy as np
 
 import ode_solver
 import sde_lib
+import solver_plans
 from errors import UserError
 from sde_lib import batch_mul
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
-SAMPLING_METHODS = ('pc', 'ode')  # config.sampling.method
+# the fixed-step solvers of the probability-flow ODE (docs/MATH.md §Fast sampling)
+FAST_METHODS = ('dpm_solver', 'ddim', 'heun')
+SAMPLING_METHODS = ('pc', 'ode') + FAST_METHODS  # config.sampling.method
+SOLVER_TYPES = solver_plans.SOLVER_TYPES  # config.sampling.solver_type
+DPM_ALGORITHMS = solver_plans.DPM_ALGORITHMS  # config.sampling.algorithm
+DPM_ORDERS = solver_plans.DPM_ORDERS  # config.sampling.order
+SKIP_TYPES = solver_plans.SKIP_TYPES  # config.sampling.skip_type
 # config.sampling.task: what `main.py --mode sample` draws (see sample_runner).
 SAMPLING_TASKS = ('unconditional', 'class_conditional', 'inpaint', 'colorize')
 _PREDICTORS: Dict[str, Type[Predictor]] = {}
@@ -472,8 +479,7 @@ def get_ode_sampler(
 
     def decode(rng, z, score_fn):
         if z is None:
-            keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(shape[0]))
-            z = jax.vmap(lambda k: sde.prior_sampling(k, tuple(shape[1:])))(keys)
+            z = _prior_draws(sde, rng, shape)
         x, nfe = _flow_solve(sde, score_fn, z, sde.T, eps, rtol, atol, method, time_change)
         if denoise:
             x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps))
@@ -486,6 +492,12 @@ def get_ode_sampler(
         return jitted(score_fn, rng, z)
 
     return sampler
+
+
+def _prior_draws(sde: sde_lib.SDE, rng: Array, shape) -> Array:
+    """Prior draws z_i ~ π with per-example keys ``fold_in(rng, i)``."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(shape[0]))
+    return jax.vmap(lambda k: sde.prior_sampling(k, tuple(shape[1:])))(keys)
 
 
 def get_ode_encoder(
@@ -520,6 +532,203 @@ def _check_ode_method(method: str, field: str = 'method') -> None:
         )
 
 
+# --- fixed-step solvers: DPM-Solver(++), DDIM, EDM's Heun ---------------------------------
+def _run_plan(
+    plan: solver_plans.SolverPlan,
+    score_fn: ScoreFn,
+    x: Array,
+    rng: Optional[Array],
+    constrain: Optional[Callable[[Array, Array, Array, Array], Array]] = None,
+) -> Array:
+    """The K stages of ``plan`` from x at t₀ in one ``lax.scan`` (``solver_plans``):
+    m_k = ε̂ = −σ s(y_k, t_k) or x̂₀ = (y_k + σ² s)/α, then y_{k+1} = a_k x̄ + Σ_j b_kj m_{k−j}
+    + c_k z_k, z_k drawn with the first of two keys split from ``fold_in(rng, k)``.
+    ``constrain(key, y, α, σ)`` (inpainting; the second key) is applied to every y_{k+1}
+    with α, σ of its time.  Returns y_K."""
+    dtype = x.dtype
+    columns = ('t', 'alpha', 'sigma', 'a', 'b', 'c', 'next_alpha', 'next_sigma')
+    xs = {k: jnp.asarray(getattr(plan, k), dtype) for k in columns}
+    xs.update(new_base=jnp.asarray(plan.new_base), k=jnp.arange(plan.nfe))
+
+    def stage(carry, p):
+        base, y, history = carry
+        score = score_fn(y, jnp.full((y.shape[0],), p['t'], dtype))
+        if plan.output == 'noise':
+            m = -p['sigma'] * score
+        else:
+            m = (y + p['sigma'] ** 2 * score) / p['alpha']
+        history = jnp.concatenate([m[None], history[:-1]])
+        y = p['a'] * base + jnp.tensordot(p['b'], history, axes=1)
+        if plan.stochastic or constrain is not None:
+            noise_key, constrain_key = jax.random.split(jax.random.fold_in(rng, p['k']))
+        if plan.stochastic:
+            y = y + p['c'] * jax.random.normal(noise_key, y.shape, dtype)
+        if constrain is not None:
+            y = constrain(constrain_key, y, p['next_alpha'], p['next_sigma'])
+        return (jnp.where(p['new_base'], y, base), y, history), None
+
+    history = jnp.zeros((3,) + x.shape, dtype)
+    (_, y, _), _ = jax.lax.scan(stage, (x, x, history), xs)
+    return y
+
+
+def _get_plan_sampler(sde: sde_lib.SDE, shape, plan: solver_plans.SolverPlan):
+    """``sampler(rng, score_fn, z=None) -> (x, nfe)``: ``plan`` from z (default: prior
+    draws with per-example keys ``fold_in(rng, i)``, as :func:`get_ode_sampler`); nfe =
+    ``plan.nfe``, a Python int.  One jitted computation per score function."""
+
+    def sample(rng, z, score_fn):
+        if z is None:
+            z = _prior_draws(sde, rng, shape)
+        noise_rng = None if rng is None else jax.random.fold_in(rng, shape[0])
+        return _run_plan(plan, score_fn, z, noise_rng)
+
+    jitted = _JitPerScoreFn(sample)
+
+    def sampler(rng: Optional[Array], score_fn: ScoreFn, z: Optional[Array] = None):
+        if plan.stochastic and rng is None:
+            raise UserError('this sampler adds noise (DDIM with eta > 0): pass an rng key.')
+        return jitted(score_fn, rng, z), plan.nfe
+
+    return sampler
+
+
+def _check_in(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise UserError(f'{field}={value!r} is not one of {", ".join(map(repr, allowed))}.')
+
+
+def _check_range(field: str, value, ok: bool, requirement: str) -> None:
+    if not ok:
+        raise UserError(f'{field}={value!r} {requirement}.')
+
+
+def _check_steps_eps(sde: sde_lib.SDE, steps, eps, prefix: str) -> None:
+    _check_range(
+        prefix + 'steps', steps, int(steps) == steps and steps >= 1, 'must be an integer ≥ 1'
+    )
+    _check_range(prefix + 'eps', eps, 0.0 < eps < sde.T, f'must lie in (0, T = {sde.T})')
+
+
+def dpm_solver_plan(
+    sde, steps, order, solver_type, algorithm, skip_type, eps, denoise_to_zero=False, prefix=''
+) -> solver_plans.SolverPlan:
+    """:func:`solver_plans.dpm_solver_plan` after checking every argument (a
+    :class:`UserError` names the field, with ``prefix``)."""
+    _check_steps_eps(sde, steps, eps, prefix)
+    _check_in(prefix + 'order', order, DPM_ORDERS)
+    _check_in(prefix + 'solver_type', solver_type, SOLVER_TYPES)
+    _check_in(prefix + 'algorithm', algorithm, DPM_ALGORITHMS)
+    _check_in(prefix + 'skip_type', skip_type, SKIP_TYPES)
+    return solver_plans.dpm_solver_plan(
+        sde, int(steps), int(order), solver_type, algorithm, skip_type, eps, denoise_to_zero
+    )
+
+
+def ddim_plan(
+    sde, steps, eta, eps, skip_type='time_uniform', denoise_to_zero=False, prefix=''
+) -> solver_plans.SolverPlan:
+    """:func:`solver_plans.ddim_plan` after checking every argument."""
+    _check_steps_eps(sde, steps, eps, prefix)
+    _check_range(prefix + 'eta', eta, 0.0 <= eta <= 1.0, 'must lie in [0, 1]')
+    _check_in(prefix + 'skip_type', skip_type, SKIP_TYPES)
+    return solver_plans.ddim_plan(sde, int(steps), float(eta), eps, skip_type, denoise_to_zero)
+
+
+def heun_plan(sde, steps, rho, eps, denoise_to_zero=False, prefix='') -> solver_plans.SolverPlan:
+    """:func:`solver_plans.heun_plan` after checking every argument."""
+    _check_steps_eps(sde, steps, eps, prefix)
+    _check_range(prefix + 'rho', rho, rho > 0, 'must be positive (EDM: 7)')
+    return solver_plans.heun_plan(sde, int(steps), float(rho), eps, denoise_to_zero)
+
+
+def get_dpm_solver_sampler(
+    sde: sde_lib.SDE,
+    shape,
+    steps: int = 20,
+    order: int = 3,
+    solver_type: str = 'multistep',
+    algorithm: str = 'dpmsolver++',
+    skip_type: str = 'logSNR',
+    eps: float = 1e-3,
+    *,
+    denoise_to_zero: bool = False,
+):
+    """DPM-Solver (Lu et al. 2022; ``algorithm='dpmsolver'``, the noise form) or
+    DPM-Solver++ ('dpmsolver++', the data form, recommended with classifier guidance) of
+    ``order`` 1–3, ``solver_type`` 'singlestep' (DPM-Solver-fast's mix of orders) or
+    'multistep', time steps ``skip_type`` (``SKIP_TYPES``), from T to ε with ``steps``
+    network evaluations (+1 for ``denoise_to_zero``: x̂₀ at ε).  Works for every SDE
+    (docs/MATH.md §Fast sampling).
+
+    Returns ``sampler(rng, score_fn, z=None) -> (x, nfe)`` (z: given prior draws; nfe
+    a Python int), one jitted computation per score function, as :func:`get_pc_sampler`.
+    """
+    plan = dpm_solver_plan(
+        sde, steps, order, solver_type, algorithm, skip_type, eps, denoise_to_zero
+    )
+    return _get_plan_sampler(sde, shape, plan)
+
+
+def get_ddim_sampler(
+    sde: sde_lib.SDE,
+    shape,
+    steps: int = 20,
+    eta: float = 0.0,
+    eps: float = 1e-3,
+    *,
+    skip_type: str = 'time_uniform',
+    denoise_to_zero: bool = False,
+):
+    """DDIM (Song, Meng & Ermon 2021) for any SDE: ``steps`` steps from T to ε on the
+    ``skip_type`` grid; η = ``eta`` ∈ [0, 1] (0: deterministic, DPM-Solver-1; 1: the
+    ancestral sampler).  NFE = steps (+1 for ``denoise_to_zero``).  Returns
+    ``sampler(rng, score_fn, z=None) -> (x, nfe)`` as :func:`get_dpm_solver_sampler`."""
+    plan = ddim_plan(sde, steps, eta, eps, skip_type, denoise_to_zero)
+    return _get_plan_sampler(sde, shape, plan)
+
+
+def get_heun_sampler(
+    sde: sde_lib.SDE,
+    shape,
+    steps: int = 10,
+    rho: float = 7.0,
+    eps: float = 1e-3,
+    *,
+    denoise_to_zero: bool = False,
+):
+    """EDM's deterministic Heun sampler (Karras et al. 2022, Alg. 1) for any SDE, in
+    σ̃ = σ/α on the ρ-schedule: ``steps`` Heun steps from σ̃(T) to σ̃(ε), NFE = 2·steps
+    (+1 for ``denoise_to_zero``, EDM's last Euler step to σ̃ = 0).  Returns
+    ``sampler(rng, score_fn, z=None) -> (x, nfe)`` as :func:`get_dpm_solver_sampler`."""
+    return _get_plan_sampler(sde, shape, heun_plan(sde, steps, rho, eps, denoise_to_zero))
+
+
+def get_solver_plan(config, sde: sde_lib.SDE, eps: Optional[float] = None):
+    """The plan of ``config.sampling.method`` ∈ :data:`FAST_METHODS` from its fields
+    (``steps``, ``order``, ``solver_type``, ``algorithm``, ``skip_type``, ``eta``, ``rho``,
+    ``denoise_to_zero``; ``eps`` defaults to ``sampling.eps``)."""
+    cfg, prefix = config.sampling, 'config.sampling.'
+    eps = float(cfg.eps if eps is None else eps)
+    denoise = bool(cfg.denoise_to_zero)
+    if cfg.method == 'dpm_solver':
+        return dpm_solver_plan(
+            sde,
+            cfg.steps,
+            cfg.order,
+            cfg.solver_type,
+            cfg.algorithm,
+            cfg.skip_type,
+            eps,
+            denoise,
+            prefix,
+        )
+    if cfg.method == 'ddim':
+        return ddim_plan(sde, cfg.steps, cfg.eta, eps, cfg.skip_type, denoise, prefix)
+    _check_in(prefix + 'method', cfg.method, FAST_METHODS)
+    return heun_plan(sde, cfg.steps, cfg.rho, eps, denoise, prefix)
+
+
 # --- the pipeline entry point ------------------------------------------------------------
 def get_sampling_fn(
     config,
@@ -530,9 +739,10 @@ def get_sampling_fn(
 ):
     """``sampling_fn(rng, score_fn) -> (samples, nfe)`` from ``config.sampling``.
 
-    Fields: ``method`` ('pc' | 'ode'), ``predictor``, ``corrector``, ``snr``,
+    Fields: ``method`` (:data:`SAMPLING_METHODS`), ``predictor``, ``corrector``, ``snr``,
     ``n_steps_each``, ``noise_removal`` (denoise), ``probability_flow``; for 'ode' also
-    ``rtol``, ``atol``, ``ode_method`` and ``ode_time`` if present.  ``eps`` defaults to
+    ``rtol``, ``atol``, ``ode_method`` and ``ode_time`` if present; for 'dpm_solver',
+    'ddim' and 'heun' those of :func:`get_solver_plan`.  ``eps`` defaults to
     ``config.sampling.eps`` (1e-3).  Samples are returned through ``inverse_scaler``.
     """
     cfg = config.sampling
@@ -564,6 +774,8 @@ def get_sampling_fn(
             cfg.noise_removal,
             cfg.get('ode_time', 't'),
         )
+    elif method in FAST_METHODS:
+        sampler = _get_plan_sampler(sde, shape, get_solver_plan(config, sde, eps))
     else:
         raise UserError(
             f'config.sampling.method={cfg.method!r} is not known; use one of '
@@ -708,6 +920,91 @@ def get_pc_colorizer(
         return project(rng, score_fn, gray, grey_mask)
 
     return colorize
+
+
+def _get_plan_projector(sde: sde_lib.SDE, plan: solver_plans.SolverPlan, to_basis, from_basis):
+    """A fast solver that keeps the masked part of ``to_basis(x)`` consistent with data:
+    the known part (mask = 1, in y = to_basis(x)) of the prior draw and of every stage's
+    y_{k+1} is replaced by a fresh draw of p_0t(· | data) = N(α y_data, σ² I), α and σ of
+    y_{k+1}'s time, and by y_data at the end, so the result keeps it exactly.  The rule and
+    the approximation of the conditional are those of :func:`_get_pc_projector`, without a
+    corrector; the deterministic solvers are further from the exact conditional than the
+    PC sampler (docs/controllable.md measures both)."""
+
+    def run(rng, data, mask, score_fn):
+        y_data = to_basis(data)
+        mask = jnp.broadcast_to(mask, y_data.shape).astype(y_data.dtype)
+
+        def constrain(key, x, alpha, sigma):
+            known = alpha * y_data + sigma * jax.random.normal(key, y_data.shape, y_data.dtype)
+            return from_basis(to_basis(x) * (1.0 - mask) + known * mask)
+
+        prior_rng, init_rng, loop_rng = jax.random.split(rng, 3)
+        x = sde.prior_sampling(prior_rng, data.shape)
+        x = constrain(init_rng, x, float(plan.alpha[0]), float(plan.sigma[0]))
+        x = _run_plan(plan, score_fn, x, loop_rng, constrain)
+        return constrain(init_rng, x, 1.0, 0.0)
+
+    jitted = _JitPerScoreFn(run)
+
+    def projector(rng, score_fn, data, mask):
+        return jitted(score_fn, rng, data, mask)
+
+    return projector
+
+
+def get_solver_inpainter(sde: sde_lib.SDE, plan: solver_plans.SolverPlan):
+    """``inpaint(rng, score_fn, data, mask) -> x`` by a fast solver's ``plan`` (e.g.
+    :func:`dpm_solver_plan`): the unknown region (mask = 0) sampled, the known one
+    (mask = 1, broadcastable to data) kept exactly; see :func:`_get_plan_projector`."""
+    return _get_plan_projector(sde, plan, lambda x: x, lambda y: y)
+
+
+def get_solver_colorizer(sde: sde_lib.SDE, plan: solver_plans.SolverPlan):
+    """``colorize(rng, score_fn, gray) -> x`` by a fast solver's ``plan``: the grey level
+    kept, the chroma sampled, as :func:`get_pc_colorizer`."""
+    m = jnp.asarray(COLOR_BASIS)
+    project = _get_plan_projector(sde, plan, lambda x: x @ m, lambda y: y @ m.T)
+    grey_mask = jnp.asarray([1.0, 0.0, 0.0])
+
+    def colorize(rng: Array, score_fn: ScoreFn, gray: Array) -> Array:
+        return project(rng, score_fn, gray, grey_mask)
+
+    return colorize
+
+
+def get_inpainting_fn(config, sde: sde_lib.SDE):
+    """``inpaint(rng, score_fn, data, mask)`` of ``config.sampling``: a fast solver for
+    ``method`` in :data:`FAST_METHODS`, else the PC projector (``predictor``,
+    ``corrector``, ``snr``, ``n_steps_each``, ``eps``, ``inpaint_resample``)."""
+    s = config.sampling
+    if s.method in FAST_METHODS:
+        return get_solver_inpainter(sde, get_solver_plan(config, sde))
+    return get_pc_inpainter(
+        sde,
+        s.predictor,
+        s.corrector,
+        float(s.snr),
+        int(s.n_steps_each),
+        float(s.eps),
+        int(s.inpaint_resample),
+    )
+
+
+def get_colorizing_fn(config, sde: sde_lib.SDE):
+    """``colorize(rng, score_fn, gray)`` of ``config.sampling``, as :func:`get_inpainting_fn`."""
+    s = config.sampling
+    if s.method in FAST_METHODS:
+        return get_solver_colorizer(sde, get_solver_plan(config, sde))
+    return get_pc_colorizer(
+        sde,
+        s.predictor,
+        s.corrector,
+        float(s.snr),
+        int(s.n_steps_each),
+        float(s.eps),
+        int(s.inpaint_resample),
+    )
 
 
 def conditional_score_fn(

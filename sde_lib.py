@@ -17,10 +17,21 @@ name then works everywhere (config validation, training, sampling, likelihoods).
 | VP     | −½β(t)  | β(t)                         | exp(−½B(t))  | √(1−α²)       |
 | sub-VP | −½β(t)  | β(t)(1−α⁴)                   | exp(−½B(t))  | 1−α²          |
 
-with β(t) = β₀ + t(β₁−β₀) and B(t) = ∫₀ᵗ β = β₀t + ½(β₁−β₀)t². Near t = 0 the VP and sub-VP
-forms compute 1 − α² without cancellation so that σ stays accurate in float32 (1 − exp(−B)
-is 1.2 % off at t = 1e-5, and up to 6 % near there: a float32 step of 1 is 6e-8 against B ≈
-1e-6).
+with β(t) = β₀ + t(β₁−β₀) and B(t) = ∫₀ᵗ β = β₀t + ½(β₁−β₀)t². The half log-SNR
+λ(t) = log(α/σ) of the fast solvers (DPM-Solver, DDIM, EDM's Heun in ``sampling``;
+:meth:`SDE.half_log_snr`) and its inverse (:meth:`SDE.time_of_half_log_snr`), from each
+SDE's closed-form inverse of c = log(σ²/α²) = −2λ (``inverse_log_inverse_snr``):
+
+| SDE       | λ(t)                | t(λ)                                                 |
+|-----------|---------------------|------------------------------------------------------|
+| VE        | −log σ(t)           | (−λ − log σ_min) / log(σ_max/σ_min)                  |
+| linear VEs| −log σ(t)           | σ(t) = e^{−λ}, linear in t                           |
+| VP        | −½ log(e^B − 1)     | B = log(1 + e^{−2λ}), t = 2B/(β₀ + √(β₀² + 2(β₁−β₀)B)) |
+| sub-VP    | −log(2 sinh(B/2))   | B = 2 asinh(½ e^{−λ}), the same quadratic            |
+
+Near t = 0 the VP and sub-VP forms compute 1 − α² without cancellation so that σ stays
+accurate in float32 (1 − exp(−B) is 1.2 % off at t = 1e-5, and up to 6 % near there: a
+float32 step of 1 is 6e-8 against B ≈ 1e-6).
 """
 
 from __future__ import annotations
@@ -297,6 +308,16 @@ class SDE(abc.ABC):
         lo, hi = jax.lax.fori_loop(0, 64, body, (lo, hi))
         return 0.5 * (lo + hi)
 
+    def half_log_snr(self, t: Array) -> Array:
+        """λ(t) = log α(t) − log σ(t) = −½ log(σ²/α²), decreasing in t: the variable of
+        the exponential integrators (DPM-Solver's λ_t; docs/MATH.md §Fast sampling)."""
+        return -0.5 * self.log_inverse_snr(t)
+
+    def time_of_half_log_snr(self, lam: Array) -> Array:
+        """t with λ(t) = lam: :meth:`inverse_log_inverse_snr` at c = −2λ (a closed form
+        for every SDE here; bisection for an SDE that states none)."""
+        return self.inverse_log_inverse_snr(-2.0 * lam)
+
     def likelihood_importance_cum_weight(self, t: Array, eps: float = 1e-5) -> Array:
         """∫_ε^t g(s)²/σ(s)² ds = log(σ²/α²)(t) − log(σ²/α²)(ε).
 
@@ -513,6 +534,12 @@ class subVPSDE(_VPFamily):  # noqa: N801  (the name of the paper code)
         1 − α² (see :meth:`one_minus_alpha_sq` for why not −expm1(−2B))."""
         s = self.one_minus_alpha_sq(t)
         return jnp.sqrt(self.beta(t) * s * (2.0 - s))
+
+    def inverse_log_inverse_snr(self, c: Array) -> Array:
+        """Closed form: σ/α = (1 − e^{−B})/e^{−B/2} = 2 sinh(B/2) = e^{c/2}, so
+        B = 2 asinh(½ e^{c/2}), then the quadratic in t (accurate at both ends: asinh(z) ≈ z
+        for small z, log 2z for large)."""
+        return self.time_of_integrated_beta(2.0 * jnp.arcsinh(0.5 * jnp.exp(0.5 * c)))
 
 
 class _VEFamily(SDE):

@@ -64,6 +64,10 @@ def choices() -> tuple:
         ('sampling.corrector', sampling.corrector_names()),
         ('sampling.ode_method', ode_solver.solver_names()),
         ('sampling.ode_time', sde_lib.ODE_TIMES),
+        ('sampling.order', sampling.DPM_ORDERS),
+        ('sampling.solver_type', sampling.SOLVER_TYPES),
+        ('sampling.algorithm', sampling.DPM_ALGORITHMS),
+        ('sampling.skip_type', sampling.SKIP_TYPES),
         ('eval.ode_method', ode_solver.solver_names()),
         ('eval.ode_time', sde_lib.ODE_TIMES),
         ('eval.hutchinson_type', likelihood.HUTCHINSON_TYPES),
@@ -87,6 +91,8 @@ _POSITIVE = (
     'sampling.num_samples',
     'sampling.classifier_scale',
     'sampling.inpaint_resample',
+    'sampling.steps',
+    'sampling.rho',
     'classifier.n_iters',
     'classifier.batch_size',
     'classifier.lr',
@@ -133,7 +139,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     """Raise ``errors.UserError`` naming the first problem found in ``config``.
 
     Checks: no unknown (typo) or missing field; known SDE, model, dataset, sampling method,
-    predictor, corrector, Hutchinson type and bpd split; positive sizes and learning rate;
+    predictor, corrector, fast-solver options (order, solver type, algorithm, time steps;
+    positive steps and ρ, η in [0, 1], no RePaint rounds), Hutchinson type and bpd split;
+    positive sizes and learning rate;
     likelihood / importance weighting only with ``continuous=True`` and importance
     weighting only with likelihood weighting; sub-VP only continuous; the data source's
     own checks (``datasets.DataSource.check``: e.g. NPZ with an existing ``data.path``,
@@ -157,6 +165,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         _fail('seed', config.seed, 'must be non-negative')
     _check_objective(config)
     _check_scale_by_sigma(config)
+    _check_fast_sampling(config.sampling)
     _check_data(config)
     _check_deq(config.deq)
     for field, (default, problem) in _REFUSED.items():
@@ -318,6 +327,21 @@ def _check_scale_by_sigma(config: ml_collections.ConfigDict) -> None:
             True,
             "divides the network's output by σ, which training.sde='linearvesde' already "
             'does (its score is −output/σ(t)); set it to False',
+        )
+
+
+def _check_fast_sampling(s: ml_collections.ConfigDict) -> None:
+    """DDIM's η in [0, 1]; RePaint rounds only with the PC projector (inpainting and
+    colorization by the fast solvers replace the known part without resampling)."""
+    if not 0.0 <= s.eta <= 1.0:
+        _fail('sampling.eta', s.eta, 'must lie in [0, 1] (0: deterministic DDIM, 1: ancestral)')
+    projected = s.task in ('inpaint', 'colorize')
+    if projected and s.method in sampling.FAST_METHODS and s.inpaint_resample != 1:
+        _fail(
+            'sampling.inpaint_resample',
+            s.inpaint_resample,
+            f'(RePaint rounds) needs the PC sampler, not sampling.method={s.method!r}; set it '
+            'to 1 or use --config.sampling.method=pc',
         )
 
 

@@ -19,6 +19,11 @@ corrector, N steps):
 NFE per sample: N·U·(1 + n_steps) score evaluations (+ as many VJPs for the guidance).
 The mean and std of x₂ are over ``--num`` samples; SE = sd/√n (mean) and sd/√(2n) (std).
 
+A third table (``--tables fast``) takes the fast solvers' replacement
+(``sampling.get_solver_inpainter``: DPM-Solver++ multistep, Heun, DDIM with η = 0 and 1)
+against the PC replacement without a corrector (reverse diffusion, N steps), the same rule
+with no Langevin steps.
+
     .venv/bin/python bench/inpainting_exactness.py [--num 20000] [--steps 500]
 
 prints the main table (ρ = 0.95, x₁ = 1.116 so that ρ x₁ = 1.06, snr 0.16; VP and VE) and
@@ -111,16 +116,65 @@ def table(title, sdes, rho, x1, snr, methods, num, seed):
             )
 
 
+def _dpm(steps):
+    return lambda sde: sampling.dpm_solver_plan(
+        sde, steps, 3, 'multistep', 'dpmsolver++', 'logSNR', 1e-3
+    )
+
+
+FAST = (  # (label, the plan for an SDE)
+    ('DPM-Solver++3M', _dpm(20)),
+    ('DPM-Solver++3M', _dpm(100)),
+    ('Heun', lambda sde: sampling.heun_plan(sde, 10, 7.0, 1e-3)),
+    ('DDIM η=0', lambda sde: sampling.ddim_plan(sde, 20, 0.0, 1e-3)),
+    ('DDIM η=1', lambda sde: sampling.ddim_plan(sde, 20, 1.0, 1e-3)),
+    ('DDIM η=1', lambda sde: sampling.ddim_plan(sde, 100, 1.0, 1e-3)),
+)
+
+
+def fast_table(sdes, rho, x1, num, seed):
+    """The fast solvers' replacement against the PC replacement without a corrector."""
+    exact_mean, exact_std = rho * x1, np.sqrt(1.0 - rho**2)
+    data = jnp.zeros((num, 2)).at[:, 0].set(x1)
+    print(f'\nFast solvers, replacement without a corrector (rho = {rho}, x1 = {x1}, {num} ')
+    print(f'samples; exact mean {exact_mean:.4f}, std {exact_std:.4f})\n')
+    print('| SDE | method | NFE | mean | std | mean − exact | std − exact |')
+    print('|---|---|---|---|---|---|---|')
+    for sde_name, sde in sdes:
+        score_fn = gaussian(rho).score_fn(sde)
+        rows = [('PC reverse diffusion, no corrector', sde.N, None)]
+        rows += [(label, plan.nfe, plan) for label, plan in ((n, f(sde)) for n, f in FAST)]
+        for label, nfe, plan in rows:
+            if plan is None:
+                inpaint = sampling.get_pc_inpainter(sde, 'reverse_diffusion', 'none', 0.16)
+            else:
+                inpaint = sampling.get_solver_inpainter(sde, plan)
+            x = np.asarray(inpaint(jax.random.PRNGKey(seed), score_fn, data, MASK), np.float64)
+            assert (x[:, 0] == np.float32(x1)).all(), 'the known part must be kept exactly'
+            mean, std = x[:, 1].mean(), x[:, 1].std()
+            print(
+                f'| {sde_name} | {label} | {nfe} | {mean:.4f} | {std:.4f} | '
+                f'{mean - exact_mean:+.4f} | {std - exact_std:+.4f} |',
+                flush=True,
+            )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--num', type=int, default=20000, help='samples per method')
     parser.add_argument('--steps', type=int, default=500, help='N, the number of PC steps')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--tables', default='main,repro,fast', help='which tables to print')
     args = parser.parse_args()
+    tables = args.tables.split(',')
     sdes = [
         ('VP', sde_lib.VPSDE(0.1, 20.0, args.steps)),
         ('VE', sde_lib.VESDE(0.01, 10.0, args.steps)),
     ]
+    if 'fast' in tables:
+        fast_table(sdes, 0.95, 1.116, args.num, args.seed)
+    if 'main' not in tables:
+        return
     table(
         'Main table: rho = 0.95, reverse diffusion + Langevin (snr 0.16), VPSDE(0.1, 20), '
         f'VESDE(0.01, 10), N = {args.steps}',

@@ -1,5 +1,6 @@
-"""Benchmark: samples/s and sample quality against NFE for the PC and ODE samplers of a
-trained DIGITS model (not a test).
+"""Benchmark: samples/s and sample quality against NFE for the samplers of a trained DIGITS
+model: PC, the adaptive probability-flow ODE and the fast solvers (DPM-Solver, DPM-Solver++,
+DDIM, EDM's Heun) at several NFE (not a test).
 
 Every sampler of the grid draws ``--num`` samples from the same snapshot (in batches of
 ``--batch``, one compile per sampler first); reported: NFE per sample, wall time, samples/s
@@ -8,15 +9,23 @@ training digits, as ``--mode eval`` computes it), plus FD_digits of ``--num`` tr
 test digits for scale (FD of a finite sample is biased upwards).
 
 PC samplers take N = ``model.num_scales`` steps (1 score evaluation each, 2 with the
-Langevin corrector); the ODE sampler is adaptive (Dopri5, in t or σ̃ = σ/α).
+Langevin corrector); the ODE sampler is adaptive (Dopri5, in t or σ̃ = σ/α); the fast
+solvers run at each NFE of ``--nfes`` (Heun: EDM's 2N − 1, the largest odd NFE ≤ the
+target).  ``--grid`` picks the rows ('pc_ode': the original grid; 'fast': EM N = 1000, the
+ODE at 1e-3 and the fast solvers; 'all'); ``--out`` writes the rows as JSON and ``--plot``
+draws FD_digits against NFE from them (``--replot``: redraw an earlier ``--out``);
+``--bootstrap B`` adds the standard deviation of FD_digits over B resamples of the samples,
+``--seed`` draws other samples.
 
     python bench/sampling_speed.py --workdir runs/digits_lw_is \
-        [--config configs/vp/digits_lw_is.py] [--num 512]
+        [--config configs/vp/digits_lw_is.py] [--num 512] [--grid fast --nfes 5,10,15,20,50] \
+        [--out fast.json --plot docs/images/sampling_fd_nfe.png]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -26,11 +35,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from snapshot import load_snapshot  # noqa: E402
 
 import datasets  # noqa: E402
 import digits_classifier  # noqa: E402, F401  (registers the feature network 'digits_mlp')
 import evaluation  # noqa: E402
+import file_io  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 from models import utils as mutils  # noqa: E402
@@ -49,7 +60,101 @@ GRID: List[tuple] = [
 ]
 
 
-def draw(snap, fields: Dict[str, Any], num_scales: int, num: int, batch: int):
+# The fast solvers (name, config.sampling fields); ``steps`` is set per NFE (:func:`steps_for`).
+FAST: List[tuple] = [
+    ('DPM-Solver-1', dict(method='dpm_solver', order=1, solver_type='singlestep')),
+    ('DPM-Solver-2S', dict(method='dpm_solver', order=2, solver_type='singlestep')),
+    ('DPM-Solver-3S', dict(method='dpm_solver', order=3, solver_type='singlestep')),
+    ('DPM-Solver-2M', dict(method='dpm_solver', order=2, solver_type='multistep')),
+    ('DPM-Solver-3M', dict(method='dpm_solver', order=3, solver_type='multistep')),
+    ('DPM-Solver++2M', dict(method='dpm_solver', order=2, solver_type='multistep')),
+    ('DPM-Solver++3M', dict(method='dpm_solver', order=3, solver_type='multistep')),
+    ('DDIM', dict(method='ddim', skip_type='time_uniform', eta=0.0)),
+    ('Heun', dict(method='heun', rho=7.0, denoise_to_zero=True)),
+    ('DDIM eta=1', dict(method='ddim', skip_type='time_uniform', eta=1.0)),
+]
+BASELINES = ['EM N=1000', 'ODE t 1e-3']
+
+
+def steps_for(fields: Dict[str, Any], nfe: int) -> int:
+    """``sampling.steps`` for about ``nfe`` evaluations: NFE itself, Heun (N − 1)/2 with
+    the final denoising (EDM's 2N − 1 evaluations)."""
+    return (nfe - 1) // 2 if fields['method'] == 'heun' else nfe
+
+
+def grid(which: str, nfes: List[int]) -> List[tuple]:
+    """Rows (name, family, config.sampling fields, model.num_scales) of ``--grid``."""
+    rows = [(name, name, fields, n) for name, fields, n in GRID]
+    if which == 'pc_ode':
+        return rows
+    fast = []
+    for family, fields in FAST:
+        algorithm = 'dpmsolver++' if '++' in family else 'dpmsolver'
+        for nfe in nfes:
+            f = dict(fields, steps=steps_for(fields, nfe), algorithm=algorithm)
+            fast.append((f'{family} NFE={nfe}', family, f, 1000))
+    if which == 'fast':
+        rows = [r for r in rows if r[0] in BASELINES]
+    return rows + fast
+
+
+def plot(results: List[Dict[str, Any]], reference: Dict[str, float], path: str) -> None:
+    """FD_digits against NFE (log axis): one line per fast-solver family (± the bootstrap
+    sd where measured), the baselines as points, EM N = 1000's FD as a dashed level and the
+    training digits' FD as the floor."""
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    families = list(dict.fromkeys(r['family'] for r in results))
+    for i, family in enumerate(families):
+        rows = sorted((r for r in results if r['family'] == family), key=lambda r: r['nfe'])
+        style = ('o', '-' if i < 10 else '--') if len(rows) > 1 else ('s', 'none')
+        ax.errorbar(
+            [r['nfe'] for r in rows],
+            [r['fd'] for r in rows],
+            yerr=[r.get('fd_sd', 0.0) for r in rows],
+            marker=style[0],
+            ls=style[1],
+            label=family,
+            ms=4,
+            capsize=2,
+        )
+    target = [r['fd'] for r in results if r['name'] == 'EM N=1000']
+    if target:
+        ax.axhline(target[0], color='black', ls='--', lw=0.8, label='EM N=1000 level')
+    if 'train' in reference:
+        ax.axhline(reference['train'], color='grey', ls=':', label='training digits')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('NFE (score evaluations per sample)')
+    ax.set_ylabel('FD_digits')
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which='both', alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=110)
+    file_io.atomic_write(path, buffer.getvalue())
+
+
+def fd_spread(images: np.ndarray, workdir: str, config, draws: int, seed: int = 0) -> float:
+    """Bootstrap standard deviation of FD_digits: its spread over ``draws`` resamples (with
+    replacement) of the images, against the same reference statistics."""
+    net = evaluation.get_feature_net(workdir, config)
+    ref = evaluation.reference_stats(net, config.data.dataset, workdir, config)
+    levels = evaluation.quantize(
+        images, int(config.data.num_bins), bool(config.data.uniform_dequantization)
+    )
+    features = np.asarray(net(levels)[0], np.float64)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        mu, sigma = evaluation.feature_stats(
+            features[rng.integers(0, len(features), len(features))]
+        )
+        values.append(evaluation.frechet_distance(mu, sigma, ref.mu, ref.sigma))
+    return float(np.std(values, ddof=1))
+
+
+def draw(snap, fields: Dict[str, Any], num_scales: int, num: int, batch: int, seed: int = 0):
     """(samples in [0, 1], NFE per sample, seconds after the compiling first batch)."""
     config = snap.config.copy_and_resolve_references()
     config.sampling.update(fields)
@@ -63,7 +168,8 @@ def draw(snap, fields: Dict[str, Any], num_scales: int, num: int, batch: int):
     jax.block_until_ready(sampler(jax.random.PRNGKey(99), score_fn))  # compile
     out, nfes, start = [], [], time.perf_counter()
     for i in range(-(-num // batch)):
-        x, nfe = jax.block_until_ready(sampler(jax.random.PRNGKey(i), score_fn))
+        key = jax.random.fold_in(jax.random.PRNGKey(i), seed) if seed else jax.random.PRNGKey(i)
+        x, nfe = jax.block_until_ready(sampler(key, score_fn))
         out.append(np.asarray(x))
         nfes.append(int(nfe))
     seconds = time.perf_counter() - start
@@ -78,28 +184,54 @@ def main() -> None:
     parser.add_argument('--num', type=int, default=512)
     parser.add_argument('--batch', type=int, default=256)
     parser.add_argument('--only', default='', help='comma-separated names of the grid')
+    parser.add_argument('--grid', default='pc_ode', choices=('pc_ode', 'fast', 'all'))
+    parser.add_argument('--nfes', default='5,10,15,20,50', help='NFE of the fast solvers')
+    parser.add_argument('--out', default='', help='JSON file of the rows')
+    parser.add_argument('--plot', default='', help='PNG of FD_digits against NFE')
+    parser.add_argument('--replot', action='store_true', help='only redraw --plot from --out')
+    parser.add_argument('--seed', type=int, default=0, help='other draws (0: the default)')
+    parser.add_argument('--bootstrap', type=int, default=0, help='resamples for FD ± sd')
     args = parser.parse_args()
+    if args.replot:
+        saved = file_io.read_json(args.out)
+        plot(saved['rows'], saved['reference'], args.plot)
+        return
     snap = load_snapshot(args.config, args.workdir, args.ckpt)
 
     def fd(images: np.ndarray) -> float:
         return evaluation.sample_quality(images, args.workdir, snap.config)['fid']
 
+    reference = {}
     for split in ('train', 'test'):
         levels = datasets.get_shard(snap.config, split, process_index=0, process_count=1).data[
             : args.num
         ]
         images = datasets.to_unit_interval(levels, int(snap.config.data.num_bins))
-        print(f'{len(levels)} {split} digits: FD_digits {fd(images):.2f}', flush=True)
-    print(f'{"sampler":>12} {"NFE":>7} {"seconds":>8} {"samples/s":>10} {"FD_digits":>10}')
+        reference[split] = fd(images)
+        print(f'{len(levels)} {split} digits: FD_digits {reference[split]:.2f}', flush=True)
+    print(f'{"sampler":>24} {"NFE":>7} {"seconds":>8} {"samples/s":>10} {"FD_digits":>10}')
     wanted = set(filter(None, args.only.split(',')))
-    for name, fields, num_scales in GRID:
+    rows = []
+    for name, family, fields, num_scales in grid(args.grid, [int(n) for n in args.nfes.split(',')]):
         if wanted and name not in wanted:
             continue
-        x, nfe, seconds = draw(snap, fields, num_scales, args.num, args.batch)
+        x, nfe, seconds = draw(snap, fields, num_scales, args.num, args.batch, args.seed)
+        row = dict(name=name, family=family, fields=fields, nfe=nfe, seconds=seconds)
+        row['seed'] = args.seed
+        row.update(samples_per_s=args.num / seconds, fd=fd(x), num=args.num)
+        if args.bootstrap:
+            row['fd_sd'] = fd_spread(x, args.workdir, snap.config, args.bootstrap)
+        rows.append(row)
+        spread = f' ± {row["fd_sd"]:.2f}' if args.bootstrap else ''
         print(
-            f'{name:>12} {nfe:7.0f} {seconds:8.1f} {args.num / seconds:10.2f} {fd(x):10.2f}',
+            f'{name:>24} {nfe:7.0f} {seconds:8.1f} {row["samples_per_s"]:10.2f} '
+            f'{row["fd"]:10.2f}{spread}',
             flush=True,
         )
+        if args.out:
+            file_io.write_json(args.out, {'reference': reference, 'rows': rows})
+    if args.plot:
+        plot(rows, reference, args.plot)
 
 
 if __name__ == '__main__':

@@ -45,7 +45,7 @@ def _training() -> ml_collections.ConfigDict:
 def _sampling() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
-            'method': 'pc',  # 'pc' | 'ode'
+            'method': 'pc',  # 'pc' | 'ode' | 'dpm_solver' | 'ddim' | 'heun' (SAMPLING_METHODS)
             'predictor': 'euler_maruyama',  # sampling.predictor_names()
             'corrector': 'none',  # sampling.corrector_names()
             'snr': 0.16,  # corrector signal-to-noise ratio
@@ -58,6 +58,15 @@ def _sampling() -> ml_collections.ConfigDict:
             'ode_time': 't',  # integration variable, sde_lib.ODE_TIMES ('t': the original)
             'eps': 1e-3,  # smallest sampling time t
             'smallest_time': placeholder(float),  # score_flow's name: sets sampling.eps
+            # fixed-step solvers of the probability-flow ODE (docs/sampling.md)
+            'steps': 20,  # NFE of dpm_solver and ddim; Heun steps of heun (2 NFE each)
+            'order': 3,  # dpm_solver: 1 (= DDIM), 2 or 3 (sampling.DPM_ORDERS)
+            'solver_type': 'multistep',  # dpm_solver: sampling.SOLVER_TYPES
+            'algorithm': 'dpmsolver++',  # dpm_solver: ε̂ or x̂₀ form, sampling.DPM_ALGORITHMS
+            'skip_type': 'logSNR',  # time steps of dpm_solver and ddim, sampling.SKIP_TYPES
+            'eta': 0.0,  # ddim: η in [0, 1] (0: deterministic, 1: ancestral)
+            'rho': 7.0,  # heun: EDM's ρ of the time steps σ̃_i (σ̃ = σ/α)
+            'denoise_to_zero': False,  # fast solvers: one more NFE, x̂₀ = E[x_0 | x_eps]
             # --mode sample (controllable generation, Score SDE §5; docs/controllable.md)
             'task': 'unconditional',  # sample_runner.TASKS
             'num_samples': 64,  # samples (class_conditional: per class; else test images)

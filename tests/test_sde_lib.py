@@ -219,7 +219,7 @@ def test_importance_sampled_times_follow_density(name, key):
     np.testing.assert_allclose(ends, [EPS, sde.T], rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize('name', ('vp', 've', 'linear_ve', 'scoreflow_linear_ve'))
+@pytest.mark.parametrize('name', ('vp', 'subvp', 've', 'linear_ve', 'scoreflow_linear_ve'))
 def test_closed_form_inverse_equals_bisection(name):
     """Equal to float32 precision; for VE, c = 2 log σ(t) loses ~4e-8 absolute in t to the
     cancellation log σ(t) − log σ_min, hence the absolute tolerance."""
@@ -232,6 +232,22 @@ def test_closed_form_inverse_equals_bisection(name):
     bisect = sde_lib.SDE.inverse_log_inverse_snr(sde, c)
     np.testing.assert_allclose(closed, bisect, rtol=3e-5, atol=atol)
     np.testing.assert_allclose(sde.log_inverse_snr(closed), c, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_half_log_snr_and_its_inverse(name):
+    """λ(t) = log(α/σ) against the float64 table of docs/MATH.md, and t(λ(t)) = t, in
+    float32 (t ∈ [1e-3, 1]: the sampling range) and float64 (to 1e-12)."""
+    sde = make_sde(name)
+    t = np.asarray([1e-3, 0.01, 0.1, 0.37, 0.8, 1.0])
+    alpha, sigma, _, _ = ref_coeffs(name, t)
+    lam = sde.half_log_snr(jnp.asarray(t, jnp.float32))
+    np.testing.assert_allclose(lam, np.log(alpha / sigma), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sde.time_of_half_log_snr(lam), t, rtol=1e-4)
+    with jax.enable_x64(True):
+        lam64 = sde.half_log_snr(jnp.asarray(t))
+        np.testing.assert_allclose(lam64, np.log(alpha / sigma), rtol=1e-12)
+        np.testing.assert_allclose(sde.time_of_half_log_snr(lam64), t, rtol=1e-12)
 
 
 @pytest.mark.parametrize('name', ('vp', 've', 'scoreflow_linear_ve'))
@@ -351,7 +367,7 @@ def test_scoreflow_linear_ve_network_convention():
 @pytest.mark.parametrize('name', NAMES)
 def test_ode_time_change_is_a_consistent_change_of_variable(name, ode_time):
     """u(t) is σ̃ = σ/α or its log (float64 reference), t(u(t)) = t, and dt/du is the
-    derivative of t(u) (central differences in float64; sub-VP inverts by bisection)."""
+    derivative of t(u) (central differences in float64)."""
     sde = make_sde(name)
     change = sde.ode_time_change(ode_time)
     t = jnp.asarray([1e-4, 0.01, 0.3, 0.9, 0.999])  # inside [0, T]: bisection clamps there
