@@ -59,8 +59,9 @@ def _sampling() -> ml_collections.ConfigDict:
             'eps': 1e-3,  # smallest sampling time t
             'smallest_time': placeholder(float),  # score_flow's name: sets sampling.eps
             # fixed-step solvers of the probability-flow ODE (docs/sampling.md)
-            'steps': 20,  # NFE of dpm_solver and ddim; Heun steps of heun (2 NFE each)
-            'order': 3,  # dpm_solver: 1 (= DDIM), 2 or 3 (sampling.DPM_ORDERS)
+            # default DPM-Solver++2M at 15 NFE: the best measured on DIGITS at <= 15 NFE
+            'steps': 15,  # NFE of dpm_solver and ddim; Heun steps of heun (2 NFE each)
+            'order': 2,  # dpm_solver: 1 (= DDIM), 2 or 3 (sampling.DPM_ORDERS)
             'solver_type': 'multistep',  # dpm_solver: sampling.SOLVER_TYPES
             'algorithm': 'dpmsolver++',  # dpm_solver: ε̂ or x̂₀ form, sampling.DPM_ALGORITHMS
             'skip_type': 'logSNR',  # time steps of dpm_solver and ddim, sampling.SKIP_TYPES
