@@ -52,8 +52,10 @@ Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
 SAMPLING_METHODS = ('pc', 'ode')  # config.sampling.method
-# config.sampling.task: what `main.py --mode sample` draws (see sample_runner).
-SAMPLING_TASKS = ('unconditional', 'class_conditional', 'inpaint', 'colorize')
+# config.sampling.task: what `main.py --mode sample` draws (see sample_runner); the
+# encoder tasks (the probability-flow ODE as an encoder) are run by encoding.py.
+ENCODER_TASKS = ('encode', 'interpolate', 'identifiability')
+SAMPLING_TASKS = ('unconditional', 'class_conditional', 'inpaint', 'colorize') + ENCODER_TASKS
 _PREDICTORS: Dict[str, Type[Predictor]] = {}
 _CORRECTORS: Dict[str, Type[Corrector]] = {}
 
