@@ -76,6 +76,30 @@ def save_samples(folder: str, samples: np.ndarray) -> None:
         save_png(os.path.join(folder, 'sample.png'), picture)
 
 
+def scatter_plot(
+    path: str,
+    series: Mapping[str, Tuple[np.ndarray, np.ndarray]],
+    xlabel: str,
+    ylabel: str,
+    title: str = '',
+) -> None:
+    """A PNG scatter plot of named point sets ``{label: (x, y)}`` (first drawn first, in
+    matplotlib's colour cycle) with the diagonal y = x and a legend."""
+    fig = Figure(figsize=(4.8, 4.8))
+    ax = fig.subplots()
+    for label, (x, y) in series.items():
+        ax.scatter(np.ravel(x), np.ravel(y), s=4, alpha=0.5, label=label)
+    lim = max(float(np.max(np.abs(np.concatenate([np.ravel(a) for a in series.values()])))), 1e-6)
+    ax.plot([-lim, lim], [-lim, lim], color='k', lw=0.8)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(-lim, lim), ylim=(-lim, lim))
+    ax.legend(loc='upper left', fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=100)
+    file_io.atomic_write(path, buf.getvalue())
+
+
 def plot_metrics(
     path: str,
     metrics: Mapping[str, Mapping[str, Optional[float]]],

@@ -7,7 +7,8 @@ does the work:
 
     main.py → run_lib → trainer (--mode train), eval_runner (--mode eval),
                         dequantizer (--mode train_deq),
-                        classifier (--mode train_classifier), sample_runner (--mode sample),
+                        classifier (--mode train_classifier), sample_runner and
+                        encoding (--mode sample),
                         original_checkpoint (--mode import)
 
 A bad config stops with one :class:`errors.UserError` before any work starts.
@@ -23,10 +24,12 @@ import ml_collections
 
 import classifier
 import dequantizer
+import encoding
 import eval_runner
 import file_io
 import original_checkpoint
 import sample_runner
+import sampling
 from eval_store import METRICS_FILE
 from train_state import TrainState
 from trainer import Trainer
@@ -94,7 +97,9 @@ def sample(
     ``W/<folder>`` (PNG grid, NPZ, metrics.json); resumable. Bad input stops before
     anything is written."""
     config = prepare_config(config)
-    runner = sample_runner.SampleRunner(config, workdir, folder, classifier_folder)
+    encoder = config.sampling.task in sampling.ENCODER_TASKS
+    runner_cls = encoding.EncodingRunner if encoder else sample_runner.SampleRunner
+    runner = runner_cls(config, workdir, folder, classifier_folder)
     save_config(config, os.path.join(workdir, folder, f'config_{config.sampling.task}.json'))
     return runner.run()
 

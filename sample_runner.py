@@ -223,12 +223,7 @@ class SampleRunner:
         return wanted
 
     def _score_model(self):
-        model, _, template = create_train_state(self.config, get_mesh())
-        state = checkpointing.restore_checkpoint(
-            self.workdir, self.ckpt, template, float(self.config.eval.ckpt_timeout)
-        )
-        logging.info('Score model: snapshot %d (step %d).', self.ckpt, int(state.step))
-        return model, {'params': state.ema_params}
+        return restore_score_model(self.config, self.workdir, self.ckpt)
 
     def score_fn(self, variables):
         return mutils.get_score_fn(
@@ -442,6 +437,16 @@ class SampleRunner:
         if 'levels' in arrays:
             return self.data.levels_to_unit(arrays['levels'])
         return arrays['samples']
+
+
+def restore_score_model(config: ml_collections.ConfigDict, workdir: str, ckpt: int):
+    """(model, {'params': EMA parameters}) of snapshot ``ckpt`` of ``workdir``."""
+    model, _, template = create_train_state(config, get_mesh())
+    state = checkpointing.restore_checkpoint(
+        workdir, ckpt, template, float(config.eval.ckpt_timeout)
+    )
+    logging.info('Score model %s: snapshot %d (step %d).', workdir, ckpt, int(state.step))
+    return model, {'params': state.ema_params}
 
 
 def grey(x: np.ndarray) -> np.ndarray:

@@ -59,8 +59,10 @@ SOLVER_TYPES = solver_plans.SOLVER_TYPES  # config.sampling.solver_type
 DPM_ALGORITHMS = solver_plans.DPM_ALGORITHMS  # config.sampling.algorithm
 DPM_ORDERS = solver_plans.DPM_ORDERS  # config.sampling.order
 SKIP_TYPES = solver_plans.SKIP_TYPES  # config.sampling.skip_type
-# config.sampling.task: what `main.py --mode sample` draws (see sample_runner).
-SAMPLING_TASKS = ('unconditional', 'class_conditional', 'inpaint', 'colorize')
+# config.sampling.task: what `main.py --mode sample` draws (see sample_runner); the
+# encoder tasks (the probability-flow ODE as an encoder) are run by encoding.py.
+ENCODER_TASKS = ('encode', 'interpolate', 'identifiability')
+SAMPLING_TASKS = ('unconditional', 'class_conditional', 'inpaint', 'colorize') + ENCODER_TASKS
 _PREDICTORS: Dict[str, Type[Predictor]] = {}
 _CORRECTORS: Dict[str, Type[Corrector]] = {}
 

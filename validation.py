@@ -171,6 +171,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     for field, (default, problem) in _REFUSED.items():
         if _get(config, field) != default:
             _fail(field, _get(config, field), problem)
+    if config.sampling.reference_workdir and config.sampling.task != 'identifiability':
+        _fail(
+            'sampling.reference_workdir',
+            config.sampling.reference_workdir,
+            "is read only by sampling.task='identifiability'; drop it",
+        )
     _check_batch_sizes(config, num_devices)
     for field in _MULTIPLES_OF_JITTED_STEPS:
         if _get(config, field) % config.training.n_jitted_steps:

@@ -75,6 +75,8 @@ def _sampling() -> ml_collections.ConfigDict:
             'classifier_scale': 1.0,  # ∇log p_t(x) + scale·∇log p_t(y|x); 1 = exact
             'mask': 'bottom_half',  # inpaint: sample_runner.MASKS, 'random_pixels:<p>', .npy
             'inpaint_resample': 1,  # RePaint rounds per step (inpaint, colorize); 1 = original
+            # identifiability: a second model's work directory (its newest snapshot)
+            'reference_workdir': '',
         }
     )
 
