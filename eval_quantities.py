@@ -189,21 +189,24 @@ def dequantized_input(
 
 def truncated_normal_input(ctx: EvalContext, deq_keys: Array, x: Array) -> Tuple[Array, Array]:
     """i-DODE's training-free dequantization (``likelihood.truncated_normal_dequantization``
-    at the ODE's start time ε = ``eval.eps``): the point y_ε = α(ε) scaler((x̄ + u)/K), a
-    draw of the forward kernel of the bin's centre truncated to the scaled bin, and
-    log q(u|x̄) − D log α(ε). Fed to the ODE as it is, this makes the usual conversion
-    (``_BitsPerDim.in_data_units``, ``likelihood.bpd``) the exact bound
+    at the ODE's start time ε = ``eval.eps``): the point y_ε = α(ε) scaler(x), a draw of
+    the forward kernel of the bin's centre truncated to the scaled bin, with the bins
+    centred on the levels the model was trained on — x = (x̄ + u)/K (bins of width 1/K)
+    after uniformly dequantized training, x = (x̄ + u − ½)/(K − 1) (width 1/(K − 1))
+    after training on x̄/(K − 1) — and log q(u|x̄) − D log(α K w_x). Fed to the ODE as it
+    is, this makes the usual conversion (``_BitsPerDim.in_data_units``, ``likelihood.bpd``)
+    the exact bound
 
-        −log P(x̄) ≤ E_u[−log p_ε(y_ε) − D log(α a/K) + log q(u|x̄)],
+        −log P(x̄) ≤ E_u[−log p_ε(y_ε) − D log(α a w_x) + log q(u|x̄)],
 
     P(x̄) = ∫ p_ε over the bin scaled by α (docs/MATH.md §Bits per dimension)."""
-    data = ctx.data
-    alpha, tau = likelihood.truncation(
-        ctx.sde, float(ctx.config.eval.eps), data.scale / data.num_bins
-    )
+    data, k = ctx.data, ctx.data.num_bins
+    width = 1.0 / k if data.train_dequantized else 1.0 / (k - 1)
+    alpha, tau = likelihood.truncation(ctx.sde, float(ctx.config.eval.eps), data.scale * width)
     u, log_q = likelihood.truncated_normal_dequantization(deq_keys, data.shape, tau)
-    y = alpha * data.scaler(data.dequantize(x, u))
-    return y, log_q - data.dim * jnp.log(alpha)
+    x01 = data.dequantize(x, u) if data.train_dequantized else (x + u - 0.5) * width
+    y = alpha * data.scaler(x01)
+    return y, log_q - data.dim * (jnp.log(alpha) + np.log(k * width))
 
 
 # --------------------------------------------------------------------------- registry
