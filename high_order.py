@@ -13,11 +13,11 @@ docs/MATH.md §High-order score matching), per probe direction v (E[v vᵀ] = I)
     M = σ² ∇ₓs_θ + I − ℓ ℓᵀ,
     R_v = σ³ ∇ₓ(vᵀ ∇ₓs_θ v) + (vᵀℓ)² ℓ − (σ² vᵀ∇s_θ v + ‖v‖²) ℓ − 2 (vᵀℓ)(σ² ∇s_θ v + v);
 
-at the exact score s_θ = ∇log p_t, E[M | x_t] = σ² (∇s_θ − ∇²log p_t) and
-E[R_v | x_t] = σ³ ∇(vᵀ(∇s_θ − ∇²log p_t) v), both zero when the Jacobian is exact too,
-
-with ∇s_θ inside R_v's last three terms and ℓ held fixed (stop-gradient), as in Lu et al.'s
-code. The objectives are ‖M‖²_F + (tr M)² (second order, Frobenius and trace) and
+ℓ and the ∇s_θ inside R_v's last three terms are held fixed (stop-gradient), as in Lu et
+al.'s code. Where s_θ = ∇log p_t, E[M | x_t] = σ² (∇s_θ − ∇²log p_t) and
+E[R_v | x_t] = σ³ ∇(vᵀ(∇s_θ − ∇²log p_t) v): both vanish exactly when the Jacobian and the
+gradient of its quadratic forms are exact too (docs/MATH.md §High-order score matching).
+The objectives are ‖M‖²_F + (tr M)² (second order, Frobenius and trace) and
 ‖E_v R_v‖² (third order). Two independent probes v₁, v₂ per example make every estimator
 unbiased for them:
 
