@@ -11,6 +11,10 @@ miniature, ``scripts/scoreflow_table.py``), read from the run's work directory W
 * KL(data ‖ model) of TOY runs (:class:`ToyKL`): TOY data have an exact density, so
   KL = E_x[log p_data(x) + nll(x)] over the test points, from the per-example nll of an
   evaluation (the ODE's, or the bound's: an upper bound on KL up to Monte Carlo noise).
+* Two evaluations of the same images compared image by image (:func:`paired_over_images`):
+  runs of one seed see the same dequantization noise and probes (``eval_quantities``), so
+  their difference has the standard error of the per-image differences, far below that of
+  either mean (the high-order fine-tuning of docs/results.md).
 """
 
 from __future__ import annotations
@@ -395,6 +399,29 @@ class ToyKL:
         if nll_mean is None:
             return math.nan, math.nan
         return nll_mean + float(logp.mean()), se
+
+
+def paired_over_images(folder_a: str, folder_b: str, key: str, tag: str) -> Dict[str, float]:
+    """``key`` (e.g. 'bpd', 'nll', 'nfe') of two evaluations of the same images — the
+    ``ckpt_<n>`` folders of two runs, pass ``tag`` ('bpd', 'bound') — and the paired
+    difference b − a: {'a', 'a_se', 'b', 'b_se', 'diff', 'diff_se', 'num_images'}, each
+    mean with its standard error over images (repeats averaged first,
+    ``eval_store.mean_and_stderr_over_images``). The two must hold the same (image,
+    repeat) pairs."""
+    a, b = (load_per_example(folder, tag) for folder in (folder_a, folder_b))
+    if a is None or b is None:
+        missing = folder_a if a is None else folder_b
+        raise FileNotFoundError(f'no {tag}_h<host>.npz results in {missing}')
+    a, b = eval_store.sorted_results(a), eval_store.sorted_results(b)
+    pairs = [k for k in ('index', 'repeat') if k in a]
+    if any(not np.array_equal(a[k], b.get(k)) for k in pairs):
+        raise ValueError(f'{folder_a} and {folder_b} hold different images or repeats')
+    index = a['index']
+    values = {name: np.asarray(r[key], np.float64) for name, r in (('a', a), ('b', b))}
+    out: Dict[str, float] = {'num_images': float(len(np.unique(index)))}
+    for name, v in (*values.items(), ('diff', values['b'] - values['a'])):
+        out[name], out[f'{name}_se'] = eval_store.mean_and_stderr_over_images(v, index)
+    return out
 
 
 def per_example_nll(folder: str, which: str) -> Optional[eval_store.Results]:

@@ -172,15 +172,41 @@ def dequantized_input(
     ctx: EvalContext, deq_variables: Any, keys: Array, x: Array
 ) -> Tuple[Array, Array]:
     """(y, log q(u|x̄)): model input y = scaler((x̄ + u)/K) of raw data x̄ with u from the
-    variational dequantizer (``ctx.dequantizer``) or u ~ U[0,1)^D (log q = 0); vectors
-    are scaled unchanged. u comes from ``stream(keys, DEQ_STREAM)``."""
+    variational dequantizer (``ctx.dequantizer``), from the truncated normal of
+    ``eval.dequantization='truncated_normal'`` (:func:`truncated_normal_input`), or
+    u ~ U[0,1)^D (log q = 0); vectors are scaled unchanged. u comes from
+    ``stream(keys, DEQ_STREAM)``."""
     data = ctx.data
     deq_keys = stream(keys, DEQ_STREAM)
     if data.num_bins is not None and ctx.dequantizer is not None:
         u, log_q = ctx.dequantizer(deq_variables, deq_keys, x)
+    elif data.num_bins is not None and ctx.config.eval.dequantization == 'truncated_normal':
+        return truncated_normal_input(ctx, deq_keys, x)
     else:
         u, log_q = data.uniform_noise(deq_keys), jnp.zeros(x.shape[0])
     return data.scaler(data.dequantize(x, u)), log_q
+
+
+def truncated_normal_input(ctx: EvalContext, deq_keys: Array, x: Array) -> Tuple[Array, Array]:
+    """i-DODE's training-free dequantization (``likelihood.truncated_normal_dequantization``
+    at the ODE's start time ε = ``eval.eps``): the point y_ε = α(ε) scaler(x), a draw of
+    the forward kernel of the bin's centre truncated to the scaled bin, with the bins
+    centred on the levels the model was trained on — x = (x̄ + u)/K (bins of width 1/K)
+    after uniformly dequantized training, x = (x̄ + u − ½)/(K − 1) (width 1/(K − 1))
+    after training on x̄/(K − 1) — and log q(u|x̄) − D log(α K w_x). Fed to the ODE as it
+    is, this makes the usual conversion (``_BitsPerDim.in_data_units``, ``likelihood.bpd``)
+    the exact bound
+
+        −log P(x̄) ≤ E_u[−log p_ε(y_ε) − D log(α a w_x) + log q(u|x̄)],
+
+    P(x̄) = ∫ p_ε over the bin scaled by α (docs/MATH.md §Bits per dimension)."""
+    data, k = ctx.data, ctx.data.num_bins
+    width = 1.0 / k if data.train_dequantized else 1.0 / (k - 1)
+    alpha, tau = likelihood.truncation(ctx.sde, float(ctx.config.eval.eps), data.scale * width)
+    u, log_q = likelihood.truncated_normal_dequantization(deq_keys, data.shape, tau)
+    x01 = data.dequantize(x, u) if data.train_dequantized else (x + u - 0.5) * width
+    y = alpha * data.scaler(x01)
+    return y, log_q - data.dim * (jnp.log(alpha) + np.log(k * width))
 
 
 # --------------------------------------------------------------------------- registry
@@ -370,6 +396,9 @@ class EvalLoss(PerExampleQuantity):
         'training.importance_weighting',
         'training.eps',
         'training.objective',
+        'training.score_matching_order',
+        'training.second_order_weight',
+        'training.third_order_weight',
     )
     phase, running_key = PHASE_LOSS, 'loss'
 
@@ -433,6 +462,7 @@ class ODEBitsPerDim(_BitsPerDim):
     fingerprint = (
         'eval.bpd_dataset',
         'eval.dequantizer',
+        'eval.dequantization',
         'eval.rtol',
         'eval.atol',
         'eval.eps',
@@ -490,6 +520,7 @@ class BoundBitsPerDim(_BitsPerDim):
     fingerprint = (
         'eval.bpd_dataset',
         'eval.dequantizer',
+        'eval.dequantization',
         'eval.dsm',
         'eval.bound_importance_weighting',
         'eval.offset',

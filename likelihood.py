@@ -14,6 +14,8 @@ trained model through ``models.utils.get_score_fn``, or a closed form in tests):
   integral over t with no ODE solve, plus the ε-offset decoder term.
 * :func:`bpd` — nats per example of the model-space data → bits per dimension of the
   discrete data (uniform dequantization and the data scaler's Jacobian).
+* :func:`truncated_normal_dequantization` — i-DODE's training-free dequantization q(u | x̄),
+  the forward kernel of the ODE's start time ε truncated to the bin (:data:`DEQUANTIZATIONS`).
 
 Randomness is per example: ``rng`` is one key, folded in with the example's index, or a
 [B] array of keys (evaluation passes ``fold_in(key, example_index)``), so an example's
@@ -503,3 +505,33 @@ def bpd(nll, dim: int, num_bins: int | None = 256, scale: float = 1.0):
     """
     offset = 0.0 if num_bins is None else np.log2(num_bins)
     return nll_in_data_units(nll, dim, scale) / dim / np.log(2.0) + offset
+
+
+# --- dequantization of discrete data --------------------------------------------------------
+DEQUANTIZATIONS = ('uniform', 'truncated_normal')
+
+
+def truncation(sde: SDE, eps: float, bin_width: float) -> Tuple[Array, Array]:
+    """(α(ε), τ) of the truncated-normal dequantization (Zheng et al., i-DODE, ICML 2023).
+
+    A bin of width w (in model units) with centre y_c is dequantized at the ODE's start time
+    ε by its forward kernel p_0ε(y_ε | y_c) = N(α y_c, σ² I) restricted to the scaled bin
+    α (y_c ± w/2): y_ε = α y_c + σ z with z ~ N(0, 1) truncated to [−τ, τ], τ = α w/(2σ).
+    """
+    t = jnp.asarray(eps, jnp.float32)
+    alpha = jnp.exp(sde.log_mean_coeff(t))
+    return alpha, alpha * bin_width / (2.0 * sde.std(t))
+
+
+def truncated_normal_dequantization(keys: Array, shape, tau: Array) -> Tuple[Array, Array]:
+    """(u [B, *shape], log q(u) [B]) of u = ½ + z/(2τ), z ~ N(0, 1) truncated to [−τ, τ]
+    per dimension, one key per example:
+
+        log q(u) = Σ_d [log φ(z_d) − log Z + log 2τ],     Z = erf(τ/√2).
+
+    u ∈ (0, 1) is the position in the bin, as for uniform dequantization (x = (x̄ + u)/K).
+    """
+    z = jax.vmap(lambda k: jax.random.truncated_normal(k, -tau, tau, shape))(keys)
+    log_z = jnp.log(jax.scipy.special.erf(tau / np.sqrt(2.0)))
+    per_dim = -0.5 * z**2 - 0.5 * np.log(2.0 * np.pi) - log_z + jnp.log(2.0 * tau)
+    return 0.5 + z / (2.0 * tau), jnp.sum(jnp.reshape(per_dim, (z.shape[0], -1)), axis=-1)

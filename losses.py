@@ -36,6 +36,16 @@ losses ``[B]``; the batch loss is their mean.  With ``α = α(t)``, ``σ = σ(t)
   this equals the DSM loss minus the θ-free ½ λ E‖z/σ‖² = ½ λ D/σ², i.e. explicit score
   matching ½ λ E‖s − ∇log p_t‖² up to a constant (same reductions as DSM).
 
+* High-order denoising score matching (Lu et al., ICML 2022; ``score_matching_order``
+  2 or 3, :mod:`high_order`): the first-order term plus γ₂ times the second-order
+  (Frobenius and trace) and, for order 3, γ₃ times the third-order objective at the same
+  t and x_t, all with the weight w(t) of the time sampling::
+
+      w(t) [ reduce(‖σ s_θ + z‖²) + κ γ₂ (‖M‖²_F + (tr M)²) + κ γ₃ ‖E_v R_v‖² ],
+
+  κ = 1/D² with ``reduce_mean`` (Lu et al.'s normalisation), else 1/(2D) (the half sum's
+  ½ and the same extra 1/D); M and R_v as in :mod:`high_order`.
+
 The objective's flags travel as one frozen :class:`LossOptions`; model-bound wrappers and
 the jit-friendly ``get_step_fn`` (on the ``train_state`` optimizer and EMA) follow.
 """
@@ -51,6 +61,7 @@ import ml_collections
 import numpy as np
 import optax
 
+import high_order
 import sde_lib
 from errors import UserError
 from models import utils as mutils
@@ -68,6 +79,19 @@ CoreLossFn = Callable[[Array, ScoreFn, Array], Array]
 
 OBJECTIVES = ('dsm', 'ssm')
 PROJECTIONS = ('rademacher', 'gaussian')
+# The config.training fields of the objective (LossOptions.from_config); a resume that
+# changes one of them is recorded in training.objective_changes (trainer.py).
+OBJECTIVE_FIELDS = (
+    'continuous',
+    'reduce_mean',
+    'likelihood_weighting',
+    'importance_weighting',
+    'eps',
+    'objective',
+    'score_matching_order',
+    'second_order_weight',
+    'third_order_weight',
+)
 
 
 # --- shared pieces -----------------------------------------------------------------
@@ -125,6 +149,44 @@ def dsm_loss(
     t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps, importance_normalizer)
     mean_coeff = jnp.exp(sde.log_mean_coeff(t))
     return w * _denoising_loss(z_rng, score_fn, x, t, mean_coeff, sde.std(t), reduce_mean)
+
+
+def high_order_scale(x: Array, reduce_mean: bool) -> float:
+    """κ of the high-order terms: 1/D² with ``reduce_mean``, else 1/(2D)."""
+    dim = int(np.prod(x.shape[1:]))
+    return 1.0 / dim**2 if reduce_mean else 0.5 / dim
+
+
+def high_order_dsm_loss(
+    rng: Array,
+    score_fn: ScoreFn,
+    x: Array,
+    sde: sde_lib.SDE,
+    reduce_mean: bool = True,
+    weighting: str = 'sigma2',
+    eps: float = 1e-5,
+    importance_normalizer: bool = False,
+    order: int = 2,
+    second_order_weight: float = 1.0,
+    third_order_weight: float = 1.0,
+    projection: str = 'rademacher',
+) -> Array:
+    """Lu et al.'s high-order DSM objective of ``order`` 2 or 3, per example [B].
+
+    w(t) [reduce(‖σ s_θ + z‖²) + κ γ₂ (‖M‖²_F + (tr M)²) + κ γ₃ ‖E_v R_v‖²] (module
+    docstring) with t, w from :meth:`sde_lib.SDE.sample_time_and_weight`, the same x_t for
+    every order and two probes v per example (:func:`high_order.high_order_terms`).
+    """
+    t_rng, z_rng, v_rng = jax.random.split(rng, 3)
+    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps, importance_normalizer)
+    std = sde.std(t)
+    x_t, z = _perturb(z_rng, x, jnp.exp(sde.log_mean_coeff(t)), std)
+    v = high_order.sample_probes(v_rng, x.shape, projection, x.dtype)
+    terms = high_order.high_order_terms(score_fn, x_t, t, z, std, v, order)
+    first = _reduce(jnp.square(batch_mul(std, terms['score']) + z), reduce_mean)
+    second = second_order_weight * (terms['frobenius'] + terms['trace'])
+    third = third_order_weight * terms['third'] if order >= 3 else 0.0
+    return w * (first + high_order_scale(x, reduce_mean) * (second + third))
 
 
 def sliced_score_matching(
@@ -243,6 +305,10 @@ class LossOptions:
       n_projections, projection: SSM's probes per example and their distribution.
       precision: the network's compute type in training ('float32', or 'bfloat16':
         mixed precision, ``models.utils.get_model_fn``); the loss is float32.
+      score_matching_order: 1 (first-order DSM), 2 or 3 (Lu et al.'s high-order DSM,
+        :func:`high_order_dsm_loss`; continuous 'dsm' only); ``projection`` is then the
+        distribution of its probes.
+      second_order_weight, third_order_weight: γ₂ and γ₃ of the high-order terms.
     """
 
     reduce_mean: bool = True
@@ -255,11 +321,21 @@ class LossOptions:
     n_projections: int = 1
     projection: str = 'rademacher'
     precision: str = 'float32'
+    score_matching_order: int = 1
+    second_order_weight: float = 1.0
+    third_order_weight: float = 1.0
 
     def __post_init__(self):
         _check_choice('objective', self.objective, OBJECTIVES)
         _check_choice('projection', self.projection, PROJECTIONS)
         sde_lib.weighting_of(self.likelihood_weighting, self.importance_weighting)
+        high_order.check_order(self.score_matching_order)
+        if self.score_matching_order > 1 and (not self.continuous or self.objective != 'dsm'):
+            raise UserError(
+                f'training.score_matching_order={self.score_matching_order} needs the '
+                'continuous denoising objective; set config.training.continuous=True and '
+                "config.training.objective='dsm', or score_matching_order=1."
+            )
         if not self.continuous and (self.likelihood_weighting or self.objective != 'dsm'):
             raise UserError(
                 'Discrete (continuous=False) SMLD/DDPM training supports only the '
@@ -279,6 +355,9 @@ class LossOptions:
             eps=float(t.eps),
             objective=str(t.objective),
             precision=str(t.precision),
+            score_matching_order=int(t.score_matching_order),
+            second_order_weight=float(t.second_order_weight),
+            third_order_weight=float(t.third_order_weight),
         )
 
     @property
@@ -315,6 +394,14 @@ def get_core_loss_fn(
     if opts.objective == 'ssm':
         kwargs.update(n_projections=opts.n_projections, projection=opts.projection)
         return lambda rng, score_fn, x: ssm_loss(rng, score_fn, x, sde, **kwargs)
+    if opts.score_matching_order > 1:
+        kwargs.update(
+            order=opts.score_matching_order,
+            second_order_weight=opts.second_order_weight,
+            third_order_weight=opts.third_order_weight,
+            projection=opts.projection,
+        )
+        return lambda rng, score_fn, x: high_order_dsm_loss(rng, score_fn, x, sde, **kwargs)
     return lambda rng, score_fn, x: dsm_loss(rng, score_fn, x, sde, **kwargs)
 
 

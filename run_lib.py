@@ -32,7 +32,7 @@ import sample_runner
 import sampling
 from eval_store import METRICS_FILE
 from train_state import TrainState
-from trainer import Trainer
+from trainer import Trainer, record_objective_change
 from validation import prepare_config
 
 
@@ -45,8 +45,10 @@ def save_config(config: ml_collections.ConfigDict, path: str) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """``--mode train``: trains (or resumes training of) ``config`` in ``workdir``; writes
-    the resolved config to ``W/config.json``; returns the final train state."""
-    config = prepare_config(config)
+    the resolved config to ``W/config.json`` (with ``training.objective_changes``: a resume
+    with another objective is fine-tuning, recorded with its step); returns the final
+    train state."""
+    config = record_objective_change(prepare_config(config), workdir)
     save_config(config, os.path.join(workdir, 'config.json'))
     return Trainer(config, workdir).run()
 

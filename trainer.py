@@ -48,6 +48,7 @@ import losses
 import pictures
 import sampling
 import sde_lib
+from configs.base import get_base_config
 from devices import get_mesh, to_global
 from errors import UserError
 from models import utils as mutils
@@ -303,6 +304,39 @@ class TrainLoop(abc.ABC):
         )
 
 
+def record_objective_change(
+    config: ml_collections.ConfigDict, workdir: str
+) -> ml_collections.ConfigDict:
+    """``config`` with ``training.objective_changes`` of the run so far (from its previous
+    ``W/config.json``) and, if training resumes from a saved step with another objective
+    (``losses.OBJECTIVE_FIELDS``: fine-tuning with a higher ``score_matching_order``, say),
+    one more entry ``'step <n>: <field> <old> -> <new>'``, which is also logged. The
+    optimizer state continues; only the loss changes from step n on."""
+    previous = file_io.read_json(os.path.join(workdir, 'config.json'), None)
+    if previous is None:
+        return config
+    old = previous.get('training', {})
+    defaults = get_base_config().training
+    changes = list(old.get('objective_changes', ()))
+    saved = checkpointing.list_preemption_checkpoints(workdir)
+    diffs = [
+        f'{name} {old.get(name, defaults[name])!r} -> {config.training[name]!r}'
+        for name in losses.OBJECTIVE_FIELDS
+        if old.get(name, defaults[name]) != config.training[name]
+    ]
+    if diffs and saved:
+        changes.append(f'step {saved[-1]}: ' + ', '.join(diffs))
+        logging.info(
+            'The objective changes on resuming at step %d: %s (fine-tuning; the optimizer '
+            'state continues).',
+            saved[-1],
+            ', '.join(diffs),
+        )
+    config = config.copy_and_resolve_references()
+    config.training.objective_changes = tuple(changes)
+    return config
+
+
 class Trainer(TrainLoop):
     """``--mode train``: the score model of a prepared config in ``W = workdir``."""
 
@@ -359,7 +393,8 @@ class Trainer(TrainLoop):
             f'({datasets.data_shape(self.config)}, '
             f'{mutils.param_count(self.state.params)} parameters): {t.sde} SDE, global '
             f'batch {t.batch_size} over {jax.device_count()} devices on '
-            f'{jax.process_count()} hosts, steps {step} -> {self.n_iters}'
+            f'{jax.process_count()} hosts, score matching order {t.score_matching_order}, '
+            f'steps {step} -> {self.n_iters}'
         )
 
     def _periodic_work(self, step: int, sums: Dict[str, jax.Array]) -> bool:

@@ -17,6 +17,7 @@ import ml_collections
 from absl import logging
 
 import datasets
+import high_order
 import likelihood
 import losses
 import ode_solver
@@ -71,6 +72,8 @@ def choices() -> tuple:
         ('eval.ode_method', ode_solver.solver_names()),
         ('eval.ode_time', sde_lib.ODE_TIMES),
         ('eval.hutchinson_type', likelihood.HUTCHINSON_TYPES),
+        ('eval.dequantization', likelihood.DEQUANTIZATIONS),
+        ('training.score_matching_order', high_order.ORDERS),
         ('eval.bpd_dataset', BPD_DATASETS),
         ('sampling.task', sampling.SAMPLING_TASKS),
         ('classifier.name', mutils.registered_classifiers()),
@@ -166,7 +169,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     _check_objective(config)
     _check_scale_by_sigma(config)
     _check_fast_sampling(config.sampling)
+    _check_high_order(config.training)
     _check_data(config)
+    _check_dequantization(config)
     _check_deq(config.deq)
     for field, (default, problem) in _REFUSED.items():
         if _get(config, field) != default:
@@ -349,6 +354,48 @@ def _check_fast_sampling(s: ml_collections.ConfigDict) -> None:
             f'(RePaint rounds) needs the PC sampler, not sampling.method={s.method!r}; set it '
             'to 1 or use --config.sampling.method=pc',
         )
+
+
+def _check_high_order(training: ml_collections.ConfigDict) -> None:
+    """Lu et al.'s high-order DSM: continuous denoising only, non-negative weights."""
+    for name in ('second_order_weight', 'third_order_weight'):
+        if not training[name] >= 0:
+            _fail(f'training.{name}', training[name], 'must be non-negative')
+    if not all(isinstance(c, str) for c in training.objective_changes):
+        _fail(
+            'training.objective_changes',
+            training.objective_changes,
+            'is written by --mode train (a list of strings); leave it as it is',
+        )
+    order = training.score_matching_order
+    if order == 1:
+        return
+    if not training.continuous or training.objective != 'dsm':
+        _fail(
+            'training.score_matching_order',
+            order,
+            'needs the continuous denoising objective (training.continuous=True, '
+            "training.objective='dsm'); set those or score_matching_order=1",
+        )
+
+
+def _check_dequantization(config: ml_collections.ConfigDict) -> None:
+    """The truncated-normal dequantization: discrete data, the ODE only, no trained one."""
+    e = config.eval
+    if e.dequantization == 'uniform':
+        return
+    if datasets.is_continuous(config):
+        problem = 'needs discrete data (it dequantizes levels); set it to uniform'
+    elif e.dequantizer:
+        problem = 'and eval.dequantizer=True both choose q(u|x̄); set one of them'
+    elif e.bound:
+        problem = (
+            'applies to the ODE bits/dim only (the bound integrates from the data, not '
+            'from the start time); set eval.bound=False or evaluate the bound separately'
+        )
+    else:
+        return
+    _fail('eval.dequantization', e.dequantization, problem)
 
 
 def _check_deq(deq: ml_collections.ConfigDict) -> None:

@@ -38,6 +38,17 @@ def _training() -> ml_collections.ConfigDict:
             # mixed precision with float32 parameters, optimizer and loss; evaluation,
             # likelihoods and sampling stay float32)
             'precision': 'float32',
+            # Lu et al. (ICML 2022), maximum likelihood for the probability-flow ODE: 1 =
+            # first-order DSM (the objective above); 2 adds the second-order DSM terms (the
+            # network's Jacobian against ∇²log p_t, Frobenius and trace); 3 also the
+            # third-order term (∇ tr of the Jacobian). Continuous 'dsm' only; fine-tune a
+            # run by resuming it with a higher n_iters and another order (losses.py)
+            'score_matching_order': 1,
+            'second_order_weight': 1.0,  # γ₂ of the second-order terms (order ≥ 2)
+            'third_order_weight': 1.0,  # γ₃ of the third-order term (order 3)
+            # written by --mode train, not set by hand: 'step <n>: <field> <old> -> <new>'
+            # for each change of the objective's fields on a resume (fine-tuning)
+            'objective_changes': (),
         }
     )
 
@@ -96,6 +107,10 @@ def _eval() -> ml_collections.ConfigDict:
             'dsm': True,  # bound in DSM form (else sliced score matching)
             'offset': True,  # ε-offset decoder term of the bound
             'dequantizer': False,  # variational (Flow++) instead of uniform deq.
+            # the fixed dequantization q(u | x̄) when eval.dequantizer is False:
+            # eval_quantities.DEQUANTIZATIONS ('uniform'; 'truncated_normal': i-DODE's
+            # forward kernel of time eval.eps truncated to the bin, ODE bits/dim only)
+            'dequantization': 'uniform',
             'enable_sampling': False,
             'num_samples': 50000,
             'inception_path': '',  # local Inception weights for FID/IS/KID

@@ -222,3 +222,26 @@ def test_weighting_losses_share_the_lambda_g2_integral():
     se = math.sqrt(sum(v.var(ddof=1) / len(v) for v in values.values()))
     assert values['likelihood'].mean() == pytest.approx(values['importance'].mean(), abs=4 * se)
     assert scales['sigma2'] == 1.0 and scales['likelihood'] == pytest.approx(1 - 1e-5, rel=1e-3)
+
+
+def test_paired_over_images(tmp_path):
+    """Means, standard errors and the paired difference over images (repeats averaged),
+    against NumPy; the files may come in any order and from several hosts."""
+    folders = [str(tmp_path / name) for name in ('a', 'b')]
+    nll_a, index, repeat = _nll(50, 1.0, 0)
+    nll_b = nll_a - 0.3 + 0.05 * np.random.default_rng(1).standard_normal(100).astype(np.float32)
+    for folder, nll in zip(folders, (nll_a, nll_b)):
+        order = np.random.default_rng(2).permutation(100)
+        half = {k: v[order] for k, v in {'index': index, 'repeat': repeat, 'bpd': nll}.items()}
+        _save(folder, 'bpd_h0.npz', **{k: v[:60] for k, v in half.items()})
+        _save(folder, 'bpd_h1.npz', **{k: v[60:] for k, v in half.items()})
+    out = diagnostics.paired_over_images(*folders, 'bpd', 'bpd')
+    per_image = lambda v: v.astype(np.float64).reshape(2, -1).mean(0)
+    for name, v in (('a', nll_a), ('b', nll_b), ('diff', nll_b - nll_a)):
+        d = per_image(v) if name != 'diff' else per_image(nll_b) - per_image(nll_a)
+        assert out[name] == pytest.approx(d.mean(), rel=1e-9)
+        assert out[f'{name}_se'] == pytest.approx(d.std(ddof=1) / math.sqrt(50), rel=1e-6)
+    assert out['num_images'] == 50 and out['diff_se'] < 0.2 * out['a_se']
+    _save(folders[1], 'bpd_h1.npz', index=index[60:] + 1, repeat=repeat[60:], bpd=nll_b[60:])
+    with pytest.raises(ValueError, match='different images'):
+        diagnostics.paired_over_images(*folders, 'bpd', 'bpd')
