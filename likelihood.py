@@ -30,6 +30,7 @@ import numpy as np
 from scipy import integrate
 
 import ode_solver
+import progress
 from errors import UserError
 from sde_lib import SDE, batch_mul
 
@@ -469,6 +470,7 @@ def get_bound_fn(
             )
             x_rep = jnp.repeat(x, chunk_size, axis=0)
             values = integrand(x_rep, t, step_keys.reshape((-1,) + step_keys.shape[2:]))
+            progress.report_slowest((j + 1) / num_chunks)  # the progress lines (reads j)
             return total + jnp.sum(w_all[:, j] * values.reshape(batch, chunk_size), 1), None
 
         integral, _ = jax.lax.scan(chunk, jnp.zeros((batch,), x.dtype), jnp.arange(num_chunks))

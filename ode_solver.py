@@ -2,7 +2,10 @@
 
 Used by the probability-flow ODE sampler (``sampling.py``) and the exact likelihood
 (``likelihood.py``).  The whole solve is one XLA computation: no host round trip per step,
-so it can be jitted, vmapped (one adaptive step size per example) and sharded.
+so it can be jitted, vmapped (one adaptive step size per example) and sharded. Each step
+reports the solve's position (the least advanced example's, in the integration variable)
+to :mod:`progress` through one host callback that reads it, for the progress lines of a
+long batch; the results do not depend on it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any, Callable, Optional, Tuple
 import diffrax
 import jax
 import jax.numpy as jnp
+
+import progress
 
 # name -> (solver class, vector-field evaluations per attempted step).  These solvers are
 # FSAL: one extra evaluation at the start.  Checked by counting calls (see tests).
@@ -26,6 +31,20 @@ SOLVERS = {
 
 def solver_names() -> Tuple[str, ...]:
     return tuple(SOLVERS)
+
+
+class _ProgressReport(diffrax.AbstractProgressMeter):
+    """diffrax's per-step hook: the solve's progress in [0, 1] to ``progress.report_slowest``."""
+
+    def init(self) -> None:
+        return None
+
+    def step(self, state: None, progress_value) -> None:
+        progress.report_slowest(progress_value)
+        return state
+
+    def close(self, state: None) -> None:
+        del state
 
 
 def solve(
@@ -78,6 +97,7 @@ def solve(
         max_steps=max_steps,
         throw=False,
         saveat=diffrax.SaveAt(t1=True),
+        progress_meter=_ProgressReport(),
     )
     y1 = jax.tree.map(lambda y: y[-1], sol.ys)
     failed = sol.result != diffrax.RESULTS.successful

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ode_solver
+import progress
 import sde_lib
 from errors import UserError
 from sde_lib import batch_mul
@@ -337,6 +338,7 @@ def _pc_loop(
                 return step(step_key, x, t, t_next)
 
             x, x_mean = jax.lax.fori_loop(1, resample, again, (x, x_mean))
+        progress.report((i + 1) / sde.N)  # for the progress lines (reads i only)
         return x, x_mean
 
     return jax.lax.fori_loop(0, sde.N, body, (x, x))
