@@ -289,6 +289,7 @@ def get_nll_fn(
             method=method,
             max_steps=max_steps,
             time_change=time_change,
+            progress_time=sde.log_inverse_snr,
         )
         return z, delta_logp, nfe
 

@@ -142,11 +142,11 @@ class Task:
 
     def eta(self, now: Optional[float] = None) -> Optional[float]:
         """Seconds left at the rate so far (the current part counted by its fraction);
-        None before anything was computed."""
+        None before 1 % of the work was computed (too early to tell)."""
         now = time.time() if now is None else now
         in_part = self._fraction * self._part
         progressed = self.computed + in_part
-        if progressed <= 0:
+        if progressed <= 0.01 * self.total:
             return None
         rate = progressed / max(now - self.start, 1e-9)
         return max(self.total - self.done - in_part, 0.0) / rate
@@ -167,5 +167,5 @@ class Task:
             extra,
             part,
             _duration(now - self.start),
-            'unknown' if eta is None else _duration(eta),
+            'unknown yet' if eta is None else _duration(eta),
         )

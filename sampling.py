@@ -441,7 +441,15 @@ def _flow_solve(
 
     def solve_one(y):
         return ode_solver.solve(
-            field, y, t0, t1, rtol=rtol, atol=atol, method=method, time_change=time_change
+            field,
+            y,
+            t0,
+            t1,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            time_change=time_change,
+            progress_time=sde.log_inverse_snr,
         )
 
     x, nfe = jax.vmap(solve_one)(x)

@@ -14,6 +14,7 @@ import pytest
 import eval_store
 import likelihood
 import mixture
+import ode_solver
 import progress
 import sampling
 import sde_lib
@@ -42,6 +43,16 @@ def test_the_ode_sampler_reports_its_slowest_example(score_fn):
     assert len(seen) > 3 and seen == sorted(seen) and seen[-1] == 1.0
     again, _ = sampler(jax.random.key(0), score_fn)  # outside a task: the same numbers
     np.testing.assert_array_equal(x, np.asarray(again))
+
+
+def test_solves_report_their_position_in_log_snr():
+    """An adaptive solve near t = ε takes steps ∝ t (VP): its position is measured in
+    log(σ²/α²) (``progress_time``), where the steps are roughly even, not in t."""
+    position = ode_solver._position(1e-5, 1.0, None, jnp.log)
+    t = 1e-3  # 0.1 % of [ε, 1] in t, 40 % of it in log t
+    np.testing.assert_allclose(position((t - 1e-5) / (1.0 - 1e-5)), 0.4, rtol=1e-4)
+    backwards = ode_solver._position(1.0, 1e-3, SDE.ode_time_change('log_sigma'), None)
+    assert float(backwards(0.5)) == 0.5  # no progress_time: the integration variable
 
 
 def test_the_pc_sampler_and_the_bound_report_each_step(score_fn):
