@@ -226,6 +226,7 @@ class SampleRunner:
             self.classifier = classifier_lib.load_classifier(config, workdir, classifier_folder)
         self.ckpt = self._snapshot_number()
         self.model, self.variables = self._score_model()
+        self.num: Optional[int] = None  # examples asked for (set by run)
 
     def _snapshot_number(self) -> int:
         """Snapshot ``eval.end_ckpt`` (−1: the newest), which must exist."""
@@ -314,9 +315,12 @@ class SampleRunner:
         return jax.jit(run)
 
     def _host_batch(self) -> int:
-        return datasets.host_batch_size(
+        """Rows per round: ``eval.batch_size`` over the hosts, no more than the examples
+        asked for (100 class-conditional digits are not padded to a batch of 256)."""
+        batch = datasets.host_batch_size(
             int(self.config.eval.batch_size), self.num_hosts, 'eval.batch_size'
         )
+        return batch if self.num is None else min(batch, self.num)
 
     def _round_input(self, cond: Dict[str, np.ndarray], r: int) -> np.ndarray:
         """The conditioning array of round ``r``, padded to the batch by repetition."""
@@ -336,7 +340,7 @@ class SampleRunner:
     # --- the run ----------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
         cond = self.conditions()
-        n = len(next(iter(cond.values())))
+        n = self.num = len(next(iter(cond.values())))
         b = self._host_batch()
         rounds = -(-n // b)
         task_dir = os.path.join(self.folder, self.task)

@@ -69,6 +69,8 @@ def test_class_conditional_outputs(digits_workdir):
     arrays = load_npz(os.path.join(folder, 'class_conditional.npz'))
     np.testing.assert_array_equal(arrays['labels'], [1, 1, 1, 3, 3, 3])
     assert arrays['samples'].shape == (6, 8, 8, 1) and arrays['levels'].max() <= 16
+    (round_file,) = glob.glob(os.path.join(folder, 'class_conditional', '*_b00000_h0.npz'))
+    assert load_npz(round_file)['x'].shape[0] == 6  # not padded to eval.batch_size=8
     assert _is_png(os.path.join(folder, 'class_conditional.png'))
     # The judge is the independent digits classifier; the fractions are those of its
     # predictions (a 20-step model draws noise, so no value is asserted).
