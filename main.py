@@ -140,6 +140,24 @@ def _without_traceback(message: str) -> str:
     return f'{lines[0]} {lines[-1]}{at}'
 
 
+_EXAMPLE_CONFIG = 'configs/vp/digits_lw_is.py'
+
+
+def _config_file_message(argv, message: str) -> str:
+    """``message`` of a config file that does not load (a syntax error, no get_config),
+    naming the file and the fix."""
+    paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+    paths += [b for a, b in zip(argv, argv[1:]) if a == '--config']
+    return _not_loaded(paths[-1], message) if paths else message
+
+
+def _not_loaded(path: str, detail: str) -> str:
+    return (
+        f'--config={path} could not be loaded ({detail}); fix the file (it must '
+        f'define get_config()) or pass a config file such as {_EXAMPLE_CONFIG}.'
+    )
+
+
 def parse_flags(argv):
     """absl parsing, with one clear line (no traceback) for bad flags and overrides."""
     try:
@@ -147,9 +165,11 @@ def parse_flags(argv):
     except flags.Error as e:
         message = _without_traceback(str(e))
     except Exception as e:  # ml_collections raises plain errors for bad overrides
-        message = f'{type(e).__name__}: {e}'
+        message = _config_file_message(argv, f'{type(e).__name__}: {e}')
     bad = _bad_override(argv)
-    if bad:
+    if 'Flag --config must have a value other than None' in message:
+        message = f'no --config given; pass a config file, e.g. --config {_EXAMPLE_CONFIG}'
+    elif bad:
         flag = bad.split('=')[0]
         hint = validation.did_you_mean(flag[len('--config.') :])
         hint = f' (did you mean --config.{hint}?)' if hint else ''
@@ -171,10 +191,7 @@ def _load_config():
         path = config_flags.get_config_filename(FLAGS['config'])
         cause = e.__cause__ or e
         detail = str(cause).strip().splitlines()[-1].strip()
-        raise UserError(
-            f'--config={path} could not be loaded ({detail}); pass a config '
-            'file such as configs/vp/digits_lw_is.py.'
-        ) from None
+        raise UserError(_not_loaded(path, f'{type(cause).__name__}: {detail}')) from None
 
 
 def _initialize_distributed() -> None:

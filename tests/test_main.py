@@ -309,6 +309,41 @@ def test_score_flow_names_get_a_hint(capsys):
     ), err
 
 
+@pytest.mark.parametrize(
+    'text, problem',
+    [('def get_config(:\n', 'SyntaxError'), ('"""No get_config."""\n', 'AttributeError')],
+)
+def test_a_config_file_that_does_not_load_is_named_with_the_fix(
+    text, problem, tmp_path, capsys, monkeypatch
+):
+    """A syntax error or a missing get_config() names the file and what to do."""
+    path = tmp_path / 'mine.py'
+    path.write_text(text)
+    # ml_collections loads config files as module 'config_config' into sys.modules, and
+    # into the one there: an earlier test's get_config() would survive.
+    monkeypatch.delitem(sys.modules, 'config_config', raising=False)
+    argv = ['main.py', '--config', str(path), '--workdir', 'W', '--mode', 'train']
+    try:
+        with pytest.raises(SystemExit):
+            main.parse_flags(argv)
+    finally:
+        main.FLAGS.unparse_flags()
+    err = capsys.readouterr().err
+    assert err.startswith(f'Error: --config={path} could not be loaded ({problem}: '), err
+    assert 'must define get_config()' in err.splitlines()[0]
+
+
+def test_no_config_names_the_flag_and_an_example(capsys):
+    try:
+        with pytest.raises(SystemExit):
+            main.parse_flags(['main.py', '--workdir', 'W', '--mode', 'train'])
+    finally:
+        main.FLAGS.unparse_flags()
+    assert capsys.readouterr().err.startswith(
+        'Error: no --config given; pass a config file, e.g. --config configs/vp/digits_lw_is.py'
+    )
+
+
 def test_the_defaults_file_of_a_config_is_logged(tmp_path):
     """A config file copied elsewhere imports this repository's configs.default_*: the log
     names the file used, and warns when an edited copy beside the config is not used."""
