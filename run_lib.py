@@ -42,10 +42,13 @@ def save_config(config: ml_collections.ConfigDict, path: str) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """``--mode train``: trains (or resumes training of) ``config`` in ``workdir``; writes
-    the resolved config to ``W/config.json``; returns the final train state."""
+    the resolved config to ``W/config.json`` once the newest checkpoint was restored with
+    it (a config that does not fit stops before, leaving the run's own); returns the final
+    train state."""
     config = prepare_config(config)
-    save_config(config, os.path.join(workdir, 'config.json'))
-    return Trainer(config, workdir).run()
+    trainer = Trainer(config, workdir)  # restores first: a config that does not fit the
+    save_config(config, os.path.join(workdir, 'config.json'))  # run keeps W/config.json
+    return trainer.run()
 
 
 def evaluate(
