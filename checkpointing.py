@@ -20,16 +20,20 @@ Problems the user must act on (missing, corrupt or incompatible checkpoints) rai
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging as logging_std
 import os
 import re
+import shutil
 import sys
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterable, Iterator, List, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 import file_io
@@ -175,17 +179,81 @@ def _writable(directory: str) -> None:
 
 
 def _save(directory: str, number: int, state: Any, keep: Optional[int]) -> str:
-    """Saves ``state`` as step ``number`` of ``directory`` (skipped if it exists)."""
+    """Saves ``state`` as step ``number`` of ``directory`` (skipped if it exists). A full
+    disk is one UserError, with the partial save removed."""
     _writable(directory)
     path = os.path.join(directory, str(int(number)))
+    failure = None
     with _manager(directory, keep, write=True) as mngr:
         if int(number) in mngr.all_steps():
             logging.info('Checkpoint %s exists; not overwritten.', path)
             return path
-        mngr.save(int(number), args=ocp.args.StandardSave(state))
-        mngr.wait_until_finished()
+        try:
+            with _quiet_no_space_logs():
+                mngr.save(int(number), args=ocp.args.StandardSave(state))
+                mngr.wait_until_finished()
+        except Exception as e:
+            if not _no_space(e):
+                raise
+            failure = e
+    if failure is not None:
+        _remove_partial_save(directory, number)
+        raise UserError(_no_space_message(directory, number)) from None
     logging.info('Saved checkpoint %s.', path)
     return path
+
+
+_NO_SPACE = ('No space left on device', "os_error_code='28'")
+
+
+def _no_space(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is a full disk (ENOSPC), as OSError or as
+    tensorstore's RESOURCE_EXHAUSTED."""
+    return any(
+        getattr(c, 'errno', None) == errno.ENOSPC or any(t in str(c) for t in _NO_SPACE)
+        for c in _chain(e)
+    )
+
+
+class _NoSpaceRecords(logging_std.Filter):
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        return not any(t in record.getMessage() for t in _NO_SPACE)
+
+
+@contextlib.contextmanager
+def _quiet_no_space_logs() -> Iterator[None]:
+    """Keeps orbax's logged tracebacks of a full disk (from its writer threads) out of the
+    output while saving: the save then fails with one line instead."""
+    logger, record_filter = logging_std.getLogger('absl'), _NoSpaceRecords()
+    logger.addFilter(record_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(record_filter)
+
+
+def _remove_partial_save(directory: str, number: int) -> None:
+    """Removes what an interrupted save of ``number`` wrote (process 0; nothing else)."""
+    if jax.process_index() != 0 or not file_io.isdir(directory):
+        return
+    for name in file_io.listdir(directory):
+        is_tmp = name.startswith(f'{int(number)}.orbax-checkpoint-tmp')
+        is_uncommitted = name == str(int(number)) and not file_io.exists(
+            os.path.join(directory, name, COMMIT_MARKER)
+        )
+        if is_tmp or is_uncommitted:
+            epath.Path(os.path.join(directory, name)).rmtree()
+
+
+def _no_space_message(directory: str, number: int) -> str:
+    free = ''
+    if not file_io.is_url(directory):
+        free = f' ({shutil.disk_usage(directory).free / 2**20:.1f} MB free now)'
+    return (
+        f'No space left on the disk of {directory}{free} while writing checkpoint {number}; '
+        'nothing older was touched and the partial save was removed. Free some space and '
+        'rerun the same command to continue.'
+    )
 
 
 def save_snapshot(workdir: str, number: int, state: Any) -> str:
@@ -205,11 +273,13 @@ def save_preemption(workdir: str, state: Any, keep: int = PREEMPTION_KEEP) -> st
 # --- restoring --------------------------------------------------------------------------
 
 
-def _restore(directory: str, number: int, template: Any, hint: str) -> Any:
+def _restore(directory: str, number: int, template: Any, hint: str, fix: str) -> Any:
     """Restores step ``number`` of ``directory`` into the structure of ``template``.
 
     The stored tree (names and shapes) is compared with ``template`` first, so that a
-    checkpoint of another model gives one clear message instead of orbax's read errors.
+    checkpoint of another model gives one clear message instead of orbax's read errors
+    (``hint``: what to do then); a damaged one names the file or array that cannot be read
+    (``fix``: what to do then).
     """
     path = os.path.join(directory, str(int(number)))
     _silence_abandoned_reads()
@@ -217,7 +287,7 @@ def _restore(directory: str, number: int, template: Any, hint: str) -> Any:
         try:
             stored = mngr.item_metadata(int(number))
         except Exception as e:  # orbax raises many kinds on damaged metadata
-            raise _corrupt(path, e) from e
+            raise _corrupt(path, e, fix) from e
         difference = _tree_difference(stored, template)
         if difference:
             raise UserError(
@@ -227,7 +297,7 @@ def _restore(directory: str, number: int, template: Any, hint: str) -> Any:
         try:
             return mngr.restore(int(number), args=ocp.args.StandardRestore(template))
         except Exception as e:
-            raise _corrupt(path, e) from e
+            raise _corrupt(path, e, fix) from e
 
 
 def _tree_difference(stored: Any, template: Any) -> str:
@@ -286,15 +356,94 @@ def _silence_abandoned_reads() -> None:
 def _first_line(e: BaseException) -> str:
     """The start of an exception's message, without tensorstore's spec dump."""
     text = ' '.join(ln.strip() for ln in str(e).splitlines() if ln.strip())
-    return text.split(' [tensorstore_spec')[0][:240] or type(e).__name__
+    for cut in (' [tensorstore_spec', ' See full TensorStore details'):
+        text = text.split(cut)[0]
+    return text[:240] or type(e).__name__
 
 
-def _corrupt(path: str, e: BaseException) -> UserError:
-    return UserError(
-        f'Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: '
-        f'{_first_line(e)}); delete that folder to fall back to an earlier '
-        'checkpoint, or retrain.'
+_LOCAL_FILE = re.compile(r'local file "([^"]+)"')
+_ARRAY = re.compile(r'Error reading "([^"/]+)')
+_TAGS = re.compile(r'\s*\[(source locations|tensorstore_spec|os_error_code)=.*?\]')
+_JSON_FILES = ('_CHECKPOINT_METADATA', '_METADATA', '_sharding', 'process_0')
+
+
+def _chain(e: BaseException) -> List[BaseException]:
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+def _damage(path: str, e: BaseException) -> str:
+    """What in checkpoint ``path`` cannot be read: the file, else the array (OCDBT packs
+    arrays into data files without names) and why, without tensorstore's spec dump."""
+    for cause in reversed(_chain(e)):  # the innermost message names the most
+        text = ' '.join(str(cause).split())
+        files = _LOCAL_FILE.findall(text)
+        if not files:
+            continue
+        array = _ARRAY.search(text)
+        reason = _TAGS.sub('', text.rsplit('": ', 1)[-1])[:200]
+        if not files[-1].endswith('/'):
+            return f'its file {files[-1]} cannot be read ({reason})'
+        stored = f'the stored data of {array.group(1)}' if array else 'its stored data'
+        return f'{stored} under {files[-1]} cannot be read ({reason})'
+    for bad in _unparsable_json(path):
+        return f'its file {bad} is not valid JSON'
+    return f'{type(e).__name__}: {_first_line(e)}'
+
+
+def _unparsable_json(path: str) -> Iterator[str]:
+    """The checkpoint's JSON metadata files that do not parse."""
+    for folder, _, files in file_io.walk(path):
+        for name in files:
+            if name in _JSON_FILES:
+                file = os.path.join(folder, name)
+                try:
+                    json.loads(file_io.read_bytes(file))
+                except (ValueError, OSError):
+                    yield file
+
+
+def _corrupt(path: str, e: BaseException, fix: str) -> UserError:
+    return UserError(f'Checkpoint {path} is damaged: {_damage(path, e)}. {fix}')
+
+
+def resolve_snapshot(workdir: str, number: int, field: str = 'eval.end_ckpt') -> int:
+    """``number``, or for a negative one (−1: "the newest") the newest complete snapshot of
+    ``W/checkpoints``; UserError if there is none yet (``field`` names the setting)."""
+    if int(number) >= 0:
+        return int(number)
+    available = list_checkpoints(workdir)
+    if not available:
+        raise UserError(
+            f'{snapshot_dir(workdir)} holds no snapshot yet (config.{field}={int(number)} '
+            'asks for the newest); train first with --mode train and the same config and '
+            '--workdir, or pass the --workdir of a trained run.'
+        )
+    return available[-1]
+
+
+def _missing_message(workdir: str, number: int, timeout_s: float) -> str:
+    directory = snapshot_dir(workdir)
+    complete, partial = _scan(directory)
+    state = 'is an incomplete save' if str(int(number)) in partial else 'does not exist'
+    waited = f' after waiting {timeout_s:g} s (eval.ckpt_timeout)' if timeout_s > 0 else ''
+    return (
+        f'Checkpoint {checkpoint_path(workdir, number)} {state}{waited}; available checkpoints '
+        f'in {directory}: {complete or "none"}. Train longer (--mode train), set '
+        '--config.eval.begin_ckpt/end_ckpt to available numbers (-1: the newest), or raise '
+        '--config.eval.ckpt_timeout to wait for a running training.'
     )
+
+
+def require_snapshots(workdir: str, numbers: Iterable[int]) -> None:
+    """UserError naming the first of ``numbers`` that is not a complete snapshot now."""
+    complete = set(_scan(snapshot_dir(workdir))[0])
+    for number in numbers:
+        if int(number) not in complete:
+            raise UserError(_missing_message(workdir, number, 0.0))
 
 
 def restore_checkpoint(
@@ -309,22 +458,18 @@ def restore_checkpoint(
     if timeout_s > 0 and not wait_for_checkpoint(workdir, number, 0.0):
         logging.info('Waiting up to %.0f s for checkpoint %d in %s.', timeout_s, number, directory)
         wait_for_checkpoint(workdir, number, timeout_s)
-    complete, partial = _scan(directory)
-    path = checkpoint_path(workdir, number)
-    if int(number) not in complete:
-        state = 'is an incomplete save' if str(int(number)) in partial else 'does not exist'
-        waited = f' after waiting {timeout_s:g} s (eval.ckpt_timeout)' if timeout_s > 0 else ''
-        raise UserError(
-            f'Checkpoint {path} {state}{waited}; available checkpoints in {directory}: '
-            f'{complete or "none"}. Train longer (--mode train), set '
-            '--config.eval.begin_ckpt/end_ckpt to available numbers, or raise '
-            '--config.eval.ckpt_timeout to wait for a running training.'
-        )
+    if int(number) not in _scan(directory)[0]:
+        raise UserError(_missing_message(workdir, number, timeout_s))
+    others = [n for n in _scan(directory)[0] if n != int(number)]
     return _restore(
         directory,
         number,
         template_state,
         'Evaluate with the config it was trained with (W/config.json).',
+        f'Delete that folder and use another snapshot (--config.eval.end_ckpt=N with N in '
+        f'{others}; they are not affected), or retrain.'
+        if others
+        else 'Delete that folder and retrain (no other snapshot is stored).',
     )
 
 
@@ -335,10 +480,12 @@ def restore_latest_preemption(workdir: str, template: Any) -> Optional[Any]:
     if not steps:
         return None
     logging.info('Resuming from %s.', os.path.join(directory, str(steps[-1])))
+    earlier = f'step {steps[-2]}' if len(steps) > 1 else 'the start'
     return _restore(
         directory,
         steps[-1],
         template,
         'Resume with the config this run started with (W/config.json), '
         'or train in a new --workdir.',
+        f'Delete that folder and rerun the same command: training resumes from {earlier}.',
     )

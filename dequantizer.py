@@ -250,13 +250,14 @@ def train_deq(
     config: ml_collections.ConfigDict, workdir: str, folder: str = DEQ_FOLDER
 ) -> Dict[str, float]:
     """``--mode train_deq`` on a prepared config: trains q(u|x̄) for snapshot
-    ``eval.ckpt_id`` (score_flow's field; unset: ``eval.end_ckpt``) of ``workdir`` (its
-    EMA parameters, frozen), into ``W/<folder>/``."""
+    ``eval.ckpt_id`` (score_flow's field; unset: ``eval.end_ckpt``; −1: the newest) of
+    ``workdir`` (its EMA parameters, frozen), into ``W/<folder>/``."""
     sde = sde_lib.get_sde(config)
     model, _, template = create_train_state(config, local_mesh())
-    ckpt = config.eval.end_ckpt if config.eval.ckpt_id is None else config.eval.ckpt_id
+    field = 'eval.end_ckpt' if config.eval.ckpt_id is None else 'eval.ckpt_id'
+    ckpt = checkpointing.resolve_snapshot(workdir, int(config.eval[field.split('.')[1]]), field)
     state = checkpointing.restore_checkpoint(
-        workdir, int(ckpt), template, float(config.eval.ckpt_timeout)
+        workdir, ckpt, template, float(config.eval.ckpt_timeout)
     )
     score_fn = mutils.get_score_fn(
         sde, model, {'params': state.ema_params}, continuous=bool(config.training.continuous)

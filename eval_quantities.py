@@ -69,10 +69,11 @@ from eval_store import (
     check_complete,
     concat_results,
     mean_and_stderr_over_images,
+    read_json_or_set_aside,
     run_pass,
     sorted_results,
 )
-from file_io import read_json, write_json
+from file_io import write_json
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -604,26 +605,22 @@ class SampleQuality(Quantity):
     def _sample_rounds(self, ctx, ckpt, variables, store, host_batch, rounds) -> Results:
         """This host's samples (levels of images), round by round, each round saved."""
         base = phase_key(ctx.config.seed, PHASE_SAMPLES)
-        start, parts = time.time(), []
+        task = Progress(f'ckpt {ckpt} samples', rounds * host_batch, unit='samples')
+        parts = []
         for r in range(rounds):
             res = store.load('samples', r)
-            if res is None:
+            computed = res is None
+            if computed:
                 rng = jax.random.fold_in(round_key(base, ckpt, r), ctx.host)
-                x, nfe = self._sampler(ctx, host_batch)(variables, rng)
-                res = {
-                    'samples': ctx.data.quantize(jax.device_get(x)),
-                    'nfe': np.asarray(np.max(jax.device_get(nfe)), np.int64),
-                }
+                with task.part(host_batch):
+                    x, nfe = self._sampler(ctx, host_batch)(variables, rng)
+                    res = {
+                        'samples': ctx.data.quantize(jax.device_get(x)),
+                        'nfe': np.asarray(np.max(jax.device_get(nfe)), np.int64),
+                    }
                 store.save('samples', r, res)
                 ctx.hook(ckpt)('samples', r)
-                logging.info(
-                    'ckpt %d: sampling round %d/%d, NFE %d, %.1f s elapsed.',
-                    ckpt,
-                    r + 1,
-                    rounds,
-                    int(res['nfe']),
-                    time.time() - start,
-                )
+            task.advance(host_batch, computed, f', round {r + 1}/{rounds} NFE {int(res["nfe"])}')
             parts.append(res['samples'])
         return {
             'samples': np.concatenate(parts),
@@ -636,7 +633,7 @@ class SampleQuality(Quantity):
             logging.info('No FID/IS/KID: eval.sample_metrics=False or vector samples.')
             return {}
         path = os.path.join(folder, 'sample_quality.json')
-        cached = read_json(path, None)
+        cached = read_json_or_set_aside(path, None)
         if cached is not None and cached.get('num_samples') == len(samples):
             return cached['metrics']
         start = time.time()

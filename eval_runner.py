@@ -1,12 +1,14 @@
 """``--mode eval``: the registered evaluation quantities of each checkpoint.
 
 ``evaluate(config, workdir, eval_folder)`` evaluates the checkpoints ``eval.begin_ckpt`` …
-``eval.end_ckpt`` of ``W/checkpoints`` (waiting up to ``eval.ckpt_timeout`` seconds for
-one not yet written) with their EMA parameters. What is measured is the enabled
-quantities of :mod:`eval_quantities`, in their registration order — the eval loss
-(``eval.enable_loss``), the probability-flow ODE's bits/dim (``eval.enable_bpd``), the
-ScoreFlow bound (``eval.bound``), samples and their quality (``eval.enable_sampling``) —
-and whatever else a run registers. It writes, under ``W/<eval_folder>/``:
+``eval.end_ckpt`` of ``W/checkpoints`` (−1: the newest snapshot; ``begin_ckpt`` −1: only
+``end_ckpt``; waiting up to ``eval.ckpt_timeout`` seconds for one not yet written) with
+their EMA parameters; a missing snapshot stops the run before anything is written. What
+is measured is the enabled quantities of :mod:`eval_quantities`, in their registration
+order — the eval loss (``eval.enable_loss``), the probability-flow ODE's bits/dim
+(``eval.enable_bpd``), the ScoreFlow bound (``eval.bound``), samples and their quality
+(``eval.enable_sampling``) — and whatever else a run registers. It writes, under
+``W/<eval_folder>/``:
 
 * ``metrics.json`` — one entry per checkpoint number (a string) with the scalars of
   the CLI contract (README, Usage): ``loss``, ``bpd``, ``bpd_stderr``, ``nll``,
@@ -65,8 +67,15 @@ from datasets import DataSpec
 from devices import local_mesh
 from errors import UserError
 from eval_quantities import Dequantizer, EvalContext, ScoreFn
-from eval_store import META_FILE, METRICS_FILE, Hook, ResultStore, check_fingerprint, update_metrics
-from file_io import read_json, write_json
+from eval_store import (
+    META_FILE,
+    Hook,
+    ResultStore,
+    check_fingerprint,
+    read_metrics,
+    update_metrics,
+)
+from file_io import write_json
 from models import utils as mutils
 from train_state import create_train_state
 
@@ -92,12 +101,7 @@ class Evaluator:
         hook: Optional[Hook] = None,
         deq_folder: str = dequantizer.DEQ_FOLDER,
     ):
-        begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
-        if begin > end:  # an empty range would end at once with nothing evaluated
-            raise UserError(
-                f'eval.begin_ckpt={begin} is after eval.end_ckpt={end}: no checkpoint to '
-                f'evaluate; pass --config.eval.end_ckpt={begin} (or more).'
-            )
+        # Everything that can fail at the start does before anything is written.
         self.config = config
         self.workdir = workdir
         self.hook = hook
@@ -107,16 +111,7 @@ class Evaluator:
         self.quantities = eval_quantities.enabled_quantities(config)
         self.eval_dir = os.path.join(workdir, eval_folder)
         self.deq_folder = deq_folder
-        file_io.makedirs(self.eval_dir)
         deq_fn, deq_variables, deq_digest = self._dequantizer()
-        extra = {'dequantizer_sha1': deq_digest} if deq_digest else {}
-        self.meta = check_fingerprint(
-            self.eval_dir,
-            config,
-            eval_quantities.fingerprint_fields(),
-            write=self.host == 0,
-            extra=extra,
-        )
         self.ctx = EvalContext(
             config=config,
             workdir=workdir,
@@ -129,8 +124,31 @@ class Evaluator:
             host=self.host,
             num_hosts=self.num_hosts,
         )
+        self.begin, self.end = self.checkpoint_range()
+        if self.begin > self.end:  # an empty range would end at once with nothing evaluated
+            raise UserError(
+                f'eval.begin_ckpt={self.begin} is after eval.end_ckpt={self.end}: no '
+                f'checkpoint to evaluate; pass --config.eval.end_ckpt={self.begin} (or more), '
+                'or -1 for the newest.'
+            )
         for quantity in self.quantities:  # e.g. missing Inception weights: fail now
             quantity.check(self.ctx)
+        file_io.makedirs(self.eval_dir)
+        extra = {'dequantizer_sha1': deq_digest} if deq_digest else {}
+        self.meta = check_fingerprint(
+            self.eval_dir,
+            config,
+            eval_quantities.fingerprint_fields(),
+            write=self.host == 0,
+            extra=extra,
+        )
+        logging.info(
+            'Evaluating snapshots %d … %d of %s into %s.',
+            self.begin,
+            self.end,
+            checkpointing.snapshot_dir(workdir),
+            self.eval_dir,
+        )
         self._model = None
         self._template = None
         self._steps: Dict[int, int] = {}  # checkpoint -> its training step
@@ -143,6 +161,10 @@ class Evaluator:
         return dequantizer.load_dequantizer(self.config, self.workdir, self.deq_folder)
 
     # --- model and checkpoints --------------------------------------------------------
+    def checkpoint_range(self) -> Tuple[int, int]:
+        """(first, last) snapshot to evaluate (module function :func:`checkpoint_range`)."""
+        return checkpoint_range(self.config, self.workdir)
+
     def score_builder(self, variables) -> ScoreFn:
         return mutils.get_score_fn(
             self.sde,
@@ -194,7 +216,7 @@ class Evaluator:
                 if name and entry.get(name) is not None:
                     writer.add_scalar(f'eval/{name}', entry[name], step)
         writer.close()
-        metrics = read_json(os.path.join(self.eval_dir, METRICS_FILE), {})
+        metrics = read_metrics(self.eval_dir)
         pictures.plot_metrics(os.path.join(self.eval_dir, PLOT_FILE), metrics, plotted)
         return entry
 
@@ -213,13 +235,12 @@ class Evaluator:
 
     # --- checkpoints ------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
-        """Evaluates ``eval.begin_ckpt`` … ``eval.end_ckpt``; returns metrics.json's content."""
-        e = self.config.eval
-        for ckpt in range(int(e.begin_ckpt), int(e.end_ckpt) + 1):
+        """Evaluates the snapshots of :func:`checkpoint_range`; returns metrics.json's content."""
+        for ckpt in range(self.begin, self.end + 1):
             self.evaluate_checkpoint(ckpt)
-        self.meta['position'] = {'ckpt': int(e.end_ckpt), 'phase': 'done'}
+        self.meta['position'] = {'ckpt': self.end, 'phase': 'done'}
         self._save_meta()
-        return read_json(os.path.join(self.eval_dir, METRICS_FILE), {})
+        return read_metrics(self.eval_dir)
 
     def evaluate_checkpoint(self, ckpt: int) -> Dict[str, Any]:
         """Every enabled quantity of snapshot ``ckpt``, its metrics.json entry updated after
@@ -232,6 +253,18 @@ class Evaluator:
         entry = self._report(ckpt)
         logging.info('Checkpoint %d: %s', ckpt, json.dumps(entry, sort_keys=True))
         return entry
+
+
+def checkpoint_range(config: ml_collections.ConfigDict, workdir: str) -> Tuple[int, int]:
+    """(first, last) snapshot to evaluate: ``eval.end_ckpt`` (−1: the newest snapshot now)
+    and ``eval.begin_ckpt`` (−1: the same as the last). Without ``eval.ckpt_timeout`` every
+    one of them must exist already: UserError otherwise."""
+    e = config.eval
+    end = checkpointing.resolve_snapshot(workdir, int(e.end_ckpt))
+    begin = end if int(e.begin_ckpt) < 0 else int(e.begin_ckpt)
+    if float(e.ckpt_timeout) <= 0:  # nothing will be waited for
+        checkpointing.require_snapshots(workdir, range(begin, end + 1))
+    return begin, end
 
 
 def evaluate(

@@ -11,11 +11,14 @@ summary files in the shared work directory (:meth:`ResultStore.gather`).
 per-batch files depend on (the fields the caller names: ``eval_quantities.fingerprint_fields``
 for ``--mode eval``): a restart with other settings is refused instead of mixing results.
 ``<eval_dir>/metrics.json`` (:func:`update_metrics`) holds one entry per checkpoint with
-the scalars of the CLI contract (README, Usage).
+the scalars of the CLI contract (README, Usage); each entry is also written beside the
+checkpoint's results (``ckpt_<n>/metrics_entry.json``), from which a ``metrics.json``
+that is not valid JSON is rebuilt (:func:`read_metrics`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,14 +29,16 @@ import jax
 import numpy as np
 from absl import logging
 
+import progress as progress_lib
 from errors import UserError
-from file_io import load_npz, makedirs, read_json, save_npz, write_json
+from file_io import exists, listdir, load_npz, makedirs, read_json, rename, save_npz, write_json
 
 Batch = Tuple[np.ndarray, np.ndarray, np.ndarray]  # (x, mask [B] bool, index [B] int)
 Results = Dict[str, np.ndarray]
 
 META_FILE = 'eval_meta.json'
 METRICS_FILE = 'metrics.json'
+ENTRY_FILE = 'metrics_entry.json'  # a checkpoint's entry of metrics.json, in its ckpt_<n>/
 
 
 # --------------------------------------------------------------------------- files
@@ -83,38 +88,28 @@ def concat_results(parts: List[Results]) -> Results:
 
 
 # --------------------------------------------------------------------------- progress
-class Progress:
-    """A log line every ``every_s`` seconds: examples done, a running mean, the ETA."""
+class Progress(progress_lib.Task):
+    """The progress lines of a pass (:class:`progress_lib.Task`: at least every ``every_s``
+    seconds, within a batch too, with the ETA), with the running mean of ``key``."""
 
-    def __init__(self, what: str, total: int, key: Optional[str] = None, every_s: float = 30.0):
-        self.what, self.total, self.key, self.every_s = what, total, key, every_s
-        self.start = self.last = time.time()
-        self.done = self.computed = 0
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        key: Optional[str] = None,
+        every_s: Optional[float] = None,
+        unit: str = 'examples',
+    ):
+        super().__init__(what, total, unit, every_s)
+        self.key = key
         self.sum = 0.0
 
     def update(self, res: Results, computed: bool) -> None:
         num = len(res['index'])
-        self.done += num
-        self.computed += num if computed else 0
         if self.key in res:
             self.sum += float(np.sum(res[self.key], dtype=np.float64))
-        now = time.time()
-        if now - self.last < self.every_s and self.done < self.total:
-            return
-        self.last = now
-        rate = self.computed / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        mean = f', {self.key} {self.sum / max(self.done, 1):.4f}' if self.key else ''
-        logging.info(
-            '%s: %d/%d examples (%.0f%%)%s, %.2f ex/s, ETA %.0f s',
-            self.what,
-            self.done,
-            self.total,
-            100.0 * self.done / max(self.total, 1),
-            mean,
-            rate,
-            eta,
-        )
+        mean = f', {self.key} {self.sum / max(self.done + num, 1):.4f}' if self.key else ''
+        self.advance(num, computed, mean)
 
 
 # --------------------------------------------------------------------------- passes
@@ -141,9 +136,10 @@ def run_pass(
         res = store.load(tag, b)
         computed = res is None
         if computed:
-            out = batch_fn(x, index)
             mask = np.asarray(mask, bool)
-            res = {k: np.asarray(v)[mask] for k, v in out.items()}
+            with progress.part(int(mask.sum())) if progress else contextlib.nullcontext():
+                out = batch_fn(x, index)
+                res = {k: np.asarray(v)[mask] for k, v in out.items()}
             res['index'] = np.asarray(index)[mask].astype(np.int64)
             store.save(tag, b, res)
             if hook is not None:
@@ -240,7 +236,14 @@ def check_fingerprint(
     """
     path = os.path.join(eval_dir, META_FILE)
     fingerprint = dict(config_fingerprint(config, fields), **(extra or {}))
-    meta = read_json(path, None)
+    try:
+        meta = read_json(path, None)
+    except ValueError as e:  # cut short: without it the stored results cannot be checked
+        raise UserError(
+            f'{path} is not valid JSON ({e}); it records the settings of the results stored '
+            'beside it. Move it away to reuse those results as they are with this config, or '
+            'choose another results folder (--eval_folder, --sample_folder).'
+        ) from None
     if meta is None:
         meta = {'fingerprint': fingerprint, 'position': None}
         if write:
@@ -272,11 +275,74 @@ def json_scalar(value: Any) -> Any:
     return value
 
 
-def update_metrics(eval_dir: str, ckpt: int, values: Mapping[str, Any]) -> Dict[str, Any]:
-    """Merges ``values`` into the entry of ``ckpt`` of metrics.json (atomic rewrite)."""
+def read_json_or_set_aside(path: str, default: Any = None) -> Any:
+    """The JSON content of ``path`` (``default`` if missing). A file that is not valid JSON
+    (cut short by a full disk, a copy, an editor) is renamed to ``<path>.broken-<time>``,
+    kept for the user, with a warning, and ``default`` is returned: a result file that
+    can be made again must not stop every later run."""
+    try:
+        return read_json(path, default)
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        aside = f'{path}.broken-{time.strftime("%Y%m%d-%H%M%S")}'
+        rename(path, aside, overwrite=True)
+        logging.warning('%s is not valid JSON (%s); moved it aside to %s.', path, e, aside)
+        return default
+
+
+def entry_path(eval_dir: str, ckpt: int) -> str:
+    """``<eval_dir>/ckpt_<n>/metrics_entry.json``: checkpoint n's entry of metrics.json."""
+    return os.path.join(eval_dir, f'ckpt_{int(ckpt)}', ENTRY_FILE)
+
+
+def read_metrics(eval_dir: str) -> Dict[str, Any]:
+    """The content of ``<eval_dir>/metrics.json`` ({} if none). One that is not valid JSON
+    is moved aside (:func:`read_json_or_set_aside`) and rebuilt, as is a deleted one, from
+    the per-checkpoint entries (:func:`entry_path`) written beside each checkpoint's results."""
     path = os.path.join(eval_dir, METRICS_FILE)
-    metrics = read_json(path, {})
+    existed = exists(path)
+    metrics = read_json_or_set_aside(path, None)
+    if metrics is not None:
+        return metrics
+    if existed or any(exists(entry_path(eval_dir, n)) for n in _checkpoint_folders(eval_dir)):
+        return _rebuild_metrics(eval_dir, path)
+    return {}
+
+
+def _checkpoint_folders(eval_dir: str) -> List[int]:
+    """The n of every ``ckpt_<n>`` folder of ``eval_dir``, ascending."""
+    names = listdir(eval_dir) if exists(eval_dir) else []
+    return sorted(int(n[5:]) for n in names if n.startswith('ckpt_') and n[5:].isdigit())
+
+
+def _rebuild_metrics(eval_dir: str, path: str) -> Dict[str, Any]:
+    metrics, without = {}, []
+    for ckpt in _checkpoint_folders(eval_dir):
+        entry = read_json_or_set_aside(entry_path(eval_dir, ckpt), None)
+        if entry is None:
+            without.append(ckpt)
+        else:
+            metrics[str(ckpt)] = entry
+    write_json(path, metrics)
+    logging.warning(
+        'Rebuilt %s from the per-checkpoint entries (checkpoints %s)%s.',
+        path,
+        [int(c) for c in metrics] or 'none',
+        f'; checkpoints {without} have none: rerun --mode eval over them with '
+        '--config.eval.begin_ckpt/end_ckpt to restore theirs (their stored results are '
+        'reused)'
+        if without
+        else '',
+    )
+    return metrics
+
+
+def update_metrics(eval_dir: str, ckpt: int, values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Merges ``values`` into the entry of ``ckpt`` of metrics.json (atomic rewrite), and
+    writes the entry beside the checkpoint's results (:func:`entry_path`)."""
+    path = os.path.join(eval_dir, METRICS_FILE)
+    metrics = read_metrics(eval_dir)
     entry = metrics.setdefault(str(ckpt), {})
     entry.update({k: json_scalar(v) for k, v in values.items()})
+    write_json(entry_path(eval_dir, ckpt), entry)
     write_json(path, metrics)
     return entry

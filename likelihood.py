@@ -32,6 +32,7 @@ import numpy as np
 from scipy import integrate
 
 import ode_solver
+import progress
 from errors import UserError
 from sde_lib import SDE, batch_mul
 
@@ -290,6 +291,7 @@ def get_nll_fn(
             method=method,
             max_steps=max_steps,
             time_change=time_change,
+            progress_time=sde.log_inverse_snr,
         )
         return z, delta_logp, nfe
 
@@ -471,6 +473,7 @@ def get_bound_fn(
             )
             x_rep = jnp.repeat(x, chunk_size, axis=0)
             values = integrand(x_rep, t, step_keys.reshape((-1,) + step_keys.shape[2:]))
+            progress.report_slowest((j + 1) / num_chunks)  # the progress lines (reads j)
             return total + jnp.sum(w_all[:, j] * values.reshape(batch, chunk_size), 1), None
 
         integral, _ = jax.lax.scan(chunk, jnp.zeros((batch,), x.dtype), jnp.arange(num_chunks))

@@ -9,7 +9,8 @@ checkpoint of the original score_sde / score_flow code.
         [--deq_folder flowpp_dequantizer]
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode train_classifier
     python main.py --config configs/vp/digits_lw_is.py --workdir W --mode sample \
-        --config.sampling.task=class_conditional [--sample_folder sample]
+        --config.sampling.task=class_conditional [--sample_folder sample] \
+        [--config.eval.end_ckpt=-1]    # the snapshot sampled from; -1: the newest
     python main.py --config configs/vp/cifar10_ddpmpp_continuous.py --workdir W --mode import \
         --original_checkpoint=PATH/checkpoints/checkpoint_26 [--snapshot_number=26]
 
@@ -17,7 +18,8 @@ Every config field can be overridden as ``--config.<section>.<field>=value``. Lo
 the console and to ``W/stdout.txt``; the resolved config is written to ``W/config.json``
 (``W/<eval_folder>/config.json`` for evaluation). A problem the user can fix (bad config,
 missing data or checkpoint, unwritable work directory, diverged training) prints one
-message without a traceback and exits with status 1.
+message without a traceback and exits with status 1; one Ctrl-C (SIGINT) or SIGTERM ends
+any mode at once with one line (``interrupts``), exit status 130 / 143.
 
 Multi-host (GPU clusters, TPU pods): start the same command on every host with
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=i``, or with
@@ -26,17 +28,26 @@ Multi-host (GPU clusters, TPU pods): start the same command on every host with
 
 from __future__ import annotations
 
+import interrupts
+
+if __name__ == '__main__':  # before the slow imports below: a Ctrl-C there is one line too
+    interrupts.install()
+
+import errno
 import logging as py_logging
 import os
+import re
 import sys
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import file_io
+import progress
 import run_lib
+import validation
 from configs.base import get_base_config
 from errors import UserError
 
@@ -57,7 +68,12 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     'classifier_folder', 'classifier', 'Folder of W for the noise-conditional classifier.'
 )
-flags.DEFINE_string('sample_folder', 'sample', 'Folder of W for --mode sample outputs.')
+flags.DEFINE_string(
+    'sample_folder',
+    'sample',
+    'Folder of W for --mode sample outputs; the score model is snapshot '
+    'config.eval.end_ckpt (-1: the newest, the default of DIGITS, PHOTOS and TOY).',
+)
 flags.DEFINE_string(
     'deq_folder',
     'flowpp_dequantizer',
@@ -124,6 +140,24 @@ def _without_traceback(message: str) -> str:
     return f'{lines[0]} {lines[-1]}{at}'
 
 
+_EXAMPLE_CONFIG = 'configs/vp/digits_lw_is.py'
+
+
+def _config_file_message(argv, message: str) -> str:
+    """``message`` of a config file that does not load (a syntax error, no get_config),
+    naming the file and the fix."""
+    paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+    paths += [b for a, b in zip(argv, argv[1:]) if a == '--config']
+    return _not_loaded(paths[-1], message) if paths else message
+
+
+def _not_loaded(path: str, detail: str) -> str:
+    return (
+        f'--config={path} could not be loaded ({detail}); fix the file (it must '
+        f'define get_config()) or pass a config file such as {_EXAMPLE_CONFIG}.'
+    )
+
+
 def parse_flags(argv):
     """absl parsing, with one clear line (no traceback) for bad flags and overrides."""
     try:
@@ -131,11 +165,16 @@ def parse_flags(argv):
     except flags.Error as e:
         message = _without_traceback(str(e))
     except Exception as e:  # ml_collections raises plain errors for bad overrides
-        message = f'{type(e).__name__}: {e}'
+        message = _config_file_message(argv, f'{type(e).__name__}: {e}')
     bad = _bad_override(argv)
-    if bad:
+    if 'Flag --config must have a value other than None' in message:
+        message = f'no --config given; pass a config file, e.g. --config {_EXAMPLE_CONFIG}'
+    elif bad:
+        flag = bad.split('=')[0]
+        hint = validation.did_you_mean(flag[len('--config.') :])
+        hint = f' (did you mean --config.{hint}?)' if hint else ''
         message = (
-            f'{bad.split("=")[0]} is not a config field; correct its name (every '
+            f'{flag} is not a config field{hint}; correct its name (every '
             f'field is listed in configs/base.py)'
         )
     print(f'Error: {message}\nPass --helpshort to see the flags.', file=sys.stderr)
@@ -152,10 +191,7 @@ def _load_config():
         path = config_flags.get_config_filename(FLAGS['config'])
         cause = e.__cause__ or e
         detail = str(cause).strip().splitlines()[-1].strip()
-        raise UserError(
-            f'--config={path} could not be loaded ({detail}); pass a config '
-            'file such as configs/vp/digits_lw_is.py.'
-        ) from None
+        raise UserError(_not_loaded(path, f'{type(cause).__name__}: {detail}')) from None
 
 
 def _initialize_distributed() -> None:
@@ -229,6 +265,9 @@ def run(argv) -> None:
         jax.process_count(),
     )
     config = _load_config()
+    for level, line in config_sources(config_flags.get_config_filename(FLAGS['config'])):
+        logging.log(level, '%s', line)
+    progress.set_where(f'the start of --mode {mode} (nothing computed yet)')
     if mode == 'train':
         run_lib.train(config, workdir)
     elif mode == 'eval':
@@ -236,6 +275,7 @@ def run(argv) -> None:
             FLAGS.eval_folder, config_flags.get_config_filename(FLAGS['config'])
         )
         _prepare_subfolder(workdir, eval_folder)
+        logging.info('Evaluation results go to %s.', os.path.join(workdir, eval_folder))
         run_lib.evaluate(config, workdir, eval_folder, FLAGS.deq_folder)
     elif mode == 'train_deq':
         _prepare_subfolder(workdir, FLAGS.deq_folder)
@@ -257,6 +297,47 @@ def run(argv) -> None:
         run_lib.sample(config, workdir, FLAGS.sample_folder, FLAGS.classifier_folder)
 
 
+def config_sources(config_path: str, modules=None) -> List[Tuple[int, str]]:
+    """(log level, line) naming the file of every ``configs.default_*_configs`` module the
+    config file was built on (``modules``: ``sys.modules`` after loading it), and warning
+    about a copy of one beside the config file that Python did not import: a config file
+    copied elsewhere imports the defaults of this repository, as the originals' did
+    theirs, so an edited copy of a defaults file would silently not count."""
+    modules = sys.modules if modules is None else modules
+    lines = []
+    for name in sorted(modules):
+        file = getattr(modules[name], '__file__', None)
+        if not (_DEFAULTS.fullmatch(name) and file):
+            continue
+        lines.append((logging.INFO, f'Config defaults: {name}.get_default_configs from {file}.'))
+        copy = _copy_beside(config_path, name.rsplit('.', 1)[1] + '.py')
+        if copy and os.path.realpath(copy) != os.path.realpath(file):
+            lines.append(
+                (
+                    logging.WARNING,
+                    f'{copy} is not used: the config file imports {name} from {file}. Edit '
+                    'that file, or give the copy a module name of its own and import that.',
+                )
+            )
+    return lines
+
+
+_DEFAULTS = re.compile(r'configs\.default_\w+_configs')
+
+
+def _copy_beside(config_path: str, filename: str) -> Optional[str]:
+    """The nearest ``<folder>/filename`` in a folder above the config file, if any."""
+    folder = os.path.dirname(os.path.abspath(str(config_path)))
+    while True:
+        candidate = os.path.join(folder, filename)
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
 def eval_folder_for(flag: Optional[str], config_path: str) -> str:
     """``--eval_folder`` if given, else the default of the original the config file comes
     from: score_flow's main.py writes to ``eval_test_bpd``, score_sde's to ``eval``."""
@@ -266,15 +347,49 @@ def eval_folder_for(flag: Optional[str], config_path: str) -> str:
     return SCORE_FLOW_EVAL_FOLDER if 'score_flow' in parts else EVAL_FOLDER
 
 
+# Folders this start created: a run that stops with a UserError removes them while empty.
+_CREATED: List[str] = []
+
+
 def _prepare_subfolder(workdir: str, folder: str) -> None:
     if jax.process_index() == 0:
-        _prepare_workdir(os.path.join(workdir, folder))
+        path = os.path.join(workdir, folder)
+        if not file_io.exists(path):
+            _CREATED.append(path)
+        _prepare_workdir(path)
+
+
+def _remove_empty_created_folders() -> None:
+    """A start that failed leaves nothing behind: the folders it created, if still empty."""
+    for path in reversed(_CREATED):
+        if not file_io.is_url(path) and os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+
+
+def _log_interruption(line: str) -> None:
+    """The interrupted run's line in ``W/stdout.txt``, flushed (the process ends next)."""
+    _ERRORS.warning(line)
+    for handler in _ERRORS.handlers:
+        handler.flush()
 
 
 def main(argv) -> None:
+    interrupts.install()
+    interrupts.describe_position_with(progress.where)
+    interrupts.log_with(_log_interruption)
     try:
-        run(argv)
+        try:
+            run(argv)
+        except OSError as e:  # a full disk outside a checkpoint (which says so itself)
+            if e.errno != errno.ENOSPC:
+                raise
+            raise UserError(
+                f'No space left on the disk of {e.filename or FLAGS.workdir} ({e.strerror}); '
+                'what was finished is kept: free some space and rerun the same command to '
+                'continue.'
+            ) from None
     except UserError as e:
+        _remove_empty_created_folders()
         _ERRORS.error('Error: %s', e)
         print(f'Error: {e}', file=sys.stderr, flush=True)
         sys.exit(1)

@@ -1,4 +1,5 @@
-"""Pictures: image grids and 2-D scatter images of samples, plots of metrics, PNG files.
+"""Pictures: image grids (rows labelled, masked pixels tinted) and 2-D scatter images of
+samples, plots of metrics, PNG files.
 
 Images are NHWC arrays in [0, 1]; pictures are uint8 ``[H, W, 1|3]`` arrays written as PNG
 through :func:`file_io.atomic_write`; plots are drawn by matplotlib's object API (no
@@ -14,7 +15,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 import file_io
 
@@ -32,6 +33,39 @@ def image_grid(images: np.ndarray, ncol: Optional[int] = None, pad: int = 1) -> 
         top, left = pad + r * (h + pad), pad + q * (w + pad)
         grid[top : top + h, left : left + w] = img
     return np.round(grid * 255).astype(np.uint8)
+
+
+MIN_LABELLED_ROW = 24  # pixels per grid row once labels are drawn beside the rows
+LABEL_SIZE = 12  # their font size (pixels)
+MASK_TINT = (0.95, 0.25, 0.25)  # the colour of unknown pixels in an inpainting input
+
+
+def label_rows(grid: np.ndarray, labels: Sequence[str], cell: int, pad: int = 1) -> np.ndarray:
+    """The uint8 picture ``grid`` (an :func:`image_grid` of rows ``cell`` pixels high with
+    ``pad`` between them) with ``labels[i]`` written left of row ``i``, as RGB: the grid is
+    scaled up by an integer factor (rows of at least :data:`MIN_LABELLED_ROW` pixels) and a
+    white margin holds the text."""
+    factor = max(1, math.ceil(MIN_LABELLED_ROW / (cell + pad)))
+    big = np.repeat(np.repeat(grid, factor, 0), factor, 1)
+    image = Image.fromarray(big[..., 0] if big.shape[-1] == 1 else big).convert('RGB')
+    font = ImageFont.load_default(size=LABEL_SIZE)
+    margin = int(max(font.getlength(str(label)) for label in labels)) + LABEL_SIZE
+    canvas = Image.new('RGB', (image.width + margin, image.height), 'white')
+    canvas.paste(image, (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(labels):
+        middle = (pad + i * (cell + pad) + cell / 2) * factor
+        draw.text((LABEL_SIZE // 2, middle), str(label), fill='black', font=font, anchor='lm')
+    return np.asarray(canvas)
+
+
+def tint_unknown(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``images`` [N, H, W, C] in [0, 1] as RGB with the pixels where ``mask`` (1 = known,
+    broadcastable) is 0 painted :data:`MASK_TINT`, so that the masked region shows even
+    where the image is dark."""
+    rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+    unknown = np.broadcast_to(np.asarray(mask)[..., :1] == 0, rgb.shape[:-1] + (1,))
+    return np.where(unknown, np.asarray(MASK_TINT, rgb.dtype), rgb)
 
 
 def scatter_image(points: np.ndarray, size: int = 256) -> np.ndarray:

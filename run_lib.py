@@ -26,11 +26,11 @@ import classifier
 import dequantizer
 import encoding
 import eval_runner
+import eval_store
 import file_io
 import original_checkpoint
 import sample_runner
 import sampling
-from eval_store import METRICS_FILE
 from train_state import TrainState
 from trainer import Trainer, record_objective_change
 from validation import prepare_config
@@ -46,11 +46,13 @@ def save_config(config: ml_collections.ConfigDict, path: str) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """``--mode train``: trains (or resumes training of) ``config`` in ``workdir``; writes
     the resolved config to ``W/config.json`` (with ``training.objective_changes``: a resume
-    with another objective is fine-tuning, recorded with its step); returns the final
-    train state."""
+    with another objective is fine-tuning, recorded with its step) once the newest
+    checkpoint was restored with it (a config that does not fit stops before, leaving the
+    run's own); returns the final train state."""
     config = record_objective_change(prepare_config(config), workdir)
-    save_config(config, os.path.join(workdir, 'config.json'))
-    return Trainer(config, workdir).run()
+    trainer = Trainer(config, workdir)  # restores first: a config that does not fit the
+    save_config(config, os.path.join(workdir, 'config.json'))  # run keeps W/config.json
+    return trainer.run()
 
 
 def evaluate(
@@ -59,12 +61,14 @@ def evaluate(
     eval_folder: str = 'eval',
     deq_folder: str = dequantizer.DEQ_FOLDER,
 ) -> Dict[str, Any]:
-    """``--mode eval``: evaluates snapshots eval.begin_ckpt … eval.end_ckpt of ``workdir``;
-    writes ``W/<eval_folder>/config.json`` and ``metrics.json``, returns the latter's
-    content. A restarted evaluation continues where it stopped."""
+    """``--mode eval``: evaluates snapshots eval.begin_ckpt … eval.end_ckpt of ``workdir``
+    (−1: the newest); writes ``W/<eval_folder>/config.json`` and ``metrics.json``, returns
+    the latter's content. A restarted evaluation continues where it stopped; a start that
+    fails (e.g. a missing snapshot) writes nothing."""
     config = prepare_config(config)
+    evaluator = eval_runner.Evaluator(config, workdir, eval_folder, deq_folder=deq_folder)
     save_config(config, os.path.join(workdir, eval_folder, 'config.json'))
-    return eval_runner.evaluate(config, workdir, eval_folder, deq_folder=deq_folder)
+    return evaluator.run()
 
 
 def train_deq(
@@ -95,7 +99,7 @@ def sample(
     folder: str = sample_runner.SAMPLE_FOLDER,
     classifier_folder: str = classifier.CLASSIFIER_FOLDER,
 ) -> Dict[str, Any]:
-    """``--mode sample``: ``sampling.task`` from snapshot ``eval.end_ckpt`` into
+    """``--mode sample``: ``sampling.task`` from snapshot ``eval.end_ckpt`` (−1: the newest) into
     ``W/<folder>`` (PNG grid, NPZ, metrics.json); resumable. Bad input stops before
     anything is written."""
     config = prepare_config(config)
@@ -124,4 +128,4 @@ def import_checkpoint(
 
 def read_metrics(workdir: str, eval_folder: str = 'eval') -> Dict[str, Any]:
     """The ``metrics.json`` written by ``--mode eval`` ({} if there is none yet)."""
-    return file_io.read_json(os.path.join(workdir, eval_folder, METRICS_FILE), {})
+    return eval_store.read_metrics(os.path.join(workdir, eval_folder))

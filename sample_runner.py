@@ -5,8 +5,9 @@ Score SDE §5: one unconditional score model s_θ(x, t) ≈ ∇log p_t(x) become
 * ``class_conditional`` — ∇log p_t(x | y) = ∇log p_t(x) + s·∇log p_t(y | x) with the
   noise-conditional classifier of ``--mode train_classifier`` (s =
   ``sampling.classifier_scale``: 1 is the exact conditional, s > 1 classifier guidance),
-  through the configured sampler (PC or probability-flow ODE), ``sampling.num_samples``
-  per class of ``sampling.classes`` (() = every class);
+  through the sampler of ``sampling.guided_method`` (PC by default: the classifier's
+  gradient makes the probability-flow ODE stiff), ``sampling.num_samples`` per class of
+  ``sampling.classes`` (() = every class);
 * ``inpaint`` — PC sampling of the unknown pixels (``sampling.mask``: :data:`MASKS`,
   ``random_pixels:<fraction>`` or a ``.npy`` file of 0/1, 1 = known) of the first
   ``sampling.num_samples`` test images, the known pixels kept exactly;
@@ -69,13 +70,15 @@ import sde_lib
 from datasets import DataSpec
 from devices import get_mesh
 from errors import UserError
-from eval_store import ResultStore, check_fingerprint
-from file_io import read_json, save_npz, write_json
+from eval_store import Progress, ResultStore, check_fingerprint, read_json_or_set_aside
+from file_io import save_npz, write_json
 from models import utils as mutils
 from train_state import STREAM_SAMPLE, create_train_state, stream_key
 
 Array = jax.Array
 MASKS = ('bottom_half', 'right_half', 'center')
+# Tasks whose score carries a classifier's gradient: sampled by `sampling.guided_method`.
+GUIDED_TASKS = ('class_conditional',)
 RANDOM_PIXELS = 'random_pixels:'
 SAMPLE_FOLDER = 'sample'
 METRICS_FILE = 'metrics.json'
@@ -184,6 +187,23 @@ def check_task(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def sampler_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config the sampler of ``sampling.task`` reads: for a guided task
+    (:data:`GUIDED_TASKS`) ``sampling.method`` is ``sampling.guided_method``."""
+    s = config.sampling
+    if s.task not in GUIDED_TASKS or s.guided_method == s.method:
+        return config
+    logging.info(
+        '%s: sampling.guided_method=%r (sampling.method=%r is for unguided sampling).',
+        s.task,
+        s.guided_method,
+        s.method,
+    )
+    config = config.copy_and_resolve_references()
+    config.sampling.method = config.sampling.guided_method
+    return config
+
+
 # --------------------------------------------------------------------------- runner
 class SampleRunner:
     """Everything ``--mode sample`` needs for one prepared config (see module docstring)."""
@@ -208,19 +228,11 @@ class SampleRunner:
             self.classifier = classifier_lib.load_classifier(config, workdir, classifier_folder)
         self.ckpt = self._snapshot_number()
         self.model, self.variables = self._score_model()
+        self.num: Optional[int] = None  # examples asked for (set by run)
 
     def _snapshot_number(self) -> int:
-        available = checkpointing.list_checkpoints(self.workdir)
-        wanted = int(self.config.eval.end_ckpt)
-        if wanted < 0:
-            if not available:
-                raise UserError(
-                    f'{checkpointing.snapshot_dir(self.workdir)} holds no snapshot; train '
-                    f'first: python main.py --config <this config> --workdir {self.workdir} '
-                    '--mode train'
-                )
-            return available[-1]
-        return wanted
+        """Snapshot ``eval.end_ckpt`` (−1: the newest), which must exist."""
+        return checkpointing.resolve_snapshot(self.workdir, int(self.config.eval.end_ckpt))
 
     def _score_model(self):
         return restore_score_model(self.config, self.workdir, self.ckpt)
@@ -264,7 +276,7 @@ class SampleRunner:
         shape = (batch,) + self.data.shape
         inverse = datasets.get_data_inverse_scaler(self.config)
         if self.task in ('unconditional', 'class_conditional'):
-            fn = sampling.get_sampling_fn(self.config, self.sde, shape, inverse)
+            fn = sampling.get_sampling_fn(sampler_config(self.config), self.sde, shape, inverse)
             grad = None
             if self.classifier is not None:
                 model = self.classifier[0]
@@ -318,9 +330,12 @@ class SampleRunner:
         return run
 
     def _host_batch(self) -> int:
-        return datasets.host_batch_size(
+        """Rows per round: ``eval.batch_size`` over the hosts, no more than the examples
+        asked for (100 class-conditional digits are not padded to a batch of 256)."""
+        batch = datasets.host_batch_size(
             int(self.config.eval.batch_size), self.num_hosts, 'eval.batch_size'
         )
+        return batch if self.num is None else min(batch, self.num)
 
     def _round_input(self, cond: Dict[str, np.ndarray], r: int) -> np.ndarray:
         """The conditioning array of round ``r``, padded to the batch by repetition."""
@@ -340,7 +355,7 @@ class SampleRunner:
     # --- the run ----------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
         cond = self.conditions()
-        n = len(next(iter(cond.values())))
+        n = self.num = len(next(iter(cond.values())))
         b = self._host_batch()
         rounds = -(-n // b)
         task_dir = os.path.join(self.folder, self.task)
@@ -367,20 +382,15 @@ class SampleRunner:
         key = jax.random.fold_in(stream_key(self.config.seed, STREAM_SAMPLE), self.ckpt)
         key = jax.random.fold_in(key, 100 + _TASK_STREAM[self.task])
         cv = self.classifier[1] if self.classifier is not None else None
-        start = time.time()
-        for i, r in enumerate(todo):
-            x = fn(self.variables, cv, jax.random.fold_in(key, r), self._round_input(cond, r))
-            store.save(self.task, r, {'x': np.asarray(jax.device_get(x), np.float32)})
-            elapsed = time.time() - start
-            eta = elapsed / (i + 1) * (len(todo) - i - 1)
-            logging.info(
-                '%s: round %d/%d done (%.1f s elapsed, ETA %.0f s).',
-                self.task,
-                r + 1,
-                rounds,
-                elapsed,
-                eta,
-            )
+        b = self._host_batch()
+        task = Progress(f'{self.task} (snapshot {self.ckpt})', len(mine) * b, unit='samples')
+        task.advance((len(mine) - len(todo)) * b, computed=False)  # rounds of an earlier run
+        for r in todo:
+            with task.part(b):
+                x = fn(self.variables, cv, jax.random.fold_in(key, r), self._round_input(cond, r))
+                x = np.asarray(jax.device_get(x), np.float32)
+            store.save(self.task, r, {'x': x})
+            task.advance(b, extra=f', round {r + 1}/{rounds} done')
 
     def _wait(self, store: ResultStore, r: int, timeout_s: float = 3600.0):
         deadline = time.time() + timeout_s
@@ -408,7 +418,7 @@ class SampleRunner:
         self._picture(arrays)
         metrics = task_metrics(self, arrays)
         path = os.path.join(self.folder, METRICS_FILE)
-        everything = read_json(path, {})
+        everything = read_json_or_set_aside(path, {})
         everything[self.task] = metrics
         write_json(path, everything)
         logging.info('%s metrics: %s', self.task, metrics)
@@ -419,10 +429,8 @@ class SampleRunner:
         if self.task == 'class_conditional':
             picture = class_grid(shown, arrays['labels'])
         elif self.task in ('inpaint', 'colorize'):
-            triples = np.stack(
-                [self.model_input(arrays['originals']), arrays['inputs'], shown], axis=1
-            )[:GRID_ROWS]
-            picture = pictures.image_grid(triples.reshape((-1,) + self.data.shape), ncol=3)
+            originals = self.model_input(arrays['originals'])
+            picture = triple_picture(originals, arrays['inputs'], shown, arrays.get('mask'))
         else:
             picture = pictures.sample_picture(shown)
         if picture is None:
@@ -457,15 +465,30 @@ def grey(x: np.ndarray) -> np.ndarray:
 
 def class_grid(samples: np.ndarray, labels: np.ndarray) -> Optional[np.ndarray]:
     """Images: one row per class (first :data:`GRID_ROWS` classes, :data:`GRID_COLS`
-    samples each); vectors: the scatter of all samples."""
+    samples each), labelled 'class <c>' on the left; vectors: the scatter of all samples."""
     if samples.ndim != 4:
         return pictures.sample_picture(samples)
-    rows = []
-    for c in list(dict.fromkeys(labels.tolist()))[:GRID_ROWS]:
+    rows, classes = [], list(dict.fromkeys(labels.tolist()))[:GRID_ROWS]
+    for c in classes:
         row = samples[labels == c][:GRID_COLS]
         blank = np.ones((GRID_COLS - len(row),) + samples.shape[1:], samples.dtype)
         rows.append(np.concatenate([row, blank]))
-    return pictures.image_grid(np.concatenate(rows), ncol=GRID_COLS)
+    grid = pictures.image_grid(np.concatenate(rows), ncol=GRID_COLS)
+    return pictures.label_rows(grid, [f'class {c}' for c in classes], samples.shape[1])
+
+
+def triple_picture(
+    originals: np.ndarray, inputs: np.ndarray, results: np.ndarray, mask: Optional[np.ndarray]
+) -> np.ndarray:
+    """Rows of (original, input, result) images for the first :data:`GRID_ROWS` examples;
+    with an inpainting ``mask`` (1 = known) the input's unknown pixels are tinted
+    (``pictures.tint_unknown``), so the masked region shows, and the picture is RGB."""
+    columns = [originals, inputs, results]
+    if mask is not None:
+        columns = [pictures.tint_unknown(x, mask) if x is inputs else x for x in columns]
+        columns = [np.repeat(x, 3, -1) if x.shape[-1] == 1 else x for x in columns]
+    triples = np.stack([x[:GRID_ROWS] for x in columns], axis=1)
+    return pictures.image_grid(triples.reshape((-1,) + triples.shape[2:]), ncol=3)
 
 
 # --------------------------------------------------------------------------- metrics

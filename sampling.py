@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ode_solver
+import progress
 import sde_lib
 import solver_plans
 from errors import UserError
@@ -346,6 +347,7 @@ def _pc_loop(
                 return step(step_key, x, t, t_next)
 
             x, x_mean = jax.lax.fori_loop(1, resample, again, (x, x_mean))
+        progress.report((i + 1) / sde.N)  # for the progress lines (reads i only)
         return x, x_mean
 
     return jax.lax.fori_loop(0, sde.N, body, (x, x))
@@ -448,7 +450,15 @@ def _flow_solve(
 
     def solve_one(y):
         return ode_solver.solve(
-            field, y, t0, t1, rtol=rtol, atol=atol, method=method, time_change=time_change
+            field,
+            y,
+            t0,
+            t1,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            time_change=time_change,
+            progress_time=sde.log_inverse_snr,
         )
 
     x, nfe = jax.vmap(solve_one)(x)

@@ -20,7 +20,8 @@
 
 :class:`Trainer` (``--mode train``) adds, for the score model: every ``eval_freq`` the loss
 of the EMA parameters on a test-split batch; every ``snapshot_freq`` snapshot
-``step // snapshot_freq`` in ``W/checkpoints`` and, with ``snapshot_sampling``,
+``step // snapshot_freq`` in ``W/checkpoints`` (also at the last step, when that number is
+free, as score_sde) and, with ``snapshot_sampling``,
 ``W/samples/iter_<step>/sample.{png,npz}``. ``dequantizer.py`` trains its flow with the
 same loop.
 """
@@ -46,6 +47,7 @@ import datasets
 import file_io
 import losses
 import pictures
+import progress
 import sampling
 import sde_lib
 from configs.base import get_base_config
@@ -224,6 +226,7 @@ class TrainLoop(abc.ABC):
             )
             self.state, sums = self.chunk_fn(self.state, sums, batch)
             step += k
+            progress.set_where(f'training step {step}/{self.n_iters}')
             if due(step, t.log_freq) or step == self.n_iters:
                 self._check_finite(sums)
                 self._log(step, sums, clock)
@@ -375,10 +378,11 @@ class Trainer(TrainLoop):
         snapshot; a kill between the two resumes after that step, which would never be
         saved as a snapshot (and ``--mode eval`` would stop at the gap). The restored state
         is the state of that step, so its snapshot is the one the run would have written.
+        The same holds for the last step's snapshot (:meth:`_last_snapshot_due`).
         """
         step = int(jax.device_get(self.state.step))
         freq = int(self.config.training.snapshot_freq)
-        if step > 0 and step % freq == 0:
+        if step > 0 and (step % freq == 0 or step == self.n_iters):
             if step // freq not in checkpointing.list_checkpoints(self.workdir):
                 logging.info('Saving snapshot %d of the restored step %d.', step // freq, step)
                 checkpointing.save_snapshot(self.workdir, step // freq, self.state)
@@ -401,7 +405,7 @@ class Trainer(TrainLoop):
         """Eval loss, checkpoints and samples due at ``step``; True if any ran."""
         t = self.config.training
         eval_due = due(step, t.eval_freq)
-        snapshot_due = due(step, t.snapshot_freq)
+        snapshot_due = due(step, t.snapshot_freq) or self._last_snapshot_due(step)
         if eval_due:
             self._eval_loss(step)
         saved = super()._periodic_work(step, sums)
@@ -410,6 +414,16 @@ class Trainer(TrainLoop):
             checkpointing.save_snapshot(self.workdir, step // t.snapshot_freq, self.state)
             self._sample(step)
         return eval_due or saved or snapshot_due
+
+    def _last_snapshot_due(self, step: int) -> bool:
+        """At the last step, a snapshot numbered ``step // snapshot_freq`` if that number is
+        free, as score_sde saves one at its last step: a training shorter than
+        ``snapshot_freq`` (or ending between two) leaves a snapshot to evaluate and sample."""
+        number = step // int(self.config.training.snapshot_freq)
+        if step != self.n_iters or number in checkpointing.list_checkpoints(self.workdir):
+            return False
+        logging.info('Last step %d: saving it as snapshot %d.', step, number)
+        return True
 
     def _close(self) -> None:
         logging.info(

@@ -54,6 +54,28 @@ _REFUSED = {
 }
 
 
+# Names the originals' documentation uses for fields of ours (score_flow's README writes
+# --config.eval.dataset; its code, and ours, read eval.bpd_dataset).
+RENAMED = {'eval.dataset': 'eval.bpd_dataset'}
+
+
+def did_you_mean(field: str) -> str:
+    """The schema's field meant by the unknown dotted name ``field``: a known rename
+    (:data:`RENAMED`), else the closest name in its section ('' if none is close)."""
+    if field in RENAMED:
+        return RENAMED[field]
+    *sections, name = field.split('.')
+    node = get_base_config()
+    for section in sections:
+        if section not in node or not _is_section(node[section]):
+            return ''
+        node = node[section]
+    # cutoff 0.75: typos (bach_size → batch_size, 0.95) yes; other names that merely share
+    # a prefix (ckpt_id → ckpt_timeout, 0.63) no.
+    hint = difflib.get_close_matches(name, list(node.keys()), n=1, cutoff=0.75)
+    return '.'.join([*sections, hint[0]]) if hint else ''
+
+
 def choices() -> tuple:
     """(field, allowed values) of every field with a fixed set of values."""
     return (
@@ -61,6 +83,7 @@ def choices() -> tuple:
         ('model.name', mutils.registered_models()),
         ('data.dataset', datasets.dataset_names()),
         ('sampling.method', sampling.SAMPLING_METHODS),
+        ('sampling.guided_method', sampling.SAMPLING_METHODS),
         ('sampling.predictor', sampling.predictor_names()),
         ('sampling.corrector', sampling.corrector_names()),
         ('sampling.ode_method', ode_solver.solver_names()),
@@ -271,12 +294,10 @@ def _check_schema(config: Any, schema: ml_collections.ConfigDict, prefix: str = 
         if field in IGNORED:
             continue
         if key not in schema:
-            # cutoff 0.75: typos (bach_size → batch_size, 0.95) yes; other names that
-            # merely share a prefix (ckpt_id → ckpt_timeout, 0.63) no.
-            hint = difflib.get_close_matches(key, list(schema.keys()), n=1, cutoff=0.75)
-            did_you_mean = f' (did you mean {prefix}{hint[0]}?)' if hint else ''
+            hint = did_you_mean(field)
+            hint = f' (did you mean {hint}?)' if hint else ''
             raise UserError(
-                f'config.{field} is not a known field{did_you_mean}; '
+                f'config.{field} is not a known field{hint}; '
                 f'remove it or correct its name (known fields are those of '
                 f'configs/base.py)'
             )

@@ -29,7 +29,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
             'log_freq': 50,
         }
     )
-    config.eval.begin_ckpt = config.eval.end_ckpt = 1
     config.data.update(
         {
             'dataset': 'PHOTOS',

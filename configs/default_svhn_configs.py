@@ -9,4 +9,5 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config = get_base_config()
     config.data.dataset = 'SVHN'
     config.data.random_flip = False
+    config.eval.begin_ckpt = config.eval.end_ckpt = -1  # the newest snapshot
     return config

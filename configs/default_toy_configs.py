@@ -23,7 +23,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.sampling.method = 'ode'
 
     evaluate = config.eval
-    evaluate.begin_ckpt = evaluate.end_ckpt = 5
+    evaluate.begin_ckpt = evaluate.end_ckpt = -1  # the newest snapshot (eval and sample)
     evaluate.batch_size = 1000
     evaluate.enable_loss = True
     evaluate.num_repeats = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -115,8 +116,67 @@ def test_corrupt_checkpoint_gives_user_error(tmp_path):
                 os.remove(os.path.join(folder, name))
                 removed += 1
     assert removed
-    with pytest.raises(UserError, match=r'checkpoints/2 is corrupt.*delete that folder'):
+    with pytest.raises(UserError, match=r'checkpoints/2 is damaged.*Delete that folder'):
         checkpointing.restore_checkpoint(str(tmp_path), 2, _state())
+
+
+def _truncate(path: str) -> None:
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[: len(data) // 2])
+
+
+def test_a_damaged_file_is_named_without_tensorstore_details(tmp_path):
+    """A truncated data file (OCDBT packs the arrays into unnamed files) names the array
+    and the folder it is stored under, a truncated metadata file names itself; neither
+    message carries tensorstore's spec dump, and the fix names the intact snapshots."""
+    workdir, wide = str(tmp_path), _state(width=400)  # arrays beyond OCDBT's inline size
+    checkpointing.save_snapshot(workdir, 1, wide)
+    checkpointing.save_snapshot(workdir, 2, wide)
+    root = checkpointing.checkpoint_path(workdir, 2)
+    data = [os.path.join(f, n) for f, _, names in os.walk(root) for n in names if '/d' in f]
+    _truncate(max(data, key=os.path.getsize))
+    with pytest.raises(UserError) as error:
+        checkpointing.restore_checkpoint(workdir, 2, wide)
+    message = str(error.value)
+    assert 'TensorStore' not in message and '{' not in message, message
+    assert f'{root} is damaged: the stored data of ' in message
+    assert 'cannot be read (Requested byte range' in message
+    assert '--config.eval.end_ckpt=N with N in [1]' in message
+    checkpointing.restore_checkpoint(workdir, 1, wide)  # the other snapshot is intact
+
+    shutil.rmtree(root)
+    checkpointing.save_snapshot(workdir, 2, wide)
+    _truncate(os.path.join(root, 'default', '_METADATA'))
+    with pytest.raises(UserError, match=r'its file .*/2/default/_METADATA is not valid JSON'):
+        checkpointing.restore_checkpoint(workdir, 2, wide)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_save(tmp_path, monkeypatch, caplog):
+    """ENOSPC while orbax writes checkpoint 2 (simulated in its metadata writer, after the
+    arrays were written to the temporary folder): one UserError, the temporary folder
+    removed, orbax's tracebacks kept out of the log, and snapshot 1 untouched."""
+    from orbax.checkpoint._src.path import async_path
+
+    workdir = str(tmp_path)
+    checkpointing.save_snapshot(workdir, 1, _state())
+
+    async def full_disk(path, text, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(async_path, 'write_text', full_disk)
+    with caplog.at_level(logging.INFO), pytest.raises(UserError) as error:
+        checkpointing.save_snapshot(workdir, 2, _state(seed=1))
+    message = str(error.value)
+    assert message.startswith(
+        f'No space left on the disk of {checkpointing.snapshot_dir(workdir)} ('
+    ), message
+    assert 'while writing checkpoint 2; nothing older was touched' in message
+    assert os.listdir(checkpointing.snapshot_dir(workdir)) == ['1']
+    assert not [r for r in caplog.records if 'No space left' in r.getMessage()]
+    monkeypatch.undo()
+    _assert_same(checkpointing.restore_checkpoint(workdir, 1, _state()), _state())
 
 
 def test_wait_for_checkpoint(tmp_path):

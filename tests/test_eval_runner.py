@@ -38,6 +38,9 @@ class ExactScoreEvaluator(eval_runner.Evaluator):
 
     gm: mixture.GaussianMixture = None
 
+    def checkpoint_range(self):
+        return int(self.config.eval.begin_ckpt), int(self.config.eval.end_ckpt)
+
     def load_variables(self, ckpt):
         return {}
 
@@ -296,6 +299,25 @@ def test_resume_after_interruption_gives_same_metrics(vector_data, vector_eval, 
     assert computed == odes + [(f'bound_r{r}', b) for r in range(2) for b in range(5)]
     # ... and the metrics are those of an uninterrupted evaluation.
     assert _metrics(tmp_path) == _metrics(full)
+
+
+def test_a_truncated_metrics_json_is_rebuilt_from_the_checkpoint_entries(vector_data, tmp_path):
+    """metrics.json cut short (a full disk, a copy): the next evaluation in that folder
+    moves it aside (kept) and rebuilds it from the per-checkpoint entries, reusing the
+    stored results, instead of failing with a JSONDecodeError."""
+    gm, path = vector_data
+    config = _config(path)
+    first = _evaluator(config, tmp_path, gm).run()
+    assert json.load(open(tmp_path / 'eval' / 'ckpt_1' / 'metrics_entry.json')) == first['1']
+    metrics = tmp_path / 'eval' / 'metrics.json'
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) // 2])
+    computed = []
+    again = _evaluator(config, tmp_path, gm, hook=lambda t, b: computed.append(t)).run()
+    assert again == first and computed == []  # rebuilt; no batch computed again
+    assert _metrics(tmp_path) == first
+    (aside,) = [p for p in os.listdir(tmp_path / 'eval') if p.startswith('metrics.json.broken-')]
+    assert (tmp_path / 'eval' / aside).read_text() == text[: len(text) // 2]
 
 
 def test_empty_checkpoint_range_is_refused(vector_data, tmp_path):

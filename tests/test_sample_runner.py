@@ -17,6 +17,7 @@ from PIL import Image
 import configs.vp.photos_lw_is as photos_config
 import datasets
 import evaluation
+import pictures
 import run_lib
 import sample_runner
 import train_utils
@@ -78,6 +79,8 @@ def test_class_conditional_outputs(digits_workdir):
     arrays = load_npz(os.path.join(folder, 'class_conditional.npz'))
     np.testing.assert_array_equal(arrays['labels'], [1, 1, 1, 3, 3, 3])
     assert arrays['samples'].shape == (6, 8, 8, 1) and arrays['levels'].max() <= 16
+    (round_file,) = glob.glob(os.path.join(folder, 'class_conditional', '*_b00000_h0.npz'))
+    assert load_npz(round_file)['x'].shape[0] == 6  # not padded to eval.batch_size=8
     assert _is_png(os.path.join(folder, 'class_conditional.png'))
     # The judge is the independent digits classifier; the fractions are those of its
     # predictions on the quantized samples (a 20-step model draws noise, so whether they
@@ -91,6 +94,45 @@ def test_class_conditional_outputs(digits_workdir):
     }
     with open(os.path.join(folder, 'metrics.json')) as f:
         assert json.load(f)['class_conditional'] == metrics
+
+
+def test_guided_tasks_use_the_guided_method():
+    """DIGITS samples by the probability-flow ODE, which a classifier's gradient makes stiff
+    (> 15 min for 100 samples): class-conditional sampling takes sampling.guided_method
+    (PC by default, minutes), unguided sampling keeps sampling.method."""
+    config = train_utils.load_config('digits', {'sampling.task': 'class_conditional'})
+    assert config.sampling.method == 'ode' and config.sampling.guided_method == 'pc'
+    assert sample_runner.sampler_config(config).sampling.method == 'pc'
+    config.sampling.task = 'unconditional'
+    assert sample_runner.sampler_config(config).sampling.method == 'ode'
+
+
+def test_class_rows_are_labelled():
+    """One row per class with 'class <c>' written left of it (dark pixels in a white margin,
+    different for different classes); the images beside are those of the plain grid."""
+    samples = np.full((6, 8, 8, 1), 0.5, np.float32)
+    labels = np.array([3, 3, 3, 7, 7, 7])
+    picture = sample_runner.class_grid(samples, labels)
+    plain = pictures.image_grid(np.concatenate([samples[:3], np.ones((7, 8, 8, 1))] * 2), 10)
+    factor = picture.shape[0] // plain.shape[0]
+    margin = picture.shape[1] - plain.shape[1] * factor
+    assert factor >= 2 and margin > 20 and picture.shape[-1] == 3
+    rows = [picture[(1 + 9 * i) * factor : (9 + 9 * i) * factor, :margin].min(-1) for i in (0, 1)]
+    assert all(row.min() < 100 for row in rows) and not np.array_equal(*rows)
+    np.testing.assert_array_equal(picture[::factor, margin::factor, 0], plain[..., 0])
+
+
+def test_the_inpainting_mask_is_tinted():
+    """The masked input shows its unknown pixels in a tint (they are black, the colour of
+    the digits' background, otherwise); originals and results are unchanged."""
+    x = np.random.default_rng(0).random((2, 8, 8, 1)).astype(np.float32)
+    mask = sample_runner.parse_mask('bottom_half', (8, 8, 1))
+    picture = sample_runner.triple_picture(x, x * mask, x, mask).astype(float) / 255
+    cells = [picture[1 + 9 * r : 9 + 9 * r, 1 + 9 * c : 9 + 9 * c] for r in (0, 1) for c in (0, 1)]
+    for original, masked in (cells[:2], cells[2:]):
+        np.testing.assert_allclose(masked[:4], original[:4], atol=1 / 255)  # known: as is
+        tint = np.broadcast_to(pictures.MASK_TINT, (4, 8, 3))
+        np.testing.assert_allclose(masked[4:], tint, atol=1 / 255)
 
 
 def test_inpaint_keeps_known_pixels_and_resumes(digits_workdir):
