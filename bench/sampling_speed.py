@@ -17,9 +17,21 @@ draws FD_digits against NFE from them (``--replot``: redraw an earlier ``--out``
 ``--bootstrap B`` adds the standard deviation of FD_digits over B resamples of the samples,
 ``--seed`` draws other samples.
 
+``--task class_conditional`` measures class-conditional sampling instead (the noise-
+conditional classifier of ``--mode train_classifier`` must be trained in the workdir):
+``--per-class`` samples of each class, drawn from ∇log p_t(x) + s·∇log p_t(y | x)
+(``--classifier-scale`` s; 1 is the exact conditional) by each sampler of the grid, and
+judged as ``--mode sample --config.sampling.task=class_conditional`` judges them
+(``sample_runner.judge``: the independent digits classifier on the quantized samples);
+reported: the in-class accuracy and its binomial standard error. NFE counts score-model
+evaluations (each also evaluates the classifier's gradient once). The adaptive ODE rows
+are skipped unless named by ``--only`` (one solve per example; stiff with the classifier).
+
     python bench/sampling_speed.py --workdir runs/digits_lw_is \
         [--config configs/vp/digits_lw_is.py] [--num 512] [--grid fast --nfes 5,10,15,20,50] \
         [--out fast.json --plot docs/images/sampling_fd_nfe.png]
+    python bench/sampling_speed.py --workdir W --task class_conditional --grid fast \
+        --per-class 20 --batch 200 [--out cc.json --plot cc.png]
 """
 
 from __future__ import annotations
@@ -38,10 +50,12 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from snapshot import load_snapshot  # noqa: E402
 
+import classifier as classifier_lib  # noqa: E402
 import datasets  # noqa: E402
 import digits_classifier  # noqa: E402, F401  (registers the feature network 'digits_mlp')
 import evaluation  # noqa: E402
 import file_io  # noqa: E402
+import sample_runner  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 from models import utils as mutils  # noqa: E402
@@ -176,6 +190,132 @@ def draw(snap, fields: Dict[str, Any], num_scales: int, num: int, batch: int, se
     return np.clip(np.concatenate(out)[:num], 0.0, 1.0), float(np.mean(nfes)), seconds
 
 
+def conditional_runner(config, workdir: str, ckpt: int, per_class: int, batch: int, scale: float):
+    """The ``--mode sample`` runner of the class-conditional task (score model, classifier)."""
+    config = config.copy_and_resolve_references()
+    config.sampling.task = 'class_conditional'
+    config.sampling.num_samples = per_class
+    config.sampling.classifier_scale = scale
+    config.eval.batch_size = batch
+    config.eval.end_ckpt = ckpt
+    return sample_runner.SampleRunner(config, workdir)
+
+
+def draw_conditional(runner, fields: Dict[str, Any], num_scales: int, seed: int = 0):
+    """Class-conditional samples of ``runner`` (its labels, its batch) by the sampler of
+    ``fields``: (samples in [0, 1], labels, NFE per sample, seconds after compiling)."""
+    config = runner.config.copy_and_resolve_references()
+    config.sampling.update(fields)
+    config.model.num_scales = num_scales
+    sde = sde_lib.get_sde(config)
+    cond = runner.conditions()
+    batch = runner._host_batch()
+    shape = (batch,) + runner.data.shape
+    sampler = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config))
+    model = runner.classifier[0]
+    scale = float(config.sampling.classifier_scale)
+
+    @jax.jit
+    def run(v, cv, rng, y):
+        score = mutils.get_score_fn(
+            sde, runner.model, v, train=False, continuous=bool(config.training.continuous)
+        )
+        grad = classifier_lib.get_logp_grad_fn(sde, model, cv)
+        return sampler(rng, sampling.conditional_score_fn(score, grad, y, scale))
+
+    cv = runner.classifier[1]
+    rounds = -(-len(cond['labels']) // batch)
+    jax.block_until_ready(
+        run(runner.variables, cv, jax.random.PRNGKey(99), runner._round_input(cond, 0))
+    )
+    out, nfes, start = [], [], time.perf_counter()
+    for r in range(rounds):
+        key = jax.random.fold_in(jax.random.PRNGKey(r), seed) if seed else jax.random.PRNGKey(r)
+        x, nfe = jax.block_until_ready(run(runner.variables, cv, key, runner._round_input(cond, r)))
+        out.append(np.asarray(x))
+        nfes.append(int(nfe))
+    seconds = time.perf_counter() - start
+    x = np.clip(np.concatenate(out)[: len(cond['labels'])], 0.0, 1.0)
+    return x, cond['labels'], float(np.mean(nfes)), seconds
+
+
+def in_class_accuracy(runner, x: np.ndarray, labels: np.ndarray, predict) -> Dict[str, Any]:
+    """The judge's in-class accuracy of samples ``x`` (quantized as ``--mode sample``
+    pictures them), its binomial standard error and the per-class accuracies."""
+    shown = runner._shown({'samples': x, 'levels': runner.data.quantize(x)})
+    metrics = sample_runner.class_metrics(predict(shown), labels)
+    p, n = metrics['accuracy'], len(labels)
+    return dict(metrics, accuracy_se=float(np.sqrt(p * (1.0 - p) / n)), num=n)
+
+
+def main_conditional(args, snap) -> None:
+    """``--task class_conditional``: in-class accuracy against NFE (module docstring)."""
+    runner = conditional_runner(
+        snap.config, args.workdir, args.ckpt, args.per_class, args.batch, args.classifier_scale
+    )
+    predict, description = sample_runner.judge(runner)
+    if predict is None:
+        raise SystemExit(f'no judge: {description}')
+    print(f'judge: {description}; classifier step {runner.classifier[2]}', flush=True)
+    print(f'{"sampler":>24} {"NFE":>7} {"seconds":>8} {"samples/s":>10} {"accuracy":>14}')
+    wanted = set(filter(None, args.only.split(',')))
+    rows = []
+    for name, family, fields, num_scales in grid(args.grid, [int(n) for n in args.nfes.split(',')]):
+        if (wanted and name not in wanted) or (not wanted and fields['method'] == 'ode'):
+            continue
+        x, labels, nfe, seconds = draw_conditional(runner, fields, num_scales, args.seed)
+        row = dict(name=name, family=family, fields=fields, nfe=nfe, seconds=seconds)
+        row.update(seed=args.seed, samples_per_s=len(labels) / seconds)
+        row.update(in_class_accuracy(runner, x, labels, predict))
+        row['classifier_scale'] = args.classifier_scale
+        rows.append(row)
+        print(
+            f'{name:>24} {nfe:7.0f} {seconds:8.1f} {row["samples_per_s"]:10.2f} '
+            f'{row["accuracy"]:7.3f} ± {row["accuracy_se"]:.3f}',
+            flush=True,
+        )
+        if args.out:
+            file_io.write_json(args.out, {'judge': description, 'rows': rows})
+    if args.plot:
+        plot_accuracy(rows, args.plot)
+
+
+def plot_accuracy(results: List[Dict[str, Any]], path: str) -> None:
+    """In-class accuracy against NFE (log axis), ± its binomial standard error: one line
+    per fast-solver family, EM N = 1000 as a dashed level with its ± 1 SE band."""
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    families = list(dict.fromkeys(r['family'] for r in results))
+    for i, family in enumerate(families):
+        rows = sorted((r for r in results if r['family'] == family), key=lambda r: r['nfe'])
+        if family == 'EM N=1000':
+            a, se = rows[0]['accuracy'], rows[0]['accuracy_se']
+            ax.axhline(a, color='black', ls='--', lw=0.8, label='EM N=1000 (± SE)')
+            ax.axhspan(a - se, a + se, color='black', alpha=0.1)
+            continue
+        style = ('o', '-' if i < 10 else '--') if len(rows) > 1 else ('s', 'none')
+        ax.errorbar(
+            [r['nfe'] for r in rows],
+            [r['accuracy'] for r in rows],
+            yerr=[r['accuracy_se'] for r in rows],
+            marker=style[0],
+            ls=style[1],
+            label=family,
+            ms=4,
+            capsize=2,
+        )
+    ax.axhline(0.1, color='grey', ls=':', label='chance')
+    ax.set_xscale('log')
+    ax.set_xlabel('NFE (score evaluations per sample)')
+    ax.set_ylabel('in-class accuracy (digits judge)')
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which='both', alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=110)
+    file_io.atomic_write(path, buffer.getvalue())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--workdir', default='runs/digits_lw_is')
@@ -191,12 +331,27 @@ def main() -> None:
     parser.add_argument('--replot', action='store_true', help='only redraw --plot from --out')
     parser.add_argument('--seed', type=int, default=0, help='other draws (0: the default)')
     parser.add_argument('--bootstrap', type=int, default=0, help='resamples for FD ± sd')
+    parser.add_argument(
+        '--task', default='unconditional', choices=('unconditional', 'class_conditional')
+    )
+    parser.add_argument(
+        '--per-class', type=int, default=20, help='class_conditional: samples per class'
+    )
+    parser.add_argument(
+        '--classifier-scale', type=float, default=1.0, help='1: the exact conditional'
+    )
     args = parser.parse_args()
     if args.replot:
         saved = file_io.read_json(args.out)
-        plot(saved['rows'], saved['reference'], args.plot)
+        if args.task == 'class_conditional':
+            plot_accuracy(saved['rows'], args.plot)
+        else:
+            plot(saved['rows'], saved['reference'], args.plot)
         return
     snap = load_snapshot(args.config, args.workdir, args.ckpt)
+    if args.task == 'class_conditional':
+        main_conditional(args, snap)
+        return
 
     def fd(images: np.ndarray) -> float:
         return evaluation.sample_quality(images, args.workdir, snap.config)['fid']
