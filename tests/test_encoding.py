@@ -297,6 +297,7 @@ def test_reference_workdir_only_for_identifiability():
         run_lib.sample(config, '/nonexistent')
 
 
+@pytest.mark.extended
 @pytest.mark.timeout(900)
 def test_identifiability_on_two_devices_matches_one(workdirs):
     """main.py on 1 and 2 host devices: the rows split over the devices give the codes of

@@ -433,6 +433,7 @@ _CLASSIFIER = {
 }
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_sample_mode_runs_the_digits_tasks_with_the_fast_solvers(tmp_path):
     """A tiny DIGITS model and classifier; ``run_lib.sample`` with DPM-Solver++ multistep

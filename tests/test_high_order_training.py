@@ -68,6 +68,7 @@ def test_fine_tuning_is_a_recorded_resume(tmp_path):
     assert int(resumed.step) == 20
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_scan_chunk_equals_per_step_dispatch(tmp_path):
     config = prepare_config(_npz_config(tmp_path))
@@ -91,6 +92,7 @@ def test_scan_chunk_equals_per_step_dispatch(tmp_path):
     train_utils.assert_trees_close(scan_state, loop_state, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_two_devices_match_one_device(tmp_path):
     """Order 3 on 2 devices (a subprocess of tests/distributed_worker.py) and on 1."""

@@ -194,6 +194,7 @@ def test_a_short_digits_run_trains_in_bfloat16(tmp_path):
     np.testing.assert_allclose(bf16, f32, rtol=2e-3)
 
 
+@pytest.mark.extended
 @pytest.mark.timeout(600)
 def test_a_digits_model_trained_in_bfloat16_scores_as_in_float32(tmp_path):
     """The quick start's network (DDPM++, nf 32, 715k parameters) trained 200 steps in
