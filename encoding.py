@@ -64,6 +64,7 @@ from datasets.transforms import to_unit_interval
 from devices import local_mesh, shard_rows
 from diagnostics import load_run_config
 from errors import UserError
+from eval_quantities import nll_fn_of_config
 from eval_store import ResultStore, check_fingerprint
 from file_io import read_json, save_npz, write_json
 from models import utils as mutils
@@ -292,16 +293,7 @@ class EncodingRunner(sample_runner.SampleRunner):
             y = self.data.scaler(x)
             z, nfe_enc = codec.encode(score, y)
             y_back, nfe_dec = codec.decode(score, z)
-            nll_fn = likelihood.get_nll_fn(
-                self.sde,
-                score,
-                hutchinson_type=str(e.hutchinson_type),
-                rtol=float(e.rtol),
-                atol=float(e.atol),
-                eps=float(e.eps),
-                method=str(e.ode_method),
-                ode_time=str(e.ode_time),
-            )
+            nll_fn = nll_fn_of_config(self.sde, score, e)
             nll, _, nfe_nll = nll_fn(jax.vmap(lambda i: jax.random.fold_in(key, i))(index), y)
             full = lambda a: jnp.broadcast_to(a, index.shape).astype(jnp.float32)  # noqa: E731
             return {

@@ -169,6 +169,21 @@ class EvalContext:
         return store.gather(tag, own, self.num_hosts, self.gather_timeout)
 
 
+def nll_fn_of_config(sde, score_fn, e: ml_collections.ConfigDict):
+    """``likelihood.get_nll_fn`` with the likelihood's settings of ``config.eval`` (``e``):
+    Hutchinson's probes, rtol, atol, ε, solver and time variable."""
+    return likelihood.get_nll_fn(
+        sde,
+        score_fn,
+        hutchinson_type=str(e.hutchinson_type),
+        rtol=float(e.rtol),
+        atol=float(e.atol),
+        eps=float(e.eps),
+        method=str(e.ode_method),
+        ode_time=str(e.ode_time),
+    )
+
+
 def dequantized_input(
     ctx: EvalContext, deq_variables: Any, keys: Array, x: Array
 ) -> Tuple[Array, Array]:
@@ -481,16 +496,7 @@ class ODEBitsPerDim(_BitsPerDim):
 
         def fn(variables, deq_variables, keys, x):
             y, log_q = dequantized_input(ctx, deq_variables, keys, x)
-            nll_fn = likelihood.get_nll_fn(
-                ctx.sde,
-                ctx.score_builder(variables),
-                hutchinson_type=str(e.hutchinson_type),
-                rtol=float(e.rtol),
-                atol=float(e.atol),
-                eps=float(e.eps),
-                method=str(e.ode_method),
-                ode_time=str(e.ode_time),
-            )
+            nll_fn = nll_fn_of_config(ctx.sde, ctx.score_builder(variables), e)
             nll, _, nfe = nll_fn(stream(keys, ODE_STREAM), y)
             nll, bpd = self.in_data_units(ctx.data, nll, log_q)
             return {

@@ -985,6 +985,19 @@ def get_solver_colorizer(sde: sde_lib.SDE, plan: solver_plans.SolverPlan):
     return colorize
 
 
+def _pc_projection_args(s) -> tuple:
+    """The PC projector's arguments from ``config.sampling``: predictor, corrector, snr,
+    corrector steps, ε and RePaint rounds."""
+    return (
+        s.predictor,
+        s.corrector,
+        float(s.snr),
+        int(s.n_steps_each),
+        float(s.eps),
+        int(s.inpaint_resample),
+    )
+
+
 def get_inpainting_fn(config, sde: sde_lib.SDE):
     """``inpaint(rng, score_fn, data, mask)`` of ``config.sampling``: a fast solver for
     ``method`` in :data:`FAST_METHODS`, else the PC projector (``predictor``,
@@ -992,15 +1005,7 @@ def get_inpainting_fn(config, sde: sde_lib.SDE):
     s = config.sampling
     if s.method in FAST_METHODS:
         return get_solver_inpainter(sde, get_solver_plan(config, sde))
-    return get_pc_inpainter(
-        sde,
-        s.predictor,
-        s.corrector,
-        float(s.snr),
-        int(s.n_steps_each),
-        float(s.eps),
-        int(s.inpaint_resample),
-    )
+    return get_pc_inpainter(sde, *_pc_projection_args(s))
 
 
 def get_colorizing_fn(config, sde: sde_lib.SDE):
@@ -1008,15 +1013,7 @@ def get_colorizing_fn(config, sde: sde_lib.SDE):
     s = config.sampling
     if s.method in FAST_METHODS:
         return get_solver_colorizer(sde, get_solver_plan(config, sde))
-    return get_pc_colorizer(
-        sde,
-        s.predictor,
-        s.corrector,
-        float(s.snr),
-        int(s.n_steps_each),
-        float(s.eps),
-        int(s.inpaint_resample),
-    )
+    return get_pc_colorizer(sde, *_pc_projection_args(s))
 
 
 def conditional_score_fn(
