@@ -92,6 +92,14 @@ def save_png(path: str, image: np.ndarray) -> None:
     file_io.atomic_write(path, buf.getvalue())
 
 
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+    """Writes a matplotlib ``Figure`` (laid out tightly) to ``path`` as a PNG, atomically."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    file_io.atomic_write(path, buf.getvalue())
+
+
 def sample_picture(samples: np.ndarray) -> Optional[np.ndarray]:
     """The picture of samples: a grid of images in [0, 1], a scatter of the first two
     coordinates of vectors, or None for 1-dimensional vectors."""
@@ -128,10 +136,7 @@ def scatter_plot(
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(-lim, lim), ylim=(-lim, lim))
     ax.legend(loc='upper left', fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=100)
-    file_io.atomic_write(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def plot_metrics(
@@ -162,8 +167,5 @@ def plot_metrics(
         ax.set_title(f'{key} (± 1 s.e.)' if se_key else key)
         ax.set_xlabel('training step' if uses_steps else 'checkpoint')
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=100)
-    file_io.atomic_write(path, buf.getvalue())
+    save_figure(fig, path)
     return True

@@ -37,7 +37,6 @@ are skipped unless named by ``--only`` (one solve per example; stiff with the cl
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
@@ -55,6 +54,7 @@ import datasets  # noqa: E402
 import digits_classifier  # noqa: E402, F401  (registers the feature network 'digits_mlp')
 import evaluation  # noqa: E402
 import file_io  # noqa: E402
+import pictures  # noqa: E402
 import sample_runner  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
@@ -143,10 +143,7 @@ def plot(results: List[Dict[str, Any]], reference: Dict[str, float], path: str) 
     ax.set_ylabel('FD_digits')
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which='both', alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=110)
-    file_io.atomic_write(path, buffer.getvalue())
+    pictures.save_figure(fig, path, dpi=110)
 
 
 def fd_spread(images: np.ndarray, workdir: str, config, draws: int, seed: int = 0) -> float:
@@ -310,10 +307,7 @@ def plot_accuracy(results: List[Dict[str, Any]], path: str) -> None:
     ax.set_ylabel('in-class accuracy (digits judge)')
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which='both', alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=110)
-    file_io.atomic_write(path, buffer.getvalue())
+    pictures.save_figure(fig, path, dpi=110)
 
 
 def main() -> None:
