@@ -91,6 +91,7 @@ OBJECTIVE_FIELDS = (
     'score_matching_order',
     'second_order_weight',
     'third_order_weight',
+    'importance_density',
 )
 
 
@@ -137,6 +138,7 @@ def dsm_loss(
     weighting: str = 'sigma2',
     eps: float = 1e-5,
     importance_normalizer: bool = False,
+    importance_density: str = 'log_snr',
 ) -> Array:
     """Weighted denoising score matching, per example [B].
 
@@ -146,7 +148,14 @@ def dsm_loss(
     ∫_ε^T g² reduce(‖s_θ + z/σ‖²) dt = (T − ε) × the 'likelihood' value.
     """
     t_rng, z_rng = jax.random.split(rng)
-    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps, importance_normalizer)
+    t, w = sde.sample_time_and_weight(
+        t_rng,
+        (x.shape[0],),
+        weighting,
+        eps,
+        importance_normalizer,
+        importance_density=importance_density,
+    )
     mean_coeff = jnp.exp(sde.log_mean_coeff(t))
     return w * _denoising_loss(z_rng, score_fn, x, t, mean_coeff, sde.std(t), reduce_mean)
 
@@ -166,6 +175,7 @@ def high_order_dsm_loss(
     weighting: str = 'sigma2',
     eps: float = 1e-5,
     importance_normalizer: bool = False,
+    importance_density: str = 'log_snr',
     order: int = 2,
     second_order_weight: float = 1.0,
     third_order_weight: float = 1.0,
@@ -178,7 +188,14 @@ def high_order_dsm_loss(
     every order and two probes v per example (:func:`high_order.high_order_terms`).
     """
     t_rng, z_rng, v_rng = jax.random.split(rng, 3)
-    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps, importance_normalizer)
+    t, w = sde.sample_time_and_weight(
+        t_rng,
+        (x.shape[0],),
+        weighting,
+        eps,
+        importance_normalizer,
+        importance_density=importance_density,
+    )
     std = sde.std(t)
     x_t, z = _perturb(z_rng, x, jnp.exp(sde.log_mean_coeff(t)), std)
     v = high_order.sample_probes(v_rng, x.shape, projection, x.dtype)
@@ -228,6 +245,7 @@ def ssm_loss(
     weighting: str = 'sigma2',
     eps: float = 1e-5,
     importance_normalizer: bool = False,
+    importance_density: str = 'log_snr',
     n_projections: int = 1,
     projection: str = 'rademacher',
 ) -> Array:
@@ -237,7 +255,14 @@ def ssm_loss(
     in expectation this is :func:`dsm_loss` minus the θ-free w·reduce(‖z‖²).
     """
     t_rng, z_rng, v_rng = jax.random.split(rng, 3)
-    t, w = sde.sample_time_and_weight(t_rng, (x.shape[0],), weighting, eps, importance_normalizer)
+    t, w = sde.sample_time_and_weight(
+        t_rng,
+        (x.shape[0],),
+        weighting,
+        eps,
+        importance_normalizer,
+        importance_density=importance_density,
+    )
     std = sde.std(t)
     x_t, _ = _perturb(z_rng, x, jnp.exp(sde.log_mean_coeff(t)), std)
     ssm = sliced_score_matching(v_rng, score_fn, x_t, t, n_projections, projection)
@@ -309,6 +334,9 @@ class LossOptions:
         :func:`high_order_dsm_loss`; continuous 'dsm' only); ``projection`` is then the
         distribution of its probes.
       second_order_weight, third_order_weight: γ₂ and γ₃ of the high-order terms.
+      importance_density: the density of importance-sampled t
+        (:data:`sde_lib.IMPORTANCE_DENSITIES`): 'log_snr' (ScoreFlow, p ∝ g²/σ²) or
+        'log1p_snr' (i-DODE, p ∝ g²/σ² · α²/(α² + σ²), for the velocity parameterization).
     """
 
     reduce_mean: bool = True
@@ -324,9 +352,11 @@ class LossOptions:
     score_matching_order: int = 1
     second_order_weight: float = 1.0
     third_order_weight: float = 1.0
+    importance_density: str = 'log_snr'
 
     def __post_init__(self):
         _check_choice('objective', self.objective, OBJECTIVES)
+        _check_choice('importance_density', self.importance_density, sde_lib.IMPORTANCE_DENSITIES)
         _check_choice('projection', self.projection, PROJECTIONS)
         sde_lib.weighting_of(self.likelihood_weighting, self.importance_weighting)
         high_order.check_order(self.score_matching_order)
@@ -358,6 +388,7 @@ class LossOptions:
             score_matching_order=int(t.score_matching_order),
             second_order_weight=float(t.second_order_weight),
             third_order_weight=float(t.third_order_weight),
+            importance_density=str(t.importance_density),
         )
 
     @property
@@ -390,6 +421,7 @@ def get_core_loss_fn(
         weighting=opts.weighting,
         eps=opts.eps,
         importance_normalizer=opts.importance_normalizer,
+        importance_density=opts.importance_density,
     )
     if opts.objective == 'ssm':
         kwargs.update(n_projections=opts.n_projections, projection=opts.projection)

@@ -31,6 +31,7 @@ import file_io
 import original_checkpoint
 import sample_runner
 import sampling
+from errors import UserError
 from train_state import TrainState
 from trainer import Trainer, record_objective_change
 from validation import prepare_config
@@ -43,13 +44,31 @@ def save_config(config: ml_collections.ConfigDict, path: str) -> None:
         file_io.atomic_write(path, (text + '\n').encode())
 
 
+def check_parameterization(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Stops if ``W/config.json`` says the run's network outputs another quantity
+    (``model.parameterization``) than ``config``: its weights would be read as something
+    they are not, silently."""
+    previous = file_io.read_json(os.path.join(workdir, 'config.json'), None)
+    if previous is None:
+        return
+    saved = previous.get('model', {}).get('parameterization', 'score')
+    if saved != config.model.parameterization:
+        raise UserError(
+            f'{workdir} holds a network trained with model.parameterization={saved!r}, not '
+            f'{config.model.parameterization!r}; pass --config.model.parameterization={saved} '
+            'or use another --workdir.'
+        )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """``--mode train``: trains (or resumes training of) ``config`` in ``workdir``; writes
     the resolved config to ``W/config.json`` (with ``training.objective_changes``: a resume
     with another objective is fine-tuning, recorded with its step) once the newest
     checkpoint was restored with it (a config that does not fit stops before, leaving the
     run's own); returns the final train state."""
-    config = record_objective_change(prepare_config(config), workdir)
+    config = prepare_config(config)
+    check_parameterization(config, workdir)
+    config = record_objective_change(config, workdir)
     trainer = Trainer(config, workdir)  # restores first: a config that does not fit the
     save_config(config, os.path.join(workdir, 'config.json'))  # run keeps W/config.json
     return trainer.run()
@@ -66,6 +85,7 @@ def evaluate(
     the latter's content. A restarted evaluation continues where it stopped; a start that
     fails (e.g. a missing snapshot) writes nothing."""
     config = prepare_config(config)
+    check_parameterization(config, workdir)
     evaluator = eval_runner.Evaluator(config, workdir, eval_folder, deq_folder=deq_folder)
     save_config(config, os.path.join(workdir, eval_folder, 'config.json'))
     return evaluator.run()
@@ -78,6 +98,7 @@ def train_deq(
     snapshot ``eval.end_ckpt`` into ``W/<deq_folder>`` (resumable); writes the resolved
     config to ``W/<deq_folder>/config.json``."""
     config = prepare_config(config)
+    check_parameterization(config, workdir)
     save_config(config, os.path.join(workdir, deq_folder, 'config.json'))
     return dequantizer.train_deq(config, workdir, deq_folder)
 
@@ -103,6 +124,9 @@ def sample(
     ``W/<folder>`` (PNG grid, NPZ, metrics.json); resumable. Bad input stops before
     anything is written."""
     config = prepare_config(config)
+    for run in (workdir, config.sampling.reference_workdir):  # the reference: same network
+        if run:
+            check_parameterization(config, run)
     encoder = config.sampling.task in sampling.ENCODER_TASKS
     runner_cls = encoding.EncodingRunner if encoder else sample_runner.SampleRunner
     runner = runner_cls(config, workdir, folder, classifier_folder)

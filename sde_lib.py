@@ -37,7 +37,7 @@ float32 step of 1 is 6e-8 against B ≈ 1e-6).
 from __future__ import annotations
 
 import abc
-from typing import Callable, Dict, NamedTuple, Optional, Tuple, Type
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Type
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,13 @@ WEIGHTING_FLAGS = {
     'importance': (True, True),  # ScoreFlow: λ = g², t ~ p(t) ∝ g²/σ²
 }
 WEIGHTINGS = tuple(WEIGHTING_FLAGS)
+# The densities of importance-sampled t for λ = g² (config training.importance_density):
+# 'log_snr': p(t) ∝ g²/σ², uniform in log SNR (ScoreFlow §4); 'log1p_snr': p(t) ∝ g²/σ² ·
+# α²/(α² + σ²), uniform in log(1 + SNR) (i-DODE's for the velocity parameterization).
+IMPORTANCE_DENSITIES = ('log_snr', 'log1p_snr')
+# What the network's output is (config model.parameterization; models.utils.get_score_fn):
+# 'score': the paper's conventions of each SDE (scale · output); 'velocity': v̂ (i-DODE).
+PARAMETERIZATIONS = ('score', 'velocity')
 # Integration variables of the probability-flow ODE (config eval.ode_time, sampling.ode_time).
 ODE_TIMES = ('t', 'log_sigma', 'sigma')
 _SDES: Dict[str, Type[SDE]] = {}
@@ -102,6 +109,26 @@ def weighting_of(likelihood_weighting: bool, importance_weighting: bool) -> str:
             '--config.training.likelihood_weighting=True, or set neither.'
         )
     return next(name for name, f in WEIGHTING_FLAGS.items() if f == flags)
+
+
+def _check_density(density: str) -> None:
+    if density not in IMPORTANCE_DENSITIES:
+        raise UserError(
+            f'training.importance_density={density!r} is not supported; use one of '
+            f'{", ".join(IMPORTANCE_DENSITIES)}.'
+        )
+
+
+def one_minus_exp_neg(x: Array) -> Array:
+    """1 − e^{−x} = 2 tanh(x/2) / (1 + tanh(x/2)), accurate for small x ≥ 0.
+
+    Not ``-expm1(-x)``: XLA:CPU (jax 0.10) returns one value for two ``expm1`` (or two
+    ``log1p``) with different arguments that share a fusion with a reduction, so such
+    coefficients came out wrong inside jitted losses (sub-VP's g²/σ² up to 4× too small
+    at small t). ``tests/test_sde_lib.py`` checks the coefficients jitted inside a reduction.
+    """
+    th = jnp.tanh(0.5 * x)
+    return 2.0 * th / (1.0 + th)
 
 
 def discrete_sde_name(objective: str) -> str:
@@ -190,6 +217,21 @@ class SDE(abc.ABC):
     def ancestral_step(self, x: Array, t: Array, score: Array) -> Tuple[Array, Array]:
         """(x_mean, std) of one ancestral-sampling step of the discrete model at t."""
         raise self._no_discrete_form()
+
+    def velocity_coefficients(self, t: Array) -> Tuple[Array, Array]:
+        """(a, b) with s = a · v̂ + b · x: the score of a network that predicts the velocity.
+
+        With r² = α² + σ² and the angle φ = atan(σ/α), x_t / r = cos φ · x_0 + sin φ · ε and
+        the velocity is v = d(x_t / r)/dφ = (α ε − σ x_0)/r (Salimans & Ho's v; i-DODE's
+        target (ε − σ x_t)/α where α² + σ² = 1).  Since ε = (α v + σ x_t / r)/r, the noise
+        prediction is ε̂ = (α v̂ + σ x / r)/r and the score −ε̂/σ, so
+
+            a = −α / (r σ),   b = −1 / r²,   and ε̂ − ε = (α / r)(v̂ − v).
+        """
+        alpha = jnp.exp(self.log_mean_coeff(t))
+        sigma = self.std(t)
+        r2 = alpha**2 + sigma**2
+        return -alpha / (jnp.sqrt(r2) * sigma), -1.0 / r2
 
     def network_inputs(self, t: Array, continuous: bool = True) -> Tuple[Array, Array]:
         """(labels, scale): a network trained on this SDE is called with ``labels`` and
@@ -318,33 +360,73 @@ class SDE(abc.ABC):
         for every SDE here; bisection for an SDE that states none)."""
         return self.inverse_log_inverse_snr(-2.0 * lam)
 
-    def likelihood_importance_cum_weight(self, t: Array, eps: float = 1e-5) -> Array:
-        """∫_ε^t g(s)²/σ(s)² ds = log(σ²/α²)(t) − log(σ²/α²)(ε).
+    def importance_variable(self, t: Array, density: str = 'log_snr') -> Array:
+        """c(t), the variable in which the importance density of t is uniform:
 
-        At t = T this is the normaliser Z of the importance density p(t) ∝ g²/σ².
+        * ``'log_snr'``: c = log(σ²/α²), dc/dt = g²/σ² (ScoreFlow);
+        * ``'log1p_snr'``: c = log(σ²/(α² + σ²)) = −log(1 + SNR), dc/dt = g²/σ² · α²/(α² + σ²)
+          (i-DODE: with the velocity parameterization, whose error enters the likelihood
+          weighting as (α²/r²)‖v̂ − v‖², this density makes the loss weight constant).
         """
-        return self.log_inverse_snr(t) - self.log_inverse_snr(jnp.asarray(eps))
+        _check_density(density)
+        if density == 'log_snr':
+            return self.log_inverse_snr(t)
+        return 2.0 * jnp.log(self.std(t)) - jnp.log(self._r2_over(t, 1.0))
 
-    def likelihood_importance_density(self, t: Array, eps: float = 1e-5) -> Array:
-        """p(t) = g(t)² / (σ(t)² Z) on [ε, T]."""
-        z = self.likelihood_importance_cum_weight(jnp.asarray(self.T), eps)
-        return self.diffusion(t) ** 2 / self.std(t) ** 2 / z
+    def _r2_over(self, t: Array, divisor: Any) -> Array:
+        """(α² + σ²) / divisor, with α² + σ² from the SDE's own α and σ (no log1p: see
+        :func:`one_minus_exp_neg`)."""
+        return (jnp.exp(2.0 * self.log_mean_coeff(t)) + self.std(t) ** 2) / divisor
+
+    def _log_inverse_snr_of_importance_variable(self, c: Array, density: str) -> Array:
+        """log(σ²/α²) at the time where :meth:`importance_variable` is c."""
+        if density == 'log_snr':
+            return c
+        return c - jnp.log(one_minus_exp_neg(-c))  # u/(1+u) = e^c ⇒ log u = c − log(1 − e^c)
+
+    def likelihood_importance_cum_weight(
+        self, t: Array, eps: float = 1e-5, density: str = 'log_snr'
+    ) -> Array:
+        """∫_ε^t dc = c(t) − c(ε) (:meth:`importance_variable`): with ``'log_snr'``
+        ∫_ε^t g(s)²/σ(s)² ds = log(σ²/α²)(t) − log(σ²/α²)(ε).
+
+        At t = T this is the normaliser Z of the importance density p(t) = (dc/dt) / Z.
+        """
+        c_eps = self.importance_variable(jnp.asarray(eps), density)
+        return self.importance_variable(t, density) - c_eps
+
+    def likelihood_importance_density(
+        self, t: Array, eps: float = 1e-5, density: str = 'log_snr'
+    ) -> Array:
+        """p(t) = (dc/dt)/Z on [ε, T]: g(t)² / (σ(t)² Z), times α²/(α² + σ²) for
+        ``'log1p_snr'``."""
+        z = self.likelihood_importance_cum_weight(jnp.asarray(self.T), eps, density)
+        p = self.diffusion(t) ** 2 / self.std(t) ** 2 / z
+        if density == 'log1p_snr':
+            p = p / self._r2_over(t, jnp.exp(2.0 * self.log_mean_coeff(t)))
+        return p
 
     def sample_importance_weighted_time_for_likelihood(
-        self, rng: Array, shape, eps: float = 1e-5, quantile: Array | None = None
+        self,
+        rng: Array,
+        shape,
+        eps: float = 1e-5,
+        quantile: Array | None = None,
+        density: str = 'log_snr',
     ) -> Array:
-        """Samples t ~ p(t) ∝ g(t)²/σ(t)² on [ε, T] by inverting its CDF.
+        """Samples t ~ p(t) = (dc/dt)/Z on [ε, T] by inverting its CDF
+        (:meth:`importance_variable`; ``'log_snr'``: p ∝ g(t)²/σ(t)²).
 
-        p(t) is uniform in log inverse-SNR c = log(σ²/α²), so t = c⁻¹(c(ε) + u·Z) with
-        u ~ U[0, 1) (or the given ``quantile``).  The matching loss weight is Z·σ²/g²
-        times λ(t) = g², i.e. Z·σ², with Z = ``likelihood_importance_cum_weight(T, eps)``.
+        p(t) is uniform in c, so t = c⁻¹(c(ε) + u·Z) with u ~ U[0, 1) (or the given
+        ``quantile``).  With ``'log_snr'`` the matching loss weight is Z·σ²/g² times
+        λ(t) = g², i.e. Z·σ², with Z = ``likelihood_importance_cum_weight(T, eps)``.
         """
         if quantile is None:
             quantile = jax.random.uniform(rng, shape)
-        c_eps = self.log_inverse_snr(jnp.asarray(eps, jnp.float32))
-        z = self.log_inverse_snr(jnp.asarray(self.T, jnp.float32)) - c_eps
-        t = self.inverse_log_inverse_snr(c_eps + quantile * z)
-        return jnp.clip(t, eps, self.T)
+        c_eps = self.importance_variable(jnp.asarray(eps, jnp.float32), density)
+        z = self.importance_variable(jnp.asarray(self.T, jnp.float32), density) - c_eps
+        log_u = self._log_inverse_snr_of_importance_variable(c_eps + quantile * z, density)
+        return jnp.clip(self.inverse_log_inverse_snr(log_u), eps, self.T)
 
     def sample_time_and_weight(
         self,
@@ -354,6 +436,7 @@ class SDE(abc.ABC):
         eps: float = 1e-5,
         importance_normalizer: bool = False,
         dtype=jnp.float32,
+        importance_density: str = 'log_snr',
     ) -> Tuple[Array, Array]:
         """Times t on [ε, T] and weights w(t) for a time integral weighted by λ(t).
 
@@ -363,7 +446,8 @@ class SDE(abc.ABC):
         * ``'likelihood'`` (λ = g², ScoreFlow): t ~ U(ε, T), w = g²/σ², c = 1/(T − ε);
         * ``'importance'`` (λ = g²): t ~ p(t) = g²/(σ² Z), w = Z and c = 1 with
           ``importance_normalizer``, else w = 1 and c = 1/Z (the paper's training
-          drops the constant Z).
+          drops the constant Z); with ``importance_density='log1p_snr'`` (i-DODE)
+          t ~ p(t) = g²/σ² · α²/((α² + σ²) Z) and w = (1 + σ²/α²) · (Z or 1).
 
         Denoising score matching takes h = ‖σ s_θ + z‖² (so λ ‖s_θ + z/σ‖²); the ScoreFlow
         bound takes λ = g² with c = 1 (importance sampling with the normaliser) or c =
@@ -374,10 +458,15 @@ class SDE(abc.ABC):
                 f'weighting={weighting!r} is not supported; use one of {", ".join(WEIGHTINGS)}.'
             )
         if weighting == 'importance':
-            t = self.sample_importance_weighted_time_for_likelihood(rng, shape, eps=eps)
-            t = t.astype(dtype)
-            z_norm = self.likelihood_importance_cum_weight(jnp.asarray(self.T, dtype), eps)
-            return t, jnp.full_like(t, z_norm if importance_normalizer else 1.0)
+            density = importance_density
+            t = self.sample_importance_weighted_time_for_likelihood(
+                rng, shape, eps=eps, density=density
+            ).astype(dtype)
+            z_norm = self.likelihood_importance_cum_weight(jnp.asarray(self.T, dtype), eps, density)
+            w = jnp.full_like(t, z_norm if importance_normalizer else 1.0)
+            if density == 'log1p_snr':  # (dc/dt of 'log_snr') / (dc/dt of 'log1p_snr')
+                w = w * self._r2_over(t, jnp.exp(2.0 * self.log_mean_coeff(t)))
+            return t, w
         t = jax.random.uniform(rng, shape, dtype, minval=eps, maxval=self.T)
         if weighting == 'likelihood':
             return t, self.diffusion(t) ** 2 / self.std(t) ** 2
@@ -445,16 +534,8 @@ class _VPFamily(SDE):
         return -0.5 * self.beta(t)
 
     def one_minus_alpha_sq(self, t: Array) -> Array:
-        """1 − α(t)² = 1 − e^{−B} = 2 tanh(B/2) / (1 + tanh(B/2)), accurate for small t.
-
-        Not ``-expm1(-B)``: XLA:CPU (jax 0.10) returns one value for two ``expm1`` (or two
-        ``log1p``) with different arguments that share a fusion with a reduction, so
-        σ = −expm1(−B) next to VP's log(expm1(B)) or sub-VP's 1 − e^{−2B} came out
-        wrong inside jitted losses (sub-VP's g²/σ² up to 4× too small at small t).
-        ``tests/test_sde_lib.py`` checks the coefficients jitted inside a reduction.
-        """
-        th = jnp.tanh(0.5 * self.integrated_beta(t))
-        return 2.0 * th / (1.0 + th)
+        """1 − α(t)² = 1 − e^{−B}, accurate for small t (:func:`one_minus_exp_neg`)."""
+        return one_minus_exp_neg(self.integrated_beta(t))
 
     def time_of_integrated_beta(self, b: Array) -> Array:
         """Solves B(t) = b without cancellation: t = 2b / (β₀ + √(β₀² + 2(β₁−β₀) b))."""

@@ -191,6 +191,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         _fail('seed', config.seed, 'must be non-negative')
     _check_objective(config)
     _check_scale_by_sigma(config)
+    _check_parameterization(config)
     _check_fast_sampling(config.sampling)
     _check_high_order(config.training)
     _check_data(config)
@@ -359,6 +360,35 @@ def _check_scale_by_sigma(config: ml_collections.ConfigDict) -> None:
             True,
             "divides the network's output by σ, which training.sde='linearvesde' already "
             'does (its score is −output/σ(t)); set it to False',
+        )
+
+
+def _check_parameterization(config: ml_collections.ConfigDict) -> None:
+    """``model.parameterization`` and ``training.importance_density`` are known; the
+    velocity (i-DODE) is a continuous-time output that the adapter turns into a score by
+    itself, so it excludes the discrete objectives and ``scale_by_sigma``."""
+    choices = {
+        'model.parameterization': sde_lib.PARAMETERIZATIONS,
+        'training.importance_density': sde_lib.IMPORTANCE_DENSITIES,
+    }
+    for field, known in choices.items():
+        if _get(config, field) not in known:
+            _fail(field, _get(config, field), f'is not one of {", ".join(map(repr, known))}')
+    if config.model.parameterization != 'velocity':
+        return
+    if not config.training.continuous:
+        _fail(
+            'model.parameterization',
+            'velocity',
+            'needs continuous-time training (the discrete SMLD / DDPM networks predict the '
+            "noise); set training.continuous=True or model.parameterization='score'",
+        )
+    if config.model.scale_by_sigma:
+        _fail(
+            'model.scale_by_sigma',
+            True,
+            'would divide the predicted velocity by σ; set it to False with '
+            "model.parameterization='velocity'",
         )
 
 

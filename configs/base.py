@@ -22,6 +22,11 @@ def _training() -> ml_collections.ConfigDict:
             'batch_size': 128,  # global batch over all devices and hosts
             'likelihood_weighting': False,  # λ(t) = g(t)² (ScoreFlow), else λ = σ(t)²
             'importance_weighting': False,  # t ~ p(t) ∝ g²/σ² (needs likelihood_weighting)
+            # the density of importance-sampled t (sde_lib.IMPORTANCE_DENSITIES): 'log_snr'
+            # (ScoreFlow: p ∝ g²/σ², uniform in log SNR) or 'log1p_snr' (i-DODE: uniform in
+            # log(1 + SNR), p ∝ g²/σ² · α²/(α² + σ²); meant for model.parameterization
+            # 'velocity', where it makes the loss weight of ‖v̂ − v‖² constant)
+            'importance_density': 'log_snr',
             'reduce_mean': False,  # mean (True) or sum (False) over data dimensions
             'n_jitted_steps': 5,  # training steps per jitted call (lax.scan)
             'snapshot_freq': 50000,  # checkpoint number = step // snapshot_freq
@@ -187,6 +192,11 @@ def _model() -> ml_collections.ConfigDict:
             'attention_type': 'ddpm',
             'init_scale': 0.0,
             'scale_by_sigma': False,
+            # what the network outputs (sde_lib.PARAMETERIZATIONS): 'score' = each SDE's
+            # convention of the papers (VP: the noise, score = −output/σ); 'velocity' =
+            # i-DODE's v = (α ε − σ x_0)/√(α² + σ²) (sde_lib.SDE.velocity_coefficients);
+            # continuous training only, without scale_by_sigma; fixed for a run's life
+            'parameterization': 'score',
             'normalization': 'GroupNorm',
             'nonlinearity': 'swish',
             'conv_size': 3,

@@ -228,3 +228,14 @@ def set_weighting(config: ml_collections.ConfigDict, weighting: str) -> None:
     lw, iw = sde_lib.WEIGHTING_FLAGS[weighting]
     config.training.likelihood_weighting = lw
     config.training.importance_weighting = iw
+
+
+def set_velocity(config: ml_collections.ConfigDict, importance_density: str) -> None:
+    """i-DODE's recipe (Zheng et al., ICML 2023): the network predicts the velocity
+    (``model.parameterization='velocity'``), trained with λ = g² and importance-sampled t
+    of ``importance_density`` ('log_snr': ScoreFlow's p ∝ g²/σ², the ``*_vel_is`` files;
+    'log1p_snr': i-DODE's p ∝ g²/σ² · α²/(α² + σ²), the ``*_vel_idode`` files)."""
+    set_weighting(config, 'importance')
+    config.model.parameterization = 'velocity'
+    config.model.scale_by_sigma = False
+    config.training.importance_density = importance_density

@@ -145,6 +145,7 @@ _CHOICES = {
     'normalization': ('groupnorm', 'instancenorm', 'instancenorm++', 'variancenorm'),
     'nonlinearity': ('elu', 'relu', 'lrelu', 'swish'),
     'interpolation': ('bilinear', 'nearest_neighbor'),
+    'parameterization': sde_lib.PARAMETERIZATIONS,
 }
 # Fields read from other config sections than config.model.
 _SECTION = {
@@ -188,6 +189,7 @@ class ModelConfig:
     trainable_embedding: bool = False
     init_scale: float = 0.0
     scale_by_sigma: bool = False
+    parameterization: str = 'score'
     normalization: str = 'groupnorm'
     nonlinearity: str = 'swish'
     conv_size: int = 3
@@ -593,8 +595,21 @@ def get_score_fn(
 ) -> ScoreFn:
     """The score ``s_θ(x, t) = scale(t) · net(x, labels(t))`` of a network trained with the
     paper's conventions, which the SDE states (``sde.network_inputs``; module docstring);
-    the network computes in ``precision`` (:func:`get_model_fn`), the score is float32."""
+    the network computes in ``precision`` (:func:`get_model_fn`), the score is float32.
+
+    A model whose config has ``parameterization='velocity'`` predicts i-DODE's velocity
+    v̂ (continuous labels): ``s_θ = a(t) · net + b(t) · x``
+    (:meth:`sde_lib.SDE.velocity_coefficients`)."""
     model_fn = get_model_fn(model, variables, train=train, rng=rng, precision=precision)
+
+    if getattr(getattr(model, 'config', None), 'parameterization', 'score') == 'velocity':
+
+        def velocity_score_fn(x: Array, t: Array) -> Array:
+            labels, _ = sde.continuous_network_inputs(t)
+            a, b = sde.velocity_coefficients(t)
+            return sde_lib.batch_mul(a, model_fn(x, labels)) + sde_lib.batch_mul(b, x)
+
+        return velocity_score_fn
 
     def score_fn(x: Array, t: Array) -> Array:
         labels, scale = sde.network_inputs(t, continuous)

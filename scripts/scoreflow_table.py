@@ -127,12 +127,21 @@ import checkpointing  # noqa: E402  (the repository is on sys.path now)
 import diagnostics  # noqa: E402
 
 SDES = ('vp', 'subvp')
-OBJECTIVES = ('baseline', 'lw', 'lw_is')
+OBJECTIVES = ('baseline', 'lw', 'lw_is')  # ScoreFlow's grid (the default)
+# i-DODE's velocity parameterization (--objectives only): with ScoreFlow's IS of t and
+# with its own density (configs/<sde>/<dataset>_vel_*.py, presets.set_velocity); each is
+# compared with ScoreFlow's λ = g² + IS, the second also with the first.
+VELOCITY_OBJECTIVES = ('vel_is', 'vel_idode')
+ALL_OBJECTIVES = OBJECTIVES + VELOCITY_OBJECTIVES
 OBJECTIVE_NAMES = {
     'baseline': 'σ² weighting (baseline)',
     'lw': 'λ = g², t ~ U',
     'lw_is': 'λ = g², IS t',
+    'vel_is': 'velocity, λ = g², IS t',
+    'vel_idode': 'velocity, λ = g², IS log(1+SNR)',
 }
+# The cell each objective is compared with (same SDE, same seeds), besides the baseline.
+REFERENCES = {'vel_is': ('lw_is',), 'vel_idode': ('lw_is', 'vel_is')}
 SDE_NAMES = {'vp': 'VP', 'subvp': 'sub-VP'}
 
 
@@ -653,12 +662,14 @@ def paired_keys(dataset: str) -> List[str]:
 
 def comparisons(runs: Sequence[Run]) -> List[Tuple[Tuple[str, str], Tuple[str, str]]]:
     """The paired comparisons ((sde, objective), (sde, objective)) of a grid: every
-    objective against its SDE's σ² baseline, and sub-VP against VP for each objective."""
+    objective against its SDE's σ² baseline and its :data:`REFERENCES`, and sub-VP
+    against VP for each objective."""
     cells = list(dict.fromkeys((r.sde, r.objective) for r in runs))
     out = [
-        ((sde, objective), (sde, OBJECTIVES[0]))
+        ((sde, objective), (sde, ref))
         for sde, objective in cells
-        if objective != OBJECTIVES[0] and (sde, OBJECTIVES[0]) in cells
+        for ref in (OBJECTIVES[0],) + REFERENCES.get(objective, ())
+        if objective != OBJECTIVES[0] and (sde, ref) in cells
     ]
     out += [
         (('subvp', objective), ('vp', objective))
@@ -930,9 +941,15 @@ def plot_curves(collected, runs, path: str, dataset: str) -> bool:
         return False
     fig = Figure(figsize=(5.5 * len(sdes), 4))
     axes = fig.subplots(1, len(sdes), squeeze=False)
-    colors = {'baseline': 'tab:gray', 'lw': 'tab:blue', 'lw_is': 'tab:red'}
+    colors = {
+        'baseline': 'tab:gray',
+        'lw': 'tab:blue',
+        'lw_is': 'tab:red',
+        'vel_is': 'tab:orange',
+        'vel_idode': 'tab:green',
+    }
     for ax, sde in zip(axes[0], sdes):
-        for objective in OBJECTIVES:
+        for objective in ALL_OBJECTIVES:
             mine = [r for r in collected['runs'] if r['sde'] == sde and r['objective'] == objective]
             series = {}
             for r in mine:
@@ -1021,7 +1038,9 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument('--dataset', default='digits', choices=sorted(DEFAULTS))
     parser.add_argument('--sdes', default=','.join(SDES), help='comma-separated: vp,subvp')
     parser.add_argument(
-        '--objectives', default=','.join(OBJECTIVES), help='comma-separated: baseline,lw,lw_is'
+        '--objectives',
+        default=','.join(OBJECTIVES),
+        help='comma-separated: baseline,lw,lw_is (default), and vel_is,vel_idode (i-DODE)',
     )
     parser.add_argument(
         '--seeds', default=None, help='comma-separated seeds (default: digits 0,1; toy 0,1,2)'
@@ -1106,7 +1125,7 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
         parser.error(f'--jobs {args.jobs}: give at least 1 (runs trained at the same time).')
     d = DEFAULTS[args.dataset]
     args.sdes = _names(args.sdes, SDES, '--sdes', parser)
-    args.objectives = _names(args.objectives, OBJECTIVES, '--objectives', parser)
+    args.objectives = _names(args.objectives, ALL_OBJECTIVES, '--objectives', parser)
     args.seeds = (
         tuple(int(s) for s in args.seeds.split(',') if s.strip()) if args.seeds else d.seeds
     )

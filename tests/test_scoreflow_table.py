@@ -281,6 +281,14 @@ def test_paired_differences_of_a_grid(tmp_path):
     # a grid without the baseline compares only SDEs
     args, extra = sft.parse_args(['--out', str(tmp_path), '--objectives', 'lw'])
     assert sft.comparisons(sft.build_grid(args, extra)) == [(('subvp', 'lw'), ('vp', 'lw'))]
+    # i-DODE's velocity objectives: against ScoreFlow's λ = g² + IS, the second also the first
+    argv = ['--out', str(tmp_path), '--sdes', 'vp', '--objectives', 'lw_is,vel_is,vel_idode']
+    args, extra = sft.parse_args(argv)
+    assert sft.comparisons(sft.build_grid(args, extra)) == [
+        (('vp', 'vel_is'), ('vp', 'lw_is')),
+        (('vp', 'vel_idode'), ('vp', 'lw_is')),
+        (('vp', 'vel_idode'), ('vp', 'vel_is')),
+    ]
 
 
 @pytest.mark.slow

@@ -1,0 +1,13 @@
+"""DIGITS (8×8, 17 levels), sub-VP SDE, small DDPM++;
+velocity parameterization, λ = g², IS of t ∝ g²/σ² (ScoreFlow's)."""
+
+from configs import presets
+from configs.default_digits_configs import get_default_configs
+
+
+def get_config():
+    config = get_default_configs()
+    config.training.sde = 'subvpsde'
+    config.training.eps = config.sampling.eps = config.eval.eps = presets.SUBVP_EPS
+    presets.set_velocity(config, 'log_snr')
+    return config
