@@ -16,7 +16,10 @@ losses ``[B]``; the batch loss is their mean.  With ``α = α(t)``, ``σ = σ(t)
   Z (ScoreFlow §4).  ``importance_normalizer=False`` (the default, as in the paper's
   training code) drops the constant Z; with ``True`` the importance-sampled loss
   estimates ∫_ε^T g² E‖s + z/σ‖² dt, which is (T − ε) times what ``'likelihood'``
-  estimates (a uniform t has density 1/(T − ε)).
+  estimates (a uniform t has density 1/(T − ε)).  ``importance_density='log1p_snr'``
+  (i-DODE) samples t ∝ g²/σ² · α²/(α² + σ²) instead, with w = (1 + σ²/α²)(Z₁ or 1): the
+  same integral; with a velocity-predicting network (``model.parameterization``) the weight
+  of its error ‖v̂ − v‖² is then constant (docs/MATH.md).
 * ``reduce_mean``: mean of the squared residual over data dimensions; otherwise half its
   sum, as in the original code, so that ``weighting='likelihood'`` with
   ``reduce_mean=False`` is the ½ ∫ g² ‖·‖² term of the ScoreFlow bound.
