@@ -110,6 +110,26 @@ def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
         raise UserError(f'{name}={value!r} is not supported; use one of {", ".join(choices)}.')
 
 
+def _time_and_weight(
+    rng: Array,
+    x: Array,
+    sde: sde_lib.SDE,
+    weighting: str,
+    eps: float,
+    importance_normalizer: bool,
+    importance_density: str,
+) -> Tuple[Array, Array]:
+    """One t and weight w(t) per example of ``x`` (:meth:`sde_lib.SDE.sample_time_and_weight`)."""
+    return sde.sample_time_and_weight(
+        rng,
+        (x.shape[0],),
+        weighting,
+        eps,
+        importance_normalizer,
+        importance_density=importance_density,
+    )
+
+
 def _perturb(rng: Array, x: Array, mean_coeff: Array, std: Array) -> Tuple[Array, Array]:
     """x_t = α x + σ z and z ~ N(0, I)."""
     z = jax.random.normal(rng, x.shape, x.dtype)
@@ -151,13 +171,8 @@ def dsm_loss(
     ∫_ε^T g² reduce(‖s_θ + z/σ‖²) dt = (T − ε) × the 'likelihood' value.
     """
     t_rng, z_rng = jax.random.split(rng)
-    t, w = sde.sample_time_and_weight(
-        t_rng,
-        (x.shape[0],),
-        weighting,
-        eps,
-        importance_normalizer,
-        importance_density=importance_density,
+    t, w = _time_and_weight(
+        t_rng, x, sde, weighting, eps, importance_normalizer, importance_density
     )
     mean_coeff = jnp.exp(sde.log_mean_coeff(t))
     return w * _denoising_loss(z_rng, score_fn, x, t, mean_coeff, sde.std(t), reduce_mean)
@@ -191,13 +206,8 @@ def high_order_dsm_loss(
     every order and two probes v per example (:func:`high_order.high_order_terms`).
     """
     t_rng, z_rng, v_rng = jax.random.split(rng, 3)
-    t, w = sde.sample_time_and_weight(
-        t_rng,
-        (x.shape[0],),
-        weighting,
-        eps,
-        importance_normalizer,
-        importance_density=importance_density,
+    t, w = _time_and_weight(
+        t_rng, x, sde, weighting, eps, importance_normalizer, importance_density
     )
     std = sde.std(t)
     x_t, z = _perturb(z_rng, x, jnp.exp(sde.log_mean_coeff(t)), std)
@@ -258,13 +268,8 @@ def ssm_loss(
     in expectation this is :func:`dsm_loss` minus the θ-free w·reduce(‖z‖²).
     """
     t_rng, z_rng, v_rng = jax.random.split(rng, 3)
-    t, w = sde.sample_time_and_weight(
-        t_rng,
-        (x.shape[0],),
-        weighting,
-        eps,
-        importance_normalizer,
-        importance_density=importance_density,
+    t, w = _time_and_weight(
+        t_rng, x, sde, weighting, eps, importance_normalizer, importance_density
     )
     std = sde.std(t)
     x_t, _ = _perturb(z_rng, x, jnp.exp(sde.log_mean_coeff(t)), std)
