@@ -146,6 +146,12 @@ def import_checkpoint(
     ``--mode eval``, ``--mode sample`` and fine-tuning (``--mode train``); score_flow's
     Flow++ dequantizer into ``W/<deq_folder>``. Writes ``W/config.json``."""
     config = prepare_config(config)
+    if config.model.parameterization != 'score':
+        raise UserError(
+            "The original checkpoints' networks predict the noise (or the score), not "
+            f'{config.model.parameterization!r}; import without '
+            '--config.model.parameterization (its default is score).'
+        )
     save_config(config, os.path.join(workdir, 'config.json'))
     return original_checkpoint.import_checkpoint(config, workdir, path, number, deq_folder)
 

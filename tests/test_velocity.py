@@ -198,3 +198,10 @@ def test_a_run_keeps_its_parameterization(tmp_path):
     with pytest.raises(UserError, match="parameterization='velocity'"):
         run_lib.check_parameterization(_toy_config(), workdir)
     run_lib.check_parameterization(_toy_config(), str(tmp_path / 'new'))  # a new run: anything
+
+
+def test_original_checkpoints_import_only_as_score_networks(tmp_path):
+    config = _toy_config(parameterization='velocity')
+    with pytest.raises(UserError, match='predict the noise'):
+        run_lib.import_checkpoint(config, str(tmp_path), str(tmp_path / 'checkpoint_1'))
+    assert not os.listdir(tmp_path)  # nothing written
