@@ -37,7 +37,7 @@ float32 step of 1 is 6e-8 against B ≈ 1e-6).
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Type
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Type
 
 import jax
 import jax.numpy as jnp
@@ -371,12 +371,15 @@ class SDE(abc.ABC):
         _check_density(density)
         if density == 'log_snr':
             return self.log_inverse_snr(t)
-        return 2.0 * jnp.log(self.std(t)) - jnp.log(self._r2_over(t, 1.0))
+        return 2.0 * jnp.log(self.std(t)) - jnp.log(self._r2(t))
 
-    def _r2_over(self, t: Array, divisor: Any) -> Array:
-        """(α² + σ²) / divisor, with α² + σ² from the SDE's own α and σ (no log1p: see
-        :func:`one_minus_exp_neg`)."""
-        return (jnp.exp(2.0 * self.log_mean_coeff(t)) + self.std(t) ** 2) / divisor
+    def _r2(self, t: Array) -> Array:
+        """r² = α² + σ², from the SDE's own α and σ (no log1p: see :func:`one_minus_exp_neg`)."""
+        return jnp.exp(2.0 * self.log_mean_coeff(t)) + self.std(t) ** 2
+
+    def _one_plus_inverse_snr(self, t: Array) -> Array:
+        """1 + σ²/α² = r²/α²: the ratio of the two densities' dc/dt ('log_snr' / 'log1p_snr')."""
+        return self._r2(t) / jnp.exp(2.0 * self.log_mean_coeff(t))
 
     def _log_inverse_snr_of_importance_variable(self, c: Array, density: str) -> Array:
         """log(σ²/α²) at the time where :meth:`importance_variable` is c."""
@@ -403,7 +406,7 @@ class SDE(abc.ABC):
         z = self.likelihood_importance_cum_weight(jnp.asarray(self.T), eps, density)
         p = self.diffusion(t) ** 2 / self.std(t) ** 2 / z
         if density == 'log1p_snr':
-            p = p / self._r2_over(t, jnp.exp(2.0 * self.log_mean_coeff(t)))
+            p = p / self._one_plus_inverse_snr(t)
         return p
 
     def sample_importance_weighted_time_for_likelihood(
@@ -464,8 +467,8 @@ class SDE(abc.ABC):
             ).astype(dtype)
             z_norm = self.likelihood_importance_cum_weight(jnp.asarray(self.T, dtype), eps, density)
             w = jnp.full_like(t, z_norm if importance_normalizer else 1.0)
-            if density == 'log1p_snr':  # (dc/dt of 'log_snr') / (dc/dt of 'log1p_snr')
-                w = w * self._r2_over(t, jnp.exp(2.0 * self.log_mean_coeff(t)))
+            if density == 'log1p_snr':
+                w = w * self._one_plus_inverse_snr(t)
             return t, w
         t = jax.random.uniform(rng, shape, dtype, minval=eps, maxval=self.T)
         if weighting == 'likelihood':
